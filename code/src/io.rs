@@ -1,0 +1,42 @@
+//! 共用的文件工具。
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// 原子地写文件：先写到同目录下的临时文件并刷盘，再改名覆盖目标。
+///
+/// 中途出错（或进程被杀）时，目标文件要么是旧内容，要么是完整的新内容，不会只写了一半。
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "路径没有文件名"))?;
+    let tmp = dir.join(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_and_replaces_without_leaving_temp_files() {
+        let dir = std::env::temp_dir().join(format!("llm-book-io-{}", std::process::id()));
+        let path = dir.join("a.txt");
+        write_atomic(&path, b"first").unwrap();
+        write_atomic(&path, b"second").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"second");
+        let leftovers: Vec<_> = fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,17 @@
+//! 《用 Rust 从零理解大模型》的配套 crate。
+//!
+//! 每个模块对应书中的一部分，每个文件对应一章（或一章中的一个概念）：
+//!
+//! | 模块 | 书中位置 |
+//! | --- | --- |
+//! | [`basics`] | 第 0 部分 · dfdx 与编译期形状 |
+//! | [`plot`] | 书中所有图的绘制（plotters，SVG） |
+//! | [`figures`] | 书中每张图的登记表：`cargo run --release -- figures` 逐一重新生成 |
+//! | [`io`] | 原子写文件等共用工具 |
+//! | [`cli`] | 实验命令行的中文帮助与错误信息 |
+
+pub mod basics;
+pub mod cli;
+pub mod figures;
+pub mod io;
+pub mod plot;

@@ -1,0 +1,103 @@
+//! 本书的实验命令行：`cargo run --release -- <实验>`。
+//!
+//! 每个子命令只解析参数，然后调用库里的函数；图的登记表在 `llm_book::figures`。
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use llm_book::basics::autodiff::{gelu_gradient_table, GeluGradPoint};
+use llm_book::basics::device::{run_on, DeviceKind, DeviceTask};
+use llm_book::figures;
+use llm_book::io::write_atomic;
+
+#[derive(Parser)]
+#[command(
+    name = "llm-book",
+    about = "《用 Rust 从零理解大模型》的实验。每个子命令对应书中的一个实验，产生书中的图和数字。",
+    arg_required_else_help = true,
+    disable_help_subcommand = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// 重新生成书中的全部插图（确定性的：同样的代码总是得到同样的文件）
+    Figures {
+        /// 输出目录（默认为仓库的 src/figures）
+        #[arg(long, value_name = "目录")]
+        out: Option<PathBuf>,
+    },
+    /// 第 0 部分：比较 GELU 的三种导数，发现 dfdx accurate_gelu 反向传播的错误
+    GeluGrad {
+        /// 运行设备：cpu 或 cuda
+        #[arg(long, default_value = "cpu", value_name = "设备")]
+        device: DeviceKind,
+    },
+}
+
+fn main() {
+    if let Err(e) = run(llm_book::cli::parse::<Cli>()) {
+        eprintln!("错误：{e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Figures { out } => write_figures(&out.unwrap_or_else(figures::book_dir)),
+        Command::GeluGrad { device } => gelu_grad(device),
+    }
+}
+
+fn write_figures(dir: &std::path::Path) -> anyhow::Result<()> {
+    let all = figures::all();
+    let bar = ProgressBar::new(all.len() as u64)
+        .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("进度条模板"));
+    for fig in &all {
+        bar.set_message(fig.file);
+        let svg = (fig.render)().with_context(|| format!("渲染 {} 失败", fig.file))?;
+        let path = dir.join(fig.file);
+        write_atomic(&path, svg.as_bytes()).with_context(|| format!("写入 {} 失败", path.display()))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for fig in &all {
+        println!("{}  {}", dir.join(fig.file).display(), fig.about);
+    }
+    Ok(())
+}
+
+/// 在选定设备上计算 GELU 梯度表。
+struct GeluGrad(Vec<f64>);
+
+impl DeviceTask for GeluGrad {
+    type Output = Vec<GeluGradPoint>;
+    fn run<D: dfdx::prelude::Device<f32> + dfdx::prelude::Device<f64>>(self, dev: D) -> Self::Output {
+        gelu_gradient_table(&dev, &self.0)
+    }
+}
+
+fn gelu_grad(device: DeviceKind) -> anyhow::Result<()> {
+    let xs = vec![-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0];
+    let table = run_on(device, 0, GeluGrad(xs))?;
+    println!("设备：{device}（f64，中心差分步长 1e-5）");
+    println!("{:>6} {:>12} {:>12} {:>12} {:>10}", "x", "精确值", "中心差分", "dfdx 反向", "误差");
+    for p in &table {
+        println!(
+            "{:>6.2} {:>12.6} {:>12.6} {:>12.6} {:>10.6}",
+            p.x,
+            p.exact,
+            p.numeric,
+            p.dfdx_backward,
+            p.dfdx_backward - p.exact
+        );
+    }
+    let worst = table.iter().map(|p| (p.dfdx_backward - p.exact).abs()).fold(0.0, f64::max);
+    println!("dfdx 反向与精确值的最大偏差：{worst:.6}");
+    Ok(())
+}

@@ -1,0 +1,136 @@
+//! 书中插图的绘制：plotters 的 SVG 后端，一个通用的折线图。
+//!
+//! 图是确定性的：同样的数据总是产生逐字节相同的 SVG（测试 `tests/figures.rs` 检查
+//! 提交到 `src/figures/` 的图与代码重新生成的一致）。
+//! 文字交给浏览器渲染，字体栈 [`FONT`] 在常见系统上都能找到中文字体。
+
+use plotters::prelude::*;
+
+/// SVG 中的字体栈：依次尝试常见的中文无衬线字体，最后退回浏览器默认的 sans-serif。
+pub const FONT: &str = "Noto Sans CJK SC, Source Han Sans SC, PingFang SC, Microsoft YaHei, sans-serif";
+
+/// 图的默认尺寸（像素）。
+pub const SIZE: (u32, u32) = (760, 460);
+
+/// 色盲友好的调色板（Okabe–Ito），深浅主题下都清晰。
+pub const PALETTE: [RGBColor; 6] = [
+    RGBColor(0, 114, 178),
+    RGBColor(213, 94, 0),
+    RGBColor(0, 158, 115),
+    RGBColor(204, 121, 167),
+    RGBColor(230, 159, 0),
+    RGBColor(86, 180, 233),
+];
+
+/// 一条折线。
+#[derive(Debug, Clone)]
+pub struct Series {
+    /// 图例中的名字。
+    pub name: String,
+    /// 数据点 (x, y)。
+    pub points: Vec<(f64, f64)>,
+    /// 是否画成虚线（用于“参考值”一类的线）。
+    pub dashed: bool,
+}
+
+/// 一张折线图。
+#[derive(Debug, Clone)]
+pub struct LineChart {
+    /// 标题。
+    pub title: String,
+    /// 横轴说明。
+    pub x_label: String,
+    /// 纵轴说明。
+    pub y_label: String,
+    /// 各条折线，颜色按顺序取自 [`PALETTE`]。
+    pub series: Vec<Series>,
+}
+
+impl LineChart {
+    /// 渲染为 SVG 文本。
+    pub fn to_svg(&self) -> anyhow::Result<String> {
+        let (x_range, y_range) = self.ranges();
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(&self.title, (FONT, 22))
+                .margin(16)
+                .x_label_area_size(48)
+                .y_label_area_size(64)
+                .build_cartesian_2d(x_range, y_range)?;
+            chart
+                .configure_mesh()
+                .x_desc(&self.x_label)
+                .y_desc(&self.y_label)
+                .label_style((FONT, 15))
+                .axis_desc_style((FONT, 16))
+                .light_line_style(RGBColor(235, 235, 235))
+                .draw()?;
+            for (i, s) in self.series.iter().enumerate() {
+                let style = PALETTE[i % PALETTE.len()].stroke_width(2);
+                let points = s.points.iter().copied();
+                let drawn = if s.dashed {
+                    chart.draw_series(DashedLineSeries::new(points, 8, 5, style))?
+                } else {
+                    chart.draw_series(LineSeries::new(points, style))?
+                };
+                drawn.label(&s.name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
+            }
+            chart
+                .configure_series_labels()
+                .label_font((FONT, 15))
+                .background_style(WHITE.mix(0.9))
+                .border_style(RGBColor(180, 180, 180))
+                .position(SeriesLabelPosition::UpperLeft)
+                .draw()?;
+            root.present()?;
+        }
+        Ok(svg)
+    }
+
+    /// 坐标范围：包住所有点，纵向留 5% 的边。
+    fn ranges(&self) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
+        let points = self.series.iter().flat_map(|s| s.points.iter());
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for &(x, y) in points {
+            x0 = x0.min(x);
+            x1 = x1.max(x);
+            y0 = y0.min(y);
+            y1 = y1.max(y);
+        }
+        if x0 > x1 {
+            return (0.0..1.0, 0.0..1.0);
+        }
+        let pad = ((y1 - y0) * 0.05).max(1e-9);
+        (x0..x1, (y0 - pad)..(y1 + pad))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chart() -> LineChart {
+        LineChart {
+            title: "测试图".into(),
+            x_label: "x".into(),
+            y_label: "y".into(),
+            series: vec![
+                Series { name: "平方".into(), points: (0..5).map(|i| (i as f64, (i * i) as f64)).collect(), dashed: false },
+                Series { name: "参考".into(), points: vec![(0.0, 0.0), (4.0, 16.0)], dashed: true },
+            ],
+        }
+    }
+
+    #[test]
+    fn renders_deterministic_svg_with_chinese_text() {
+        let a = chart().to_svg().unwrap();
+        let b = chart().to_svg().unwrap();
+        assert_eq!(a, b);
+        assert!(a.starts_with("<svg"));
+        assert!(a.contains("测试图") && a.contains("平方") && a.contains("参考"));
+        assert!(a.contains("PingFang SC"));
+    }
+}

@@ -15,8 +15,12 @@ fn matmul_const_vs_runtime(c: &mut Criterion) {
     let x_const: Tensor<Rank2<BATCH, WIDTH>, f32, _> = dev.sample_normal();
     let x_runtime: Tensor<(usize, Const<WIDTH>), f32, _> = x_const.clone().realize();
     let mut group = c.benchmark_group("matmul_64x256x256");
-    group.bench_function("编译期批维 Const<64>", |b| b.iter(|| x_const.clone().matmul(w.clone())));
-    group.bench_function("运行期批维 usize", |b| b.iter(|| x_runtime.clone().matmul(w.clone())));
+    group.bench_function("编译期批维 Const<64>", |b| {
+        b.iter(|| x_const.clone().matmul(w.clone()))
+    });
+    group.bench_function("运行期批维 usize", |b| {
+        b.iter(|| x_runtime.clone().matmul(w.clone()))
+    });
     group.finish();
 }
 

@@ -16,20 +16,35 @@ pub fn localize(cmd: Command) -> Command {
         .subcommand_value_name("实验")
         .next_help_heading("选项")
         .disable_help_flag(true)
-        .arg(Arg::new("help").short('h').long("help").action(ArgAction::Help).help("显示帮助"))
+        .arg(
+            Arg::new("help")
+                .short('h')
+                .long("help")
+                .action(ArgAction::Help)
+                .help("显示帮助"),
+        )
         .mut_args(localize_arg);
     cmd.mut_subcommands(localize)
 }
 
 /// 参数放进“选项”一节；默认值用中文写在说明后面。
 fn localize_arg(arg: Arg) -> Arg {
-    let arg = if arg.get_help_heading().is_none() && !arg.is_positional() { arg.help_heading("选项") } else { arg };
-    let defaults: Vec<String> = arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+    let arg = if arg.get_help_heading().is_none() && !arg.is_positional() {
+        arg.help_heading("选项")
+    } else {
+        arg
+    };
+    let defaults: Vec<String> = arg
+        .get_default_values()
+        .iter()
+        .map(|v| v.to_string_lossy().into_owned())
+        .collect();
     if defaults.is_empty() || arg.is_hide_default_value_set() {
         return arg;
     }
     let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-    arg.hide_default_value(true).help(format!("{help}（默认：{}）", defaults.join("、")))
+    arg.hide_default_value(true)
+        .help(format!("{help}（默认：{}）", defaults.join("、")))
 }
 
 /// 解析命令行；出错时打印中文说明并以非零码退出（要求帮助时打印帮助并以 0 退出）。
@@ -61,15 +76,29 @@ pub fn describe(e: &clap::Error) -> String {
         Some(other) => other.to_string(),
         None => String::new(),
     };
-    let cause = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default();
+    let cause = std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
     match e.kind() {
         ErrorKind::InvalidValue | ErrorKind::ValueValidation => {
-            let reason = if cause.is_empty() { String::new() } else { format!("：{cause}") };
-            format!("参数 {} 的取值 `{}` 无效{reason}", ctx(ContextKind::InvalidArg), ctx(ContextKind::InvalidValue))
+            let reason = if cause.is_empty() {
+                String::new()
+            } else {
+                format!("：{cause}")
+            };
+            format!(
+                "参数 {} 的取值 `{}` 无效{reason}",
+                ctx(ContextKind::InvalidArg),
+                ctx(ContextKind::InvalidValue)
+            )
         }
-        ErrorKind::InvalidSubcommand => format!("没有名为 `{}` 的实验", ctx(ContextKind::InvalidSubcommand)),
+        ErrorKind::InvalidSubcommand => {
+            format!("没有名为 `{}` 的实验", ctx(ContextKind::InvalidSubcommand))
+        }
         ErrorKind::UnknownArgument => format!("不认识的参数 `{}`", ctx(ContextKind::InvalidArg)),
-        ErrorKind::MissingRequiredArgument => format!("缺少必需的参数 {}", ctx(ContextKind::InvalidArg)),
+        ErrorKind::MissingRequiredArgument => {
+            format!("缺少必需的参数 {}", ctx(ContextKind::InvalidArg))
+        }
         ErrorKind::TooManyValues | ErrorKind::ArgumentConflict => {
             format!("参数 {} 用法不对", ctx(ContextKind::InvalidArg))
         }
@@ -98,15 +127,25 @@ mod tests {
     #[test]
     fn errors_are_described_in_chinese_naming_the_argument() {
         let e = err(&["demo", "--n", "abc"]);
-        assert!(describe(&e).starts_with("参数 --n <N> 的取值 `abc` 无效"), "{}", describe(&e));
-        assert_eq!(describe(&err(&["demo", "--n", "1", "--m"])), "不认识的参数 `--m`");
+        assert!(
+            describe(&e).starts_with("参数 --n <N> 的取值 `abc` 无效"),
+            "{}",
+            describe(&e)
+        );
+        assert_eq!(
+            describe(&err(&["demo", "--n", "1", "--m"])),
+            "不认识的参数 `--m`"
+        );
         assert!(describe(&err(&["demo"])).starts_with("缺少必需的参数 --n"));
     }
 
     #[test]
     fn help_is_chinese() {
         let help = localize(Demo::command()).render_help().to_string();
-        assert!(help.contains("用法：") && help.contains("显示帮助") && help.contains("选项"), "{help}");
+        assert!(
+            help.contains("用法：") && help.contains("显示帮助") && help.contains("选项"),
+            "{help}"
+        );
         assert!(!help.contains("Options"), "{help}");
     }
 }

@@ -32,7 +32,10 @@ pub fn all() -> Vec<Figure> {
 
 /// 提交在书里的插图目录：`<仓库>/src/figures`。
 pub fn book_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("src").join("figures")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("src")
+        .join("figures")
 }
 
 /// GELU 梯度实验的取样点：[-4, 4]，步长 0.05。
@@ -43,17 +46,20 @@ pub fn gelu_grad_xs() -> Vec<f64> {
 fn gelu_grad_figure() -> anyhow::Result<String> {
     let dev = Cpu::default();
     let table = gelu_gradient_table(&dev, &gelu_grad_xs());
-    let series = |name: &str, dashed, y: fn(&crate::basics::autodiff::GeluGradPoint) -> f64| Series {
-        name: name.into(),
-        points: table.iter().map(|p| (p.x, y(p))).collect(),
-        dashed,
-    };
+    let series =
+        |name: &str, dashed, y: fn(&crate::basics::autodiff::GeluGradPoint) -> f64| Series {
+            name: name.into(),
+            points: table.iter().map(|p| (p.x, y(p))).collect(),
+            dashed,
+        };
     LineChart {
         title: "GELU 的导数：dfdx 0.13 accurate_gelu 的反向传播与精确值".into(),
         x_label: "x".into(),
         y_label: "d GELU / dx".into(),
         series: vec![
-            series("dfdx accurate_gelu 的反向（tape）", false, |p| p.dfdx_backward),
+            series("dfdx accurate_gelu 的反向（tape）", false, |p| {
+                p.dfdx_backward
+            }),
             series("精确值 Φ(x) + x·φ(x)", false, |p| p.exact),
             series("对前向做中心差分", true, |p| p.numeric),
         ],

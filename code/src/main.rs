@@ -56,13 +56,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 
 fn write_figures(dir: &std::path::Path) -> anyhow::Result<()> {
     let all = figures::all();
-    let bar = ProgressBar::new(all.len() as u64)
-        .with_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("进度条模板"));
+    let bar = ProgressBar::new(all.len() as u64).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("进度条模板"),
+    );
     for fig in &all {
         bar.set_message(fig.file);
         let svg = (fig.render)().with_context(|| format!("渲染 {} 失败", fig.file))?;
         let path = dir.join(fig.file);
-        write_atomic(&path, svg.as_bytes()).with_context(|| format!("写入 {} 失败", path.display()))?;
+        write_atomic(&path, svg.as_bytes())
+            .with_context(|| format!("写入 {} 失败", path.display()))?;
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -77,7 +79,10 @@ struct GeluGrad(Vec<f64>);
 
 impl DeviceTask for GeluGrad {
     type Output = Vec<GeluGradPoint>;
-    fn run<D: dfdx::prelude::Device<f32> + dfdx::prelude::Device<f64>>(self, dev: D) -> Self::Output {
+    fn run<D: dfdx::prelude::Device<f32> + dfdx::prelude::Device<f64>>(
+        self,
+        dev: D,
+    ) -> Self::Output {
         gelu_gradient_table(&dev, &self.0)
     }
 }
@@ -86,7 +91,10 @@ fn gelu_grad(device: DeviceKind) -> anyhow::Result<()> {
     let xs = vec![-3.0, -2.0, -1.0, -0.5, 0.0, 0.5, 1.0, 2.0, 3.0];
     let table = run_on(device, 0, GeluGrad(xs))?;
     println!("设备：{device}（f64，中心差分步长 1e-5）");
-    println!("{:>6} {:>12} {:>12} {:>12} {:>10}", "x", "精确值", "中心差分", "dfdx 反向", "误差");
+    println!(
+        "{:>6} {:>12} {:>12} {:>12} {:>10}",
+        "x", "精确值", "中心差分", "dfdx 反向", "误差"
+    );
     for p in &table {
         println!(
             "{:>6.2} {:>12.6} {:>12.6} {:>12.6} {:>10.6}",
@@ -97,7 +105,10 @@ fn gelu_grad(device: DeviceKind) -> anyhow::Result<()> {
             p.dfdx_backward - p.exact
         );
     }
-    let worst = table.iter().map(|p| (p.dfdx_backward - p.exact).abs()).fold(0.0, f64::max);
+    let worst = table
+        .iter()
+        .map(|p| (p.dfdx_backward - p.exact).abs())
+        .fold(0.0, f64::max);
     println!("dfdx 反向与精确值的最大偏差：{worst:.6}");
     Ok(())
 }

@@ -30,14 +30,18 @@ fn includes(text: &str) -> Vec<(String, Option<String>)> {
         let rest = &text[start + 3..];
         let Some(end) = rest.find("}}") else { continue };
         let mut words = rest[..end].split_whitespace();
-        let (Some(cmd), Some(arg)) = (words.next(), words.next()) else { continue };
+        let (Some(cmd), Some(arg)) = (words.next(), words.next()) else {
+            continue;
+        };
         if cmd != "include" && cmd != "rustdoc_include" {
             continue;
         }
         let mut parts = arg.splitn(2, ':');
         let path = parts.next().unwrap().to_string();
         // 行号范围（如 `file.rs:10:20`）不是锚点
-        let anchor = parts.next().filter(|a| !a.starts_with(|c: char| c.is_ascii_digit()) && !a.is_empty());
+        let anchor = parts
+            .next()
+            .filter(|a| !a.starts_with(|c: char| c.is_ascii_digit()) && !a.is_empty());
         found.push((path, anchor.map(str::to_string)));
     }
     found
@@ -46,7 +50,9 @@ fn includes(text: &str) -> Vec<(String, Option<String>)> {
 /// 在源文件中找锚点区域，返回区域内的非空行数；锚点不存在返回 None。
 fn anchor_lines(source: &str, anchor: &str) -> Option<usize> {
     let is_marker = |line: &str, kind: &str| {
-        line.split(kind).nth(1).is_some_and(|rest| rest.trim() == anchor)
+        line.split(kind)
+            .nth(1)
+            .is_some_and(|rest| rest.trim() == anchor)
     };
     let mut lines = source.lines();
     lines.find(|l| is_marker(l, "ANCHOR:"))?;
@@ -78,15 +84,26 @@ fn every_include_names_an_existing_file_and_anchor() {
             };
             if let Some(anchor) = anchor {
                 match anchor_lines(&source, &anchor) {
-                    None => problems.push(format!("{}: {path} 中没有锚点 `{anchor}`", md.display())),
-                    Some(0) => problems.push(format!("{}: {path} 的锚点 `{anchor}` 是空的", md.display())),
+                    None => {
+                        problems.push(format!("{}: {path} 中没有锚点 `{anchor}`", md.display()))
+                    }
+                    Some(0) => {
+                        problems.push(format!("{}: {path} 的锚点 `{anchor}` 是空的", md.display()))
+                    }
                     Some(_) => checked += 1,
                 }
             }
         }
     }
-    assert!(problems.is_empty(), "悬空的 include：\n{}", problems.join("\n"));
-    assert!(checked > 0, "书中没有任何按锚点 include 的代码：检查器本身可能坏了");
+    assert!(
+        problems.is_empty(),
+        "悬空的 include：\n{}",
+        problems.join("\n")
+    );
+    assert!(
+        checked > 0,
+        "书中没有任何按锚点 include 的代码：检查器本身可能坏了"
+    );
 }
 
 #[test]
@@ -97,7 +114,12 @@ fn no_rust_block_is_ignored() {
         for (n, line) in fs::read_to_string(md).unwrap().lines().enumerate() {
             let fence = line.trim_start();
             if fence.starts_with("```rust") {
-                assert!(!fence.contains("ignore"), "{}:{}: Rust 代码块不许标 ignore", md.display(), n + 1);
+                assert!(
+                    !fence.contains("ignore"),
+                    "{}:{}: Rust 代码块不许标 ignore",
+                    md.display(),
+                    n + 1
+                );
             }
         }
     }
@@ -125,7 +147,8 @@ fn images_and_chapters_exist() {
 
 #[test]
 fn anchor_parser_finds_regions_and_rejects_missing() {
-    let src = "a\n// ANCHOR: x\nfn f() {}\n// ANCHOR_END: x\n// ANCHOR: empty\n// ANCHOR_END: empty\n";
+    let src =
+        "a\n// ANCHOR: x\nfn f() {}\n// ANCHOR_END: x\n// ANCHOR: empty\n// ANCHOR_END: empty\n";
     assert_eq!(anchor_lines(src, "x"), Some(1));
     assert_eq!(anchor_lines(src, "empty"), Some(0));
     assert_eq!(anchor_lines(src, "y"), None);
@@ -133,6 +156,10 @@ fn anchor_parser_finds_regions_and_rejects_missing() {
     assert_eq!(anchor_lines(src, "x2"), None);
     assert_eq!(
         includes("{{#include ../a.rs:x}} {{#include b.rs}} {{#rustdoc_include c.rs:2:5}}"),
-        vec![("../a.rs".into(), Some("x".into())), ("b.rs".into(), None), ("c.rs".into(), None)]
+        vec![
+            ("../a.rs".into(), Some("x".into())),
+            ("b.rs".into(), None),
+            ("c.rs".into(), None)
+        ]
     );
 }

@@ -16,7 +16,10 @@ fn committed_figures_are_up_to_date() {
             Err(e) => stale.push(format!("{}（读取失败：{e}）", fig.file)),
         }
     }
-    assert!(stale.is_empty(), "这些图需要用 `cargo run --release -- figures` 重新生成：{stale:?}");
+    assert!(
+        stale.is_empty(),
+        "这些图需要用 `cargo run --release -- figures` 重新生成：{stale:?}"
+    );
 }
 
 #[test]
@@ -26,7 +29,10 @@ fn every_figure_file_in_the_book_is_registered() {
     for entry in std::fs::read_dir(&dir).expect("读取 src/figures") {
         let name = entry.unwrap().file_name().to_string_lossy().into_owned();
         if name.ends_with(".svg") {
-            assert!(registered.contains(&name), "{name} 不在 figures::all() 中，无法重新生成");
+            assert!(
+                registered.contains(&name),
+                "{name} 不在 figures::all() 中，无法重新生成"
+            );
         }
     }
 }

@@ -43,7 +43,9 @@ where
         v[i] += delta;
         f(x.device().tensor_from_vec(v, *x.shape()))
     };
-    (0..base.len()).map(|i| (at(i, h) - at(i, -h)) / (2.0 * h)).collect()
+    (0..base.len())
+        .map(|i| (at(i, h) - at(i, -h)) / (2.0 * h))
+        .collect()
 }
 // ANCHOR_END: numeric_gradient
 
@@ -78,8 +80,16 @@ where
         .zip(&numeric)
         .map(|(a, n)| (a - n).abs())
         .enumerate()
-        .fold((0, 0.0), |best, (i, e)| if e > best.1 { (i, e) } else { best });
-    GradCheck { analytic, numeric, max_abs_error, worst_index }
+        .fold(
+            (0, 0.0),
+            |best, (i, e)| if e > best.1 { (i, e) } else { best },
+        );
+    GradCheck {
+        analytic,
+        numeric,
+        max_abs_error,
+        worst_index,
+    }
 }
 
 /// 一个标量函数 f: 张量 → 标量，对 tape 类型泛型，既能带 tape 求导，也能不带 tape 求值。
@@ -175,7 +185,10 @@ mod tests {
         }
         let at_one = table[3];
         assert!((at_one.exact - 1.083_315).abs() < 1e-6, "{at_one:?}");
-        assert!((at_one.dfdx_backward - 1.183_543).abs() < 1e-6, "{at_one:?}");
+        assert!(
+            (at_one.dfdx_backward - 1.183_543).abs() < 1e-6,
+            "{at_one:?}"
+        );
         // 在 x = 0 处错误项 x·(…) 为 0，两者恰好相等
         assert!((table[2].dfdx_backward - 0.5).abs() < 1e-12);
     }

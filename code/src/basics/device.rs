@@ -17,7 +17,9 @@ pub enum DeviceKind {
     /// NVIDIA GPU，需要以 `--features cuda` 编译。
     Cuda,
 }
+// ANCHOR_END: device_kind
 
+// ANCHOR: device_task
 /// 与设备无关的一项工作：`run` 对任意设备类型 `D` 泛型，由 [`run_on`] 选定具体设备后调用。
 ///
 /// Rust 的闭包不能对类型泛型，所以用一个带泛型方法的 trait 表达“对任意设备都能运行的代码”。
@@ -27,15 +29,20 @@ pub trait DeviceTask {
     /// 在设备 `dev` 上完成这项工作。
     fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output;
 }
+// ANCHOR_END: device_task
 
+// ANCHOR: run_on
 /// 在 `kind` 指定的设备上（随机数种子为 `seed`）运行 `task`。
-pub fn run_on<T: DeviceTask>(kind: DeviceKind, seed: u64, task: T) -> Result<T::Output, DeviceError> {
+pub fn run_on<T: DeviceTask>(
+    kind: DeviceKind,
+    seed: u64,
+    task: T,
+) -> Result<T::Output, DeviceError> {
     match kind {
         DeviceKind::Cpu => Ok(task.run(Cpu::seed_from_u64(seed))),
         DeviceKind::Cuda => run_on_cuda(seed, task),
     }
 }
-// ANCHOR_END: device_kind
 
 #[cfg(feature = "cuda")]
 fn run_on_cuda<T: DeviceTask>(seed: u64, task: T) -> Result<T::Output, DeviceError> {
@@ -47,6 +54,7 @@ fn run_on_cuda<T: DeviceTask>(seed: u64, task: T) -> Result<T::Output, DeviceErr
 fn run_on_cuda<T: DeviceTask>(_seed: u64, _task: T) -> Result<T::Output, DeviceError> {
     Err(DeviceError::CudaNotCompiled)
 }
+// ANCHOR_END: run_on
 
 /// 选择设备时的错误。
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -60,7 +60,11 @@ pub fn batch_from_rows<const N: usize, D: Device<f32>>(
     let mut flat = Vec::with_capacity(rows.len() * N);
     for (index, row) in rows.iter().enumerate() {
         if row.len() != N {
-            return Err(ShapeError::RowWidth { index, expected: N, found: row.len() });
+            return Err(ShapeError::RowWidth {
+                index,
+                expected: N,
+                found: row.len(),
+            });
         }
         flat.extend_from_slice(row);
     }
@@ -88,7 +92,11 @@ impl fmt::Display for ShapeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ShapeError::EmptyBatch => write!(f, "批为空：至少需要一行数据"),
-            ShapeError::RowWidth { index, expected, found } => {
+            ShapeError::RowWidth {
+                index,
+                expected,
+                found,
+            } => {
                 write!(f, "第 {index} 行的宽度是 {found}，模型要求 {expected}")
             }
         }
@@ -110,7 +118,10 @@ mod tests {
         let b = dev.tensor([0.5f32, -0.5, 0.0]);
         let y = linear(x, &w, &b);
         assert_eq!(y.shape(), &(3, Const::<3>));
-        assert_eq!(y.as_vec(), vec![1.5, 1.5, 3.0, 3.5, 3.5, 7.0, 5.5, 5.5, 11.0]);
+        assert_eq!(
+            y.as_vec(),
+            vec![1.5, 1.5, 3.0, 3.5, 3.5, 7.0, 5.5, 5.5, 11.0]
+        );
     }
 
     #[test]
@@ -122,11 +133,23 @@ mod tests {
     #[test]
     fn batch_from_rows_names_the_bad_row() {
         let dev: Cpu = Default::default();
-        let ok = batch_from_rows::<3, _>(&dev, &[vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]]).unwrap();
+        let ok =
+            batch_from_rows::<3, _>(&dev, &[vec![1.0, 2.0, 3.0], vec![4.0, 5.0, 6.0]]).unwrap();
         assert_eq!(ok.shape(), &(2, Const::<3>));
-        let err = batch_from_rows::<3, _>(&dev, &[vec![1.0, 2.0, 3.0], vec![4.0, 5.0]]).unwrap_err();
-        assert_eq!(err, ShapeError::RowWidth { index: 1, expected: 3, found: 2 });
+        let err =
+            batch_from_rows::<3, _>(&dev, &[vec![1.0, 2.0, 3.0], vec![4.0, 5.0]]).unwrap_err();
+        assert_eq!(
+            err,
+            ShapeError::RowWidth {
+                index: 1,
+                expected: 3,
+                found: 2
+            }
+        );
         assert_eq!(err.to_string(), "第 1 行的宽度是 2，模型要求 3");
-        assert_eq!(batch_from_rows::<3, _>(&dev, &[]).unwrap_err(), ShapeError::EmptyBatch);
+        assert_eq!(
+            batch_from_rows::<3, _>(&dev, &[]).unwrap_err(),
+            ShapeError::EmptyBatch
+        );
     }
 }

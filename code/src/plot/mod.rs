@@ -7,7 +7,8 @@
 use plotters::prelude::*;
 
 /// SVG 中的字体栈：依次尝试常见的中文无衬线字体，最后退回浏览器默认的 sans-serif。
-pub const FONT: &str = "Noto Sans CJK SC, Source Han Sans SC, PingFang SC, Microsoft YaHei, sans-serif";
+pub const FONT: &str =
+    "Noto Sans CJK SC, Source Han Sans SC, PingFang SC, Microsoft YaHei, sans-serif";
 
 /// 图的默认尺寸（像素）。
 pub const SIZE: (u32, u32) = (760, 460);
@@ -76,7 +77,9 @@ impl LineChart {
                 } else {
                     chart.draw_series(LineSeries::new(points, style))?
                 };
-                drawn.label(&s.name).legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
+                drawn
+                    .label(&s.name)
+                    .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
             }
             chart
                 .configure_series_labels()
@@ -118,8 +121,16 @@ mod tests {
             x_label: "x".into(),
             y_label: "y".into(),
             series: vec![
-                Series { name: "平方".into(), points: (0..5).map(|i| (i as f64, (i * i) as f64)).collect(), dashed: false },
-                Series { name: "参考".into(), points: vec![(0.0, 0.0), (4.0, 16.0)], dashed: true },
+                Series {
+                    name: "平方".into(),
+                    points: (0..5).map(|i| (i as f64, (i * i) as f64)).collect(),
+                    dashed: false,
+                },
+                Series {
+                    name: "参考".into(),
+                    points: vec![(0.0, 0.0), (4.0, 16.0)],
+                    dashed: true,
+                },
             ],
         }
     }

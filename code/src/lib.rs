@@ -5,13 +5,17 @@
 //! | 模块 | 书中位置 |
 //! | --- | --- |
 //! | [`basics`] | 第 0 部分 · dfdx 与编译期形状 |
+//! | [`transformer`] | 第 1 部分 · Transformer 编码器 |
+//! | [`checkpoint`] | 按名字读写 safetensors 检查点（第 1、3 部分共用） |
 //! | [`plot`] | 书中所有图的绘制（plotters，SVG） |
 //! | [`figures`] | 书中每张图的登记表：`cargo run --release -- figures` 逐一重新生成 |
 //! | [`io`] | 原子写文件等共用工具 |
 //! | [`cli`] | 实验命令行的中文帮助与错误信息 |
 
 pub mod basics;
+pub mod checkpoint;
 pub mod cli;
 pub mod figures;
 pub mod io;
 pub mod plot;
+pub mod transformer;

@@ -1,0 +1,401 @@
+//! 检查点：按名字在 safetensors 文件与模型参数之间搬运张量。
+//!
+//! 一个通用的机制服务全书：第 1 部分用它读 PyTorch 生成的参考数据，第 3 部分用它读
+//! Hugging Face 的 `model.safetensors`。模型的字段名（经 dfdx 的 `TensorCollection` 遍历）
+//! 拼成键，例如 `layers.0.attention.w_q.weight`；读入时检查每个键是否存在、形状是否一致，
+//! 把缺失的、形状不符的、多余的键逐一列出。
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use ::safetensors::tensor::{Dtype as SafeDtype, SafeTensors};
+use dfdx::nn::tensor_collection::{
+    RecursiveWalker, ScalarOptions, TensorCollection, TensorOptions, TensorViewer, TensorVisitor,
+    ViewTensorMut, ViewTensorName,
+};
+use dfdx::prelude::*;
+
+/// 从文件读出的一个张量，数据已转成 f64（f32、f64、f16、bf16、i64、i32 都可以）。
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredTensor {
+    /// 形状。
+    pub shape: Vec<usize>,
+    /// 行优先展平的数据。
+    pub data: Vec<f64>,
+}
+
+/// 读进内存的 safetensors 文件。
+#[derive(Clone, Debug, Default)]
+pub struct Checkpoint {
+    /// 文件路径（错误信息用）。
+    pub path: PathBuf,
+    /// 键 → 张量。
+    pub tensors: BTreeMap<String, StoredTensor>,
+}
+
+impl Checkpoint {
+    /// 读取 safetensors 文件。
+    pub fn read(path: &Path) -> Result<Self, CheckpointError> {
+        let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io {
+            path: path.to_path_buf(),
+            error: e.to_string(),
+        })?;
+        Self::from_bytes(path, &bytes)
+    }
+
+    /// 从内存中的字节解析（`path` 只用于错误信息）。
+    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, CheckpointError> {
+        let file = SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Format {
+            path: path.to_path_buf(),
+            error: format!("{e:?}"),
+        })?;
+        let mut tensors = BTreeMap::new();
+        for (name, view) in file.tensors() {
+            let data = decode(view.dtype(), view.data()).ok_or_else(|| CheckpointError::Dtype {
+                path: path.to_path_buf(),
+                name: name.clone(),
+                dtype: format!("{:?}", view.dtype()),
+            })?;
+            tensors.insert(
+                name,
+                StoredTensor {
+                    shape: view.shape().to_vec(),
+                    data,
+                },
+            );
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+        })
+    }
+
+    /// 取一个张量；不存在时的错误给出键名。
+    pub fn get(&self, name: &str) -> Result<&StoredTensor, CheckpointError> {
+        self.tensors
+            .get(name)
+            .ok_or_else(|| CheckpointError::Missing {
+                path: self.path.clone(),
+                names: vec![name.into()],
+            })
+    }
+
+    // ANCHOR: load_into
+    /// 把 `prefix + 字段路径` 下的张量读进 `module` 的每个参数。
+    ///
+    /// 任何一个参数缺失或形状不符都返回错误并列出全部问题；`prefix` 之下没被用到的键也算错误
+    /// （多余的键往往说明模型结构与检查点不一致）。
+    pub fn load_into<E, D, M>(&self, module: &mut M, prefix: &str) -> Result<(), CheckpointError>
+    where
+        E: Dtype,
+        D: Device<E>,
+        M: TensorCollection<E, D>,
+    {
+        let mut loader = Loader {
+            checkpoint: self,
+            prefix,
+            used: BTreeSet::new(),
+            missing: Vec::new(),
+            shape_mismatch: Vec::new(),
+        };
+        M::iter_tensors(&mut RecursiveWalker {
+            m: (module, String::new()),
+            f: &mut loader,
+        })?;
+        let unexpected: Vec<String> = self
+            .tensors
+            .keys()
+            .filter(|k| k.starts_with(prefix) && !loader.used.contains(*k))
+            .cloned()
+            .collect();
+        if loader.missing.is_empty() && loader.shape_mismatch.is_empty() && unexpected.is_empty() {
+            Ok(())
+        } else {
+            Err(CheckpointError::Mismatch {
+                path: self.path.clone(),
+                missing: loader.missing,
+                shape_mismatch: loader.shape_mismatch,
+                unexpected,
+            })
+        }
+    }
+    // ANCHOR_END: load_into
+
+    /// 把一个张量转成 dfdx 张量（形状须与 `shape` 的元素个数一致）。
+    pub fn tensor<S: Shape, E: Dtype, D: Device<E>>(
+        &self,
+        dev: &D,
+        name: &str,
+        shape: S,
+    ) -> Result<Tensor<S, E, D>, CheckpointError> {
+        let t = self.get(name)?;
+        let want = shape.concrete().into_iter().collect::<Vec<_>>();
+        if t.shape != want {
+            return Err(CheckpointError::Mismatch {
+                path: self.path.clone(),
+                missing: vec![],
+                shape_mismatch: vec![format!("{name}：文件中为 {:?}，期望 {want:?}", t.shape)],
+                unexpected: vec![],
+            });
+        }
+        Ok(dev.tensor_from_vec(
+            t.data.iter().map(|&v| E::from_f64(v).unwrap()).collect(),
+            shape,
+        ))
+    }
+}
+
+/// 按 dtype 解码小端字节。
+fn decode(dtype: SafeDtype, bytes: &[u8]) -> Option<Vec<f64>> {
+    macro_rules! le {
+        ($n:literal, $f:expr) => {
+            bytes
+                .chunks_exact($n)
+                .map(|c| $f(c.try_into().unwrap()))
+                .collect()
+        };
+    }
+    Some(match dtype {
+        SafeDtype::F32 => le!(4, |b| f32::from_le_bytes(b) as f64),
+        SafeDtype::F64 => le!(8, f64::from_le_bytes),
+        SafeDtype::F16 => le!(2, |b| half_to_f32(u16::from_le_bytes(b)) as f64),
+        SafeDtype::BF16 => le!(2, |b| f32::from_bits((u16::from_le_bytes(b) as u32) << 16)
+            as f64),
+        SafeDtype::I64 => le!(8, |b| i64::from_le_bytes(b) as f64),
+        SafeDtype::I32 => le!(4, |b| i32::from_le_bytes(b) as f64),
+        _ => return None,
+    })
+}
+
+/// IEEE 754 半精度 → f32（含次正规数、无穷与 NaN）。
+fn half_to_f32(h: u16) -> f32 {
+    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
+    let exp = ((h >> 10) & 0x1f) as i32;
+    let frac = (h & 0x3ff) as f32;
+    match exp {
+        0 => sign * frac * 2f32.powi(-24),
+        31 if frac == 0.0 => sign * f32::INFINITY,
+        31 => f32::NAN,
+        _ => sign * (1.0 + frac / 1024.0) * 2f32.powi(exp - 15),
+    }
+}
+
+struct Loader<'a> {
+    checkpoint: &'a Checkpoint,
+    prefix: &'a str,
+    used: BTreeSet<String>,
+    missing: Vec<String>,
+    shape_mismatch: Vec<String>,
+}
+
+impl<E: Dtype, D: Device<E>> TensorVisitor<E, D> for Loader<'_> {
+    type Viewer = (ViewTensorMut, ViewTensorName);
+    type Err = CheckpointError;
+    type E2 = E;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        _opts: TensorOptions<S, E, D>,
+        (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, E, D>>,
+    ) -> Result<Option<Tensor<S, E, D>>, Self::Err> {
+        let key = format!("{}{}", self.prefix, path);
+        let want: Vec<usize> = t.shape().concrete().into_iter().collect();
+        match self.checkpoint.tensors.get(&key) {
+            None => self.missing.push(key),
+            Some(stored) if stored.shape != want => {
+                self.shape_mismatch.push(format!(
+                    "{key}：文件中为 {:?}，模型要求 {want:?}",
+                    stored.shape
+                ));
+                self.used.insert(key);
+            }
+            Some(stored) => {
+                let data: Vec<E> = stored
+                    .data
+                    .iter()
+                    .map(|&v| E::from_f64(v).unwrap())
+                    .collect();
+                t.copy_from(&data);
+                self.used.insert(key);
+            }
+        }
+        Ok(None)
+    }
+
+    fn visit_scalar<N: num_traits::NumCast>(
+        &mut self,
+        _opts: ScalarOptions<N>,
+        _h: <Self::Viewer as TensorViewer>::View<'_, N>,
+    ) -> Result<Option<N>, Self::Err> {
+        Ok(None)
+    }
+}
+
+/// 读检查点时的错误。
+#[derive(Debug, Clone, PartialEq)]
+pub enum CheckpointError {
+    /// 文件读不了。
+    Io {
+        /// 文件。
+        path: PathBuf,
+        /// 系统给出的原因。
+        error: String,
+    },
+    /// 不是合法的 safetensors（如文件被截断、头部损坏）。
+    Format {
+        /// 文件。
+        path: PathBuf,
+        /// 解析器给出的原因。
+        error: String,
+    },
+    /// 不支持的元素类型。
+    Dtype {
+        /// 文件。
+        path: PathBuf,
+        /// 张量名。
+        name: String,
+        /// 元素类型。
+        dtype: String,
+    },
+    /// 缺少张量。
+    Missing {
+        /// 文件。
+        path: PathBuf,
+        /// 缺少的键。
+        names: Vec<String>,
+    },
+    /// 模型与检查点对不上。
+    Mismatch {
+        /// 文件。
+        path: PathBuf,
+        /// 模型需要、文件中没有的键。
+        missing: Vec<String>,
+        /// 形状不符的键。
+        shape_mismatch: Vec<String>,
+        /// 文件中有、模型不需要的键。
+        unexpected: Vec<String>,
+    },
+}
+
+impl fmt::Display for CheckpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointError::Io { path, error } => {
+                write!(f, "无法读取检查点 {}：{error}", path.display())
+            }
+            CheckpointError::Format { path, error } => {
+                write!(
+                    f,
+                    "{} 不是有效的 safetensors 文件（可能被截断或损坏）：{error}",
+                    path.display()
+                )
+            }
+            CheckpointError::Dtype { path, name, dtype } => {
+                write!(f, "{} 中的张量 {name} 的元素类型 {dtype} 不受支持（支持 F32、F64、F16、BF16、I64、I32）", path.display())
+            }
+            CheckpointError::Missing { path, names } => {
+                write!(f, "{} 中缺少张量：{}", path.display(), names.join("、"))
+            }
+            CheckpointError::Mismatch {
+                path,
+                missing,
+                shape_mismatch,
+                unexpected,
+            } => {
+                write!(f, "模型与检查点 {} 不一致：", path.display())?;
+                if !missing.is_empty() {
+                    write!(f, "\n  缺少的张量：{}", missing.join("、"))?;
+                }
+                if !shape_mismatch.is_empty() {
+                    write!(f, "\n  形状不符：{}", shape_mismatch.join("；"))?;
+                }
+                if !unexpected.is_empty() {
+                    write!(f, "\n  多余的张量：{}", unexpected.join("、"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CheckpointError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transformer::norm::LayerNorm;
+    use dfdx::nn::BuildModule;
+
+    fn file(tensors: &[(&str, Vec<usize>, Vec<f32>)]) -> Vec<u8> {
+        let bytes: Vec<Vec<u8>> = tensors
+            .iter()
+            .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
+            .collect();
+        let views: Vec<(String, ::safetensors::tensor::TensorView)> = tensors
+            .iter()
+            .zip(&bytes)
+            .map(|((n, s, _), b)| {
+                (
+                    n.to_string(),
+                    ::safetensors::tensor::TensorView::new(SafeDtype::F32, s.clone(), b).unwrap(),
+                )
+            })
+            .collect();
+        ::safetensors::serialize(views, &None).unwrap()
+    }
+
+    #[test]
+    fn loads_by_name_with_prefix() {
+        let bytes = file(&[
+            ("ln.weight", vec![3], vec![1.0, 2.0, 3.0]),
+            ("ln.bias", vec![3], vec![0.5, 0.5, 0.5]),
+        ]);
+        let ckpt = Checkpoint::from_bytes(Path::new("t.safetensors"), &bytes).unwrap();
+        let dev: Cpu = Default::default();
+        let mut ln = LayerNorm::<3, f32, Cpu>::build(&dev);
+        ckpt.load_into(&mut ln, "ln.").unwrap();
+        assert_eq!(ln.weight.array(), [1.0, 2.0, 3.0]);
+        assert_eq!(ln.bias.array(), [0.5, 0.5, 0.5]);
+    }
+
+    #[test]
+    fn lists_missing_mismatched_and_unexpected_keys() {
+        let bytes = file(&[
+            ("ln.weight", vec![4], vec![0.0; 4]),
+            ("ln.gamma", vec![3], vec![0.0; 3]),
+        ]);
+        let ckpt = Checkpoint::from_bytes(Path::new("t.safetensors"), &bytes).unwrap();
+        let dev: Cpu = Default::default();
+        let mut ln = LayerNorm::<3, f32, Cpu>::build(&dev);
+        let err = ckpt.load_into(&mut ln, "ln.").unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("缺少的张量：ln.bias"), "{msg}");
+        assert!(
+            msg.contains("ln.weight：文件中为 [4]，模型要求 [3]"),
+            "{msg}"
+        );
+        assert!(msg.contains("多余的张量：ln.gamma"), "{msg}");
+    }
+
+    #[test]
+    fn truncated_file_is_a_clear_error() {
+        let bytes = file(&[("a", vec![2], vec![1.0, 2.0])]);
+        let err = Checkpoint::from_bytes(Path::new("cut.safetensors"), &bytes[..bytes.len() - 3])
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("cut.safetensors 不是有效的 safetensors 文件"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn half_precision_decodes() {
+        assert_eq!(half_to_f32(0x3c00), 1.0);
+        assert_eq!(half_to_f32(0xc000), -2.0);
+        assert_eq!(half_to_f32(0x0001), 2f32.powi(-24));
+        assert!(half_to_f32(0x7c00).is_infinite());
+    }
+}

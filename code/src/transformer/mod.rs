@@ -1,0 +1,19 @@
+//! 第 1 部分 · Transformer 编码器。
+//!
+//! | 文件 | 章节 |
+//! | --- | --- |
+//! | `attention.rs` | 1.1 缩放点积注意力（含填充掩码） |
+//! | `multi_head.rs` | 1.2 多头注意力 |
+//! | `positional.rs` | 1.3 位置编码 |
+//! | `norm.rs` | 1.4 层归一化 |
+//! | `feed_forward.rs`、`gelu.rs` | 1.5 前馈网络与精确 GELU |
+//! | `encoder.rs` | 1.6 编码器层与编码器 |
+
+pub mod attention;
+pub mod encoder;
+pub mod feed_forward;
+pub mod gelu;
+pub mod multi_head;
+pub mod norm;
+pub mod parity;
+pub mod positional;

@@ -1,0 +1,86 @@
+//! 1.2 多头注意力：独立的 W_q、W_k、W_v、W_o，头的拆分与合并。
+
+use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection};
+use dfdx::prelude::*;
+
+use super::attention::{scaled_dot_product_attention, PaddingMask};
+use crate::basics::shapes::HeadSplit;
+
+// ANCHOR: mha_struct
+/// 多头注意力的参数：四个 `M × M` 的线性层（含偏置）。
+///
+/// 字段名与检查点中的键一致：`w_q.weight`、`w_q.bias`……（权重布局与 PyTorch 的
+/// `nn.Linear.weight` 相同，为 `(out, in)`）。
+#[derive(Clone, Debug)]
+pub struct MultiHeadAttention<const M: usize, const H: usize, E: Dtype, D: Device<E>> {
+    /// 查询投影。
+    pub w_q: Linear<M, M, E, D>,
+    /// 键投影。
+    pub w_k: Linear<M, M, E, D>,
+    /// 值投影。
+    pub w_v: Linear<M, M, E, D>,
+    /// 输出投影：合并各头之后。
+    pub w_o: Linear<M, M, E, D>,
+}
+// ANCHOR_END: mha_struct
+
+// ANCHOR: mha_forward
+impl<const M: usize, const H: usize, E: Dtype, D: Device<E>> MultiHeadAttention<M, H, E, D> {
+    /// 每个头的维度；`M % H != 0` 时是编译错误（见 0.3 节的 `HeadSplit`）。
+    pub const D_HEAD: usize = HeadSplit::<M, H>::D_HEAD;
+
+    /// 自注意力：Q、K、V 都由同一个输入 `x` 投影得到。
+    ///
+    /// # 形状
+    /// - `x`: `(batch, seq, Const<M>)`
+    /// - 返回：输出 `(batch, seq, Const<M>)`，注意力权重 `(batch, H, seq, seq)`
+    pub fn forward<T: Tape<E, D> + Merge<T>>(
+        &self,
+        x: Tensor<(usize, usize, Const<M>), E, D, T>,
+        mask: Option<&PaddingMask<E, D>>,
+    ) -> (
+        Tensor<(usize, usize, Const<M>), E, D, T>,
+        Tensor<(usize, usize, usize, usize), E, D>,
+    ) {
+        let (batch, seq, _) = *x.shape();
+        let heads = (batch, seq, H, Self::D_HEAD);
+        // x 要用三次：tape 跟着 q 走，k、v 用 retaped 复制出带空 tape 的副本，乘法时 tape 合并
+        let (x, tape) = x.split_tape();
+        let split = |t: Tensor<(usize, usize, Const<M>), E, D, T>| {
+            // (batch, seq, M) -> (batch, seq, H, d_head) -> (batch, H, seq, d_head)
+            t.reshape_like(&heads).permute::<_, Axes4<0, 2, 1, 3>>()
+        };
+        let q = split(self.w_q.forward(x.clone().put_tape(tape)));
+        let k = split(self.w_k.forward(x.retaped::<T>()));
+        let v = split(self.w_v.forward(x.retaped::<T>()));
+        let (out, weights) = scaled_dot_product_attention(q, k, v, mask);
+        // (batch, H, seq, d_head) -> (batch, seq, H, d_head) -> (batch, seq, M)
+        let out = out
+            .permute::<_, Axes4<0, 2, 1, 3>>()
+            .reshape_like(&(batch, seq, Const::<M>));
+        (self.w_o.forward(out), weights)
+    }
+}
+// ANCHOR_END: mha_forward
+
+impl<const M: usize, const H: usize, E, D> TensorCollection<E, D> for MultiHeadAttention<M, H, E, D>
+where
+    E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
+    D: Device<E>,
+{
+    type To<E2: Dtype, D2: Device<E2>> = MultiHeadAttention<M, H, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("w_q", |s| &s.w_q, |s| &mut s.w_q),
+                Self::module("w_k", |s| &s.w_k, |s| &mut s.w_k),
+                Self::module("w_v", |s| &s.w_v, |s| &mut s.w_v),
+                Self::module("w_o", |s| &s.w_o, |s| &mut s.w_o),
+            ),
+            |(w_q, w_k, w_v, w_o)| MultiHeadAttention { w_q, w_k, w_v, w_o },
+        )
+    }
+}

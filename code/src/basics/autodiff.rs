@@ -94,8 +94,11 @@ where
 
 /// 一个标量函数 f: 张量 → 标量，对 tape 类型泛型，既能带 tape 求导，也能不带 tape 求值。
 pub trait ScalarFn<S: Shape, D: Device<f64>> {
-    /// 计算 f(x)。
-    fn eval<T: Tape<f64, D>>(&self, x: Tensor<S, f64, D, T>) -> Tensor<(), f64, D, T>;
+    /// 计算 f(x)。`T` 是 `NoneTape` 或 `OwnedTape`；`Merge` 约束让 f 内部可以把 x 和常量张量混合运算。
+    fn eval<T: Tape<f64, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        x: Tensor<S, f64, D, T>,
+    ) -> Tensor<(), f64, D, T>;
 }
 // ANCHOR_END: check_gradient
 
@@ -155,7 +158,10 @@ mod tests {
     /// f(x) = Σ sin(xᵢ)·xᵢ²，∂f/∂xᵢ = cos(xᵢ)·xᵢ² + 2xᵢ·sin(xᵢ)
     struct SinTimesSquare;
     impl<S: Shape> ScalarFn<S, Cpu> for SinTimesSquare {
-        fn eval<T: Tape<f64, Cpu>>(&self, x: Tensor<S, f64, Cpu, T>) -> Tensor<(), f64, Cpu, T> {
+        fn eval<T: Tape<f64, Cpu> + Merge<T> + Merge<NoneTape>>(
+            &self,
+            x: Tensor<S, f64, Cpu, T>,
+        ) -> Tensor<(), f64, Cpu, T> {
             // x 被用到两次：retaped 复制出同一 id、带一条新空 tape 的张量，
             // 乘法把两条 tape 合并，两个分支的梯度都会累加到 x 上。
             let x_squared = x.retaped::<T>().square();

@@ -121,3 +121,94 @@ impl fmt::Display for MaskError {
 }
 
 impl std::error::Error for MaskError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::basics::autodiff::{check_gradient, ScalarFn};
+
+    type Shape4 = (usize, usize, usize, usize);
+
+    /// f(q) = Σ w ⊙ Attention(q, k, v; mask)，k、v、w 固定。
+    struct AttentionOfQuery {
+        k: Tensor<Shape4, f64, Cpu>,
+        v: Tensor<Shape4, f64, Cpu>,
+        w: Tensor<Shape4, f64, Cpu>,
+        mask: PaddingMask<f64, Cpu>,
+    }
+
+    impl ScalarFn<Shape4, Cpu> for AttentionOfQuery {
+        fn eval<T: Tape<f64, Cpu> + Merge<T> + Merge<NoneTape>>(
+            &self,
+            q: Tensor<Shape4, f64, Cpu, T>,
+        ) -> Tensor<(), f64, Cpu, T> {
+            let (q, tape) = q.split_tape();
+            // 只检查对 q 的梯度：k、v 是常量，retaped 给它们挂上同类型的空 tape
+            let (out, _) = scaled_dot_product_attention(
+                q.put_tape(tape),
+                self.k.clone().retaped::<T>(),
+                self.v.clone().retaped::<T>(),
+                Some(&self.mask),
+            );
+            (out * self.w.clone()).sum()
+        }
+    }
+
+    #[test]
+    fn masked_attention_gradient_matches_finite_differences() {
+        let dev: Cpu = Cpu::seed_from_u64(7);
+        let shape = (2, 2, 4, 3);
+        let f = AttentionOfQuery {
+            k: dev.sample_normal_like(&shape),
+            v: dev.sample_normal_like(&shape),
+            w: dev.sample_normal_like(&shape),
+            mask: PaddingMask::from_lengths(&dev, &[4, 2], 4).unwrap(),
+        };
+        let q = dev.sample_normal_like(&shape);
+        let check = check_gradient(&q, 1e-6, &f);
+        assert!(check.max_abs_error < 1e-8, "{check:?}");
+    }
+
+    #[test]
+    fn padded_keys_get_exactly_zero_weight_and_rows_sum_to_one() {
+        let dev: Cpu = Cpu::seed_from_u64(1);
+        let shape = (2, 3, 5, 4);
+        let (q, k, v) = (
+            dev.sample_normal_like(&shape),
+            dev.sample_normal_like(&shape),
+            dev.sample_normal_like(&shape),
+        );
+        let mask = PaddingMask::<f32, Cpu>::from_lengths(&dev, &[5, 2], 5).unwrap();
+        let (_, w) = scaled_dot_product_attention(q, k, v, Some(&mask));
+        let w = w.as_vec();
+        for (row_index, row) in w.chunks(5).enumerate() {
+            let b = row_index / (3 * 5);
+            let sum: f32 = row.iter().sum();
+            assert!((sum - 1.0).abs() < 1e-6);
+            for (j, &wj) in row.iter().enumerate() {
+                if j >= mask.lengths[b] {
+                    assert_eq!(wj, 0.0, "第 {b} 条序列的填充键 {j} 得到了权重 {wj}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_lengths_are_rejected_with_the_index() {
+        let dev: Cpu = Default::default();
+        let err = PaddingMask::<f32, Cpu>::from_lengths(&dev, &[3, 0], 3).unwrap_err();
+        assert_eq!(
+            err,
+            MaskError::BadLength {
+                index: 1,
+                length: 0,
+                seq_len: 3
+            }
+        );
+        assert!(PaddingMask::<f32, Cpu>::from_lengths(&dev, &[4], 3).is_err());
+        assert_eq!(
+            PaddingMask::<f32, Cpu>::from_lengths(&dev, &[], 3).unwrap_err(),
+            MaskError::EmptyBatch
+        );
+    }
+}

@@ -322,3 +322,250 @@ where
         )
     }
 }
+
+/// 测试用的小编码器：词表 50、隐藏维度 16、4 个头、前馈 32、2 层。
+pub type TinyEncoder<E, D> = TransformerEncoder<50, 16, 4, 32, 2, E, D>;
+
+/// 参考实现的默认配置：词表 10000、d_model 512、8 个头、前馈 2048、6 层。
+pub type SeedEncoder<E, D> = TransformerEncoder<10000, 512, 8, 2048, 6, E, D>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::basics::autodiff::{check_gradient, ScalarFn};
+    use dfdx::nn::{BuildModule, ZeroGrads};
+
+    type X = (usize, usize, Const<8>);
+    type Layer = EncoderLayer<8, 2, 16, f64, Cpu>;
+
+    struct LayerLoss {
+        layer: Layer,
+        mask: PaddingMask<f64, Cpu>,
+        cfg: EncoderConfig,
+        w: Tensor<X, f64, Cpu>,
+    }
+
+    impl LayerLoss {
+        fn new(norm_position: NormPosition, activation: Activation) -> Self {
+            let dev = Cpu::seed_from_u64(3);
+            let mut layer = Layer::build(&dev);
+            // 层归一化的参数也随机化，才能测出它们的梯度
+            layer.norm1.weight = dev.sample_normal::<Rank1<8>>() * 0.5 + 1.0;
+            layer.norm2.bias = dev.sample_normal::<Rank1<8>>() * 0.5;
+            let cfg = EncoderConfig {
+                norm_position,
+                activation,
+                ..Default::default()
+            };
+            let mask = PaddingMask::from_lengths(&dev, &[4, 2], 4).unwrap();
+            Self {
+                layer,
+                mask,
+                cfg,
+                w: dev.sample_normal_like(&(2, 4, Const)),
+            }
+        }
+        fn loss<T: Tape<f64, Cpu> + Merge<T> + Merge<NoneTape>>(
+            &self,
+            layer: &Layer,
+            x: Tensor<X, f64, Cpu, T>,
+        ) -> Tensor<(), f64, Cpu, T> {
+            let (y, _) = layer.forward(x, Some(&self.mask), &self.cfg, Mode::Eval);
+            (y * self.w.clone()).sum()
+        }
+    }
+
+    impl ScalarFn<X, Cpu> for LayerLoss {
+        fn eval<T: Tape<f64, Cpu> + Merge<T> + Merge<NoneTape>>(
+            &self,
+            x: Tensor<X, f64, Cpu, T>,
+        ) -> Tensor<(), f64, Cpu, T> {
+            self.loss(&self.layer, x)
+        }
+    }
+
+    /// 对参数 `get(layer)` 的每个元素做中心差分，返回与反向传播梯度的最大绝对误差。
+    fn param_error<S: Shape>(
+        f: &LayerLoss,
+        x: &Tensor<X, f64, Cpu>,
+        get: impl Fn(&mut Layer) -> &mut Tensor<S, f64, Cpu>,
+    ) -> f64 {
+        let grads = f.layer.alloc_grads();
+        let loss = f.loss(&f.layer, x.clone().traced(grads));
+        let mut layer = f.layer.clone();
+        let analytic = loss.backward().get(get(&mut layer)).as_vec();
+        let base = get(&mut layer).as_vec();
+        let h = 1e-6;
+        let mut worst: f64 = 0.0;
+        for i in 0..base.len() {
+            let at = |delta: f64| {
+                let mut l = f.layer.clone();
+                let mut v = base.clone();
+                v[i] += delta;
+                get(&mut l).copy_from(&v);
+                f.loss(&l, x.clone()).as_vec()[0]
+            };
+            let numeric = (at(h) - at(-h)) / (2.0 * h);
+            worst = worst.max((numeric - analytic[i]).abs());
+        }
+        worst
+    }
+
+    #[test]
+    fn encoder_layer_gradients_match_finite_differences() {
+        for norm_position in [NormPosition::Pre, NormPosition::Post] {
+            for activation in [Activation::Relu, Activation::Gelu] {
+                let f = LayerLoss::new(norm_position, activation);
+                let x = Cpu::seed_from_u64(9).sample_normal_like(&(2, 4, Const::<8>));
+                let case = format!("{norm_position:?}/{activation:?}");
+                let check = check_gradient(&x, 1e-6, &f);
+                assert!(check.max_abs_error < 1e-6, "{case} 输入梯度：{check:?}");
+                let errors = [
+                    (
+                        "attention.w_q.weight",
+                        param_error(&f, &x, |l| &mut l.attention.w_q.weight),
+                    ),
+                    (
+                        "attention.w_v.bias",
+                        param_error(&f, &x, |l| &mut l.attention.w_v.bias),
+                    ),
+                    (
+                        "attention.w_o.weight",
+                        param_error(&f, &x, |l| &mut l.attention.w_o.weight),
+                    ),
+                    (
+                        "feed_forward.linear1.bias",
+                        param_error(&f, &x, |l| &mut l.feed_forward.linear1.bias),
+                    ),
+                    (
+                        "feed_forward.linear2.weight",
+                        param_error(&f, &x, |l| &mut l.feed_forward.linear2.weight),
+                    ),
+                    ("norm1.weight", param_error(&f, &x, |l| &mut l.norm1.weight)),
+                    ("norm2.bias", param_error(&f, &x, |l| &mut l.norm2.bias)),
+                ];
+                for (name, err) in errors {
+                    assert!(err < 1e-6, "{case} 参数 {name} 的梯度误差 {err}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn padding_does_not_change_real_positions() {
+        let dev = Cpu::seed_from_u64(5);
+        let encoder = TinyEncoder::<f32, Cpu>::new(&dev, EncoderConfig::default());
+        let a = [3usize, 14, 15];
+        let b = [9usize, 26, 5, 35, 8];
+        let alone = dev.tensor_from_vec(a.to_vec(), (1, 3));
+        let alone = encoder
+            .forward(alone, None, Mode::Eval)
+            .unwrap()
+            .hidden
+            .as_vec();
+        // a 填充到长度 5（填充 id 取 0，它的值不应有任何影响）
+        let padded = dev.tensor_from_vec(
+            [a[0], a[1], a[2], 0, 0, b[0], b[1], b[2], b[3], b[4]].to_vec(),
+            (2, 5),
+        );
+        let mask = PaddingMask::from_lengths(&dev, &[3, 5], 5).unwrap();
+        let out = encoder.forward(padded, Some(&mask), Mode::Eval).unwrap();
+        let batched = out.hidden.as_vec();
+        for (i, (p, q)) in alone.iter().zip(&batched[..3 * 16]).enumerate() {
+            assert!(
+                (p - q).abs() < 1e-5,
+                "位置 {} 维 {}：{p} vs {q}",
+                i / 16,
+                i % 16
+            );
+        }
+        // 每一层、每个头、每个查询位置，对填充键的权重都恰好为 0
+        for weights in &out.attention {
+            let w = weights.as_vec(); // (2, 4, 5, 5)
+            for row in w[..4 * 5 * 5].chunks(5) {
+                assert_eq!(&row[3..], &[0.0, 0.0]);
+            }
+        }
+    }
+
+    #[test]
+    fn dropout_acts_only_in_training() {
+        let dev = Cpu::seed_from_u64(11);
+        let cfg = EncoderConfig {
+            dropout: 0.5,
+            ..Default::default()
+        };
+        let encoder = TinyEncoder::<f32, Cpu>::new(&dev, cfg);
+        let tokens = || dev.tensor_from_vec(vec![1usize, 2, 3, 4], (1, 4));
+        let eval1 = encoder
+            .forward(tokens(), None, Mode::Eval)
+            .unwrap()
+            .hidden
+            .as_vec();
+        let eval2 = encoder
+            .forward(tokens(), None, Mode::Eval)
+            .unwrap()
+            .hidden
+            .as_vec();
+        let train1 = encoder
+            .forward(tokens(), None, Mode::Train)
+            .unwrap()
+            .hidden
+            .as_vec();
+        let train2 = encoder
+            .forward(tokens(), None, Mode::Train)
+            .unwrap()
+            .hidden
+            .as_vec();
+        assert_eq!(eval1, eval2, "推理模式必须确定");
+        assert_ne!(train1, train2, "训练模式下两次 dropout 的掩码应不同");
+        assert_ne!(train1, eval1);
+        // dropout = 0 时训练与推理相同
+        let no_drop = TransformerEncoder {
+            config: EncoderConfig {
+                dropout: 0.0,
+                ..cfg
+            },
+            ..encoder.clone()
+        };
+        assert_eq!(
+            no_drop
+                .forward(tokens(), None, Mode::Train)
+                .unwrap()
+                .hidden
+                .as_vec(),
+            eval1
+        );
+    }
+
+    #[test]
+    fn bad_inputs_are_clear_errors() {
+        let dev = Cpu::seed_from_u64(0);
+        let encoder = TinyEncoder::<f32, Cpu>::new(
+            &dev,
+            EncoderConfig {
+                max_len: 4,
+                ..Default::default()
+            },
+        );
+        let long = dev.tensor_from_vec(vec![1usize; 5], (1, 5));
+        let err = encoder.forward(long, None, Mode::Eval).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "序列长度 5 超过了编码器的最大长度 max_len = 4"
+        );
+        let mask = PaddingMask::from_lengths(&dev, &[2, 3], 3).unwrap();
+        let tokens = dev.tensor_from_vec(vec![1usize; 3], (1, 3));
+        let err = encoder
+            .forward(tokens, Some(&mask), Mode::Eval)
+            .err()
+            .unwrap();
+        assert_eq!(
+            err,
+            InputError::MaskShape {
+                tokens: (1, 3),
+                mask: (2, 3)
+            }
+        );
+    }
+}

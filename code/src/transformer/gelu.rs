@@ -47,7 +47,10 @@ mod tests {
 
     struct SumGelu;
     impl<S: Shape> ScalarFn<S, Cpu> for SumGelu {
-        fn eval<T: Tape<f64, Cpu>>(&self, x: Tensor<S, f64, Cpu, T>) -> Tensor<(), f64, Cpu, T> {
+        fn eval<T: Tape<f64, Cpu> + Merge<T> + Merge<NoneTape>>(
+            &self,
+            x: Tensor<S, f64, Cpu, T>,
+        ) -> Tensor<(), f64, Cpu, T> {
             // 乘一个非均匀的权重，让每个元素的梯度不同
             let shape = *x.shape();
             let w = x.device().tensor_from_vec(

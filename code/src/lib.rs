@@ -12,6 +12,10 @@
 //! | [`io`] | 原子写文件等共用工具 |
 //! | [`cli`] | 实验命令行的中文帮助与错误信息 |
 
+// 本书让类型写出张量的形状（如 `Tensor<(usize, usize, Const<M>), E, D, T>`），
+// 这正是 clippy 的 type_complexity 所说的“复杂类型”；用别名藏起形状会违背本书的初衷。
+#![allow(clippy::type_complexity)]
+
 pub mod basics;
 pub mod checkpoint;
 pub mod cli;

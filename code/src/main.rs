@@ -32,6 +32,10 @@ enum Command {
         #[arg(long, value_name = "目录")]
         out: Option<PathBuf>,
     },
+    /// 1.3 节：位置编码的 exp(log) 与 pow 两种写法在 f32 下的差别
+    Positional,
+    /// 第 1 部分：各组件与 PyTorch 参考实现的最大误差
+    Parity,
     /// 第 0 部分：比较 GELU 的三种导数，发现 dfdx accurate_gelu 反向传播的错误
     GeluGrad {
         /// 运行设备：cpu 或 cuda
@@ -51,6 +55,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Figures { out } => write_figures(&out.unwrap_or_else(figures::book_dir)),
         Command::GeluGrad { device } => gelu_grad(device),
+        Command::Positional => positional(),
+        Command::Parity => parity(),
     }
 }
 
@@ -110,5 +116,38 @@ fn gelu_grad(device: DeviceKind) -> anyhow::Result<()> {
         .map(|p| (p.dfdx_backward - p.exact).abs())
         .fold(0.0, f64::max);
     println!("dfdx 反向与精确值的最大偏差：{worst:.6}");
+    Ok(())
+}
+
+fn positional() -> anyhow::Result<()> {
+    let (d, len, stride) = figures::PE_NUMERICS;
+    let n = llm_book::transformer::pe_numerics::pe_numerics(d, len, stride);
+    println!("d_model = {d}，位置 0..{len}，与 f64 真值比较");
+    println!(
+        "频率的最大相对误差：exp(log) {:.2e}，pow {:.2e}",
+        n.freq_rel_error.0, n.freq_rel_error.1
+    );
+    println!(
+        "{:>6} {:>16} {:>16} {:>16}",
+        "位置", "只舍入ω：exp(log)", "只舍入ω：pow", "全程 f32"
+    );
+    for (pos, a, b, c) in n.curve.iter().step_by(8) {
+        println!("{pos:>6} {a:>16.3e} {b:>16.3e} {c:>16.3e}");
+    }
+    let (diff, pos, dim) = n.max_diff_between;
+    println!("两种写法（只舍入ω）的编码表之间最大相差 {diff:.3e}，在位置 {pos}、维度 {dim}");
+    Ok(())
+}
+
+fn parity() -> anyhow::Result<()> {
+    let path = llm_book::transformer::parity::fixture_path();
+    let results = llm_book::transformer::parity::compare_all(&path)?;
+    println!("参考数据：{}（PyTorch，f32）", path.display());
+    for r in &results {
+        println!(
+            "{:<28} {:>5} 个元素  最大绝对误差 {:.2e}",
+            r.name, r.elements, r.max_abs_error
+        );
+    }
     Ok(())
 }

@@ -111,6 +111,111 @@ impl LineChart {
     }
 }
 
+/// 一张热力图：`values[row][col]`，行自上而下、列自左而右。
+#[derive(Debug, Clone)]
+pub struct Heatmap {
+    /// 标题。
+    pub title: String,
+    /// 横轴（列）说明。
+    pub x_label: String,
+    /// 纵轴（行）说明。
+    pub y_label: String,
+    /// 数据，每行长度相同。
+    pub values: Vec<Vec<f64>>,
+    /// 颜色映射的范围 (最小, 最大)。
+    pub range: (f64, f64),
+    /// 行、列的刻度文字（为空时用下标）。
+    pub row_labels: Vec<String>,
+    /// 列的刻度文字。
+    pub col_labels: Vec<String>,
+}
+
+/// 发散色标：最小值为蓝、中点为白、最大值为红。
+pub fn diverging(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let (lo, mid, hi) = (
+        (33.0, 102.0, 172.0),
+        (247.0, 247.0, 247.0),
+        (178.0, 24.0, 43.0),
+    );
+    let mix = |a: f64, b: f64, u: f64| (a + (b - a) * u).round() as u8;
+    if t < 0.5 {
+        let u = t * 2.0;
+        RGBColor(
+            mix(lo.0, mid.0, u),
+            mix(lo.1, mid.1, u),
+            mix(lo.2, mid.2, u),
+        )
+    } else {
+        let u = (t - 0.5) * 2.0;
+        RGBColor(
+            mix(mid.0, hi.0, u),
+            mix(mid.1, hi.1, u),
+            mix(mid.2, hi.2, u),
+        )
+    }
+}
+
+impl Heatmap {
+    /// 渲染为 SVG 文本。
+    pub fn to_svg(&self) -> anyhow::Result<String> {
+        let rows = self.values.len();
+        let cols = self.values.first().map_or(0, Vec::len);
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+            root.fill(&WHITE)?;
+            let mut chart = ChartBuilder::on(&root)
+                .caption(&self.title, (FONT, 20))
+                .margin(16)
+                .x_label_area_size(if self.col_labels.is_empty() { 40 } else { 64 })
+                .y_label_area_size(64)
+                .build_cartesian_2d(0.0..cols as f64, rows as f64..0.0)?;
+            let label = |labels: &[String], v: f64| {
+                let i = v.floor() as usize;
+                labels.get(i).cloned().unwrap_or_else(|| format!("{i}"))
+            };
+            let (row_labels, col_labels) = (self.row_labels.clone(), self.col_labels.clone());
+            chart
+                .configure_mesh()
+                .disable_mesh()
+                .x_desc(&self.x_label)
+                .y_desc(&self.y_label)
+                .label_style((FONT, 14))
+                .axis_desc_style((FONT, 15))
+                .x_labels(cols.min(16))
+                .y_labels(rows.min(16))
+                .x_label_formatter(&|v| {
+                    if col_labels.is_empty() {
+                        format!("{}", *v as usize)
+                    } else {
+                        label(&col_labels, *v + 0.5)
+                    }
+                })
+                .y_label_formatter(&|v| {
+                    if row_labels.is_empty() {
+                        format!("{}", *v as usize)
+                    } else {
+                        label(&row_labels, *v + 0.5)
+                    }
+                })
+                .draw()?;
+            let (lo, hi) = self.range;
+            chart.draw_series(self.values.iter().enumerate().flat_map(|(r, row)| {
+                row.iter().enumerate().map(move |(c, &v)| {
+                    let color = diverging((v - lo) / (hi - lo));
+                    Rectangle::new(
+                        [(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)],
+                        color.filled(),
+                    )
+                })
+            }))?;
+            root.present()?;
+        }
+        Ok(svg)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,5 +248,26 @@ mod tests {
         assert!(a.starts_with("<svg"));
         assert!(a.contains("测试图") && a.contains("平方") && a.contains("参考"));
         assert!(a.contains("PingFang SC"));
+    }
+
+    #[test]
+    fn heatmap_colors_span_the_range() {
+        assert_eq!(diverging(0.0), RGBColor(33, 102, 172));
+        assert_eq!(diverging(0.5), RGBColor(247, 247, 247));
+        assert_eq!(diverging(1.0), RGBColor(178, 24, 43));
+        let h = Heatmap {
+            title: "热力图".into(),
+            x_label: "列".into(),
+            y_label: "行".into(),
+            values: vec![vec![-1.0, 0.0], vec![0.0, 1.0]],
+            range: (-1.0, 1.0),
+            row_labels: vec![],
+            col_labels: vec![],
+        };
+        let svg = h.to_svg().unwrap();
+        assert!(
+            svg.contains("#2166AC") && svg.contains("#B2182B"),
+            "两端的颜色都应出现"
+        );
     }
 }

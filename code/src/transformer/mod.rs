@@ -8,12 +8,16 @@
 //! | `norm.rs` | 1.4 层归一化 |
 //! | `feed_forward.rs`、`gelu.rs` | 1.5 前馈网络与精确 GELU |
 //! | `encoder.rs` | 1.6 编码器层与编码器 |
+//! | `cost.rs` | 1.7 参数量、显存与计算量 |
+//! | `parity.rs` | 与 PyTorch 参考实现的逐组件比较 |
 
 pub mod attention;
+pub mod cost;
 pub mod encoder;
 pub mod feed_forward;
 pub mod gelu;
 pub mod multi_head;
 pub mod norm;
 pub mod parity;
+pub mod pe_numerics;
 pub mod positional;

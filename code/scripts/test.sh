@@ -10,11 +10,14 @@ step() { printf '\n==> [%s] %s\n' "$1" "$2"; }
 # mdbook test 的 -L 目录里，书中片段直接引用的库（extern crate）各只能有一个 rlib，
 # 否则 rustc 报 E0464。依赖版本变化后旧的 rlib 会留在目录里：只保留最新的那个。
 prune_stale_rlibs() {
-  local deps="$1" crate
+  local deps="$1" crate newest keep f
   for crate in llm_book dfdx libm; do
     # shellcheck disable=SC2012
-    ls -t "$deps"/lib"$crate"-*.rlib 2>/dev/null | tail -n +2 | while read -r stale; do
-      rm -f "$stale" "${stale%.rlib}.rmeta"
+    newest="$(ls -t "$deps"/lib"$crate"-*.rlib 2>/dev/null | head -n 1)"
+    [ -n "$newest" ] || continue
+    keep="${newest%.rlib}"
+    for f in "$deps"/lib"$crate"-*.rlib "$deps"/lib"$crate"-*.rmeta; do
+      if [ -e "$f" ] && [ "${f%.*}" != "$keep" ]; then rm -f "$f"; fi
     done
   done
 }

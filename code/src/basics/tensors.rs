@@ -4,6 +4,13 @@
 
 use dfdx::prelude::*;
 
+/// 本书模型支持的元素类型（f32、f64）：dfdx 的 `Dtype`，加上随机初始化需要的浮点运算与均匀采样。
+///
+/// 这只是一个 trait 别名，让模型代码的约束写成 `E: Real`，而不是一长串 trait。
+pub trait Real: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform {}
+
+impl<E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform> Real for E {}
+
 // ANCHOR: softmax_rows
 /// 逐行的数值稳定 softmax：先减去每行的最大值，再取指数并归一化。
 ///

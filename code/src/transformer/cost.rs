@@ -6,6 +6,8 @@
 use dfdx::nn::NumParams;
 use dfdx::prelude::*;
 
+use crate::basics::tensors::Real;
+
 use super::encoder::TransformerEncoder;
 
 /// 编码器的各个宽度（运行期的值，用于公式与表格）。
@@ -44,14 +46,12 @@ impl<
 }
 
 // ANCHOR: param_formula
-impl ModelDims {
-    /// 闭式公式：V·d + L·(4d² + 2d·d_ff + 9d + d_ff) + 2d。
-    ///
-    /// 每层：注意力 4(d² + d)，前馈 2d·d_ff + d_ff + d，两个层归一化 4d；最后的层归一化 2d。
-    pub fn param_count(&self) -> usize {
-        let (v, d, f, l) = (self.vocab, self.d_model, self.d_ff, self.layers);
-        v * d + l * (4 * d * d + 2 * d * f + 9 * d + f) + 2 * d
-    }
+/// 参数量的闭式公式：V·d + L·(4d² + 2d·d_ff + 9d + d_ff) + 2d。
+///
+/// 每层：注意力 4(d² + d)，前馈 2d·d_ff + d_ff + d，两个层归一化 4d；最后的层归一化 2d。
+pub fn param_count(dims: &ModelDims) -> usize {
+    let (v, d, f, l) = (dims.vocab, dims.d_model, dims.d_ff, dims.layers);
+    v * d + l * (4 * d * d + 2 * d * f + 9 * d + f) + 2 * d
 }
 // ANCHOR_END: param_formula
 
@@ -68,7 +68,7 @@ pub fn count_params<
     model: &TransformerEncoder<V, M, H, F, L, E, D>,
 ) -> usize
 where
-    E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
+    E: Real,
     D: Device<E>,
 {
     model.params.num_trainable_params()
@@ -95,33 +95,31 @@ impl MemoryEstimate {
     }
 }
 
-impl ModelDims {
-    /// 批大小 `batch`、序列长度 `seq`、每个元素 `bytes` 字节时的估算。
-    ///
-    /// 激活按每层保存 B·S·(11d + 2d_ff) + 2·B·h·S² 个元素计：层归一化的输入与输出 4 份、
-    /// Q/K/V 3 份、注意力输出与 W_o 输出 2 份、两个 dropout 掩码 2 份（共 11 份 B·S·d），
-    /// 前馈的隐层激活前后 2 份 B·S·d_ff，注意力分数与 softmax 输出 2 份 B·h·S²；
-    /// 另加嵌入输出与最后层归一化的 2 份 B·S·d。
-    pub fn memory(&self, batch: usize, seq: usize, bytes: usize) -> MemoryEstimate {
-        let p = self.param_count();
-        let (d, f, h, l) = (self.d_model, self.d_ff, self.heads, self.layers);
-        let per_layer = batch * seq * (11 * d + 2 * f) + 2 * batch * h * seq * seq;
-        let activations = l * per_layer + 2 * batch * seq * d;
-        MemoryEstimate {
-            params: p * bytes,
-            grads: p * bytes,
-            adam: 2 * p * bytes,
-            activations: activations * bytes,
-        }
+/// 批大小 `batch`、序列长度 `seq`、每个元素 `bytes` 字节时，训练一步的内存估算。
+///
+/// 激活按每层保存 B·S·(11d + 2d_ff) + 2·B·h·S² 个元素计：层归一化的输入与输出 4 份、
+/// Q/K/V 3 份、注意力输出与 W_o 输出 2 份、两个 dropout 掩码 2 份（共 11 份 B·S·d），
+/// 前馈的隐层激活前后 2 份 B·S·d_ff，注意力分数与 softmax 输出 2 份 B·h·S²；
+/// 另加嵌入输出与最后层归一化的 2 份 B·S·d。
+pub fn training_memory(dims: &ModelDims, batch: usize, seq: usize, bytes: usize) -> MemoryEstimate {
+    let p = param_count(dims);
+    let (d, f, h, l) = (dims.d_model, dims.d_ff, dims.heads, dims.layers);
+    let per_layer = batch * seq * (11 * d + 2 * f) + 2 * batch * h * seq * seq;
+    let activations = l * per_layer + 2 * batch * seq * d;
+    MemoryEstimate {
+        params: p * bytes,
+        grads: p * bytes,
+        adam: 2 * p * bytes,
+        activations: activations * bytes,
     }
+}
 
-    /// 一次前向的乘加次数（FLOPs 按 2 × 乘加计）：每层 2·B·S·(4d² + 2d·d_ff) + 2·B·S²·d（QKᵀ 与 AV）。
-    pub fn forward_flops(&self, batch: usize, seq: usize) -> usize {
-        let (d, f, l) = (self.d_model, self.d_ff, self.layers);
-        let linear = 2 * batch * seq * (4 * d * d + 2 * d * f);
-        let attention = 2 * 2 * batch * seq * seq * d;
-        l * (linear + attention)
-    }
+/// 一次前向的浮点运算数（乘加计 2 次）：每层 2·B·S·(4d² + 2d·d_ff) + 4·B·S²·d（QKᵀ 与 AV）。
+pub fn forward_flops(dims: &ModelDims, batch: usize, seq: usize) -> usize {
+    let (d, f, l) = (dims.d_model, dims.d_ff, dims.layers);
+    let linear = 2 * batch * seq * (4 * d * d + 2 * d * f);
+    let attention = 2 * 2 * batch * seq * seq * d;
+    l * (linear + attention)
 }
 // ANCHOR_END: memory
 
@@ -146,7 +144,7 @@ mod tests {
             },
         );
         let dims = TransformerEncoder::<V, M, H, F, L, f32, Cpu>::DIMS;
-        assert_eq!(count_params(&model), dims.param_count(), "{dims:?}");
+        assert_eq!(count_params(&model), param_count(&dims), "{dims:?}");
     }
 
     #[test]
@@ -156,7 +154,7 @@ mod tests {
         walk_equals_formula::<100, 32, 8, 128, 3>();
         walk_equals_formula::<1000, 64, 1, 64, 0>();
         assert_eq!(
-            TinyEncoder::<f32, Cpu>::DIMS.param_count(),
+            param_count(&TinyEncoder::<f32, Cpu>::DIMS),
             50 * 16 + 2 * (4 * 256 + 2 * 16 * 32 + 9 * 16 + 32) + 32
         );
     }
@@ -164,12 +162,12 @@ mod tests {
     #[test]
     fn seed_config_has_24_million_parameters() {
         let dims = SeedEncoder::<f32, Cpu>::DIMS;
-        assert_eq!(dims.param_count(), 24_035_328);
+        assert_eq!(param_count(&dims), 24_035_328);
         let dev: Cpu = Default::default();
         let model = SeedEncoder::<f32, Cpu>::new(&dev, EncoderConfig::default());
         assert_eq!(count_params(&model), 24_035_328);
         // f32：参数 96 MB，梯度 96 MB，Adam 192 MB
-        let m = dims.memory(2, 50, 4);
+        let m = training_memory(&dims, 2, 50, 4);
         assert_eq!(
             (m.params, m.grads, m.adam),
             (96_141_312, 96_141_312, 192_282_624)

@@ -9,6 +9,8 @@ use std::fmt;
 use dfdx::nn::modules::{Embedding, Module, ModuleVisitor, Repeated, TensorCollection};
 use dfdx::prelude::*;
 
+use crate::basics::tensors::Real;
+
 use super::attention::PaddingMask;
 use super::feed_forward::{Activation, FeedForward};
 use super::multi_head::MultiHeadAttention;
@@ -175,7 +177,7 @@ pub struct EncoderOutput<const M: usize, E: Dtype, D: Device<E>, T> {
 impl<const V: usize, const M: usize, const H: usize, const F: usize, const L: usize, E, D>
     TransformerEncoder<V, M, H, F, L, E, D>
 where
-    E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
+    E: Real,
     D: Device<E>,
 {
     /// 随机初始化参数（线性层与 PyTorch 的 `nn.Linear` 同分布），算好位置编码。
@@ -272,7 +274,7 @@ impl std::error::Error for InputError {}
 impl<const M: usize, const H: usize, const F: usize, E, D> TensorCollection<E, D>
     for EncoderLayer<M, H, F, E, D>
 where
-    E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
+    E: Real,
     D: Device<E>,
 {
     type To<E2: Dtype, D2: Device<E2>> = EncoderLayer<M, H, F, E2, D2>;
@@ -300,7 +302,7 @@ where
 impl<const V: usize, const M: usize, const H: usize, const F: usize, const L: usize, E, D>
     TensorCollection<E, D> for EncoderParams<V, M, H, F, L, E, D>
 where
-    E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
+    E: Real,
     D: Device<E>,
 {
     type To<E2: Dtype, D2: Device<E2>> = EncoderParams<V, M, H, F, L, E2, D2>;

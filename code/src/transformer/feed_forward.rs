@@ -3,6 +3,8 @@
 use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
+use crate::basics::tensors::Real;
+
 use super::gelu::gelu;
 
 /// 前馈网络的激活函数。
@@ -45,7 +47,7 @@ impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> FeedForward<M, F, E
 
 impl<const M: usize, const F: usize, E, D> TensorCollection<E, D> for FeedForward<M, F, E, D>
 where
-    E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
+    E: Real,
     D: Device<E>,
 {
     type To<E2: Dtype, D2: Device<E2>> = FeedForward<M, F, E2, D2>;

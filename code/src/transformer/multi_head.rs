@@ -3,6 +3,8 @@
 use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
+use crate::basics::tensors::Real;
+
 use super::attention::{scaled_dot_product_attention, PaddingMask};
 use crate::basics::shapes::HeadSplit;
 
@@ -65,7 +67,7 @@ impl<const M: usize, const H: usize, E: Dtype, D: Device<E>> MultiHeadAttention<
 
 impl<const M: usize, const H: usize, E, D> TensorCollection<E, D> for MultiHeadAttention<M, H, E, D>
 where
-    E: Dtype + num_traits::Float + rand_distr::uniform::SampleUniform,
+    E: Real,
     D: Device<E>,
 {
     type To<E2: Dtype, D2: Device<E2>> = MultiHeadAttention<M, H, E2, D2>;

@@ -7,6 +7,8 @@
 //! | [`basics`] | 第 0 部分 · dfdx 与编译期形状 |
 //! | [`transformer`] | 第 1 部分 · Transformer 编码器 |
 //! | [`checkpoint`] | 按名字读写 safetensors 检查点（第 1、3 部分共用） |
+//! | [`data`] | 语料、词表与组批（1.8 节起） |
+//! | [`train`] | 全书共用的分类训练循环 |
 //! | [`plot`] | 书中所有图的绘制（plotters，SVG） |
 //! | [`figures`] | 书中每张图的登记表：`cargo run --release -- figures` 逐一重新生成 |
 //! | [`io`] | 原子写文件等共用工具 |
@@ -19,7 +21,9 @@
 pub mod basics;
 pub mod checkpoint;
 pub mod cli;
+pub mod data;
 pub mod figures;
 pub mod io;
 pub mod plot;
+pub mod train;
 pub mod transformer;

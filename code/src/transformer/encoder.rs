@@ -200,11 +200,35 @@ where
         mask: Option<&PaddingMask<E, D>>,
         mode: Mode,
     ) -> Result<EncoderOutput<M, E, D, T>, InputError> {
+        self.params
+            .forward(&self.positional, &self.config, tokens, mask, mode)
+    }
+}
+
+impl<
+        const V: usize,
+        const M: usize,
+        const H: usize,
+        const F: usize,
+        const L: usize,
+        E: Real,
+        D: Device<E>,
+    > EncoderParams<V, M, H, F, L, E, D>
+{
+    /// 编码器的前向（参数在 `self`，位置编码与超参数由调用者提供；分类模型等在此之上加任务头）。
+    pub fn forward<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        positional: &PositionalEncoding<M, E, D>,
+        config: &EncoderConfig,
+        tokens: Tensor<(usize, usize), usize, D, T>,
+        mask: Option<&PaddingMask<E, D>>,
+        mode: Mode,
+    ) -> Result<EncoderOutput<M, E, D, T>, InputError> {
         let (batch, seq) = *tokens.shape();
-        if seq > self.positional.max_len() {
+        if seq > positional.max_len() {
             return Err(InputError::TooLong {
                 seq,
-                max_len: self.positional.max_len(),
+                max_len: positional.max_len(),
             });
         }
         if let Some(m) = mask {
@@ -216,16 +240,14 @@ where
             }
         }
         // 约定：不乘 √M（与参考实现和 PyTorch 的 N(0,1) 嵌入初始化一致，见 1.6 节）
-        let mut x = self
-            .positional
-            .forward(self.params.embedding.forward(tokens));
+        let mut x = positional.forward(self.embedding.forward(tokens));
         let mut attention = Vec::with_capacity(L);
-        for layer in &self.params.layers.modules {
-            let (y, weights) = layer.forward(x, mask, &self.config, mode);
+        for layer in &self.layers.modules {
+            let (y, weights) = layer.forward(x, mask, config, mode);
             x = y;
             attention.push(weights);
         }
-        let hidden = self.params.norm.forward(x, self.config.layer_norm_eps);
+        let hidden = self.norm.forward(x, config.layer_norm_eps);
         Ok(EncoderOutput { hidden, attention })
     }
 }

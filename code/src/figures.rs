@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 use dfdx::prelude::*;
 
 use crate::basics::autodiff::gelu_gradient_table;
-use crate::plot::{Heatmap, LineChart, Series};
+use crate::experiments::ln_stability::LnStabilityResult;
+use crate::experiments::load_result;
+use crate::experiments::sentiment::SentimentResult;
+use crate::experiments::seq_cost::SeqCostResult;
+use crate::plot::{ColorMap, Heatmap, LineChart, Series};
 use crate::transformer::pe_numerics::{pe_dot, pe_numerics};
 use crate::transformer::positional::{frequencies_exp_log, sinusoidal_table};
 
@@ -46,6 +50,31 @@ pub fn all() -> Vec<Figure> {
             about: "1.3 节：exp(log) 与 pow 两种写法在 f32 下的误差",
             render: pe_numerics_figure,
         },
+        Figure {
+            file: "part1-seq-cost.svg",
+            about: "1.7 节：耗时随序列长度的变化与公式（读 results/part1-seq-cost.json）",
+            render: seq_cost_figure,
+        },
+        Figure {
+            file: "part1-sentiment-loss.svg",
+            about: "1.8 节：情感分类的训练损失（读 results/part1-sentiment.json）",
+            render: sentiment_loss_figure,
+        },
+        Figure {
+            file: "part1-attention-map.svg",
+            about: "1.8 节：训练后的注意力图（读 results/part1-sentiment.json）",
+            render: attention_map_figure,
+        },
+        Figure {
+            file: "part1-ln-stability-lr0.001.svg",
+            about: "1.8 节：Pre-LN 与 Post-LN，学习率 1e-3（读 results/part1-ln-stability.json）",
+            render: || ln_stability_figure(0.001),
+        },
+        Figure {
+            file: "part1-ln-stability-lr0.003.svg",
+            about: "1.8 节：Pre-LN 与 Post-LN，学习率 3e-3（读 results/part1-ln-stability.json）",
+            render: || ln_stability_figure(0.003),
+        },
     ]
 }
 
@@ -70,6 +99,7 @@ fn gelu_grad_figure() -> anyhow::Result<String> {
             name: name.into(),
             points: table.iter().map(|p| (p.x, y(p))).collect(),
             dashed,
+            color: None,
         };
     LineChart {
         title: "GELU 的导数：dfdx 0.13 accurate_gelu 的反向传播与精确值".into(),
@@ -101,6 +131,7 @@ fn pe_heatmap_figure() -> anyhow::Result<String> {
             .map(|row| row.iter().map(|&v| v as f64).collect())
             .collect(),
         range: (-1.0, 1.0),
+        colormap: ColorMap::Diverging,
         row_labels: vec![],
         col_labels: vec![],
     }
@@ -120,7 +151,7 @@ fn pe_similarity_figure() -> anyhow::Result<String> {
             points: (0..len)
                 .map(|q| (q as f64, pe_dot(&table, d, p, q) as f64))
                 .collect(),
-            dashed: false,
+            ..Default::default()
         })
         .collect();
     LineChart {
@@ -150,18 +181,130 @@ fn pe_numerics_figure() -> anyhow::Result<String> {
                 name: "频率用 exp(log) 算（角度在 f64 下）".into(),
                 points: curve(|c| c.1),
                 dashed: false,
+                color: None,
             },
             Series {
                 name: "频率用 pow 算（角度在 f64 下）".into(),
                 points: curve(|c| c.2),
                 dashed: false,
+                color: None,
             },
             Series {
                 name: "全程 f32（exp(log)，角度与 sin/cos 也在 f32）".into(),
                 points: curve(|c| c.3),
                 dashed: false,
+                color: None,
             },
         ],
+    }
+    .to_svg()
+}
+
+fn sentiment_loss_figure() -> anyhow::Result<String> {
+    let r: SentimentResult = load_result("part1-sentiment", "sentiment")?;
+    LineChart {
+        title: format!(
+            "从零训练情感分类：训练损失（测试集准确率 {:.1}%）",
+            r.report.test.accuracy * 100.0
+        ),
+        x_label: "步数".into(),
+        y_label: format!(
+            "交叉熵（每 {} 步平均）",
+            r.report.loss_curve.first().map_or(0, |p| p.0)
+        ),
+        series: vec![Series {
+            name: "Pre-LN，d_model 128，2 层".into(),
+            points: r
+                .report
+                .loss_curve
+                .iter()
+                .map(|&(s, l)| (s as f64, l))
+                .collect(),
+            ..Default::default()
+        }],
+    }
+    .to_svg()
+}
+
+fn attention_map_figure() -> anyhow::Result<String> {
+    let r: SentimentResult = load_result("part1-sentiment", "sentiment")?;
+    let a = &r.attention;
+    let max = a.weights.iter().flatten().cloned().fold(0.0, f64::max);
+    Heatmap {
+        title: format!(
+            "最后一层注意力（各头平均；正面概率 {:.2}）",
+            a.positive_probability
+        ),
+        x_label: "键（被看的字）".into(),
+        y_label: "查询".into(),
+        values: a.weights.clone(),
+        range: (0.0, max),
+        colormap: ColorMap::Sequential,
+        row_labels: a.tokens.clone(),
+        col_labels: a.tokens.clone(),
+    }
+    .to_svg()
+}
+
+fn ln_stability_figure(lr: f64) -> anyhow::Result<String> {
+    let r: LnStabilityResult = load_result("part1-ln-stability", "ln-stability")?;
+    let series = r
+        .runs
+        .iter()
+        .filter(|run| (run.lr - lr).abs() < 1e-12)
+        .map(|run| Series {
+            name: format!(
+                "{} 种子 {}",
+                if run.pre_ln { "Pre-LN" } else { "Post-LN" },
+                run.seed
+            ),
+            points: run.loss_curve.iter().map(|&(s, l)| (s as f64, l)).collect(),
+            dashed: !run.pre_ln,
+            color: Some(if run.pre_ln { 0 } else { 1 }),
+        })
+        .collect();
+    LineChart {
+        title: format!("6 层编码器，学习率 {lr}，不预热：Pre-LN（实线）与 Post-LN（虚线）"),
+        x_label: "步数".into(),
+        y_label: "训练损失（每 10 步平均）".into(),
+        series,
+    }
+    .to_svg()
+}
+
+fn seq_cost_figure() -> anyhow::Result<String> {
+    let r: SeqCostResult = load_result("part1-seq-cost", "seq-cost")?;
+    let mut series = Vec::new();
+    for (i, (name, curve)) in [("多头注意力", &r.attention), ("编码器层", &r.layer)]
+        .into_iter()
+        .enumerate()
+    {
+        series.push(Series {
+            name: format!("{name}：实测"),
+            points: curve
+                .points
+                .iter()
+                .map(|&(s, ms, _)| (s as f64, ms))
+                .collect(),
+            color: Some(i),
+            ..Default::default()
+        });
+        series.push(Series {
+            name: format!("{name}：公式 ÷ {:.0} GFLOP/s", curve.gflops),
+            points: curve
+                .points
+                .iter()
+                .map(|&(s, _, f)| (s as f64, f / curve.gflops / 1e6))
+                .collect(),
+            dashed: true,
+            color: Some(i),
+        });
+    }
+    LineChart {
+        title: "前向耗时随序列长度的变化（d_model 512，批大小 1）".into(),
+        x_label: "序列长度 S".into(),
+        y_label: "毫秒".into(),
+        series,
     }
     .to_svg()
 }

@@ -66,7 +66,12 @@ enum Command {
         #[arg(long, default_value_t = 3, value_name = "个数")]
         seeds: u64,
         /// 学习率（可给多个，逗号分隔）
-        #[arg(long, default_value = "0.001", value_delimiter = ',', value_name = "学习率")]
+        #[arg(
+            long,
+            default_value = "0.001",
+            value_delimiter = ',',
+            value_name = "学习率"
+        )]
         lr: Vec<f64>,
         /// 运行设备：cpu 或 cuda
         #[arg(long, default_value = "cpu", value_name = "设备")]
@@ -74,6 +79,12 @@ enum Command {
         /// 不写结果文件（试跑）
         #[arg(long)]
         dry_run: bool,
+    },
+    /// 1.7 节：读取 `cargo bench --bench seq_cost` 的结果，与浮点运算数的公式对照
+    SeqCost {
+        /// criterion 的结果目录（默认 <仓库>/target/criterion）
+        #[arg(long, value_name = "目录")]
+        criterion_dir: Option<PathBuf>,
     },
     /// 第 0 部分：比较 GELU 的三种导数，发现 dfdx accurate_gelu 反向传播的错误
     GeluGrad {
@@ -95,10 +106,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Figures { out } => write_figures(&out.unwrap_or_else(figures::book_dir)),
         Command::GeluGrad { device } => gelu_grad(device),
         Command::Positional => positional(),
-        Command::LnStability { steps, seeds, lr, device, dry_run } => ln_stability(steps, seeds, &lr, device, dry_run),
-        Command::Sentiment { epochs, max_steps, seed, post_ln, device, dry_run } => {
-            sentiment(epochs, max_steps, seed, post_ln, device, dry_run)
-        }
+        Command::SeqCost { criterion_dir } => seq_cost(criterion_dir),
+        Command::LnStability {
+            steps,
+            seeds,
+            lr,
+            device,
+            dry_run,
+        } => ln_stability(steps, seeds, &lr, device, dry_run),
+        Command::Sentiment {
+            epochs,
+            max_steps,
+            seed,
+            post_ln,
+            device,
+            dry_run,
+        } => sentiment(epochs, max_steps, seed, post_ln, device, dry_run),
         Command::Parity => parity(),
     }
 }
@@ -198,18 +221,31 @@ fn parity() -> anyhow::Result<()> {
 /// 一个显示损失的进度条。
 fn step_bar(total_hint: u64) -> ProgressBar {
     ProgressBar::new(total_hint).with_style(
-        ProgressStyle::with_template("{bar:30} {pos}/{len} 步  {msg}  已用 {elapsed}，约剩 {eta}").expect("进度条模板"),
+        ProgressStyle::with_template("{bar:30} {pos}/{len} 步  {msg}  已用 {elapsed}，约剩 {eta}")
+            .expect("进度条模板"),
     )
 }
 
-fn sentiment(epochs: usize, max_steps: Option<usize>, seed: u64, post_ln: bool, device: DeviceKind, dry_run: bool) -> anyhow::Result<()> {
-    use llm_book::experiments::sentiment::{prepare, SentimentResult, SentimentSettings, SentimentTask};
+fn sentiment(
+    epochs: usize,
+    max_steps: Option<usize>,
+    seed: u64,
+    post_ln: bool,
+    device: DeviceKind,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    use llm_book::experiments::sentiment::{
+        prepare, SentimentResult, SentimentSettings, SentimentTask,
+    };
     let (data, vocab, stats) = prepare()?;
     println!(
         "语料：负面 {} 行、正面 {} 行；去重并丢掉 {} 条冲突后 {} + {} 条；训练 {}，验证 {}，测试 {}",
         stats.raw.0, stats.raw.1, stats.conflicting, stats.unique.0, stats.unique.1, data.train.len(), data.valid.len(), data.test.len()
     );
-    let mut settings = SentimentSettings { pre_ln: !post_ln, ..Default::default() };
+    let mut settings = SentimentSettings {
+        pre_ln: !post_ln,
+        ..Default::default()
+    };
     settings.train.epochs = epochs;
     settings.train.max_steps = max_steps;
     settings.train.seed = seed;
@@ -219,11 +255,22 @@ fn sentiment(epochs: usize, max_steps: Option<usize>, seed: u64, post_ln: bool, 
         bar.set_position(e.step as u64);
         bar.set_message(format!("损失 {:.4}", e.loss));
     };
-    let task = SentimentTask { settings, data: &data, vocab: &vocab, on_step: &mut on_step };
+    let task = SentimentTask {
+        settings,
+        data: &data,
+        vocab: &vocab,
+        on_step: &mut on_step,
+    };
     let (report, attention, params) = run_on(device, seed, task)??;
     bar.finish_and_clear();
     for (epoch, m) in report.valid.iter().enumerate() {
-        println!("第 {} 轮  验证集：准确率 {:.4}，F1 {:.4}，损失 {:.4}", epoch + 1, m.accuracy, m.f1, m.loss);
+        println!(
+            "第 {} 轮  验证集：准确率 {:.4}，F1 {:.4}，损失 {:.4}",
+            epoch + 1,
+            m.accuracy,
+            m.f1,
+            m.loss
+        );
     }
     println!(
         "测试集：准确率 {:.4}，F1 {:.4}；参数 {params}；{} 步，每步 {:.3} 秒（{}）",
@@ -236,37 +283,78 @@ fn sentiment(epochs: usize, max_steps: Option<usize>, seed: u64, post_ln: bool, 
     if !dry_run {
         let result = SentimentResult {
             machine: llm_book::experiments::machine_description(),
-            corpus: (stats.raw.0, stats.raw.1, stats.unique.0 + stats.unique.1, stats.conflicting),
+            corpus: (
+                stats.raw.0,
+                stats.raw.1,
+                stats.unique.0 + stats.unique.1,
+                stats.conflicting,
+            ),
             splits: (data.train.len(), data.valid.len(), data.test.len()),
             params,
             report,
             attention,
         };
-        let name = if post_ln { "part1-sentiment-post-ln" } else { "part1-sentiment" };
-        println!("结果写入 {}", llm_book::experiments::save_result(name, &result)?.display());
+        let name = if post_ln {
+            "part1-sentiment-post-ln"
+        } else {
+            "part1-sentiment"
+        };
+        println!(
+            "结果写入 {}",
+            llm_book::experiments::save_result(name, &result)?.display()
+        );
     }
     Ok(())
 }
 
-fn ln_stability(steps: usize, seeds: u64, lrs: &[f64], device: DeviceKind, dry_run: bool) -> anyhow::Result<()> {
+fn ln_stability(
+    steps: usize,
+    seeds: u64,
+    lrs: &[f64],
+    device: DeviceKind,
+    dry_run: bool,
+) -> anyhow::Result<()> {
     use llm_book::experiments::ln_stability::{truncate, LnStabilityResult, LnTask};
     use llm_book::train::TrainConfig;
     let (data, _, _) = llm_book::experiments::sentiment::prepare()?;
     let data = truncate(&data);
-    let mut result = LnStabilityResult { machine: llm_book::experiments::machine_description(), steps, runs: Vec::new() };
+    let mut result = LnStabilityResult {
+        machine: llm_book::experiments::machine_description(),
+        steps,
+        runs: Vec::new(),
+    };
     let total = lrs.len() as u64 * 2 * seeds;
     let bar = step_bar(total * steps as u64);
     for &lr in lrs {
         for pre_ln in [true, false] {
             for seed in 0..seeds {
                 let done = result.runs.len() as u64 * steps as u64;
-                let label = format!("{} lr={lr} 种子 {seed}", if pre_ln { "Pre-LN" } else { "Post-LN" });
+                let label = format!(
+                    "{} lr={lr} 种子 {seed}",
+                    if pre_ln { "Pre-LN" } else { "Post-LN" }
+                );
                 let mut on_step = |e: llm_book::train::StepEvent| {
                     bar.set_position(done + e.step as u64);
                     bar.set_message(format!("{label} 损失 {:.4}", e.loss));
                 };
-                let train = TrainConfig { epochs: 100, max_steps: Some(steps), batch_size: 32, lr, seed, log_every: 10 };
-                let run = run_on(device, seed, LnTask { pre_ln, train, data: &data, on_step: &mut on_step })??;
+                let train = TrainConfig {
+                    epochs: 100,
+                    max_steps: Some(steps),
+                    batch_size: 32,
+                    lr,
+                    seed,
+                    log_every: 10,
+                };
+                let run = run_on(
+                    device,
+                    seed,
+                    LnTask {
+                        pre_ln,
+                        train,
+                        data: &data,
+                        on_step: &mut on_step,
+                    },
+                )??;
                 bar.suspend(|| {
                     println!(
                         "{label}：最后 10 步平均损失 {:.4}，验证集准确率 {:.4}{}",
@@ -281,7 +369,37 @@ fn ln_stability(steps: usize, seeds: u64, lrs: &[f64], device: DeviceKind, dry_r
     }
     bar.finish_and_clear();
     if !dry_run {
-        println!("结果写入 {}", llm_book::experiments::save_result("part1-ln-stability", &result)?.display());
+        println!(
+            "结果写入 {}",
+            llm_book::experiments::save_result("part1-ln-stability", &result)?.display()
+        );
     }
+    Ok(())
+}
+
+fn seq_cost(criterion_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use llm_book::experiments::seq_cost::{collect, default_criterion_dir};
+    let dir = criterion_dir.unwrap_or_else(default_criterion_dir);
+    let result = collect(&dir, llm_book::experiments::machine_description())?;
+    for (name, curve) in [
+        ("多头注意力", &result.attention),
+        ("编码器层", &result.layer),
+    ] {
+        println!(
+            "{name}（d_model 512，批大小 1）：拟合的有效吞吐量 {:.1} GFLOP/s",
+            curve.gflops
+        );
+        for (seq, ms, flops) in &curve.points {
+            println!(
+                "  S = {seq:>4}：{ms:>9.3} 毫秒，{:>7.3} GFLOP，按公式 {:>9.3} 毫秒",
+                flops / 1e9,
+                flops / curve.gflops / 1e6
+            );
+        }
+    }
+    println!(
+        "结果写入 {}",
+        llm_book::experiments::save_result("part1-seq-cost", &result)?.display()
+    );
     Ok(())
 }

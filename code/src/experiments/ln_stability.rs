@@ -50,8 +50,16 @@ pub struct LnStabilityResult {
 
 /// 把数据截短到 [`MAX_LEN`] 个字。
 pub fn truncate(data: &EncodedData) -> EncodedData {
-    let cut = |v: &[(Vec<usize>, usize)]| v.iter().map(|(ids, y)| (ids[..ids.len().min(MAX_LEN)].to_vec(), *y)).collect();
-    EncodedData { train: cut(&data.train), valid: cut(&data.valid), test: cut(&data.test) }
+    let cut = |v: &[(Vec<usize>, usize)]| {
+        v.iter()
+            .map(|(ids, y)| (ids[..ids.len().min(MAX_LEN)].to_vec(), *y))
+            .collect()
+    };
+    EncodedData {
+        train: cut(&data.train),
+        valid: cut(&data.valid),
+        test: cut(&data.test),
+    }
 }
 
 /// 在任意设备上训练一次。
@@ -70,13 +78,27 @@ impl DeviceTask for LnTask<'_> {
     type Output = anyhow::Result<LnRun>;
 
     fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
-        let norm_position = if self.pre_ln { NormPosition::Pre } else { NormPosition::Post };
-        let config = EncoderConfig { norm_position, dropout: 0.1, max_len: MAX_LEN, ..Default::default() };
+        let norm_position = if self.pre_ln {
+            NormPosition::Pre
+        } else {
+            NormPosition::Post
+        };
+        let config = EncoderConfig {
+            norm_position,
+            dropout: 0.1,
+            max_len: MAX_LEN,
+            ..Default::default()
+        };
         let mut model = DeepModel::<f32, D>::new(&dev, config);
         // 只关心训练过程：验证集只在最后评估一次，测试集不碰
-        let data = EncodedData { train: self.data.train.clone(), valid: self.data.valid.clone(), test: Vec::new() };
+        let data = EncodedData {
+            train: self.data.train.clone(),
+            valid: self.data.valid.clone(),
+            test: Vec::new(),
+        };
         let report = train_classifier(&mut model, &dev, &data, &self.train, self.on_step)?;
-        let valid_accuracy = crate::train::evaluate(&model, &dev, &self.data.valid, self.train.batch_size)?.accuracy;
+        let valid_accuracy =
+            crate::train::evaluate(&model, &dev, &self.data.valid, self.train.batch_size)?.accuracy;
         Ok(LnRun {
             pre_ln: self.pre_ln,
             lr: self.train.lr,

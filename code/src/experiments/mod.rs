@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | `sentiment.rs` | 1.8 节：从零训练中文情感分类、注意力图 |
 //! | `ln_stability.rs` | 1.8 节：Pre-LN 与 Post-LN 的训练稳定性 |
+//! | `seq_cost.rs` | 1.7 节：耗时随序列长度的变化（读 criterion 的结果） |
 
 use std::path::{Path, PathBuf};
 
@@ -13,6 +14,7 @@ use serde::Serialize;
 
 pub mod ln_stability;
 pub mod sentiment;
+pub mod seq_cost;
 
 /// 结果目录：`code/results`。
 pub fn results_dir() -> PathBuf {
@@ -31,17 +33,28 @@ pub fn save_result<T: Serialize>(name: &str, value: &T) -> anyhow::Result<PathBu
 /// 读一个结果；文件不存在时说明用哪个命令生成。
 pub fn load_result<T: DeserializeOwned>(name: &str, command: &str) -> anyhow::Result<T> {
     let path = results_dir().join(format!("{name}.json"));
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| anyhow::anyhow!("读不到实验结果 {}（{e}）：先运行 `cargo run --release -- {command}`", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("实验结果 {} 格式不对：{e}", path.display()))
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "读不到实验结果 {}（{e}）：先运行 `cargo run --release -- {command}`",
+            path.display()
+        )
+    })?;
+    serde_json::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("实验结果 {} 格式不对：{e}", path.display()))
 }
 
 /// 运行实验的机器：CPU 型号与核数（写进结果，书中与数字一起报告）。
 pub fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "未知 CPU".into());
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     format!("{cpu}，{cores} 核")
 }

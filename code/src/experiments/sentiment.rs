@@ -37,7 +37,14 @@ impl Default for SentimentSettings {
         Self {
             pre_ln: true,
             dropout: 0.1,
-            train: TrainConfig { epochs: 3, max_steps: None, batch_size: 32, lr: 5e-4, seed: 0, log_every: 20 },
+            train: TrainConfig {
+                epochs: 3,
+                max_steps: None,
+                batch_size: 32,
+                lr: 5e-4,
+                seed: 0,
+                log_every: 20,
+            },
         }
     }
 }
@@ -76,14 +83,24 @@ pub struct SentimentResult {
 pub fn prepare() -> anyhow::Result<(EncodedData, CharVocab, CorpusStats)> {
     let (splits, stats) = reviews::load(&reviews::default_dir())?;
     let vocab = CharVocab::build(splits.train.iter().map(|r| r.text.as_str()), VOCAB);
-    let encode = |rs: &[reviews::Review]| rs.iter().map(|r| (vocab.encode(&r.text, MAX_LEN), r.label)).collect();
-    let data = EncodedData { train: encode(&splits.train), valid: encode(&splits.valid), test: encode(&splits.test) };
+    let encode = |rs: &[reviews::Review]| {
+        rs.iter()
+            .map(|r| (vocab.encode(&r.text, MAX_LEN), r.label))
+            .collect()
+    };
+    let data = EncodedData {
+        train: encode(&splits.train),
+        valid: encode(&splits.valid),
+        test: encode(&splits.test),
+    };
     Ok((data, vocab, stats))
 }
 
 /// 画注意力图用的句子：测试集里第一条 12–20 字的正面评论（确定性的选择）。
 pub fn attention_sentence(data: &EncodedData) -> Option<&(Vec<usize>, usize)> {
-    data.test.iter().find(|(ids, y)| *y == 1 && (12..=20).contains(&ids.len()))
+    data.test
+        .iter()
+        .find(|(ids, y)| *y == 1 && (12..=20).contains(&ids.len()))
 }
 
 /// 在任意设备上运行的实验。
@@ -103,8 +120,17 @@ impl DeviceTask for SentimentTask<'_> {
 
     fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
         let s = self.settings;
-        let norm_position = if s.pre_ln { NormPosition::Pre } else { NormPosition::Post };
-        let config = EncoderConfig { norm_position, dropout: s.dropout, max_len: MAX_LEN, ..Default::default() };
+        let norm_position = if s.pre_ln {
+            NormPosition::Pre
+        } else {
+            NormPosition::Post
+        };
+        let config = EncoderConfig {
+            norm_position,
+            dropout: s.dropout,
+            max_len: MAX_LEN,
+            ..Default::default()
+        };
         let mut model = SentimentModel::<f32, D>::new(&dev, config);
         let params = dfdx::nn::NumParams::num_trainable_params(&model.params);
         let report = train_classifier(&mut model, &dev, self.data, &s.train, self.on_step)?;
@@ -117,10 +143,27 @@ impl DeviceTask for SentimentTask<'_> {
             let last = attention.last().expect("至少一层").as_vec(); // (1, H, S, S)
             let (h, n) = (4, ids.len());
             let weights = (0..n)
-                .map(|i| (0..n).map(|j| (0..h).map(|k| last[(k * n + i) * n + j] as f64).sum::<f64>() / h as f64).collect())
+                .map(|i| {
+                    (0..n)
+                        .map(|j| {
+                            (0..h)
+                                .map(|k| last[(k * n + i) * n + j] as f64)
+                                .sum::<f64>()
+                                / h as f64
+                        })
+                        .collect()
+                })
                 .collect();
-            let tokens = ids.iter().map(|&id| self.vocab.token(id).to_string()).collect();
-            sample = AttentionSample { tokens, label: *label, positive_probability: p, weights };
+            let tokens = ids
+                .iter()
+                .map(|&id| self.vocab.token(id).to_string())
+                .collect();
+            sample = AttentionSample {
+                tokens,
+                label: *label,
+                positive_probability: p,
+                weights,
+            };
         }
         Ok((report, sample, params))
     }

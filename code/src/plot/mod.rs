@@ -24,7 +24,7 @@ pub const PALETTE: [RGBColor; 6] = [
 ];
 
 /// 一条折线。
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Series {
     /// 图例中的名字。
     pub name: String,
@@ -32,6 +32,8 @@ pub struct Series {
     pub points: Vec<(f64, f64)>,
     /// 是否画成虚线（用于“参考值”一类的线）。
     pub dashed: bool,
+    /// 调色板中的颜色序号；为 `None` 时按折线的顺序取色。
+    pub color: Option<usize>,
 }
 
 /// 一张折线图。
@@ -70,7 +72,7 @@ impl LineChart {
                 .light_line_style(RGBColor(235, 235, 235))
                 .draw()?;
             for (i, s) in self.series.iter().enumerate() {
-                let style = PALETTE[i % PALETTE.len()].stroke_width(2);
+                let style = PALETTE[s.color.unwrap_or(i) % PALETTE.len()].stroke_width(2);
                 let points = s.points.iter().copied();
                 let drawn = if s.dashed {
                     chart.draw_series(DashedLineSeries::new(points, 8, 5, style))?
@@ -124,10 +126,28 @@ pub struct Heatmap {
     pub values: Vec<Vec<f64>>,
     /// 颜色映射的范围 (最小, 最大)。
     pub range: (f64, f64),
+    /// 色标。
+    pub colormap: ColorMap,
     /// 行、列的刻度文字（为空时用下标）。
     pub row_labels: Vec<String>,
     /// 列的刻度文字。
     pub col_labels: Vec<String>,
+}
+
+/// 热力图的色标。
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColorMap {
+    /// 蓝—白—红，适合有正有负的数据。
+    Diverging,
+    /// 白—深蓝，适合非负的数据（如注意力权重）。
+    Sequential,
+}
+
+/// 顺序色标：0 为白，1 为深蓝。
+pub fn sequential(t: f64) -> RGBColor {
+    let t = t.clamp(0.0, 1.0);
+    let mix = |a: f64, b: f64| (a + (b - a) * t).round() as u8;
+    RGBColor(mix(255.0, 8.0), mix(255.0, 48.0), mix(255.0, 107.0))
 }
 
 /// 发散色标：最小值为蓝、中点为白、最大值为红。
@@ -170,9 +190,10 @@ impl Heatmap {
                 .margin(16)
                 .x_label_area_size(if self.col_labels.is_empty() { 40 } else { 64 })
                 .y_label_area_size(64)
-                .build_cartesian_2d(0.0..cols as f64, rows as f64..0.0)?;
+                // 格子 (r, c) 占 [c − ½, c + ½] × [r − ½, r + ½]：整数刻度落在格子中央
+                .build_cartesian_2d(-0.5..cols as f64 - 0.5, rows as f64 - 0.5..-0.5)?;
             let label = |labels: &[String], v: f64| {
-                let i = v.floor() as usize;
+                let i = v.round().max(0.0) as usize;
                 labels.get(i).cloned().unwrap_or_else(|| format!("{i}"))
             };
             let (row_labels, col_labels) = (self.row_labels.clone(), self.col_labels.clone());
@@ -229,12 +250,13 @@ mod tests {
                 Series {
                     name: "平方".into(),
                     points: (0..5).map(|i| (i as f64, (i * i) as f64)).collect(),
-                    dashed: false,
+                    ..Default::default()
                 },
                 Series {
                     name: "参考".into(),
                     points: vec![(0.0, 0.0), (4.0, 16.0)],
                     dashed: true,
+                    color: None,
                 },
             ],
         }
@@ -261,6 +283,7 @@ mod tests {
             y_label: "行".into(),
             values: vec![vec![-1.0, 0.0], vec![0.0, 1.0]],
             range: (-1.0, 1.0),
+            colormap: ColorMap::Diverging,
             row_labels: vec![],
             col_labels: vec![],
         };

@@ -520,27 +520,12 @@ mod tests {
             ..Default::default()
         };
         let encoder = TinyEncoder::<f32, Cpu>::new(&dev, cfg);
-        let tokens = || dev.tensor_from_vec(vec![1usize, 2, 3, 4], (1, 4));
-        let eval1 = encoder
-            .forward(tokens(), None, Mode::Eval)
-            .unwrap()
-            .hidden
-            .as_vec();
-        let eval2 = encoder
-            .forward(tokens(), None, Mode::Eval)
-            .unwrap()
-            .hidden
-            .as_vec();
-        let train1 = encoder
-            .forward(tokens(), None, Mode::Train)
-            .unwrap()
-            .hidden
-            .as_vec();
-        let train2 = encoder
-            .forward(tokens(), None, Mode::Train)
-            .unwrap()
-            .hidden
-            .as_vec();
+        let run = |encoder: &TinyEncoder<f32, Cpu>, mode| {
+            let tokens = dev.tensor_from_vec(vec![1usize, 2, 3, 4], (1, 4));
+            encoder.forward(tokens, None, mode).unwrap().hidden.as_vec()
+        };
+        let (eval1, eval2) = (run(&encoder, Mode::Eval), run(&encoder, Mode::Eval));
+        let (train1, train2) = (run(&encoder, Mode::Train), run(&encoder, Mode::Train));
         assert_eq!(eval1, eval2, "推理模式必须确定");
         assert_ne!(train1, train2, "训练模式下两次 dropout 的掩码应不同");
         assert_ne!(train1, eval1);
@@ -552,14 +537,7 @@ mod tests {
             },
             ..encoder.clone()
         };
-        assert_eq!(
-            no_drop
-                .forward(tokens(), None, Mode::Train)
-                .unwrap()
-                .hidden
-                .as_vec(),
-            eval1
-        );
+        assert_eq!(run(&no_drop, Mode::Train), eval1);
     }
 
     #[test]

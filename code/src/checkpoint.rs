@@ -146,6 +146,38 @@ impl Checkpoint {
     }
 }
 
+/// 把 `module` 的全部参数原子地存成 safetensors（键为字段路径，如 `encoder.layers.0.attention.w_q.weight`）。
+pub fn save_params<E, D, M>(module: &M, path: &Path) -> Result<(), CheckpointError>
+where
+    E: Dtype + dfdx::tensor::safetensors::SafeDtype,
+    D: Device<E>,
+    M: TensorCollection<E, D>,
+{
+    use dfdx::nn::SaveToSafetensors;
+    let io = |e: String| CheckpointError::Io {
+        path: path.to_path_buf(),
+        error: e,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = module
+        .save_safetensors(&tmp)
+        .map_err(|e| io(format!("{e:?}")))
+        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io(e.to_string())));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// 按 dtype 解码小端字节。
 fn decode(dtype: SafeDtype, bytes: &[u8]) -> Option<Vec<f64>> {
     macro_rules! le {
@@ -389,6 +421,23 @@ mod tests {
                 .starts_with("cut.safetensors 不是有效的 safetensors 文件"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn save_then_load_round_trips() {
+        let dev: Cpu = Default::default();
+        let mut ln = LayerNorm::<3, f32, Cpu>::build(&dev);
+        ln.weight = dev.tensor([1.0, 2.0, 3.0]);
+        let path =
+            std::env::temp_dir().join(format!("llm-book-ckpt-{}.safetensors", std::process::id()));
+        save_params(&ln, &path).unwrap();
+        let mut back = LayerNorm::<3, f32, Cpu>::build(&dev);
+        Checkpoint::read(&path)
+            .unwrap()
+            .load_into(&mut back, "")
+            .unwrap();
+        assert_eq!(back.weight.array(), [1.0, 2.0, 3.0]);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

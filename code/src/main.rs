@@ -255,11 +255,19 @@ fn sentiment(
         bar.set_position(e.step as u64);
         bar.set_message(format!("损失 {:.4}", e.loss));
     };
+    let name = if post_ln {
+        "part1-sentiment-post-ln"
+    } else {
+        "part1-sentiment"
+    };
+    let results = llm_book::experiments::results_dir();
+    let save_to = (!dry_run).then(|| results.join(format!("{name}.safetensors")));
     let task = SentimentTask {
         settings,
         data: &data,
         vocab: &vocab,
         on_step: &mut on_step,
+        save_to,
     };
     let (report, attention, params) = run_on(device, seed, task)??;
     bar.finish_and_clear();
@@ -293,11 +301,6 @@ fn sentiment(
             params,
             report,
             attention,
-        };
-        let name = if post_ln {
-            "part1-sentiment-post-ln"
-        } else {
-            "part1-sentiment"
         };
         println!(
             "结果写入 {}",

@@ -90,15 +90,14 @@ impl DeviceTask for LnTask<'_> {
             ..Default::default()
         };
         let mut model = DeepModel::<f32, D>::new(&dev, config);
-        // 只关心训练过程：验证集只在最后评估一次，测试集不碰
+        // 只关心训练过程：不到一轮就停，验证集在停下时评估一次；测试集不碰
         let data = EncodedData {
             train: self.data.train.clone(),
             valid: self.data.valid.clone(),
             test: Vec::new(),
         };
         let report = train_classifier(&mut model, &dev, &data, &self.train, self.on_step)?;
-        let valid_accuracy =
-            crate::train::evaluate(&model, &dev, &self.data.valid, self.train.batch_size)?.accuracy;
+        let valid_accuracy = report.valid.last().map_or(f64::NAN, |m| m.accuracy);
         Ok(LnRun {
             pre_ln: self.pre_ln,
             lr: self.train.lr,

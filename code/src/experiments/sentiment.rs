@@ -113,6 +113,8 @@ pub struct SentimentTask<'a> {
     pub vocab: &'a CharVocab,
     /// 每步的回调（进度条）。
     pub on_step: &'a mut dyn FnMut(StepEvent),
+    /// 训练后把参数存到这里（同名的 `.vocab.txt` 存词表）；为 `None` 时不存。
+    pub save_to: Option<std::path::PathBuf>,
 }
 
 impl DeviceTask for SentimentTask<'_> {
@@ -134,14 +136,20 @@ impl DeviceTask for SentimentTask<'_> {
         let mut model = SentimentModel::<f32, D>::new(&dev, config);
         let params = dfdx::nn::NumParams::num_trainable_params(&model.params);
         let report = train_classifier(&mut model, &dev, self.data, &s.train, self.on_step)?;
+        if let Some(path) = &self.save_to {
+            // 训练好的参数与词表：第 2 部分的 LoRA 实验以它为基座
+            crate::checkpoint::save_params(&model.params, path)?;
+            self.vocab.save(&path.with_extension("vocab.txt"))?;
+        }
         let mut sample = AttentionSample::default();
         if let Some((ids, label)) = attention_sentence(self.data) {
             let batch = make_batch::<f32, D>(&dev, &[(&ids[..], *label)]);
             let (logits, attention) = model.forward(batch.tokens, &batch.mask, Mode::Eval)?;
             let logits = logits.as_vec();
             let p = 1.0 / (1.0 + ((logits[0] - logits[1]) as f64).exp());
-            let last = attention.last().expect("至少一层").as_vec(); // (1, H, S, S)
-            let (h, n) = (4, ids.len());
+            let last = attention.last().expect("至少一层");
+            let (_, h, n, _) = *last.shape(); // (1, H, S, S)
+            let last = last.as_vec();
             let weights = (0..n)
                 .map(|i| {
                     (0..n)

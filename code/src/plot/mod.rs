@@ -5,6 +5,7 @@
 //! 文字交给浏览器渲染，字体栈 [`FONT`] 在常见系统上都能找到中文字体。
 
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 /// SVG 中的字体栈：依次尝试常见的中文无衬线字体，最后退回浏览器默认的 sans-serif。
 pub const FONT: &str =
@@ -177,10 +178,11 @@ pub fn diverging(t: f64) -> RGBColor {
 }
 
 impl Heatmap {
-    /// 渲染为 SVG 文本。
+    /// 渲染为 SVG 文本。格子 (r, c) 占 [c − ½, c + ½] × [r − ½, r + ½]，整数坐标落在格子中央。
     pub fn to_svg(&self) -> anyhow::Result<String> {
         let rows = self.values.len();
         let cols = self.values.first().map_or(0, Vec::len);
+        let labelled = !self.row_labels.is_empty() || !self.col_labels.is_empty();
         let mut svg = String::new();
         {
             let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
@@ -188,49 +190,48 @@ impl Heatmap {
             let mut chart = ChartBuilder::on(&root)
                 .caption(&self.title, (FONT, 20))
                 .margin(16)
-                .x_label_area_size(if self.col_labels.is_empty() { 40 } else { 64 })
+                .x_label_area_size(56)
                 .y_label_area_size(64)
-                // 格子 (r, c) 占 [c − ½, c + ½] × [r − ½, r + ½]：整数刻度落在格子中央
                 .build_cartesian_2d(-0.5..cols as f64 - 0.5, rows as f64 - 0.5..-0.5)?;
-            let label = |labels: &[String], v: f64| {
-                let i = v.round().max(0.0) as usize;
-                labels.get(i).cloned().unwrap_or_else(|| format!("{i}"))
-            };
-            let (row_labels, col_labels) = (self.row_labels.clone(), self.col_labels.clone());
-            chart
-                .configure_mesh()
-                .disable_mesh()
+            let mut mesh = chart.configure_mesh();
+            mesh.disable_mesh()
                 .x_desc(&self.x_label)
                 .y_desc(&self.y_label)
                 .label_style((FONT, 14))
                 .axis_desc_style((FONT, 15))
-                .x_labels(cols.min(16))
-                .y_labels(rows.min(16))
-                .x_label_formatter(&|v| {
-                    if col_labels.is_empty() {
-                        format!("{}", *v as usize)
-                    } else {
-                        label(&col_labels, *v + 0.5)
-                    }
-                })
-                .y_label_formatter(&|v| {
-                    if row_labels.is_empty() {
-                        format!("{}", *v as usize)
-                    } else {
-                        label(&row_labels, *v + 0.5)
-                    }
-                })
-                .draw()?;
+                .x_label_formatter(&|v| format!("{}", v.round() as i64))
+                .y_label_formatter(&|v| format!("{}", v.round() as i64));
+            if labelled {
+                // 有文字标签时不用 plotters 的数值刻度，下面逐格写在格子中央
+                mesh.x_labels(0).y_labels(0);
+            } else {
+                mesh.x_labels(cols.min(16)).y_labels(rows.min(16));
+            }
+            mesh.draw()?;
             let (lo, hi) = self.range;
+            let colormap = self.colormap;
             chart.draw_series(self.values.iter().enumerate().flat_map(|(r, row)| {
                 row.iter().enumerate().map(move |(c, &v)| {
-                    let color = diverging((v - lo) / (hi - lo));
-                    Rectangle::new(
-                        [(c as f64, r as f64), (c as f64 + 1.0, r as f64 + 1.0)],
-                        color.filled(),
-                    )
+                    let t = (v - lo) / (hi - lo);
+                    let color = match colormap {
+                        ColorMap::Diverging => diverging(t),
+                        ColorMap::Sequential => sequential(t),
+                    };
+                    let (x, y) = (c as f64, r as f64);
+                    Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], color.filled())
                 })
             }))?;
+            let style = |pos| TextStyle::from((FONT, 14).into_font()).pos(pos);
+            for (c, text) in self.col_labels.iter().enumerate() {
+                let (px, py) = chart.backend_coord(&(c as f64, rows as f64 - 0.5));
+                let pos = Pos::new(HPos::Center, VPos::Top);
+                root.draw(&Text::new(text.clone(), (px, py + 6), style(pos)))?;
+            }
+            for (r, text) in self.row_labels.iter().enumerate() {
+                let (px, py) = chart.backend_coord(&(-0.5, r as f64));
+                let pos = Pos::new(HPos::Right, VPos::Center);
+                root.draw(&Text::new(text.clone(), (px - 6, py), style(pos)))?;
+            }
             root.present()?;
         }
         Ok(svg)

@@ -158,7 +158,7 @@ pub fn train_classifier<const C: usize, E: Real, D: Device<E>, Mo: SequenceClass
         .min(per_epoch * cfg.epochs);
     let mut report = TrainReport::default();
     let (mut window, mut step, started) = (Vec::new(), 0, Instant::now());
-    'epochs: for _ in 0..cfg.epochs {
+    for _ in 0..cfg.epochs {
         order.shuffle(&mut rng);
         for chunk in order.chunks(cfg.batch_size) {
             let examples: Vec<(&[usize], usize)> = chunk
@@ -189,12 +189,16 @@ pub fn train_classifier<const C: usize, E: Real, D: Device<E>, Mo: SequenceClass
                 loss: value,
             });
             if step >= total {
-                break 'epochs;
+                break;
             }
         }
+        // 每轮（或提前停下的最后一轮）结束时评估验证集
         report
             .valid
             .push(evaluate(model, dev, &data.valid, cfg.batch_size)?);
+        if step >= total {
+            break;
+        }
     }
     report.steps = step;
     report.seconds_per_step = started.elapsed().as_secs_f64() / step.max(1) as f64;

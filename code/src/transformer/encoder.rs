@@ -124,6 +124,14 @@ impl<const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>>
 // ANCHOR_END: layer
 
 // ANCHOR: params
+/// 编码器的输出。
+pub struct EncoderOutput<const M: usize, E: Dtype, D: Device<E>, T> {
+    /// 最后的隐藏状态 `(batch, seq, Const<M>)`。
+    pub hidden: Tensor<(usize, usize, Const<M>), E, D, T>,
+    /// 每层的注意力权重 `(batch, H, seq, seq)`，不带 tape。
+    pub attention: Vec<Tensor<(usize, usize, usize, usize), E, D>>,
+}
+
 /// 编码器的全部参数。字段名即检查点中的键：`embedding.weight`、`layers.0.attention.w_q.weight`、`norm.bias`……
 #[derive(Clone, Debug)]
 pub struct EncoderParams<
@@ -141,68 +149,6 @@ pub struct EncoderParams<
     pub layers: Repeated<EncoderLayer<M, H, F, E, D>, L>,
     /// 最后的层归一化。
     pub norm: LayerNorm<M, E, D>,
-}
-// ANCHOR_END: params
-
-// ANCHOR: encoder
-/// 完整的编码器：参数 + 超参数 + 位置编码。
-///
-/// 类型参数是模型宽度：词表 `V`、隐藏维度 `M`、头数 `H`、前馈宽度 `F`、层数 `L`。
-#[derive(Clone, Debug)]
-pub struct TransformerEncoder<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
-    /// 可训练的参数。
-    pub params: EncoderParams<V, M, H, F, L, E, D>,
-    /// 超参数。
-    pub config: EncoderConfig,
-    /// 预先算好的位置编码。
-    pub positional: PositionalEncoding<M, E, D>,
-}
-
-/// 编码器的输出。
-pub struct EncoderOutput<const M: usize, E: Dtype, D: Device<E>, T> {
-    /// 最后的隐藏状态 `(batch, seq, Const<M>)`。
-    pub hidden: Tensor<(usize, usize, Const<M>), E, D, T>,
-    /// 每层的注意力权重 `(batch, H, seq, seq)`，不带 tape。
-    pub attention: Vec<Tensor<(usize, usize, usize, usize), E, D>>,
-}
-
-impl<const V: usize, const M: usize, const H: usize, const F: usize, const L: usize, E, D>
-    TransformerEncoder<V, M, H, F, L, E, D>
-where
-    E: Real,
-    D: Device<E>,
-{
-    /// 随机初始化参数（线性层与 PyTorch 的 `nn.Linear` 同分布），算好位置编码。
-    pub fn new(dev: &D, config: EncoderConfig) -> Self {
-        Self {
-            params: EncoderParams::build(dev),
-            positional: PositionalEncoding::new(dev, config.max_len),
-            config,
-        }
-    }
-
-    /// 词嵌入 → 加位置编码 → `L` 个编码器层 → 层归一化。
-    ///
-    /// # 形状
-    /// - `tokens`: `(batch, seq)` 的词 id；`mask` 的形状须与之相同
-    /// - 返回：隐藏状态 `(batch, seq, Const<M>)` 与每层的注意力权重
-    pub fn forward<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
-        &self,
-        tokens: Tensor<(usize, usize), usize, D, T>,
-        mask: Option<&PaddingMask<E, D>>,
-        mode: Mode,
-    ) -> Result<EncoderOutput<M, E, D, T>, InputError> {
-        self.params
-            .forward(&self.positional, &self.config, tokens, mask, mode)
-    }
 }
 
 impl<
@@ -251,6 +197,61 @@ impl<
         Ok(EncoderOutput { hidden, attention })
     }
 }
+// ANCHOR_END: params
+
+// ANCHOR: encoder
+/// 完整的编码器：参数 + 超参数 + 位置编码。
+///
+/// 类型参数是模型宽度：词表 `V`、隐藏维度 `M`、头数 `H`、前馈宽度 `F`、层数 `L`。
+#[derive(Clone, Debug)]
+pub struct TransformerEncoder<
+    const V: usize,
+    const M: usize,
+    const H: usize,
+    const F: usize,
+    const L: usize,
+    E: Dtype,
+    D: Device<E>,
+> {
+    /// 可训练的参数。
+    pub params: EncoderParams<V, M, H, F, L, E, D>,
+    /// 超参数。
+    pub config: EncoderConfig,
+    /// 预先算好的位置编码。
+    pub positional: PositionalEncoding<M, E, D>,
+}
+
+impl<const V: usize, const M: usize, const H: usize, const F: usize, const L: usize, E, D>
+    TransformerEncoder<V, M, H, F, L, E, D>
+where
+    E: Real,
+    D: Device<E>,
+{
+    /// 随机初始化参数（线性层与 PyTorch 的 `nn.Linear` 同分布），算好位置编码。
+    pub fn new(dev: &D, config: EncoderConfig) -> Self {
+        Self {
+            params: EncoderParams::build(dev),
+            positional: PositionalEncoding::new(dev, config.max_len),
+            config,
+        }
+    }
+
+    /// 词嵌入 → 加位置编码 → `L` 个编码器层 → 层归一化。
+    ///
+    /// # 形状
+    /// - `tokens`: `(batch, seq)` 的词 id；`mask` 的形状须与之相同
+    /// - 返回：隐藏状态 `(batch, seq, Const<M>)` 与每层的注意力权重
+    pub fn forward<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        tokens: Tensor<(usize, usize), usize, D, T>,
+        mask: Option<&PaddingMask<E, D>>,
+        mode: Mode,
+    ) -> Result<EncoderOutput<M, E, D, T>, InputError> {
+        self.params
+            .forward(&self.positional, &self.config, tokens, mask, mode)
+    }
+}
+
 // ANCHOR_END: encoder
 
 /// 输入与模型不符。

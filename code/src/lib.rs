@@ -10,6 +10,7 @@
 //! | [`data`] | 语料、词表与组批（1.8 节起） |
 //! | [`train`] | 全书共用的分类训练循环 |
 //! | [`experiments`] | 书中的实验及其结果文件（code/results） |
+//! | [`lora`] | 第 2 部分 · LoRA |
 //! | [`plot`] | 书中所有图的绘制（plotters，SVG） |
 //! | [`figures`] | 书中每张图的登记表：`cargo run --release -- figures` 逐一重新生成 |
 //! | [`io`] | 原子写文件等共用工具 |
@@ -26,6 +27,7 @@ pub mod data;
 pub mod experiments;
 pub mod figures;
 pub mod io;
+pub mod lora;
 pub mod plot;
 pub mod train;
 pub mod transformer;

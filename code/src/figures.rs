@@ -13,7 +13,9 @@ use crate::experiments::ln_stability::LnStabilityResult;
 use crate::experiments::load_result;
 use crate::experiments::sentiment::SentimentResult;
 use crate::experiments::seq_cost::SeqCostResult;
+use crate::lora::analysis::{encoder_trainable, TargetSet};
 use crate::plot::{ColorMap, Heatmap, LineChart, Series};
+use crate::transformer::encoder::SeedEncoder;
 use crate::transformer::pe_numerics::{pe_dot, pe_numerics};
 use crate::transformer::positional::{frequencies_exp_log, sinusoidal_table};
 
@@ -54,6 +56,11 @@ pub fn all() -> Vec<Figure> {
             file: "part1-seq-cost.svg",
             about: "1.7 节：耗时随序列长度的变化与公式（读 results/part1-seq-cost.json）",
             render: seq_cost_figure,
+        },
+        Figure {
+            file: "part2-trainable-vs-rank.svg",
+            about: "2.5 节：参考配置编码器加 LoRA 后，可训练参数占比随秩的变化",
+            render: trainable_vs_rank_figure,
         },
         Figure {
             file: "part1-sentiment-loss.svg",
@@ -304,6 +311,38 @@ fn seq_cost_figure() -> anyhow::Result<String> {
         title: "前向耗时随序列长度的变化（d_model 512，批大小 1）".into(),
         x_label: "序列长度 S".into(),
         y_label: "毫秒".into(),
+        series,
+    }
+    .to_svg()
+}
+
+/// 可训练参数占比图用的秩。
+pub const RANKS: [usize; 7] = [1, 2, 4, 8, 16, 32, 64];
+
+fn trainable_vs_rank_figure() -> anyhow::Result<String> {
+    let dims = SeedEncoder::<f32, Cpu>::DIMS;
+    let series = [
+        ("W_q、W_v", TargetSet::QueryValue),
+        ("W_q、W_k、W_v、W_o", TargetSet::Attention),
+        ("全部线性层（含前馈）", TargetSet::AllLinear),
+    ]
+    .into_iter()
+    .map(|(name, targets)| Series {
+        name: name.into(),
+        points: RANKS
+            .iter()
+            .map(|&r| {
+                let (trainable, total) = encoder_trainable(&dims, targets, r);
+                (r as f64, 100.0 * trainable as f64 / total as f64)
+            })
+            .collect(),
+        ..Default::default()
+    })
+    .collect();
+    LineChart {
+        title: "参考配置编码器（24M 参数）加 LoRA：可训练参数占比".into(),
+        x_label: "秩 r".into(),
+        y_label: "可训练参数 / 总参数（%）".into(),
         series,
     }
     .to_svg()

@@ -86,6 +86,12 @@ enum Command {
         #[arg(long, value_name = "目录")]
         criterion_dir: Option<PathBuf>,
     },
+    /// 2.6 节：读取 `cargo bench --bench lora_order` 的结果：B(Ax) 与 (BA)x、合并后的推理耗时
+    LoraOrder {
+        /// criterion 的结果目录（默认 <仓库>/target/criterion）
+        #[arg(long, value_name = "目录")]
+        criterion_dir: Option<PathBuf>,
+    },
     /// 第 0 部分：比较 GELU 的三种导数，发现 dfdx accurate_gelu 反向传播的错误
     GeluGrad {
         /// 运行设备：cpu 或 cuda
@@ -106,6 +112,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Figures { out } => write_figures(&out.unwrap_or_else(figures::book_dir)),
         Command::GeluGrad { device } => gelu_grad(device),
         Command::Positional => positional(),
+        Command::LoraOrder { criterion_dir } => lora_order(criterion_dir),
         Command::SeqCost { criterion_dir } => seq_cost(criterion_dir),
         Command::LnStability {
             steps,
@@ -381,7 +388,8 @@ fn ln_stability(
 }
 
 fn seq_cost(criterion_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    use llm_book::experiments::seq_cost::{collect, default_criterion_dir};
+    use llm_book::experiments::default_criterion_dir;
+    use llm_book::experiments::seq_cost::collect;
     let dir = criterion_dir.unwrap_or_else(default_criterion_dir);
     let result = collect(&dir, llm_book::experiments::machine_description())?;
     for (name, curve) in [
@@ -403,6 +411,32 @@ fn seq_cost(criterion_dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!(
         "结果写入 {}",
         llm_book::experiments::save_result("part1-seq-cost", &result)?.display()
+    );
+    Ok(())
+}
+
+fn lora_order(criterion_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use llm_book::experiments::default_criterion_dir;
+    use llm_book::experiments::lora_order::{collect, TOKENS};
+    let dir = criterion_dir.unwrap_or_else(default_criterion_dir);
+    let result = collect(&dir, llm_book::experiments::machine_description())?;
+    println!("LoRA 分支的计算顺序（{TOKENS} 个词，d×d 方阵）：");
+    for p in &result.order {
+        println!(
+            "  d = {:>4}，r = {:>2}：B(Ax) {:>8.4} 毫秒，(BA)x {:>8.4} 毫秒，耗时之比 {:>6.1}，FLOP 之比 {:>6.1}",
+            p.d,
+            p.r,
+            p.b_ax_ms,
+            p.ba_x_ms,
+            p.ba_x_ms / p.b_ax_ms,
+            p.flop_ratio
+        );
+    }
+    let (base, merged, unmerged) = result.inference_ms;
+    println!("推理（1024×1024，秩 16）：原层 {base:.4} 毫秒，合并后 {merged:.4} 毫秒，未合并 {unmerged:.4} 毫秒");
+    println!(
+        "结果写入 {}",
+        llm_book::experiments::save_result("part2-lora-order", &result)?.display()
     );
     Ok(())
 }

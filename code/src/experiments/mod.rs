@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | `sentiment.rs` | 1.8 节：从零训练中文情感分类、注意力图 |
 //! | `ln_stability.rs` | 1.8 节：Pre-LN 与 Post-LN 的训练稳定性 |
+//! | `lora_order.rs` | 2.6 节：B(Ax) 与 (BA)x、合并后的推理耗时（读 criterion 的结果） |
 //! | `seq_cost.rs` | 1.7 节：耗时随序列长度的变化（读 criterion 的结果） |
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub mod ln_stability;
+pub mod lora_order;
 pub mod sentiment;
 pub mod seq_cost;
 
@@ -41,6 +43,33 @@ pub fn load_result<T: DeserializeOwned>(name: &str, command: &str) -> anyhow::Re
     })?;
     serde_json::from_str(&text)
         .map_err(|e| anyhow::anyhow!("实验结果 {} 格式不对：{e}", path.display()))
+}
+
+/// criterion 的结果目录（默认 `<仓库>/target/criterion`）。
+pub fn default_criterion_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join("target")
+        .join("criterion")
+}
+
+/// 读 criterion 记下的平均耗时（毫秒）：`<dir>/<组>/<函数>[/<参数>]/new/estimates.json`。
+pub fn criterion_mean_ms(dir: &Path, parts: &[&str], bench: &str) -> anyhow::Result<f64> {
+    let mut path = dir.to_path_buf();
+    path.extend(parts);
+    path.push("new");
+    path.push("estimates.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        anyhow::anyhow!(
+            "读不到 {}（{e}）：先运行 `cargo bench --bench {bench}`",
+            path.display()
+        )
+    })?;
+    let v: serde_json::Value = serde_json::from_str(&text)?;
+    let ns = v["mean"]["point_estimate"]
+        .as_f64()
+        .ok_or_else(|| anyhow::anyhow!("{} 中没有 mean.point_estimate", path.display()))?;
+    Ok(ns / 1e6)
 }
 
 /// 运行实验的机器：CPU 型号与核数（写进结果，书中与数字一起报告）。

@@ -3,7 +3,7 @@
 //! 耗时由 criterion 基准 `benches/seq_cost.rs` 测得；这里读取 criterion 写下的估计值，
 //! 按公式算出每个长度的浮点运算数，用最小二乘拟合出一个“有效吞吐量”，把测量与公式放在同一张图上。
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,33 +46,9 @@ pub struct SeqCostResult {
     pub layer: Curve,
 }
 
-/// criterion 的结果目录（默认 `<仓库>/target/criterion`）。
-pub fn default_criterion_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join("target")
-        .join("criterion")
-}
-
 /// 读 criterion 的平均耗时（毫秒）。
 fn read_mean_ms(dir: &Path, function: &str, seq: usize) -> anyhow::Result<f64> {
-    let path = dir
-        .join("seq_cost")
-        .join(function)
-        .join(seq.to_string())
-        .join("new")
-        .join("estimates.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        anyhow::anyhow!(
-            "读不到 {}（{e}）：先运行 `cargo bench --bench seq_cost`",
-            path.display()
-        )
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text)?;
-    let ns = v["mean"]["point_estimate"]
-        .as_f64()
-        .ok_or_else(|| anyhow::anyhow!("{} 中没有 mean.point_estimate", path.display()))?;
-    Ok(ns / 1e6)
+    super::criterion_mean_ms(dir, &["seq_cost", function, &seq.to_string()], "seq_cost")
 }
 
 /// 最小二乘拟合 t = f / g（过原点），返回 g（GFLOP/s）。

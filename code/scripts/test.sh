@@ -11,7 +11,7 @@ step() { printf '\n==> [%s] %s\n' "$1" "$2"; }
 # 否则 rustc 报 E0464。依赖版本变化后旧的 rlib 会留在目录里：只保留最新的那个。
 prune_stale_rlibs() {
   local deps="$1" crate newest keep f
-  for crate in llm_book dfdx libm rand rand_distr; do
+  for crate in llm_book dfdx libm rand rand_distr nalgebra; do
     # shellcheck disable=SC2012
     newest="$(ls -t "$deps"/lib"$crate"-*.rlib 2>/dev/null | head -n 1)"
     [ -n "$newest" ] || continue

@@ -14,6 +14,7 @@ use crate::experiments::load_result;
 use crate::experiments::sentiment::SentimentResult;
 use crate::experiments::seq_cost::SeqCostResult;
 use crate::lora::analysis::{encoder_trainable, TargetSet};
+use crate::lora::recovery::{RecoveryResult, TARGET_SINGULAR_VALUES};
 use crate::plot::{ColorMap, Heatmap, LineChart, Series};
 use crate::transformer::encoder::SeedEncoder;
 use crate::transformer::pe_numerics::{pe_dot, pe_numerics};
@@ -61,6 +62,16 @@ pub fn all() -> Vec<Figure> {
             file: "part2-trainable-vs-rank.svg",
             about: "2.5 节：参考配置编码器加 LoRA 后，可训练参数占比随秩的变化",
             render: trainable_vs_rank_figure,
+        },
+        Figure {
+            file: "part2-recovery-error.svg",
+            about: "2.7 节：LoRA 恢复秩 4 的 ΔW，误差随秩的变化（读 results/part2-recovery.json）",
+            render: recovery_error_figure,
+        },
+        Figure {
+            file: "part2-recovery-spectrum.svg",
+            about: "2.7 节：学到的 (α/r)BA 的奇异值谱（读 results/part2-recovery.json）",
+            render: recovery_spectrum_figure,
         },
         Figure {
             file: "part1-sentiment-loss.svg",
@@ -343,6 +354,74 @@ fn trainable_vs_rank_figure() -> anyhow::Result<String> {
         title: "参考配置编码器（24M 参数）加 LoRA：可训练参数占比".into(),
         x_label: "秩 r".into(),
         y_label: "可训练参数 / 总参数（%）".into(),
+        series,
+    }
+    .to_svg()
+}
+
+fn recovery_error_figure() -> anyhow::Result<String> {
+    let r: RecoveryResult = load_result("part2-recovery", "lora-recovery")?;
+    let points = |pick: fn(&crate::lora::recovery::RecoveryRun) -> f64| {
+        r.runs.iter().map(|run| (run.r as f64, pick(run))).collect()
+    };
+    LineChart {
+        title: "LoRA 恢复秩为 4 的 ΔW：相对误差 ‖(α/r)BA − ΔW‖ / ‖ΔW‖".into(),
+        x_label: "LoRA 的秩 r".into(),
+        y_label: "相对误差".into(),
+        series: vec![
+            Series {
+                name: "训练得到".into(),
+                points: points(|run| run.relative_error),
+                ..Default::default()
+            },
+            Series {
+                name: "最优秩 r 近似（Eckart–Young）".into(),
+                points: points(|run| run.optimal_error),
+                dashed: true,
+                color: None,
+            },
+        ],
+    }
+    .to_svg()
+}
+
+fn recovery_spectrum_figure() -> anyhow::Result<String> {
+    let r: RecoveryResult = load_result("part2-recovery", "lora-recovery")?;
+    let mut series = vec![Series {
+        name: "目标 ΔW".into(),
+        points: (0..8)
+            .map(|i| {
+                (
+                    (i + 1) as f64,
+                    TARGET_SINGULAR_VALUES.get(i).copied().unwrap_or(0.0),
+                )
+            })
+            .collect(),
+        dashed: true,
+        color: Some(0),
+    }];
+    for (color, run) in r
+        .runs
+        .iter()
+        .filter(|run| run.r == 2 || run.r == 16)
+        .enumerate()
+    {
+        series.push(Series {
+            name: format!("学到的 (α/r)BA，r = {}", run.r),
+            points: run
+                .singular_values
+                .iter()
+                .enumerate()
+                .map(|(i, &s)| ((i + 1) as f64, s))
+                .collect(),
+            dashed: false,
+            color: Some(color + 1),
+        });
+    }
+    LineChart {
+        title: "奇异值谱：前 8 个奇异值".into(),
+        x_label: "序号 i".into(),
+        y_label: "σᵢ".into(),
         series,
     }
     .to_svg()

@@ -86,6 +86,8 @@ enum Command {
         #[arg(long, value_name = "目录")]
         criterion_dir: Option<PathBuf>,
     },
+    /// 2.7 节：用秩 1–16 的 LoRA 恢复一个已知秩为 4 的更新 ΔW
+    LoraRecovery,
     /// 2.6 节：读取 `cargo bench --bench lora_order` 的结果：B(Ax) 与 (BA)x、合并后的推理耗时
     LoraOrder {
         /// criterion 的结果目录（默认 <仓库>/target/criterion）
@@ -112,6 +114,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Figures { out } => write_figures(&out.unwrap_or_else(figures::book_dir)),
         Command::GeluGrad { device } => gelu_grad(device),
         Command::Positional => positional(),
+        Command::LoraRecovery => lora_recovery(),
         Command::LoraOrder { criterion_dir } => lora_order(criterion_dir),
         Command::SeqCost { criterion_dir } => seq_cost(criterion_dir),
         Command::LnStability {
@@ -437,6 +440,53 @@ fn lora_order(criterion_dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!(
         "结果写入 {}",
         llm_book::experiments::save_result("part2-lora-order", &result)?.display()
+    );
+    Ok(())
+}
+
+fn lora_recovery() -> anyhow::Result<()> {
+    use llm_book::lora::recovery::{
+        run_all, RecoveryConfig, RecoveryResult, RANKS, TARGET_SINGULAR_VALUES,
+    };
+    let config = RecoveryConfig::default();
+    println!(
+        "目标 ΔW：64×64，秩 {}，奇异值 {:?}；每个秩训练 {} 步（Adam，学习率 {}，每步 {} 个样本）",
+        TARGET_SINGULAR_VALUES.len(),
+        TARGET_SINGULAR_VALUES,
+        config.steps,
+        config.lr,
+        config.batch
+    );
+    let bar = step_bar(RANKS.len() as u64);
+    let runs = run_all(&config, &mut |r| {
+        bar.set_message(format!("秩 {r}"));
+        bar.inc(1);
+    });
+    bar.finish_and_clear();
+    for run in &runs {
+        let top: Vec<String> = run
+            .singular_values
+            .iter()
+            .take(5)
+            .map(|s| format!("{s:.3}"))
+            .collect();
+        println!(
+            "r = {:>2}：相对误差 {:.4}（最优 {:.4}），最后的均方误差 {:.2e}，学到的奇异值 [{}]",
+            run.r,
+            run.relative_error,
+            run.optimal_error,
+            run.final_loss,
+            top.join(", ")
+        );
+    }
+    let result = RecoveryResult {
+        machine: llm_book::experiments::machine_description(),
+        config: Some(config),
+        runs,
+    };
+    println!(
+        "结果写入 {}",
+        llm_book::experiments::save_result("part2-recovery", &result)?.display()
     );
     Ok(())
 }

@@ -13,7 +13,7 @@ use crate::experiments::ln_stability::LnStabilityResult;
 use crate::experiments::load_result;
 use crate::experiments::sentiment::SentimentResult;
 use crate::experiments::seq_cost::SeqCostResult;
-use crate::lora::analysis::{encoder_trainable, TargetSet};
+use crate::lora::analysis::{efficiency, encoder_trainable, TargetSet};
 use crate::lora::recovery::{RecoveryResult, TARGET_SINGULAR_VALUES};
 use crate::plot::{ColorMap, Heatmap, LineChart, Series};
 use crate::transformer::encoder::SeedEncoder;
@@ -62,6 +62,11 @@ pub fn all() -> Vec<Figure> {
             file: "part2-trainable-vs-rank.svg",
             about: "2.5 节：参考配置编码器加 LoRA 后，可训练参数占比随秩的变化",
             render: trainable_vs_rank_figure,
+        },
+        Figure {
+            file: "part2-efficiency.svg",
+            about: "2.5 节：LoRA 参数占原矩阵的比例随秩的变化（几种矩阵尺寸）",
+            render: efficiency_figure,
         },
         Figure {
             file: "part2-recovery-error.svg",
@@ -422,6 +427,37 @@ fn recovery_spectrum_figure() -> anyhow::Result<String> {
         title: "奇异值谱：前 8 个奇异值".into(),
         x_label: "序号 i".into(),
         y_label: "σᵢ".into(),
+        series,
+    }
+    .to_svg()
+}
+
+fn efficiency_figure() -> anyhow::Result<String> {
+    let mut series: Vec<Series> = [(64, 32), (64, 64), (768, 768), (4096, 4096)]
+        .into_iter()
+        .map(|(d_in, d_out)| Series {
+            name: format!("{d_out} × {d_in}"),
+            points: (1..=64)
+                .map(|r| {
+                    (
+                        r as f64,
+                        100.0 * efficiency(d_in, d_out, r).lora as f64 / (d_in * d_out) as f64,
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    series.push(Series {
+        name: "100%：LoRA 与原矩阵一样大".into(),
+        points: vec![(1.0, 100.0), (64.0, 100.0)],
+        dashed: true,
+        color: Some(5),
+    });
+    LineChart {
+        title: "LoRA 参数占原矩阵的比例 r(d+k)/(dk)".into(),
+        x_label: "秩 r".into(),
+        y_label: "LoRA 参数 / 原矩阵参数（%）".into(),
         series,
     }
     .to_svg()

@@ -13,6 +13,7 @@ use crate::basics::tensors::Real;
 
 use super::attention::PaddingMask;
 use super::feed_forward::{Activation, FeedForward};
+use super::hooks::{AttentionHooks, FfnHooks, NoHooks};
 use super::multi_head::MultiHeadAttention;
 use super::norm::LayerNorm;
 use super::positional::PositionalEncoding;
@@ -94,6 +95,25 @@ impl<const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>>
         Tensor<(usize, usize, Const<M>), E, D, T>,
         Tensor<(usize, usize, usize, usize), E, D>,
     ) {
+        self.forward_with(x, mask, cfg, mode, &NoHooks)
+    }
+
+    /// 同 [`forward`](Self::forward)，六个线性层之后经过钩子 `hooks`。
+    pub fn forward_with<T, Hk>(
+        &self,
+        x: Tensor<(usize, usize, Const<M>), E, D, T>,
+        mask: Option<&PaddingMask<E, D>>,
+        cfg: &EncoderConfig,
+        mode: Mode,
+        hooks: &Hk,
+    ) -> (
+        Tensor<(usize, usize, Const<M>), E, D, T>,
+        Tensor<(usize, usize, usize, usize), E, D>,
+    )
+    where
+        T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
+        Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
+    {
         let eps = cfg.layer_norm_eps;
         let drop = |t: Tensor<(usize, usize, Const<M>), E, D, T>| match mode {
             Mode::Train if cfg.dropout > 0.0 => t.dropout(cfg.dropout),
@@ -102,20 +122,22 @@ impl<const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>>
         match cfg.norm_position {
             NormPosition::Pre => {
                 // x = x + Dropout(MHA(LN₁(x)))；x = x + Dropout(FFN(LN₂(x)))
-                let (attn, weights) = self
-                    .attention
-                    .forward(self.norm1.forward(x.retaped::<T>(), eps), mask);
+                let normed = self.norm1.forward(x.retaped::<T>(), eps);
+                let (attn, weights) = self.attention.forward_with(normed, mask, hooks);
                 let x = x + drop(attn);
+                let normed = self.norm2.forward(x.retaped::<T>(), eps);
                 let ffn = self
                     .feed_forward
-                    .forward(self.norm2.forward(x.retaped::<T>(), eps), cfg.activation);
+                    .forward_with(normed, cfg.activation, hooks);
                 (x + drop(ffn), weights)
             }
             NormPosition::Post => {
                 // x = LN₁(x + Dropout(MHA(x)))；x = LN₂(x + Dropout(FFN(x)))
-                let (attn, weights) = self.attention.forward(x.retaped::<T>(), mask);
+                let (attn, weights) = self.attention.forward_with(x.retaped::<T>(), mask, hooks);
                 let x = self.norm1.forward(x + drop(attn), eps);
-                let ffn = self.feed_forward.forward(x.retaped::<T>(), cfg.activation);
+                let ffn = self
+                    .feed_forward
+                    .forward_with(x.retaped::<T>(), cfg.activation, hooks);
                 (self.norm2.forward(x + drop(ffn), eps), weights)
             }
         }
@@ -170,6 +192,23 @@ impl<
         mask: Option<&PaddingMask<E, D>>,
         mode: Mode,
     ) -> Result<EncoderOutput<M, E, D, T>, InputError> {
+        self.forward_with(positional, config, tokens, mask, mode, |_| NoHooks)
+    }
+
+    /// 同 [`forward`](Self::forward)，第 i 层使用钩子 `hooks(i)`（第 2 部分的 LoRA 由此接入每一层）。
+    pub fn forward_with<T, Hk>(
+        &self,
+        positional: &PositionalEncoding<M, E, D>,
+        config: &EncoderConfig,
+        tokens: Tensor<(usize, usize), usize, D, T>,
+        mask: Option<&PaddingMask<E, D>>,
+        mode: Mode,
+        hooks: impl Fn(usize) -> Hk,
+    ) -> Result<EncoderOutput<M, E, D, T>, InputError>
+    where
+        T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
+        Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
+    {
         let (batch, seq) = *tokens.shape();
         if seq > positional.max_len() {
             return Err(InputError::TooLong {
@@ -188,8 +227,8 @@ impl<
         // 约定：不乘 √M（与参考实现和 PyTorch 的 N(0,1) 嵌入初始化一致，见 1.6 节）
         let mut x = positional.forward(self.embedding.forward(tokens));
         let mut attention = Vec::with_capacity(L);
-        for layer in &self.layers.modules {
-            let (y, weights) = layer.forward(x, mask, config, mode);
+        for (i, layer) in self.layers.modules.iter().enumerate() {
+            let (y, weights) = layer.forward_with(x, mask, config, mode, &hooks(i));
             x = y;
             attention.push(weights);
         }

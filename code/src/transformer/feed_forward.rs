@@ -6,6 +6,7 @@ use dfdx::prelude::*;
 use crate::basics::tensors::Real;
 
 use super::gelu::gelu;
+use super::hooks::{FfnHooks, NoHooks};
 
 /// 前馈网络的激活函数。
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,17 +31,27 @@ impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> FeedForward<M, F, E
     /// # 形状
     /// - `x`: `(batch, seq, Const<M>)`，中间 `(batch, seq, Const<F>)`
     /// - 返回：与 `x` 相同
-    pub fn forward<T: Tape<E, D> + Merge<NoneTape>>(
+    pub fn forward<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Tensor<(usize, usize, Const<M>), E, D, T>,
         activation: Activation,
     ) -> Tensor<(usize, usize, Const<M>), E, D, T> {
-        let hidden = self.linear1.forward(x);
+        self.forward_with(x, activation, &NoHooks)
+    }
+
+    /// 同 [`forward`](Self::forward)，两个线性层之后经过钩子。
+    pub fn forward_with<T: Tape<E, D> + Merge<T> + Merge<NoneTape>, Hk: FfnHooks<M, F, E, D>>(
+        &self,
+        x: Tensor<(usize, usize, Const<M>), E, D, T>,
+        activation: Activation,
+        hooks: &Hk,
+    ) -> Tensor<(usize, usize, Const<M>), E, D, T> {
+        let hidden = hooks.up(x.retaped::<T>(), self.linear1.forward(x));
         let hidden = match activation {
             Activation::Relu => hidden.relu(),
             Activation::Gelu => gelu(hidden),
         };
-        self.linear2.forward(hidden)
+        hooks.down(hidden.retaped::<T>(), self.linear2.forward(hidden))
     }
 }
 // ANCHOR_END: feed_forward

@@ -6,6 +6,7 @@ use dfdx::prelude::*;
 use crate::basics::tensors::Real;
 
 use super::attention::{scaled_dot_product_attention, PaddingMask};
+use super::hooks::{AttentionHooks, NoHooks};
 use crate::basics::shapes::HeadSplit;
 
 // ANCHOR: mha_struct
@@ -36,7 +37,7 @@ impl<const M: usize, const H: usize, E: Dtype, D: Device<E>> MultiHeadAttention<
     /// # 形状
     /// - `x`: `(batch, seq, Const<M>)`
     /// - 返回：输出 `(batch, seq, Const<M>)`，注意力权重 `(batch, H, seq, seq)`
-    pub fn forward<T: Tape<E, D> + Merge<T>>(
+    pub fn forward<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Tensor<(usize, usize, Const<M>), E, D, T>,
         mask: Option<&PaddingMask<E, D>>,
@@ -44,23 +45,39 @@ impl<const M: usize, const H: usize, E: Dtype, D: Device<E>> MultiHeadAttention<
         Tensor<(usize, usize, Const<M>), E, D, T>,
         Tensor<(usize, usize, usize, usize), E, D>,
     ) {
+        self.forward_with(x, mask, &NoHooks)
+    }
+
+    /// 同 [`forward`](Self::forward)，每个投影之后经过钩子 `hooks`（第 2 部分的 LoRA 在这里加上低秩更新）。
+    pub fn forward_with<T: Tape<E, D> + Merge<T> + Merge<NoneTape>, Hk: AttentionHooks<M, E, D>>(
+        &self,
+        x: Tensor<(usize, usize, Const<M>), E, D, T>,
+        mask: Option<&PaddingMask<E, D>>,
+        hooks: &Hk,
+    ) -> (
+        Tensor<(usize, usize, Const<M>), E, D, T>,
+        Tensor<(usize, usize, usize, usize), E, D>,
+    ) {
         let (batch, seq, _) = *x.shape();
         let heads = (batch, seq, H, Self::D_HEAD);
-        // x 要用三次：tape 跟着 q 走，k、v 用 retaped 复制出带空 tape 的副本，乘法时 tape 合并
+        // x 要用多次：tape 跟着 q 走，其余用 retaped 复制出带空 tape 的副本，乘法时 tape 合并
         let (x, tape) = x.split_tape();
         let split = |t: Tensor<(usize, usize, Const<M>), E, D, T>| {
             // (batch, seq, M) -> (batch, seq, H, d_head) -> (batch, H, seq, d_head)
             t.reshape_like(&heads).permute::<_, Axes4<0, 2, 1, 3>>()
         };
-        let q = split(self.w_q.forward(x.clone().put_tape(tape)));
-        let k = split(self.w_k.forward(x.retaped::<T>()));
-        let v = split(self.w_v.forward(x.retaped::<T>()));
-        let (out, weights) = scaled_dot_product_attention(q, k, v, mask);
+        let q = hooks.query(x.retaped::<T>(), self.w_q.forward(x.clone().put_tape(tape)));
+        let k = hooks.key(x.retaped::<T>(), self.w_k.forward(x.retaped::<T>()));
+        let v = hooks.value(x.retaped::<T>(), self.w_v.forward(x.retaped::<T>()));
+        let (out, weights) = scaled_dot_product_attention(split(q), split(k), split(v), mask);
         // (batch, H, seq, d_head) -> (batch, seq, H, d_head) -> (batch, seq, M)
         let out = out
             .permute::<_, Axes4<0, 2, 1, 3>>()
             .reshape_like(&(batch, seq, Const::<M>));
-        (self.w_o.forward(out), weights)
+        (
+            hooks.output(out.retaped::<T>(), self.w_o.forward(out)),
+            weights,
+        )
     }
 }
 // ANCHOR_END: mha_forward

@@ -1,0 +1,74 @@
+//! 编码器里线性层的“钩子”：每个线性层算完之后，可以在输出上再加一项。
+//!
+//! 第 1 部分的模型不用钩子（[`NoHooks`]，什么也不加）；第 2 部分的 LoRA 在这里加上 (α/r)·B(Ax)，
+//! 于是注意力、前馈网络、编码器层的前向只写一遍，LoRA 模型与原模型共用。
+
+use dfdx::prelude::*;
+
+// ANCHOR: hooks
+/// 注意力里四个投影的钩子：`x` 是投影的输入，`out` 是原投影的输出，返回最终输出（默认原样返回 `out`）。
+pub trait AttentionHooks<const M: usize, E: Dtype, D: Device<E>> {
+    /// W_q 之后。
+    fn query<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        _x: Hidden<M, E, D, T>,
+        out: Hidden<M, E, D, T>,
+    ) -> Hidden<M, E, D, T> {
+        out
+    }
+    /// W_k 之后。
+    fn key<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        _x: Hidden<M, E, D, T>,
+        out: Hidden<M, E, D, T>,
+    ) -> Hidden<M, E, D, T> {
+        out
+    }
+    /// W_v 之后。
+    fn value<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        _x: Hidden<M, E, D, T>,
+        out: Hidden<M, E, D, T>,
+    ) -> Hidden<M, E, D, T> {
+        out
+    }
+    /// W_o 之后。
+    fn output<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        _x: Hidden<M, E, D, T>,
+        out: Hidden<M, E, D, T>,
+    ) -> Hidden<M, E, D, T> {
+        out
+    }
+}
+
+/// 前馈网络两个线性层的钩子。
+pub trait FfnHooks<const M: usize, const F: usize, E: Dtype, D: Device<E>> {
+    /// 升维层 `M → F` 之后。
+    fn up<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        _x: Hidden<M, E, D, T>,
+        out: Hidden<F, E, D, T>,
+    ) -> Hidden<F, E, D, T> {
+        out
+    }
+    /// 降维层 `F → M` 之后。
+    fn down<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        _x: Hidden<F, E, D, T>,
+        out: Hidden<M, E, D, T>,
+    ) -> Hidden<M, E, D, T> {
+        out
+    }
+}
+
+/// 不加任何东西的钩子：第 1 部分的模型。
+#[derive(Clone, Copy, Debug, Default)]
+pub struct NoHooks;
+
+impl<const M: usize, E: Dtype, D: Device<E>> AttentionHooks<M, E, D> for NoHooks {}
+impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> FfnHooks<M, F, E, D> for NoHooks {}
+// ANCHOR_END: hooks
+
+/// `(batch, seq, Const<N>)` 的隐藏状态（钩子的签名里用它缩短类型）。
+pub type Hidden<const N: usize, E, D, T> = Tensor<(usize, usize, Const<N>), E, D, T>;

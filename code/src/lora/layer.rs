@@ -88,17 +88,46 @@ impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Device<E>>
         let (batch, seq, _) = *x.shape();
         let out_shape = (batch, seq, Const::<OUT>);
         // 原层：W₀ 与 b₀ 不接到 tape 上，优化器看不到它们
-        let lora_in = match mode {
-            Mode::Train if opts.dropout > 0.0 => x.retaped::<T>().dropout(opts.dropout),
-            _ => x.retaped::<T>(),
-        };
+        let lora_in = x.retaped::<T>();
         let base = x.matmul(self.weight.clone().permute::<Rank2<IN, OUT>, _>())
             + self.bias.clone().broadcast_like(&out_shape);
-        // LoRA 分支：(batch, seq, IN) → (batch, seq, r) → (batch, seq, OUT)
-        let down = lora_in.matmul(self.lora_a.retaped::<T>().permute::<Rank2<IN, R>, _>());
-        let up = down.matmul(self.lora_b.retaped::<T>().permute::<Rank2<R, OUT>, _>());
-        base + up * E::from_f64(self.scaling(opts)).unwrap()
+        base + lora_branch(
+            lora_in,
+            &self.lora_a,
+            &self.lora_b,
+            self.scaling(opts),
+            opts.dropout,
+            mode,
+        )
     }
+}
+
+/// LoRA 分支 (α/r)·B(A·dropout(x))：先降到 r 维，再升回 OUT 维，不构造 OUT×IN 的 BA。
+///
+/// # 形状
+/// - `x`: `(batch, seq, Const<IN>)`，`a`: `(R, IN)`，`b`: `(OUT, R)`
+/// - 返回：`(batch, seq, Const<OUT>)`
+pub fn lora_branch<const IN: usize, const OUT: usize, const R: usize, E, D, T>(
+    x: Tensor<(usize, usize, Const<IN>), E, D, T>,
+    a: &Tensor<Rank2<R, IN>, E, D>,
+    b: &Tensor<Rank2<OUT, R>, E, D>,
+    scaling: f64,
+    dropout: f64,
+    mode: Mode,
+) -> Tensor<(usize, usize, Const<OUT>), E, D, T>
+where
+    E: Dtype,
+    D: Device<E>,
+    T: Tape<E, D> + Merge<T>,
+{
+    let x = match mode {
+        Mode::Train if dropout > 0.0 => x.dropout(dropout),
+        _ => x,
+    };
+    // (batch, seq, IN) → (batch, seq, r) → (batch, seq, OUT)
+    let down = x.matmul(a.retaped::<T>().permute::<Rank2<IN, R>, _>());
+    let up = down.matmul(b.retaped::<T>().permute::<Rank2<R, OUT>, _>());
+    up * E::from_f64(scaling).unwrap()
 }
 // ANCHOR_END: forward
 

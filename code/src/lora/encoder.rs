@@ -103,6 +103,45 @@ impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> Adapter<I, O, E, D>
         out
     }
 }
+impl<E: Dtype, D: Device<E>> TensorCollection<E, D> for NoAdapter {
+    type To<E2: Dtype, D2: Device<E2>> = NoAdapter;
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields((), |()| NoAdapter)
+    }
+}
+
+/// 适配器只能由 `init` 构造（A 随机、B = 0）；`build`/`reset_params` 走到这里时停下并说明。
+const ADAPTER_RESET: &str =
+    "LoRA 适配器请用 LoraClassifier::from_base 构造（A 随机、B = 0），不能用 build 或 reset_params";
+
+impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>> TensorCollection<E, D>
+    for LoraPair<I, O, R, E, D>
+{
+    type To<E2: Dtype, D2: Device<E2>> = LoraPair<I, O, R, E2, D2>;
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::tensor(
+                    "lora_a",
+                    |s| &s.lora_a,
+                    |s| &mut s.lora_a,
+                    TensorOptions::reset_with(|_| panic!("{ADAPTER_RESET}")),
+                ),
+                Self::tensor(
+                    "lora_b",
+                    |s| &s.lora_b,
+                    |s| &mut s.lora_b,
+                    TensorOptions::reset_with(|_| panic!("{ADAPTER_RESET}")),
+                ),
+            ),
+            |(lora_a, lora_b)| LoraPair { lora_a, lora_b },
+        )
+    }
+}
 // ANCHOR_END: adapter
 
 // ANCHOR: targets
@@ -248,9 +287,12 @@ pub struct AdapterHooks<
     E: Dtype,
     D: Device<E>,
 > {
-    layer: &'a LayerAdapters<M, F, R, T, E, D>,
-    opts: LoraOptions,
-    mode: Mode,
+    /// 这一层的适配器。
+    pub layer: &'a LayerAdapters<M, F, R, T, E, D>,
+    /// α 与 dropout。
+    pub opts: LoraOptions,
+    /// 训练还是推理（决定 LoRA 分支上的 dropout）。
+    pub mode: Mode,
 }
 
 impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Device<E>>
@@ -420,46 +462,6 @@ where
     }
 }
 // ANCHOR_END: classifier
-
-impl<E: Dtype, D: Device<E>> TensorCollection<E, D> for NoAdapter {
-    type To<E2: Dtype, D2: Device<E2>> = NoAdapter;
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields((), |()| NoAdapter)
-    }
-}
-
-/// 适配器只能由 `init` 构造（A 随机、B = 0）；`build`/`reset_params` 走到这里时停下并说明。
-const ADAPTER_RESET: &str =
-    "LoRA 适配器请用 LoraClassifier::from_base 构造（A 随机、B = 0），不能用 build 或 reset_params";
-
-impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>> TensorCollection<E, D>
-    for LoraPair<I, O, R, E, D>
-{
-    type To<E2: Dtype, D2: Device<E2>> = LoraPair<I, O, R, E2, D2>;
-    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
-        visitor: &mut V,
-    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
-        visitor.visit_fields(
-            (
-                Self::tensor(
-                    "lora_a",
-                    |s| &s.lora_a,
-                    |s| &mut s.lora_a,
-                    TensorOptions::reset_with(|_| panic!("{ADAPTER_RESET}")),
-                ),
-                Self::tensor(
-                    "lora_b",
-                    |s| &s.lora_b,
-                    |s| &mut s.lora_b,
-                    TensorOptions::reset_with(|_| panic!("{ADAPTER_RESET}")),
-                ),
-            ),
-            |(lora_a, lora_b)| LoraPair { lora_a, lora_b },
-        )
-    }
-}
 
 impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Dtype, D: Device<E>>
     TensorCollection<E, D> for LayerAdapters<M, F, R, Tg, E, D>

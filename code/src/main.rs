@@ -88,6 +88,15 @@ enum Command {
     },
     /// 2.7 节：用秩 1–16 的 LoRA 恢复一个已知秩为 4 的更新 ΔW
     LoraRecovery,
+    /// 2.7 节：把 1.8 节的情感模型迁移到“只看前 16 个字”：不训练、只训分类头、LoRA 与全量微调
+    Adaptation {
+        /// 训练轮数
+        #[arg(long, default_value_t = 2, value_name = "轮数")]
+        epochs: usize,
+        /// 运行设备：cpu 或 cuda
+        #[arg(long, default_value = "cpu", value_name = "设备")]
+        device: DeviceKind,
+    },
     /// 2.6 节：读取 `cargo bench --bench lora_order` 的结果：B(Ax) 与 (BA)x、合并后的推理耗时
     LoraOrder {
         /// criterion 的结果目录（默认 <仓库>/target/criterion）
@@ -115,6 +124,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::GeluGrad { device } => gelu_grad(device),
         Command::Positional => positional(),
         Command::LoraRecovery => lora_recovery(),
+        Command::Adaptation { epochs, device } => adaptation(epochs, device),
         Command::LoraOrder { criterion_dir } => lora_order(criterion_dir),
         Command::SeqCost { criterion_dir } => seq_cost(criterion_dir),
         Command::LnStability {
@@ -487,6 +497,49 @@ fn lora_recovery() -> anyhow::Result<()> {
     println!(
         "结果写入 {}",
         llm_book::experiments::save_result("part2-recovery", &result)?.display()
+    );
+    Ok(())
+}
+
+fn adaptation(epochs: usize, device: DeviceKind) -> anyhow::Result<()> {
+    use llm_book::experiments::adaptation::{prepare, AdaptationTask, SHORT_LEN};
+    let (short, full) = prepare(SHORT_LEN)?;
+    let bar = step_bar(0);
+    let mut on_step = |method: &str, e: llm_book::train::StepEvent| {
+        bar.set_length(e.total as u64);
+        bar.set_position(e.step as u64);
+        bar.set_message(format!("{method} 损失 {:.4}", e.loss));
+    };
+    let task = AdaptationTask {
+        short: &short,
+        full: &full,
+        epochs,
+        on_step: &mut on_step,
+    };
+    let result = run_on(device, 0, task)??;
+    bar.finish_and_clear();
+    println!(
+        "基座：{} 个参数，完整评论（≤128 字）测试准确率 {:.4}；迁移任务：只看前 {SHORT_LEN} 个字，训练 {epochs} 轮（{}）",
+        result.base_params, result.base_accuracy_full, result.machine
+    );
+    println!(
+        "{:<22} {:>8} {:>8} {:>10} {:>12} {:>10}",
+        "方法", "准确率", "F1", "可训练参数", "优化器内存", "每步秒数"
+    );
+    for m in &result.methods {
+        println!(
+            "{:<22} {:>8.4} {:>8.4} {:>10} {:>10.2} MiB {:>10.4}",
+            m.method,
+            m.accuracy,
+            m.f1,
+            m.trainable,
+            m.optimizer_bytes as f64 / 1048576.0,
+            m.seconds_per_step
+        );
+    }
+    println!(
+        "结果写入 {}",
+        llm_book::experiments::save_result("part2-adaptation", &result)?.display()
     );
     Ok(())
 }

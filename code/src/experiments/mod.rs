@@ -3,6 +3,7 @@
 //!
 //! | 文件 | 章节 |
 //! | --- | --- |
+//! | `adaptation.rs` | 2.7 节：任务迁移——不训练、只训分类头、LoRA 与全量微调 |
 //! | `sentiment.rs` | 1.8 节：从零训练中文情感分类、注意力图 |
 //! | `ln_stability.rs` | 1.8 节：Pre-LN 与 Post-LN 的训练稳定性 |
 //! | `lora_order.rs` | 2.6 节：B(Ax) 与 (BA)x、合并后的推理耗时（读 criterion 的结果） |
@@ -13,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+pub mod adaptation;
 pub mod ln_stability;
 pub mod lora_order;
 pub mod sentiment;

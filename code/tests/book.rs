@@ -126,6 +126,20 @@ fn no_rust_block_is_ignored() {
 }
 
 #[test]
+fn no_control_characters_in_the_book() {
+    // 用 Python 或 shell 写入含 `\t`、`\f` 的 LaTeX 时，反斜杠序列可能被解释成控制字符（如 `\times` 变成制表符加 "imes"）
+    let mut files = Vec::new();
+    markdown_files(&book_src(), &mut files);
+    for md in &files {
+        for (n, line) in fs::read_to_string(md).unwrap().lines().enumerate() {
+            if let Some(c) = line.chars().find(|c| c.is_control()) {
+                panic!("{}:{}: 含控制字符 U+{:04X}", md.display(), n + 1, c as u32);
+            }
+        }
+    }
+}
+
+#[test]
 fn images_and_chapters_exist() {
     let mut files = Vec::new();
     markdown_files(&book_src(), &mut files);

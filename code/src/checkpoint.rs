@@ -92,9 +92,29 @@ impl Checkpoint {
         D: Device<E>,
         M: TensorCollection<E, D>,
     {
+        self.load_into_with(module, &|path| vec![format!("{prefix}{path}")], &|key| {
+            key.starts_with(prefix)
+        })
+    }
+
+    /// 通用的版本：`candidates(字段路径)` 给出文件中可能的键（依次尝试，第一个存在的生效），
+    /// `owned(键)` 判断一个键是否应当被模型用到（用到的之外都算“多余”）。
+    ///
+    /// 第 3 部分读 Hugging Face 的检查点时，用它把本书的字段路径映射成 HF 的键名（并兼容旧的 `gamma`/`beta`）。
+    pub fn load_into_with<E, D, M>(
+        &self,
+        module: &mut M,
+        candidates: &dyn Fn(&str) -> Vec<String>,
+        owned: &dyn Fn(&str) -> bool,
+    ) -> Result<(), CheckpointError>
+    where
+        E: Dtype,
+        D: Device<E>,
+        M: TensorCollection<E, D>,
+    {
         let mut loader = Loader {
             checkpoint: self,
-            prefix,
+            candidates,
             used: BTreeSet::new(),
             missing: Vec::new(),
             shape_mismatch: Vec::new(),
@@ -106,7 +126,7 @@ impl Checkpoint {
         let unexpected: Vec<String> = self
             .tensors
             .keys()
-            .filter(|k| k.starts_with(prefix) && !loader.used.contains(*k))
+            .filter(|k| owned(k) && !loader.used.contains(*k))
             .cloned()
             .collect();
         if loader.missing.is_empty() && loader.shape_mismatch.is_empty() && unexpected.is_empty() {
@@ -215,7 +235,7 @@ fn half_to_f32(h: u16) -> f32 {
 
 struct Loader<'a> {
     checkpoint: &'a Checkpoint,
-    prefix: &'a str,
+    candidates: &'a dyn Fn(&str) -> Vec<String>,
     used: BTreeSet<String>,
     missing: Vec<String>,
     shape_mismatch: Vec<String>,
@@ -232,7 +252,12 @@ impl<E: Dtype, D: Device<E>> TensorVisitor<E, D> for Loader<'_> {
         _opts: TensorOptions<S, E, D>,
         (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, E, D>>,
     ) -> Result<Option<Tensor<S, E, D>>, Self::Err> {
-        let key = format!("{}{}", self.prefix, path);
+        let keys = (self.candidates)(&path);
+        let key = keys
+            .iter()
+            .find(|k| self.checkpoint.tensors.contains_key(*k))
+            .cloned()
+            .unwrap_or_else(|| keys[0].clone());
         let want: Vec<usize> = t.shape().concrete().into_iter().collect();
         match self.checkpoint.tensors.get(&key) {
             None => self.missing.push(key),

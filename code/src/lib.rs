@@ -11,6 +11,7 @@
 //! | [`train`] | 全书共用的分类训练循环 |
 //! | [`experiments`] | 书中的实验及其结果文件（code/results） |
 //! | [`lora`] | 第 2 部分 · LoRA |
+//! | [`bert`] | 第 3 部分 · BERT 与 Hugging Face 检查点 |
 //! | [`plot`] | 书中所有图的绘制（plotters，SVG） |
 //! | [`figures`] | 书中每张图的登记表：`cargo run --release -- figures` 逐一重新生成 |
 //! | [`io`] | 原子写文件等共用工具 |
@@ -21,6 +22,7 @@
 #![allow(clippy::type_complexity)]
 
 pub mod basics;
+pub mod bert;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;

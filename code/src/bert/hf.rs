@@ -1,0 +1,179 @@
+//! 3.2 节：Hugging Face BERT 检查点的键名。
+//!
+//! 本书的字段路径（如 `encoder.layer.0.attention.w_q.weight`）与 HF 的键
+//! （`bert.encoder.layer.0.attention.self.query.weight`）不同的地方只在编码器层内部；
+//! 这里给出映射，并兼容两种常见的变体：没有 `bert.` 前缀（`BertModel` 直接保存的文件）和旧的 `gamma`/`beta`。
+
+use std::path::Path;
+
+use dfdx::prelude::*;
+
+use super::model::BertParams;
+use crate::basics::tensors::Real;
+use crate::checkpoint::{Checkpoint, CheckpointError};
+
+// ANCHOR: key_map
+/// 编码器层内部：本书的名字 → HF 的名字。
+const LAYER_NAMES: [(&str, &str); 8] = [
+    (".attention.w_q.", ".attention.self.query."),
+    (".attention.w_k.", ".attention.self.key."),
+    (".attention.w_v.", ".attention.self.value."),
+    (".attention.w_o.", ".attention.output.dense."),
+    (".norm1.", ".attention.output.LayerNorm."),
+    (".feed_forward.linear1.", ".intermediate.dense."),
+    (".feed_forward.linear2.", ".output.dense."),
+    (".norm2.", ".output.LayerNorm."),
+];
+
+/// 一个字段路径在 HF 文件中可能的键，按优先顺序。
+pub fn hf_candidates(path: &str) -> Vec<String> {
+    if path.starts_with("classifier.") {
+        return vec![path.to_string()];
+    }
+    let mut mapped = path.to_string();
+    for (ours, theirs) in LAYER_NAMES {
+        mapped = mapped.replace(ours, theirs);
+    }
+    let mut keys = vec![format!("bert.{mapped}"), mapped.clone()];
+    // 旧版检查点的层归一化参数叫 gamma、beta
+    for (new, old) in [
+        ("LayerNorm.weight", "LayerNorm.gamma"),
+        ("LayerNorm.bias", "LayerNorm.beta"),
+    ] {
+        if let Some(stem) = mapped.strip_suffix(new) {
+            keys.push(format!("bert.{stem}{old}"));
+            keys.push(format!("{stem}{old}"));
+        }
+    }
+    keys
+}
+
+/// 文件中模型应当用到的键：除了不是参数的缓冲区（`position_ids`）以外的全部。
+pub fn is_parameter_key(key: &str) -> bool {
+    !key.ends_with("position_ids")
+}
+// ANCHOR_END: key_map
+
+/// 从 `model.safetensors` 读入全部参数。
+pub fn load_bert<
+    const V: usize,
+    const M: usize,
+    const H: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const TT: usize,
+    const C: usize,
+    E,
+    D,
+>(
+    params: &mut BertParams<V, M, H, F, L, P, TT, C, E, D>,
+    path: &Path,
+) -> Result<(), CheckpointError>
+where
+    E: Real,
+    D: Device<E>,
+{
+    Checkpoint::read(path)?.load_into_with(params, &hf_candidates, &is_parameter_key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bert::model::{bert_config, TinyBert};
+    use crate::transformer::attention::PaddingMask;
+    use crate::transformer::encoder::Mode;
+
+    fn fixtures() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+    }
+
+    #[test]
+    fn maps_our_names_to_hugging_face_keys() {
+        assert_eq!(
+            hf_candidates("encoder.layer.3.attention.w_q.weight")[0],
+            "bert.encoder.layer.3.attention.self.query.weight"
+        );
+        assert_eq!(
+            hf_candidates("encoder.layer.0.norm2.bias")[0],
+            "bert.encoder.layer.0.output.LayerNorm.bias"
+        );
+        assert_eq!(
+            hf_candidates("encoder.layer.0.feed_forward.linear2.weight")[1],
+            "encoder.layer.0.output.dense.weight"
+        );
+        assert!(hf_candidates("embeddings.LayerNorm.weight")
+            .contains(&"bert.embeddings.LayerNorm.gamma".to_string()));
+        assert_eq!(hf_candidates("classifier.bias"), vec!["classifier.bias"]);
+    }
+
+    #[test]
+    fn tiny_bert_matches_transformers() {
+        let dev: Cpu = Default::default();
+        let mut bert = TinyBert::<f32, Cpu>::random(&dev);
+        load_bert(&mut bert, &fixtures().join("tiny-bert/model.safetensors"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let reference =
+            Checkpoint::read(&fixtures().join("tiny-bert-reference.safetensors")).unwrap();
+        let ids = |key: &str| -> Tensor<(usize, usize), usize, Cpu> {
+            let t = reference.get(key).unwrap();
+            dev.tensor_from_vec(
+                t.data.iter().map(|&v| v as usize).collect(),
+                (t.shape[0], t.shape[1]),
+            )
+        };
+        let lengths: Vec<usize> = reference
+            .get("attention_mask")
+            .unwrap()
+            .data
+            .chunks(7)
+            .map(|r| r.iter().sum::<f64>() as usize)
+            .collect();
+        let mask = PaddingMask::from_lengths(&dev, &lengths, 7).unwrap();
+        let cfg = bert_config(1e-12, 0.1, 24);
+        let out = bert
+            .forward(
+                &cfg,
+                ids("input_ids"),
+                Some(ids("token_type_ids")),
+                &mask,
+                Mode::Eval,
+            )
+            .unwrap();
+        let max_err = |ours: Vec<f32>, key: &str| {
+            ours.iter()
+                .zip(&reference.get(key).unwrap().data)
+                .map(|(a, b)| (*a as f64 - b).abs())
+                .fold(0.0, f64::max)
+        };
+        for (name, err) in [
+            (
+                "last_hidden_state",
+                max_err(out.last_hidden_state.as_vec(), "last_hidden_state"),
+            ),
+            (
+                "pooler_output",
+                max_err(out.pooler_output.as_vec(), "pooler_output"),
+            ),
+            ("logits", max_err(out.logits.as_vec(), "logits")),
+        ] {
+            println!("{name}: 最大误差 {err:.2e}");
+            assert!(err <= 1e-4, "{name}：与 transformers 相差 {err}");
+        }
+    }
+
+    #[test]
+    fn missing_and_unexpected_keys_are_listed() {
+        let dev: Cpu = Default::default();
+        // 形状不同的模型（3 层）读 2 层的文件：第 3 层的键缺失
+        let mut bigger =
+            crate::bert::model::BertParams::<64, 32, 4, 48, 3, 24, 2, 3, f32, Cpu>::random(&dev);
+        let err = load_bert(&mut bigger, &fixtures().join("tiny-bert/model.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("缺少的张量：bert.encoder.layer.2.attention.self.query.weight"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,9 @@
+//! 第 3 部分 · BERT。
+//!
+//! | 文件 | 章节 |
+//! | --- | --- |
+//! | `model.rs` | 3.1 BERT 的结构：嵌入、Post-LN 编码器（复用第 1 部分的编码器层）、池化层、分类头 |
+//! | `hf.rs` | 3.2 读取 Hugging Face 的检查点：键名映射 |
+
+pub mod hf;
+pub mod model;

@@ -1,0 +1,287 @@
+//! 3.1 节：BERT 的结构。
+//!
+//! BERT 的编码器层就是第 1 部分的 Post-LN 编码器层（精确 GELU，ε = 1e-12）：HF 的
+//! `attention.self.{query,key,value}`、`attention.output.dense`、`attention.output.LayerNorm`、
+//! `intermediate.dense`、`output.dense`、`output.LayerNorm` 依次对应本书的
+//! `w_q`、`w_k`、`w_v`、`w_o`、`norm1`、`linear1`、`linear2`、`norm2`。与第 1 部分不同的只有：
+//! 学习的位置嵌入与句子类型嵌入（之后接层归一化）、编码器末尾**没有**层归一化、池化层取 `[CLS]` 经 dense + tanh。
+
+use dfdx::nn::modules::{Embedding, Linear, Module, ModuleVisitor, Repeated, TensorCollection};
+use dfdx::nn::BuildModule;
+use dfdx::prelude::*;
+
+use crate::basics::tensors::Real;
+use crate::transformer::attention::PaddingMask;
+use crate::transformer::encoder::{EncoderConfig, EncoderLayer, InputError, Mode, NormPosition};
+use crate::transformer::feed_forward::Activation;
+use crate::transformer::hooks::{AttentionHooks, FfnHooks, NoHooks};
+use crate::transformer::norm::LayerNorm;
+
+/// BERT 的嵌入层：词、位置、句子类型三种嵌入相加，再做层归一化。
+#[derive(Clone, Debug)]
+pub struct BertEmbeddings<
+    const V: usize,
+    const M: usize,
+    const P: usize,
+    const TT: usize,
+    E: Dtype,
+    D: Device<E>,
+> {
+    /// 词嵌入 `(V, M)`。
+    pub word_embeddings: Embedding<V, M, E, D>,
+    /// 学习的位置嵌入 `(P, M)`：最多 P 个位置。
+    pub position_embeddings: Embedding<P, M, E, D>,
+    /// 句子类型嵌入 `(TT, M)`。
+    pub token_type_embeddings: Embedding<TT, M, E, D>,
+    /// 层归一化（检查点中的名字是 `LayerNorm`）。
+    pub layer_norm: LayerNorm<M, E, D>,
+}
+
+/// BERT 分类模型的全部参数。字段路径经 [`super::hf`] 映射成 Hugging Face 的键名。
+#[derive(Clone, Debug)]
+pub struct BertParams<
+    const V: usize,
+    const M: usize,
+    const H: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const TT: usize,
+    const C: usize,
+    E: Dtype,
+    D: Device<E>,
+> {
+    /// 嵌入层。
+    pub embeddings: BertEmbeddings<V, M, P, TT, E, D>,
+    /// `L` 个 Post-LN 编码器层。
+    pub layers: Repeated<EncoderLayer<M, H, F, E, D>, L>,
+    /// 池化层：`[CLS]` 的隐藏状态经 dense + tanh。
+    pub pooler: Linear<M, M, E, D>,
+    /// 分类头。
+    pub classifier: Linear<M, C, E, D>,
+}
+
+/// BERT 的输出。
+pub struct BertOutput<const M: usize, const C: usize, E: Dtype, D: Device<E>, T> {
+    /// 最后一层的隐藏状态 `(batch, seq, Const<M>)`。
+    pub last_hidden_state: Tensor<(usize, usize, Const<M>), E, D, T>,
+    /// 池化输出 `(batch, Const<M>)`（不带 tape 的副本）。
+    pub pooler_output: Tensor<(usize, Const<M>), E, D>,
+    /// 分类 logits `(batch, Const<C>)`。
+    pub logits: Tensor<(usize, Const<C>), E, D, T>,
+}
+
+/// BERT 的超参数（宽度在类型里）。
+pub fn bert_config(layer_norm_eps: f64, dropout: f64, max_position: usize) -> EncoderConfig {
+    EncoderConfig {
+        norm_position: NormPosition::Post,
+        activation: Activation::Gelu,
+        dropout,
+        layer_norm_eps,
+        max_len: max_position,
+    }
+}
+
+// ANCHOR: forward
+impl<
+        const V: usize,
+        const M: usize,
+        const H: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const TT: usize,
+        const C: usize,
+        E,
+        D,
+    > BertParams<V, M, H, F, L, P, TT, C, E, D>
+where
+    E: Real,
+    D: Device<E>,
+{
+    /// # 形状
+    /// - `tokens`、`token_types`：`(batch, seq)`；`mask` 与之相同
+    /// - 返回：最后的隐藏状态 `(batch, seq, M)`、池化输出 `(batch, M)`、logits `(batch, C)`
+    pub fn forward<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        cfg: &EncoderConfig,
+        tokens: Tensor<(usize, usize), usize, D, T>,
+        token_types: Option<Tensor<(usize, usize), usize, D>>,
+        mask: &PaddingMask<E, D>,
+        mode: Mode,
+    ) -> Result<BertOutput<M, C, E, D, T>, InputError> {
+        self.forward_with(cfg, tokens, token_types, mask, mode, |_| NoHooks)
+    }
+
+    /// 同 [`forward`](Self::forward)，第 i 层使用钩子 `hooks(i)`（LoRA 由此接入）。
+    pub fn forward_with<T, Hk>(
+        &self,
+        cfg: &EncoderConfig,
+        tokens: Tensor<(usize, usize), usize, D, T>,
+        token_types: Option<Tensor<(usize, usize), usize, D>>,
+        mask: &PaddingMask<E, D>,
+        mode: Mode,
+        hooks: impl Fn(usize) -> Hk,
+    ) -> Result<BertOutput<M, C, E, D, T>, InputError>
+    where
+        T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
+        Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
+    {
+        let (batch, seq) = *tokens.shape();
+        if seq > P {
+            return Err(InputError::TooLong { seq, max_len: P });
+        }
+        if mask.bias.shape() != &(batch, seq) {
+            return Err(InputError::MaskShape {
+                tokens: (batch, seq),
+                mask: *mask.bias.shape(),
+            });
+        }
+        let dev = tokens.device().clone();
+        let shape = (batch, seq, Const::<M>);
+        // 三种嵌入：位置与句子类型的 id 不带 tape，挂一条新的空 tape，让它们的嵌入也能得到梯度
+        let words = self.embeddings.word_embeddings.forward(tokens);
+        let positions: Tensor<(usize,), usize, D> = dev.tensor_from_vec((0..seq).collect(), (seq,));
+        let positions = self
+            .embeddings
+            .position_embeddings
+            .forward(positions.put_tape(T::default()));
+        let types =
+            token_types.unwrap_or_else(|| dev.tensor_from_vec(vec![0; batch * seq], (batch, seq)));
+        let types = self
+            .embeddings
+            .token_type_embeddings
+            .forward(types.put_tape(T::default()));
+        let x = words + positions.broadcast_like::<_, Axis<0>>(&shape) + types;
+        let mut x = self.embeddings.layer_norm.forward(x, cfg.layer_norm_eps);
+        if mode == Mode::Train && cfg.dropout > 0.0 {
+            x = x.dropout(cfg.dropout);
+        }
+        for (i, layer) in self.layers.modules.iter().enumerate() {
+            x = layer.forward_with(x, Some(mask), cfg, mode, &hooks(i)).0;
+        }
+        // 池化：取每条序列的第一个位置（[CLS]），(batch, 1, M) -> (batch, M)
+        let cls = x
+            .retaped::<T>()
+            .slice((.., 0..1, ..))
+            .reshape_like(&(batch, Const::<M>));
+        let pooled = self.pooler.forward(cls).tanh();
+        let pooler_output = pooled.retaped::<NoneTape>();
+        let pooled = match mode {
+            Mode::Train if cfg.dropout > 0.0 => pooled.dropout(cfg.dropout),
+            _ => pooled,
+        };
+        Ok(BertOutput {
+            last_hidden_state: x,
+            pooler_output,
+            logits: self.classifier.forward(pooled),
+        })
+    }
+}
+// ANCHOR_END: forward
+
+/// 测试用的小 BERT：词表 64、隐藏 32、4 个头、前馈 48、2 层、24 个位置、2 种句子类型、3 类。
+pub type TinyBert<E, D> = BertParams<64, 32, 4, 48, 2, 24, 2, 3, E, D>;
+
+/// bert-base-chinese 的宽度（分类头 2 类）：词表 21128、隐藏 768、12 个头、前馈 3072、12 层、512 个位置。
+pub type BertBaseChinese<E, D> = BertParams<21128, 768, 12, 3072, 12, 512, 2, 2, E, D>;
+
+/// all-MiniLM-L6-v2 的宽度（分类头 2 类）：词表 30522、隐藏 384、12 个头、前馈 1536、6 层、512 个位置。
+pub type MiniLmL6<E, D> = BertParams<30522, 384, 12, 1536, 6, 512, 2, 2, E, D>;
+
+impl<const V: usize, const M: usize, const P: usize, const TT: usize, E: Real, D: Device<E>>
+    TensorCollection<E, D> for BertEmbeddings<V, M, P, TT, E, D>
+{
+    type To<E2: Dtype, D2: Device<E2>> = BertEmbeddings<V, M, P, TT, E2, D2>;
+    fn iter_tensors<Vis: ModuleVisitor<Self, E, D>>(
+        visitor: &mut Vis,
+    ) -> Result<Option<Self::To<Vis::E2, Vis::D2>>, Vis::Err> {
+        visitor.visit_fields(
+            (
+                Self::module(
+                    "word_embeddings",
+                    |s| &s.word_embeddings,
+                    |s| &mut s.word_embeddings,
+                ),
+                Self::module(
+                    "position_embeddings",
+                    |s| &s.position_embeddings,
+                    |s| &mut s.position_embeddings,
+                ),
+                Self::module(
+                    "token_type_embeddings",
+                    |s| &s.token_type_embeddings,
+                    |s| &mut s.token_type_embeddings,
+                ),
+                Self::module("LayerNorm", |s| &s.layer_norm, |s| &mut s.layer_norm),
+            ),
+            |(word_embeddings, position_embeddings, token_type_embeddings, layer_norm)| {
+                BertEmbeddings {
+                    word_embeddings,
+                    position_embeddings,
+                    token_type_embeddings,
+                    layer_norm,
+                }
+            },
+        )
+    }
+}
+
+impl<
+        const V: usize,
+        const M: usize,
+        const H: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const TT: usize,
+        const C: usize,
+        E,
+        D,
+    > TensorCollection<E, D> for BertParams<V, M, H, F, L, P, TT, C, E, D>
+where
+    E: Real,
+    D: Device<E>,
+{
+    type To<E2: Dtype, D2: Device<E2>> = BertParams<V, M, H, F, L, P, TT, C, E2, D2>;
+    fn iter_tensors<Vis: ModuleVisitor<Self, E, D>>(
+        visitor: &mut Vis,
+    ) -> Result<Option<Self::To<Vis::E2, Vis::D2>>, Vis::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("embeddings", |s| &s.embeddings, |s| &mut s.embeddings),
+                Self::module("encoder.layer", |s| &s.layers, |s| &mut s.layers),
+                Self::module("pooler.dense", |s| &s.pooler, |s| &mut s.pooler),
+                Self::module("classifier", |s| &s.classifier, |s| &mut s.classifier),
+            ),
+            |(embeddings, layers, pooler, classifier)| BertParams {
+                embeddings,
+                layers,
+                pooler,
+                classifier,
+            },
+        )
+    }
+}
+
+impl<
+        const V: usize,
+        const M: usize,
+        const H: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const TT: usize,
+        const C: usize,
+        E,
+        D,
+    > BertParams<V, M, H, F, L, P, TT, C, E, D>
+where
+    E: Real,
+    D: Device<E>,
+{
+    /// 随机初始化（用于测试；真实的 BERT 从检查点读入，见 [`super::hf`]）。
+    pub fn random(dev: &D) -> Self {
+        Self::build(dev)
+    }
+}

@@ -41,7 +41,6 @@ fn default_dropout() -> f64 {
     0.1
 }
 
-// ANCHOR: validate
 impl HfBertConfig {
     /// 读 `config.json`。
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
@@ -65,7 +64,10 @@ impl HfBertConfig {
             }
         })
     }
+}
 
+// ANCHOR: validate
+impl HfBertConfig {
     /// 与预设的宽度 `(V, M, H, F, L, P, TT)` 逐项核对；全部一致时给出编码器的超参数。
     pub fn check(&self, path: &Path, preset: [usize; 7]) -> Result<EncoderConfig, ConfigError> {
         let fields = [

@@ -54,6 +54,13 @@ pub fn is_parameter_key(key: &str) -> bool {
 }
 // ANCHOR_END: key_map
 
+/// 仓库中的参考数据目录 `code/tests/fixtures`（书中片段用）。
+pub fn fixtures_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+}
+
 /// 从 `model.safetensors` 读入全部参数。
 pub fn load_bert<
     const V: usize,
@@ -85,7 +92,7 @@ mod tests {
     use crate::transformer::encoder::Mode;
 
     fn fixtures() -> std::path::PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+        fixtures_dir()
     }
 
     #[test]

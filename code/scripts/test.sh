@@ -7,18 +7,25 @@ source code/scripts/tools.sh
 
 step() { printf '\n==> [%s] %s\n' "$1" "$2"; }
 
-# mdbook test 的 -L 目录里，书中片段直接引用的库（extern crate）各只能有一个 rlib，
-# 否则 rustc 报 E0464。依赖版本变化后旧的 rlib 会留在目录里：只保留最新的那个。
-prune_stale_rlibs() {
-  local deps="$1" crate newest keep f
-  for crate in llm_book dfdx libm rand rand_distr nalgebra; do
-    # shellcheck disable=SC2012
-    newest="$(ls -t "$deps"/lib"$crate"-*.rlib 2>/dev/null | head -n 1)"
-    [ -n "$newest" ] || continue
-    keep="${newest%.rlib}"
-    for f in "$deps"/lib"$crate"-*.rlib "$deps"/lib"$crate"-*.rmeta; do
-      if [ -e "$f" ] && [ "${f%.*}" != "$keep" ]; then rm -f "$f"; fi
-    done
+# mdbook test 的 -L 目录里，书中片段直接引用的库（extern crate）各只能有一个 rlib，否则 rustc 报 E0464。
+# 依赖或特性变化后，旧的 rlib 会留在目录里。这里按 cargo 报告的本次构建产物，删掉同名库的其他版本文件。
+build_book_deps() {
+  local dir=target/book-deps deps=target/book-deps/debug/deps keep f uplifted
+  keep="$(CARGO_TARGET_DIR=$dir cargo build -p llm-book --lib --quiet --message-format=json \
+    | grep -o '"filenames":\[[^]]*\]' | grep -o '[^"]*\.\(rlib\|rmeta\)' || true)"
+  # 本 crate 的 rlib 被 cargo 报告为 target/book-deps/debug/libllm_book.rlib（deps 里那份的硬链接）
+  uplifted="$dir/debug/libllm_book.rlib"
+  for f in "$deps"/lib*.rlib "$deps"/lib*.rmeta; do
+    [ -e "$f" ] || continue
+    case "$f" in
+      "$deps"/libllm_book-*)
+        # 保留与 uplifted 相同的那一份（及其 .rmeta），删掉旧的
+        if [ "${f%.*}.rlib" -ef "$uplifted" ]; then continue; fi
+        rm -f "$f"; continue ;;
+    esac
+    if ! printf '%s\n' "$keep" | grep -qxF "$(cd "$(dirname "$f")" && pwd)/$(basename "$f")"; then
+      rm -f "$f"
+    fi
   done
 }
 
@@ -39,8 +46,7 @@ step 4/8 "CUDA 路径的类型检查（cuda,ci-check，不需要 GPU）"
 cargo check -p llm-book --all-targets --features cuda,ci-check --quiet
 
 step 5/8 "为 mdbook test 单独构建本书的库（target/book-deps）"
-CARGO_TARGET_DIR=target/book-deps cargo build -p llm-book --lib --quiet
-prune_stale_rlibs target/book-deps/debug/deps
+build_book_deps
 
 step 6/8 "mdbook build"
 mdbook build

@@ -5,7 +5,9 @@
 //! | `model.rs` | 3.1 BERT 的结构：嵌入、Post-LN 编码器（复用第 1 部分的编码器层）、池化层、分类头 |
 //! | `hf.rs` | 3.2 读取 Hugging Face 的检查点：键名映射 |
 //! | `config.rs` | 3.2 `config.json` 与预设的核对 |
+//! | `tokenizer.rs` | 3.2 分词：HF 的 tokenizers crate |
 
 pub mod config;
 pub mod hf;
 pub mod model;
+pub mod tokenizer;

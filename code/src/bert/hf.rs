@@ -184,3 +184,145 @@ mod tests {
         );
     }
 }
+
+/// 一个读进来的 Hugging Face BERT 模型目录。
+pub struct BertDir<
+    const V: usize,
+    const M: usize,
+    const H: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const TT: usize,
+    const C: usize,
+    E: Dtype,
+    D: Device<E>,
+> {
+    /// 参数。
+    pub params: BertParams<V, M, H, F, L, P, TT, C, E, D>,
+    /// 由 `config.json` 得到的超参数（ε、dropout、最大位置）。
+    pub config: crate::transformer::encoder::EncoderConfig,
+    /// 分词器。
+    pub tokenizer: super::tokenizer::BertTokenizer,
+}
+
+/// 读一个模型目录：先核对 `config.json` 与预设的宽度，再读 `model.safetensors`，最后读分词器。
+/// 任何一步出错都返回指明文件与字段的错误。
+pub fn load_dir<
+    const V: usize,
+    const M: usize,
+    const H: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const TT: usize,
+    const C: usize,
+    E,
+    D,
+>(
+    dev: &D,
+    dir: &Path,
+) -> Result<BertDir<V, M, H, F, L, P, TT, C, E, D>, LoadError>
+where
+    E: Real,
+    D: Device<E>,
+{
+    let config_path = dir.join("config.json");
+    let config = super::config::HfBertConfig::read(&config_path)?
+        .check(&config_path, [V, M, H, F, L, P, TT])?;
+    let mut params = BertParams::random(dev);
+    load_bert(&mut params, &dir.join("model.safetensors"))?;
+    let tokenizer = super::tokenizer::BertTokenizer::from_dir(dir)?;
+    Ok(BertDir {
+        params,
+        config,
+        tokenizer,
+    })
+}
+
+/// 读模型目录时的错误。
+#[derive(Debug)]
+pub enum LoadError {
+    /// `config.json` 的问题。
+    Config(super::config::ConfigError),
+    /// `model.safetensors` 的问题。
+    Checkpoint(CheckpointError),
+    /// 分词器的问题。
+    Tokenizer(super::tokenizer::TokenizerError),
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LoadError::Config(e) => e.fmt(f),
+            LoadError::Checkpoint(e) => e.fmt(f),
+            LoadError::Tokenizer(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for LoadError {}
+
+impl From<super::config::ConfigError> for LoadError {
+    fn from(e: super::config::ConfigError) -> Self {
+        LoadError::Config(e)
+    }
+}
+impl From<CheckpointError> for LoadError {
+    fn from(e: CheckpointError) -> Self {
+        LoadError::Checkpoint(e)
+    }
+}
+impl From<super::tokenizer::TokenizerError> for LoadError {
+    fn from(e: super::tokenizer::TokenizerError) -> Self {
+        LoadError::Tokenizer(e)
+    }
+}
+
+#[cfg(test)]
+mod dir_tests {
+    use super::*;
+
+    #[test]
+    fn loads_the_tiny_model_directory() {
+        let dev: Cpu = Default::default();
+        let dir = fixtures_dir().join("tiny-bert");
+        let model = load_dir::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>(&dev, &dir).unwrap();
+        assert_eq!(model.config.layer_norm_eps, 1e-12);
+        assert_eq!(
+            model.tokenizer.encode("书很好", None, 16).unwrap().ids,
+            vec![2, 12, 10, 11, 3]
+        );
+        // 选错了预设：在读权重之前就指出不一致的字段
+        let err = load_dir::<64, 32, 4, 48, 3, 24, 2, 3, f32, Cpu>(&dev, &dir)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("字段 num_hidden_layers：文件中为 2，预设为 3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_weight_file_is_a_clear_error() {
+        let dev: Cpu = Default::default();
+        let src = fixtures_dir().join("tiny-bert");
+        let dir = std::env::temp_dir().join(format!("llm-book-bert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for f in ["config.json", "vocab.txt"] {
+            std::fs::copy(src.join(f), dir.join(f)).unwrap();
+        }
+        let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
+        std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+        let err = load_dir::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>(&dev, &dir)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("不是有效的 safetensors 文件（可能被截断或损坏）"),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -8,7 +8,9 @@ use std::path::Path;
 
 use dfdx::prelude::*;
 
+use super::config::HfBertConfig;
 use super::model::BertParams;
+use super::tokenizer::BertTokenizer;
 use crate::basics::tensors::Real;
 use crate::checkpoint::{Checkpoint, CheckpointError};
 
@@ -203,9 +205,10 @@ pub struct BertDir<
     /// 由 `config.json` 得到的超参数（ε、dropout、最大位置）。
     pub config: crate::transformer::encoder::EncoderConfig,
     /// 分词器。
-    pub tokenizer: super::tokenizer::BertTokenizer,
+    pub tokenizer: BertTokenizer,
 }
 
+// ANCHOR: load_dir
 /// 读一个模型目录：先核对 `config.json` 与预设的宽度，再读 `model.safetensors`，最后读分词器。
 /// 任何一步出错都返回指明文件与字段的错误。
 pub fn load_dir<
@@ -228,17 +231,17 @@ where
     D: Device<E>,
 {
     let config_path = dir.join("config.json");
-    let config = super::config::HfBertConfig::read(&config_path)?
-        .check(&config_path, [V, M, H, F, L, P, TT])?;
+    let config = HfBertConfig::read(&config_path)?.check(&config_path, [V, M, H, F, L, P, TT])?;
     let mut params = BertParams::random(dev);
     load_bert(&mut params, &dir.join("model.safetensors"))?;
-    let tokenizer = super::tokenizer::BertTokenizer::from_dir(dir)?;
+    let tokenizer = BertTokenizer::from_dir(dir)?;
     Ok(BertDir {
         params,
         config,
         tokenizer,
     })
 }
+// ANCHOR_END: load_dir
 
 /// 读模型目录时的错误。
 #[derive(Debug)]

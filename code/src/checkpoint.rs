@@ -174,28 +174,15 @@ where
     M: TensorCollection<E, D>,
 {
     use dfdx::nn::SaveToSafetensors;
-    let io = |e: String| CheckpointError::Io {
+    crate::io::write_atomic_with(path, |tmp| {
+        module
+            .save_safetensors(tmp)
+            .map_err(|e| std::io::Error::other(format!("{e:?}")))
+    })
+    .map_err(|e| CheckpointError::Io {
         path: path.to_path_buf(),
-        error: e,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| io(e.to_string()))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = module
-        .save_safetensors(&tmp)
-        .map_err(|e| io(format!("{e:?}")))
-        .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| io(e.to_string())));
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+        error: e.to_string(),
+    })
 }
 
 /// 按 dtype 解码小端字节。

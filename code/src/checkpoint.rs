@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use ::safetensors::tensor::{Dtype as SafeDtype, SafeTensors};
 use dfdx::nn::tensor_collection::{
     RecursiveWalker, ScalarOptions, TensorCollection, TensorOptions, TensorViewer, TensorVisitor,
-    ViewTensorMut, ViewTensorName,
+    ViewTensorMut, ViewTensorName, ViewTensorRef,
 };
 use dfdx::prelude::*;
 
@@ -173,16 +173,119 @@ where
     D: Device<E>,
     M: TensorCollection<E, D>,
 {
-    use dfdx::nn::SaveToSafetensors;
-    crate::io::write_atomic_with(path, |tmp| {
-        module
-            .save_safetensors(tmp)
-            .map_err(|e| std::io::Error::other(format!("{e:?}")))
-    })
-    .map_err(|e| CheckpointError::Io {
+    save_params_with(module, path, &|p| p.to_string())
+}
+
+/// 通用的版本：键由 `key(字段路径)` 给出（第 3 部分用它写 Hugging Face 与 PEFT 的键名）。
+/// 先写临时文件再改名：中途出错或被打断，不会留下写了一半的文件。
+pub fn save_params_with<E, D, M>(
+    module: &M,
+    path: &Path,
+    key: &dyn Fn(&str) -> String,
+) -> Result<(), CheckpointError>
+where
+    E: Dtype + dfdx::tensor::safetensors::SafeDtype,
+    D: Device<E>,
+    M: TensorCollection<E, D>,
+{
+    let mut collector = Collector {
+        key,
+        tensors: Vec::new(),
+    };
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (module, String::new()),
+        f: &mut collector,
+    })?;
+    let views = collector
+        .tensors
+        .iter()
+        .map(|(name, shape, bytes)| {
+            ::safetensors::tensor::TensorView::new(E::safe_dtype(), shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| CheckpointError::Format {
+            path: path.to_path_buf(),
+            error: format!("{e:?}"),
+        })?;
+    let bytes = ::safetensors::serialize(views, &None).map_err(|e| CheckpointError::Format {
+        path: path.to_path_buf(),
+        error: format!("{e:?}"),
+    })?;
+    crate::io::write_atomic(path, &bytes).map_err(|e| CheckpointError::Io {
         path: path.to_path_buf(),
         error: e.to_string(),
     })
+}
+
+/// 把几个命名的 f32 张量原子地存成 safetensors（参考数据、给 Python 脚本核对的输出用）。
+pub fn save_tensors(
+    path: &Path,
+    tensors: &[(&str, Vec<usize>, Vec<f32>)],
+) -> Result<(), CheckpointError> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let format_error = |e: ::safetensors::SafeTensorError| CheckpointError::Format {
+        path: path.to_path_buf(),
+        error: format!("{e:?}"),
+    };
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            ::safetensors::tensor::TensorView::new(SafeDtype::F32, shape.clone(), b)
+                .map(|v| (name.to_string(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(format_error)?;
+    let file = ::safetensors::serialize(views, &None).map_err(format_error)?;
+    crate::io::write_atomic(path, &file).map_err(|e| CheckpointError::Io {
+        path: path.to_path_buf(),
+        error: e.to_string(),
+    })
+}
+
+/// 收集每个参数的（键、形状、小端字节）。
+struct Collector<'a> {
+    key: &'a dyn Fn(&str) -> String,
+    tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
+}
+
+impl<E: Dtype + dfdx::tensor::safetensors::SafeDtype, D: Device<E>> TensorVisitor<E, D>
+    for Collector<'_>
+{
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    type Err = CheckpointError;
+    type E2 = E;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        _opts: TensorOptions<S, E, D>,
+        (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, E, D>>,
+    ) -> Result<Option<Tensor<S, E, D>>, Self::Err> {
+        let bytes = t
+            .as_vec()
+            .into_iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        self.tensors.push((
+            (self.key)(&path),
+            t.shape().concrete().into_iter().collect(),
+            bytes,
+        ));
+        Ok(None)
+    }
+
+    fn visit_scalar<N: num_traits::NumCast>(
+        &mut self,
+        _opts: ScalarOptions<N>,
+        _h: <Self::Viewer as TensorViewer>::View<'_, N>,
+    ) -> Result<Option<N>, Self::Err> {
+        Ok(None)
+    }
 }
 
 /// 按 dtype 解码小端字节。

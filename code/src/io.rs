@@ -41,6 +41,40 @@ pub fn write_atomic_with(
     result
 }
 
+/// 原子地写一个目录（如 PEFT 的适配器目录、HF 的模型目录）：`write(临时目录)` 写好全部文件后，
+/// 整个目录再改名为 `path`；原有的同名目录被替换。中途出错时不留下只写了一部分的目录。
+pub fn write_dir_atomic(
+    path: &Path,
+    write: impl FnOnce(&Path) -> io::Result<()>,
+) -> io::Result<()> {
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent)?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "路径没有目录名"))?
+        .to_string_lossy()
+        .into_owned();
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    fs::create_dir_all(&tmp)?;
+    let result = write(&tmp).and_then(|()| {
+        if path.exists() {
+            fs::rename(path, &old)?;
+        }
+        fs::rename(&tmp, path)?;
+        let _ = fs::remove_dir_all(&old);
+        Ok(())
+    });
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -58,5 +92,22 @@ mod tests {
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_failed_directory_write_leaves_the_old_directory() {
+        let root = std::env::temp_dir().join(format!("llm-book-io-dir-{}", std::process::id()));
+        let path = root.join("adapter");
+        write_dir_atomic(&path, |d| fs::write(d.join("a.json"), "1")).unwrap();
+        let err = write_dir_atomic(&path, |d| {
+            fs::write(d.join("a.json"), "2")?;
+            Err(io::Error::other("写到一半失败"))
+        });
+        assert!(err.is_err());
+        assert_eq!(fs::read_to_string(path.join("a.json")).unwrap(), "1");
+        write_dir_atomic(&path, |d| fs::write(d.join("b.json"), "3")).unwrap();
+        assert!(!path.join("a.json").exists(), "整个目录被替换");
+        assert_eq!(fs::read_dir(&root).unwrap().count(), 1, "不留临时目录");
+        fs::remove_dir_all(&root).unwrap();
     }
 }

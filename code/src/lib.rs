@@ -12,6 +12,7 @@
 //! | [`experiments`] | 书中的实验及其结果文件（code/results） |
 //! | [`lora`] | 第 2 部分 · LoRA |
 //! | [`bert`] | 第 3 部分 · BERT 与 Hugging Face 检查点 |
+//! | [`peft`] | 第 3 部分 · 与 PEFT 互通的 LoRA（适配器的配置、保存、加载与合并） |
 //! | [`plot`] | 书中所有图的绘制（plotters，SVG） |
 //! | [`figures`] | 书中每张图的登记表：`cargo run --release -- figures` 逐一重新生成 |
 //! | [`io`] | 原子写文件等共用工具 |
@@ -30,6 +31,7 @@ pub mod experiments;
 pub mod figures;
 pub mod io;
 pub mod lora;
+pub mod peft;
 pub mod plot;
 pub mod train;
 pub mod transformer;

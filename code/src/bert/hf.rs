@@ -86,11 +86,50 @@ where
     Checkpoint::read(path)?.load_into_with(params, &hf_candidates, &is_parameter_key)
 }
 
+/// 参考数据里的一批输入：`input_ids`、`token_type_ids`，以及由 `attention_mask` 得到的填充掩码（测试共用）。
+#[cfg(test)]
+pub(crate) fn reference_batch(
+    reference: &Checkpoint,
+    dev: &Cpu,
+) -> (
+    Tensor<(usize, usize), usize, Cpu>,
+    Tensor<(usize, usize), usize, Cpu>,
+    crate::transformer::attention::PaddingMask<f32, Cpu>,
+) {
+    let ids = |key: &str| -> Tensor<(usize, usize), usize, Cpu> {
+        let t = reference.get(key).unwrap();
+        dev.tensor_from_vec(
+            t.data.iter().map(|&v| v as usize).collect(),
+            (t.shape[0], t.shape[1]),
+        )
+    };
+    let mask = reference.get("attention_mask").unwrap();
+    let seq = mask.shape[1];
+    let lengths: Vec<usize> = mask
+        .data
+        .chunks(seq)
+        .map(|r| r.iter().sum::<f64>() as usize)
+        .collect();
+    let mask =
+        crate::transformer::attention::PaddingMask::from_lengths(dev, &lengths, seq).unwrap();
+    (ids("input_ids"), ids("token_type_ids"), mask)
+}
+
+/// `ours` 与参考数据中 `key` 的最大绝对误差（测试共用）。
+#[cfg(test)]
+pub(crate) fn max_error(ours: &[f32], reference: &Checkpoint, key: &str) -> f64 {
+    let theirs = &reference.get(key).unwrap().data;
+    assert_eq!(ours.len(), theirs.len(), "{key} 的元素个数不同");
+    ours.iter()
+        .zip(theirs)
+        .map(|(a, b)| (*a as f64 - b).abs())
+        .fold(0.0, f64::max)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::bert::model::{bert_config, TinyBert};
-    use crate::transformer::attention::PaddingMask;
     use crate::transformer::encoder::Mode;
 
     fn fixtures() -> std::path::PathBuf {
@@ -124,47 +163,28 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         let reference =
             Checkpoint::read(&fixtures().join("tiny-bert-reference.safetensors")).unwrap();
-        let ids = |key: &str| -> Tensor<(usize, usize), usize, Cpu> {
-            let t = reference.get(key).unwrap();
-            dev.tensor_from_vec(
-                t.data.iter().map(|&v| v as usize).collect(),
-                (t.shape[0], t.shape[1]),
-            )
-        };
-        let lengths: Vec<usize> = reference
-            .get("attention_mask")
-            .unwrap()
-            .data
-            .chunks(7)
-            .map(|r| r.iter().sum::<f64>() as usize)
-            .collect();
-        let mask = PaddingMask::from_lengths(&dev, &lengths, 7).unwrap();
+        let (tokens, types, mask) = reference_batch(&reference, &dev);
         let cfg = bert_config(1e-12, 0.1, 24);
         let out = bert
-            .forward(
-                &cfg,
-                ids("input_ids"),
-                Some(ids("token_type_ids")),
-                &mask,
-                Mode::Eval,
-            )
+            .forward(&cfg, tokens, Some(types), &mask, Mode::Eval)
             .unwrap();
-        let max_err = |ours: Vec<f32>, key: &str| {
-            ours.iter()
-                .zip(&reference.get(key).unwrap().data)
-                .map(|(a, b)| (*a as f64 - b).abs())
-                .fold(0.0, f64::max)
-        };
         for (name, err) in [
             (
                 "last_hidden_state",
-                max_err(out.last_hidden_state.as_vec(), "last_hidden_state"),
+                max_error(
+                    &out.last_hidden_state.as_vec(),
+                    &reference,
+                    "last_hidden_state",
+                ),
             ),
             (
                 "pooler_output",
-                max_err(out.pooler_output.as_vec(), "pooler_output"),
+                max_error(&out.pooler_output.as_vec(), &reference, "pooler_output"),
             ),
-            ("logits", max_err(out.logits.as_vec(), "logits")),
+            (
+                "logits",
+                max_error(&out.logits.as_vec(), &reference, "logits"),
+            ),
         ] {
             println!("{name}: 最大误差 {err:.2e}");
             assert!(err <= 1e-4, "{name}：与 transformers 相差 {err}");

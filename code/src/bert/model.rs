@@ -127,6 +127,34 @@ where
         T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
         Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
     {
+        self.forward_with_head(
+            &self.classifier,
+            cfg,
+            tokens,
+            token_types,
+            mask,
+            mode,
+            hooks,
+        )
+    }
+
+    /// 同 [`forward_with`](Self::forward_with)，分类头由调用者给出
+    /// （PEFT 的 `modules_to_save`：训练的是分类头的副本，原来的头留在基座里不动）。
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_with_head<T, Hk>(
+        &self,
+        head: &Linear<M, C, E, D>,
+        cfg: &EncoderConfig,
+        tokens: Tensor<(usize, usize), usize, D, T>,
+        token_types: Option<Tensor<(usize, usize), usize, D>>,
+        mask: &PaddingMask<E, D>,
+        mode: Mode,
+        hooks: impl Fn(usize) -> Hk,
+    ) -> Result<BertOutput<M, C, E, D, T>, InputError>
+    where
+        T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
+        Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
+    {
         let (batch, seq) = *tokens.shape();
         if seq > P {
             return Err(InputError::TooLong { seq, max_len: P });
@@ -174,7 +202,7 @@ where
         Ok(BertOutput {
             last_hidden_state: x,
             pooler_output,
-            logits: self.classifier.forward(pooled),
+            logits: head.forward(pooled),
         })
     }
 }

@@ -17,7 +17,7 @@ use super::rank::RankBound;
 use crate::basics::tensors::Real;
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::classifier::{mean_over_real_positions, Classifier, ClassifierParams};
-use crate::transformer::encoder::{EncoderConfig, InputError, Mode};
+use crate::transformer::encoder::{EncoderConfig, EncoderLayer, InputError, Mode};
 use crate::transformer::hooks::{AttentionHooks, FfnHooks, Hidden};
 use crate::transformer::positional::PositionalEncoding;
 
@@ -38,6 +38,10 @@ pub trait Adapter<const I: usize, const O: usize, E: Dtype, D: Device<E>>:
         opts: &LoraOptions,
         mode: Mode,
     ) -> Hidden<O, E, D, T>;
+    /// 合并进原线性层：W ← W + (α/r)·BA；没有适配器时什么也不做。
+    fn merge_into(&self, linear: &mut Linear<I, O, E, D>, opts: &LoraOptions)
+    where
+        E: Real;
 }
 
 /// LoRA 的 A `(R, I)` 与 B `(O, R)`。
@@ -84,6 +88,13 @@ impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>> Ada
             mode,
         )
     }
+    fn merge_into(&self, linear: &mut Linear<I, O, E, D>, opts: &LoraOptions)
+    where
+        E: Real,
+    {
+        let delta = self.lora_b.clone().matmul(self.lora_a.clone()); // (O, I)
+        linear.weight = linear.weight.clone() + delta * E::from_f64(opts.alpha / R as f64).unwrap();
+    }
 }
 
 impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> Adapter<I, O, E, D> for NoAdapter {
@@ -101,6 +112,11 @@ impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> Adapter<I, O, E, D>
         _: Mode,
     ) -> Hidden<O, E, D, T> {
         out
+    }
+    fn merge_into(&self, _: &mut Linear<I, O, E, D>, _: &LoraOptions)
+    where
+        E: Real,
+    {
     }
 }
 impl<E: Dtype, D: Device<E>> TensorCollection<E, D> for NoAdapter {
@@ -147,6 +163,8 @@ impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>> Ten
 // ANCHOR: targets
 /// 一个位置是否加 LoRA：[`On`] 或 [`Off`]。
 pub trait Site: Clone + Debug {
+    /// 是否加 LoRA（运行期的配置与类型核对时用）。
+    const ON: bool;
     /// 这个位置上的适配器类型。
     type Adapter<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>>: Adapter<
         I,
@@ -164,10 +182,12 @@ pub struct On;
 pub struct Off;
 
 impl Site for On {
+    const ON: bool = true;
     type Adapter<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>> =
         LoraPair<I, O, R, E, D>;
 }
 impl Site for Off {
+    const ON: bool = false;
     type Adapter<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>> =
         NoAdapter;
 }
@@ -186,6 +206,15 @@ pub trait Targets: Clone + Debug {
     type Up: Site;
     /// 前馈的降维层。
     type Down: Site;
+    /// 六个位置（W_q、W_k、W_v、W_o、升维、降维）各自是否加 LoRA。
+    const SITES: [bool; 6] = [
+        Self::Q::ON,
+        Self::K::ON,
+        Self::V::ON,
+        Self::O::ON,
+        Self::Up::ON,
+        Self::Down::ON,
+    ];
 }
 
 /// W_q、W_v（参考实现与 PEFT 的默认）。
@@ -257,6 +286,26 @@ pub struct LayerAdapters<
     pub linear1: <T::Up as Site>::Adapter<M, F, R, E, D>,
     /// 前馈降维层上的。
     pub linear2: <T::Down as Site>::Adapter<F, M, R, E, D>,
+}
+
+impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Device<E>>
+    LayerAdapters<M, F, R, Tg, E, D>
+{
+    /// 把这一层的适配器合并进编码器层的六个线性层（W ← W + (α/r)·BA）。
+    pub fn merge_into<const H: usize>(
+        &self,
+        layer: &mut EncoderLayer<M, H, F, E, D>,
+        opts: &LoraOptions,
+    ) {
+        self.w_q.merge_into(&mut layer.attention.w_q, opts);
+        self.w_k.merge_into(&mut layer.attention.w_k, opts);
+        self.w_v.merge_into(&mut layer.attention.w_v, opts);
+        self.w_o.merge_into(&mut layer.attention.w_o, opts);
+        self.linear1
+            .merge_into(&mut layer.feed_forward.linear1, opts);
+        self.linear2
+            .merge_into(&mut layer.feed_forward.linear2, opts);
+    }
 }
 
 /// 全部可训练的参数：每层的适配器 + 分类头（对应 PEFT 的 adapter 与 `modules_to_save`）。

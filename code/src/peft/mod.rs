@@ -1,0 +1,9 @@
+//! 第 3 部分 · 与 Hugging Face PEFT 互通的 LoRA。
+//!
+//! | 文件 | 章节 |
+//! | --- | --- |
+//! | `config.rs` | 3.3 `adapter_config.json`（[`LoraConfig`](config::LoraConfig)）与 `target_modules` 的匹配 |
+//! | `model.rs` | 3.3 `get_peft_model`、`print_trainable_parameters`、适配器的保存与加载、`merge_and_unload` |
+
+pub mod config;
+pub mod model;

@@ -39,7 +39,12 @@ cargo fmt --all -- --check
 step 2/8 "cargo clippy（警告即错误）"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step 3/8 "cargo test"
+step 3/8 "cargo test（含真实检查点 all-MiniLM-L6-v2 与 transformers 的一致性，模型缓存在仓库之外）"
+if minilm="$(bash code/scripts/fetch-minilm.sh)"; then
+  export LLM_BOOK_MINILM="$minilm" LLM_BOOK_REQUIRE_MINILM=1
+else
+  printf '！无法下载 all-MiniLM-L6-v2（原因见上）：tests/minilm.rs 的一致性测试将被跳过\n'
+fi
 cargo test --workspace
 
 step 4/8 "CUDA 路径的类型检查（cuda,ci-check，不需要 GPU）"

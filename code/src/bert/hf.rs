@@ -50,9 +50,10 @@ pub fn hf_candidates(path: &str) -> Vec<String> {
     keys
 }
 
-/// 文件中模型应当用到的键：除了不是参数的缓冲区（`position_ids`）以外的全部。
+/// 文件中模型应当用到的键：除了不是参数的缓冲区（`position_ids`）与预训练任务的输出头
+/// （`cls.predictions.*`、`cls.seq_relationship.*`，bert-base-chinese 这类预训练检查点里有）以外的全部。
 pub fn is_parameter_key(key: &str) -> bool {
-    !key.ends_with("position_ids")
+    !key.ends_with("position_ids") && !key.starts_with("cls.")
 }
 // ANCHOR_END: key_map
 
@@ -63,7 +64,18 @@ pub fn fixtures_dir() -> std::path::PathBuf {
         .join("fixtures")
 }
 
-/// 从 `model.safetensors` 读入全部参数。
+/// 分类头从哪里来。
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadSource {
+    /// 文件里有 `classifier.weight`、`classifier.bias`（微调过的分类模型）。
+    Loaded,
+    /// 文件里没有（预训练的检查点，如 bert-base-chinese、all-MiniLM-L6-v2）：与 transformers 一样新建，
+    /// 权重的标准差 0.02、偏置取 0，需要在任务上训练。
+    New,
+}
+
+/// 从 `model.safetensors` 读入全部参数。除分类头以外，缺少任何张量都是错误；
+/// 只缺分类头时新建一个（[`HeadSource::New`]），与 transformers 的 `from_pretrained` 相同。
 pub fn load_bert<
     const V: usize,
     const M: usize,
@@ -78,12 +90,33 @@ pub fn load_bert<
 >(
     params: &mut BertParams<V, M, H, F, L, P, TT, C, E, D>,
     path: &Path,
-) -> Result<(), CheckpointError>
+) -> Result<HeadSource, CheckpointError>
 where
     E: Real,
     D: Device<E>,
 {
-    Checkpoint::read(path)?.load_into_with(params, &hf_candidates, &is_parameter_key)
+    let result = Checkpoint::read(path)?.load_into_with(params, &hf_candidates, &is_parameter_key);
+    match result {
+        Err(CheckpointError::Mismatch {
+            missing,
+            shape_mismatch,
+            unexpected,
+            ..
+        }) if shape_mismatch.is_empty()
+            && unexpected.is_empty()
+            && !missing.is_empty()
+            && missing.iter().all(|k| k.starts_with("classifier.")) =>
+        {
+            let dev = params.classifier.weight.device().clone();
+            // 标准差与 transformers 的 N(0, 0.02²) 相同：U(±0.02·√3)
+            let bound = E::from_f64(0.02 * 3f64.sqrt()).unwrap();
+            params.classifier.weight = dev.sample(rand_distr::Uniform::new(-bound, bound));
+            params.classifier.bias = dev.zeros();
+            Ok(HeadSource::New)
+        }
+        Err(e) => Err(e),
+        Ok(()) => Ok(HeadSource::Loaded),
+    }
 }
 
 /// 参考数据里的一批输入：`input_ids`、`token_type_ids`，以及由 `attention_mask` 得到的填充掩码（测试共用）。
@@ -226,6 +259,8 @@ pub struct BertDir<
     pub config: crate::transformer::encoder::EncoderConfig,
     /// 分词器。
     pub tokenizer: BertTokenizer,
+    /// 分类头是读进来的，还是新建的。
+    pub head: HeadSource,
 }
 
 // ANCHOR: load_dir
@@ -253,12 +288,13 @@ where
     let config_path = dir.join("config.json");
     let config = HfBertConfig::read(&config_path)?.check(&config_path, [V, M, H, F, L, P, TT])?;
     let mut params = BertParams::random(dev);
-    load_bert(&mut params, &dir.join("model.safetensors"))?;
+    let head = load_bert(&mut params, &dir.join("model.safetensors"))?;
     let tokenizer = BertTokenizer::from_dir(dir)?;
     Ok(BertDir {
         params,
         config,
         tokenizer,
+        head,
     })
 }
 // ANCHOR_END: load_dir

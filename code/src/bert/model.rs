@@ -313,3 +313,23 @@ where
         Self::build(dev)
     }
 }
+
+// ANCHOR: embedding
+/// 句向量（sentence-transformers 对 all-MiniLM-L6-v2 的做法）：最后一层隐藏状态在真实位置上取平均，再做 L2 归一化。
+///
+/// # 形状
+/// - `hidden`: `(batch, seq, Const<M>)`
+/// - 返回：`(batch, Const<M>)`，每行的长度为 1
+pub fn sentence_embedding<const M: usize, E: Real, D: Device<E>>(
+    hidden: Tensor<(usize, usize, Const<M>), E, D>,
+    mask: &PaddingMask<E, D>,
+) -> Tensor<(usize, Const<M>), E, D> {
+    let mean = crate::transformer::classifier::mean_over_real_positions(hidden, mask);
+    let shape = *mean.shape();
+    let norm = mean.clone().square().sum::<(usize,), Axis<1>>().sqrt();
+    // 与 torch.nn.functional.normalize 相同：长度至少取 1e-12
+    let eps = norm.device().ones_like(&norm) * E::from_f64(1e-12).unwrap();
+    let norm = norm.maximum(eps);
+    mean / norm.broadcast_like::<_, Axis<1>>(&shape)
+}
+// ANCHOR_END: embedding

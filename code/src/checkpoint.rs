@@ -218,11 +218,15 @@ where
     })
 }
 
-/// 把几个命名的 f32 张量原子地存成 safetensors（参考数据、给 Python 脚本核对的输出用）。
-pub fn save_tensors(
+/// 把几个命名的张量原子地存成 safetensors（参考数据、优化器状态、给 Python 脚本核对的输出用）。
+pub fn save_tensors<N, E>(
     path: &Path,
-    tensors: &[(&str, Vec<usize>, Vec<f32>)],
-) -> Result<(), CheckpointError> {
+    tensors: &[(N, Vec<usize>, Vec<E>)],
+) -> Result<(), CheckpointError>
+where
+    N: AsRef<str>,
+    E: dfdx::tensor::safetensors::SafeDtype + Copy,
+{
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|(_, _, d)| d.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -235,8 +239,8 @@ pub fn save_tensors(
         .iter()
         .zip(&bytes)
         .map(|((name, shape, _), b)| {
-            ::safetensors::tensor::TensorView::new(SafeDtype::F32, shape.clone(), b)
-                .map(|v| (name.to_string(), v))
+            ::safetensors::tensor::TensorView::new(E::safe_dtype(), shape.clone(), b)
+                .map(|v| (name.as_ref().to_string(), v))
         })
         .collect::<Result<Vec<_>, _>>()
         .map_err(format_error)?;

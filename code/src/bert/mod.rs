@@ -6,8 +6,10 @@
 //! | `hf.rs` | 3.2 读取 Hugging Face 的检查点：键名映射 |
 //! | `config.rs` | 3.2 `config.json` 与预设的核对 |
 //! | `tokenizer.rs` | 3.2 分词：HF 的 tokenizers crate |
+//! | `presets.rs` | 3.6 从 `config.json`、`adapter_config.json` 分派到编译好的宽度、秩与目标层 |
 
 pub mod config;
 pub mod hf;
 pub mod model;
+pub mod presets;
 pub mod tokenizer;

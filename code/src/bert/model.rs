@@ -63,8 +63,8 @@ pub struct BertParams<
 
 /// BERT 的输出。
 pub struct BertOutput<const M: usize, const C: usize, E: Dtype, D: Device<E>, T> {
-    /// 最后一层的隐藏状态 `(batch, seq, Const<M>)`。
-    pub last_hidden_state: Tensor<(usize, usize, Const<M>), E, D, T>,
+    /// 最后一层的隐藏状态 `(batch, seq, Const<M>)`（不带 tape 的副本）。
+    pub last_hidden_state: Tensor<(usize, usize, Const<M>), E, D>,
     /// 池化输出 `(batch, Const<M>)`（不带 tape 的副本）。
     pub pooler_output: Tensor<(usize, Const<M>), E, D>,
     /// 分类 logits `(batch, Const<C>)`。
@@ -140,6 +140,8 @@ where
 
     /// 同 [`forward_with`](Self::forward_with)，分类头由调用者给出
     /// （PEFT 的 `modules_to_save`：训练的是分类头的副本，原来的头留在基座里不动）。
+    ///
+    /// 反向传播的 tape 跟着 logits 走（经 `[CLS]` 回到每一层）；返回的隐藏状态与池化输出是不带 tape 的副本。
     #[allow(clippy::too_many_arguments)]
     pub fn forward_with_head<T, Hk>(
         &self,
@@ -151,6 +153,38 @@ where
         mode: Mode,
         hooks: impl Fn(usize) -> Hk,
     ) -> Result<BertOutput<M, C, E, D, T>, InputError>
+    where
+        T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
+        Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
+    {
+        let x = self.encode_with(cfg, tokens, token_types, mask, mode, hooks)?;
+        let (batch, _, _) = *x.shape();
+        let last_hidden_state = x.retaped::<NoneTape>();
+        // 池化：取每条序列的第一个位置（[CLS]），(batch, 1, M) -> (batch, M)。tape 留在这条路上
+        let cls = x.slice((.., 0..1, ..)).reshape_like(&(batch, Const::<M>));
+        let pooled = self.pooler.forward(cls).tanh();
+        let pooler_output = pooled.retaped::<NoneTape>();
+        let pooled = match mode {
+            Mode::Train if cfg.dropout > 0.0 => pooled.dropout(cfg.dropout),
+            _ => pooled,
+        };
+        Ok(BertOutput {
+            last_hidden_state,
+            pooler_output,
+            logits: head.forward(pooled),
+        })
+    }
+
+    /// 嵌入 + 全部编码器层：最后一层的隐藏状态 `(batch, seq, M)`，带着 tape（掩码语言模型等在它之上接输出头）。
+    pub fn encode_with<T, Hk>(
+        &self,
+        cfg: &EncoderConfig,
+        tokens: Tensor<(usize, usize), usize, D, T>,
+        token_types: Option<Tensor<(usize, usize), usize, D>>,
+        mask: &PaddingMask<E, D>,
+        mode: Mode,
+        hooks: impl Fn(usize) -> Hk,
+    ) -> Result<Tensor<(usize, usize, Const<M>), E, D, T>, InputError>
     where
         T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
         Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
@@ -168,6 +202,7 @@ where
         let dev = tokens.device().clone();
         let shape = (batch, seq, Const::<M>);
         // 三种嵌入：位置与句子类型的 id 不带 tape，挂一条新的空 tape，让它们的嵌入也能得到梯度
+        // （相加时几条 tape 合并成一条）
         let words = self.embeddings.word_embeddings.forward(tokens);
         let positions: Tensor<(usize,), usize, D> = dev.tensor_from_vec((0..seq).collect(), (seq,));
         let positions = self
@@ -188,22 +223,7 @@ where
         for (i, layer) in self.layers.modules.iter().enumerate() {
             x = layer.forward_with(x, Some(mask), cfg, mode, &hooks(i)).0;
         }
-        // 池化：取每条序列的第一个位置（[CLS]），(batch, 1, M) -> (batch, M)
-        let cls = x
-            .retaped::<T>()
-            .slice((.., 0..1, ..))
-            .reshape_like(&(batch, Const::<M>));
-        let pooled = self.pooler.forward(cls).tanh();
-        let pooler_output = pooled.retaped::<NoneTape>();
-        let pooled = match mode {
-            Mode::Train if cfg.dropout > 0.0 => pooled.dropout(cfg.dropout),
-            _ => pooled,
-        };
-        Ok(BertOutput {
-            last_hidden_state: x,
-            pooler_output,
-            logits: head.forward(pooled),
-        })
+        Ok(x)
     }
 }
 // ANCHOR_END: forward
@@ -333,3 +353,124 @@ pub fn sentence_embedding<const M: usize, E: Real, D: Device<E>>(
     mean / norm.broadcast_like::<_, Axis<1>>(&shape)
 }
 // ANCHOR_END: embedding
+
+/// 全量微调的 BERT 分类模型：全部参数都训练（对照 LoRA）。
+#[derive(Clone, Debug)]
+pub struct BertClassifier<
+    const V: usize,
+    const M: usize,
+    const H: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const TT: usize,
+    const C: usize,
+    E: Dtype,
+    D: Device<E>,
+> {
+    /// 全部参数。
+    pub params: BertParams<V, M, H, F, L, P, TT, C, E, D>,
+    /// 超参数（来自 `config.json`）。
+    pub config: EncoderConfig,
+}
+
+impl<
+        const V: usize,
+        const M: usize,
+        const H: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const TT: usize,
+        const C: usize,
+        E: Real,
+        D: Device<E>,
+    > crate::train::SequenceClassifier<C, E, D> for BertClassifier<V, M, H, F, L, P, TT, C, E, D>
+{
+    type Params = BertParams<V, M, H, F, L, P, TT, C, E, D>;
+    fn params(&self) -> &Self::Params {
+        &self.params
+    }
+    fn params_mut(&mut self) -> &mut Self::Params {
+        &mut self.params
+    }
+    fn logits<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        tokens: Tensor<(usize, usize), usize, D, T>,
+        mask: &PaddingMask<E, D>,
+        mode: Mode,
+    ) -> Result<Tensor<(usize, Const<C>), E, D, T>, InputError> {
+        Ok(self
+            .params
+            .forward(&self.config, tokens, None, mask, mode)?
+            .logits)
+    }
+}
+
+#[cfg(test)]
+mod grad_tests {
+    use super::*;
+    use dfdx::nn::ZeroGrads;
+
+    /// 反向传播必须沿 logits 一直回到嵌入：对几类参数各取几个元素，与中心差分比较（f64）。
+    #[test]
+    fn gradients_reach_every_layer_and_match_finite_differences() {
+        let dev = Cpu::seed_from_u64(4);
+        let bert = TinyBert::<f64, Cpu>::random(&dev);
+        let cfg = bert_config(1e-12, 0.0, 24);
+        let tokens: Tensor<(usize, usize), usize, Cpu> =
+            dev.tensor_from_vec(vec![2, 17, 33, 5, 3, 2, 8, 60, 3, 0], (2, 5));
+        let mask = PaddingMask::from_lengths(&dev, &[5, 4], 5).unwrap();
+        let w: Tensor<(usize, Const<3>), f64, Cpu> = dev.sample_normal_like(&(2, Const::<3>));
+        let loss_of = |b: &TinyBert<f64, Cpu>| -> f64 {
+            let out = b
+                .forward(&cfg, tokens.clone(), None, &mask, Mode::Eval)
+                .unwrap();
+            (out.logits * w.clone()).sum::<(), _>().array()
+        };
+        let grads = {
+            let g = bert.alloc_grads();
+            let out = bert
+                .forward(&cfg, tokens.clone().traced(g), None, &mask, Mode::Eval)
+                .unwrap();
+            (out.logits * w.clone()).sum::<(), _>().backward()
+        };
+        type Pick = fn(&mut TinyBert<f64, Cpu>) -> &mut Tensor<(Const<32>, Const<32>), f64, Cpu>;
+        let picks: [(&str, Pick); 3] = [
+            ("layer 0 w_q", |b| {
+                &mut b.layers.modules[0].attention.w_q.weight
+            }),
+            ("layer 1 w_o", |b| {
+                &mut b.layers.modules[1].attention.w_o.weight
+            }),
+            ("pooler", |b| &mut b.pooler.weight),
+        ];
+        for (name, pick) in picks {
+            let analytic = grads.get(&*pick(&mut bert.clone())).as_vec();
+            for idx in [0, 33, 517, 1023] {
+                let h = 1e-6;
+                let mut plus = bert.clone();
+                let mut v = pick(&mut plus).as_vec();
+                v[idx] += h;
+                pick(&mut plus).copy_from(&v);
+                let mut minus = bert.clone();
+                let mut v = pick(&mut minus).as_vec();
+                v[idx] -= h;
+                pick(&mut minus).copy_from(&v);
+                let numeric = (loss_of(&plus) - loss_of(&minus)) / (2.0 * h);
+                assert!(
+                    (numeric - analytic[idx]).abs() < 1e-6,
+                    "{name}[{idx}]：反向 {} vs 差分 {numeric}",
+                    analytic[idx]
+                );
+            }
+            assert!(
+                analytic.iter().any(|g| g.abs() > 1e-8),
+                "{name} 的梯度全为 0"
+            );
+        }
+        // 词嵌入：用到的词（id 17）那一行有梯度
+        let emb = grads.get(&bert.embeddings.word_embeddings.weight).as_vec();
+        assert!(emb[17 * 32..18 * 32].iter().any(|g| g.abs() > 1e-8));
+    }
+}

@@ -26,6 +26,8 @@ pub struct Encoded {
 /// BERT 的分词器。
 pub struct BertTokenizer {
     inner: Tokenizer,
+    /// 设好了截断长度的副本，按最近一次的 `max_len` 缓存（不必每次编码都复制整个分词器）。
+    truncating: std::sync::Mutex<Option<(usize, Tokenizer)>>,
     source: PathBuf,
 }
 
@@ -43,6 +45,7 @@ impl BertTokenizer {
                 .map_err(|e| TokenizerError::new(&json, e))?;
             return Ok(Self {
                 inner,
+                truncating: Default::default(),
                 source: json,
             });
         }
@@ -81,6 +84,7 @@ impl BertTokenizer {
         )));
         Ok(Self {
             inner,
+            truncating: Default::default(),
             source: vocab.into(),
         })
     }
@@ -92,13 +96,18 @@ impl BertTokenizer {
         pair: Option<&str>,
         max_len: usize,
     ) -> Result<Encoded, TokenizerError> {
-        let mut tok = self.inner.clone();
-        let trunc = TruncationParams {
-            max_length: max_len,
-            ..Default::default()
-        };
-        tok.with_truncation(Some(trunc))
-            .map_err(|e| TokenizerError::new(&self.source, e))?;
+        let mut cache = self.truncating.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.as_ref().map(|(len, _)| *len) != Some(max_len) {
+            let mut tok = self.inner.clone();
+            let trunc = TruncationParams {
+                max_length: max_len,
+                ..Default::default()
+            };
+            tok.with_truncation(Some(trunc))
+                .map_err(|e| TokenizerError::new(&self.source, e))?;
+            *cache = Some((max_len, tok));
+        }
+        let tok = &cache.as_ref().expect("刚刚设好").1;
         let enc = match pair {
             Some(p) => tok.encode((text, p), true),
             None => tok.encode(text, true),
@@ -108,6 +117,11 @@ impl BertTokenizer {
             ids: enc.get_ids().iter().map(|&i| i as usize).collect(),
             type_ids: enc.get_type_ids().iter().map(|&i| i as usize).collect(),
         })
+    }
+
+    /// 一个记号的 id（不在词表里时为 `None`）。
+    pub fn token_id(&self, token: &str) -> Option<usize> {
+        self.inner.token_to_id(token).map(|i| i as usize)
     }
 
     /// 词表大小。

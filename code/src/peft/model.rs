@@ -698,3 +698,51 @@ mod tests {
     }
     // ANCHOR_END: rust_to_python
 }
+
+#[cfg(test)]
+mod train_tests {
+    use super::*;
+    use crate::bert::hf::{fixtures_dir, load_dir};
+    use crate::lora::encoder::QueryValue;
+    use crate::train::finetune::{finetune, FinetuneConfig};
+    use std::ops::ControlFlow;
+
+    #[test]
+    fn a_peft_model_trains_only_its_adapters() {
+        let dev = Cpu::seed_from_u64(0);
+        let dir = load_dir::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>(
+            &dev,
+            &fixtures_dir().join("tiny-bert"),
+        )
+        .unwrap();
+        let mut model =
+            PeftBert::<64, 32, 4, 48, 2, 24, 2, 3, 4, QueryValue, f32, Cpu>::get_peft_model(
+                dir.params,
+                dir.config,
+                LoraConfig::seq_cls(4, 8.0, &["query", "value"], 0.1),
+            )
+            .unwrap();
+        let frozen = model.base.layers.modules[0].attention.w_q.weight.as_vec();
+        let data = crate::train::tests::toy_data();
+        let out = std::env::temp_dir().join(format!("llm-book-peft-train-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let cfg = FinetuneConfig {
+            epochs: 3,
+            batch_size: 16,
+            eval_every: 100,
+            ..Default::default()
+        };
+        let report = finetune(&mut model, &dev, &data, &cfg, &out, false, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            model.base.layers.modules[0].attention.w_q.weight.as_vec(),
+            frozen,
+            "基座不变"
+        );
+        assert!(report.rows.len() >= 3);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+}

@@ -286,7 +286,7 @@ fn one_hot<const C: usize, E: Dtype, D: Device<E>>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::transformer::encoder::EncoderConfig;
 

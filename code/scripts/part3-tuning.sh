@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# 3.7 节的调参实验：在 all-MiniLM-L6-v2 上，以 3.6 节的快速演示为基准，每次只改一个超参数。
+# 结果写进 code/results/part3-tuning/<名字>.json（书中的表与图从这些文件来）。
+# 用法（在仓库根目录）：bash code/scripts/part3-tuning.sh [名字…]   （不给名字就全部跑；每个约 5 分钟，2 核 CPU）
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+model="$(bash code/scripts/fetch-minilm.sh)"
+bin="${LLM_BOOK_BIN:-target/release/llm-book}"
+[ -x "$bin" ] || cargo build --release
+# 所有运行共用的预算：200 步、批大小 16、最长 64 个记号、验证集前 300 条每 100 步评估一次，测试集全部
+common=(--model "$model" --max-steps 200 --batch-size 16 --max-len 64 --valid-limit 300 --eval-every 100 --seed 0)
+
+declare -A runs=(
+  [demo]="--r 16 --alpha 32 --targets query,value --lora-dropout 0.1"
+  [r1]="--r 1 --alpha 2 --targets query,value --lora-dropout 0.1"
+  [r4]="--r 4 --alpha 8 --targets query,value --lora-dropout 0.1"
+  [r32]="--r 32 --alpha 64 --targets query,value --lora-dropout 0.1"
+  [alpha16]="--r 16 --alpha 16 --targets query,value --lora-dropout 0.1"
+  [alpha64]="--r 16 --alpha 64 --targets query,value --lora-dropout 0.1"
+  [lr1e-4]="--r 16 --alpha 32 --targets query,value --lora-dropout 0.1 --lr 1e-4"
+  [lr2e-3]="--r 16 --alpha 32 --targets query,value --lora-dropout 0.1 --lr 2e-3"
+  [attention]="--r 16 --alpha 32 --targets query,key,value,attention.output.dense --lora-dropout 0.1"
+  [all-linear]="--r 16 --alpha 32 --targets query,key,value,attention.output.dense,intermediate.dense,output.dense --lora-dropout 0.1"
+  [dropout0]="--r 16 --alpha 32 --targets query,value --lora-dropout 0"
+  [full]="--full --lr 5e-5"
+)
+order=(demo r1 r4 r32 alpha16 alpha64 lr1e-4 lr2e-3 attention all-linear dropout0 full)
+names=("$@")
+[ ${#names[@]} -gt 0 ] || names=("${order[@]}")
+for name in "${names[@]}"; do
+  [ -n "${runs[$name]+x}" ] || { echo "没有叫 $name 的运行：可选 ${order[*]}" >&2; exit 1; }
+  out="$(mktemp -d)"
+  echo "==> $name：${runs[$name]}"
+  # shellcheck disable=SC2086
+  "$bin" finetune "${common[@]}" ${runs[$name]} --out "$out" --record "part3-tuning/$name"
+  rm -rf "$out"
+done

@@ -733,8 +733,13 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
     );
     let bar = step_bar(0);
     let mut on_start = |counts: llm_book::peft::model::TrainableParams,
-                        head: llm_book::bert::hf::HeadSource| {
+                        head: llm_book::bert::hf::HeadSource,
+                        unk: f64| {
         bar.suspend(|| {
+            println!("分词：训练集里 [UNK] 占 {:.1}%", 100.0 * unk);
+            if unk > 0.05 {
+                println!("！这个模型的词表不太覆盖这份语料：[UNK] 越多，模型看到的信息越少");
+            }
             if head == llm_book::bert::hf::HeadSource::New {
                 println!("模型目录里没有分类头：已新建（标准差 0.02），随任务训练");
             }

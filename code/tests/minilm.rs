@@ -46,6 +46,7 @@ fn max_error(ours: &[f32], reference: &Checkpoint, key: &str) -> f64 {
         .fold(0.0, f64::max)
 }
 
+// ANCHOR: minilm
 #[test]
 fn minilm_matches_transformers() {
     let Some(dir) = model_dir() else { return };
@@ -125,3 +126,4 @@ fn minilm_matches_transformers() {
         assert!(err <= 1e-4, "{name}：与 transformers 相差 {err}");
     }
 }
+// ANCHOR_END: minilm

@@ -45,6 +45,10 @@ pub struct FinetuneSummary {
     pub config: FinetuneConfig,
     /// 最大长度（记号数，含 [CLS]、[SEP]）。
     pub max_len: usize,
+    /// 训练集里 `[UNK]` 占全部记号（不含 [CLS]、[SEP]）的比例：词表不覆盖语料时，模型看到的多半是 [UNK]。
+    /// （早于这个字段的结果文件里没有它：`None`。）
+    #[serde(default)]
+    pub unk_ratio: Option<f64>,
     /// 可训练参数 / 全部参数（与 PEFT 的计法相同）。
     pub trainable: usize,
     /// 全部参数。
@@ -81,6 +85,18 @@ pub fn encode_reviews(
 }
 // ANCHOR_END: encode
 
+/// 训练集里 `[UNK]` 占全部记号（不含首尾的 [CLS]、[SEP]）的比例。
+pub fn unk_ratio(tokenizer: &BertTokenizer, data: &EncodedData) -> f64 {
+    let unk = tokenizer.token_id("[UNK]");
+    let (mut n, mut u) = (0usize, 0usize);
+    for (ids, _) in &data.train {
+        let inner = &ids[1..ids.len().saturating_sub(1).max(1)];
+        n += inner.len();
+        u += inner.iter().filter(|&&i| Some(i) == unk).count();
+    }
+    u as f64 / n.max(1) as f64
+}
+
 /// 微调命令的全部输入。
 pub struct FinetuneJob<'a> {
     /// 模型目录。
@@ -99,8 +115,8 @@ pub struct FinetuneJob<'a> {
     pub merge: bool,
     /// 语料。
     pub splits: &'a Splits,
-    /// 开始训练前调用一次：(可训练参数, 分类头是否新建)。
-    pub on_start: &'a mut dyn FnMut(TrainableParams, HeadSource),
+    /// 开始训练前调用一次：可训练参数、分类头是否新建、训练集里 [UNK] 的比例。
+    pub on_start: &'a mut dyn FnMut(TrainableParams, HeadSource, f64),
     /// 训练事件。
     pub on_event: &'a mut dyn FnMut(FinetuneEvent) -> ControlFlow<()>,
 }
@@ -142,6 +158,7 @@ impl<D: Device<f32>> PresetTask for OnDevice<'_, '_, D> {
         let mut job = self.job;
         let model: BertDir<V, M, H, F, L, P, TT, C, f32, D> = load_dir(self.dev, &job.model_dir)?;
         let data = encode_reviews(&model.tokenizer, job.splits, job.max_len.min(P))?;
+        let unk_ratio = unk_ratio(&model.tokenizer, &data);
         match job.method.clone() {
             Method::Full => {
                 let mut classifier = BertClassifier {
@@ -149,27 +166,16 @@ impl<D: Device<f32>> PresetTask for OnDevice<'_, '_, D> {
                     config: model.config,
                 };
                 let n = dfdx::nn::NumParams::num_trainable_params(&classifier.params);
-                (job.on_start)(
-                    TrainableParams {
-                        trainable: n,
-                        all: n,
-                    },
-                    model.head,
-                );
+                let counts = TrainableParams {
+                    trainable: n,
+                    all: n,
+                };
+                (job.on_start)(counts, model.head, unk_ratio);
                 let report = run_finetune(&mut classifier, self.dev, &data, &mut job)?;
                 if report.is_some() {
                     save_hf_dir(&classifier.params, &job.model_dir, &job.out.join("model"))?;
                 }
-                Ok(report.map(|r| {
-                    summary(
-                        &job,
-                        TrainableParams {
-                            trainable: n,
-                            all: n,
-                        },
-                        r,
-                    )
-                }))
+                Ok(report.map(|r| summary(&job, counts, unk_ratio, r)))
             }
             Method::Lora(lora) => {
                 let lora = *lora;
@@ -183,6 +189,7 @@ impl<D: Device<f32>> PresetTask for OnDevice<'_, '_, D> {
                         model,
                         lora,
                         data,
+                        unk_ratio,
                     },
                 )?
             }
@@ -208,6 +215,7 @@ struct LoraRun<
     model: BertDir<V, M, H, F, L, P, TT, C, f32, D>,
     lora: LoraConfig,
     data: EncodedData,
+    unk_ratio: f64,
 }
 
 impl<
@@ -231,7 +239,7 @@ impl<
             self.lora,
         )?;
         let counts = peft.trainable_parameters();
-        (job.on_start)(counts, self.model.head);
+        (job.on_start)(counts, self.model.head, self.unk_ratio);
         let report = run_finetune(&mut peft, self.dev, &self.data, &mut job)?;
         if report.is_some() {
             peft.lora.base_model_name_or_path = Some(job.model_dir.display().to_string());
@@ -244,7 +252,7 @@ impl<
                 )?;
             }
         }
-        Ok(report.map(|r| summary(&job, counts, r)))
+        Ok(report.map(|r| summary(&job, counts, self.unk_ratio, r)))
     }
 }
 
@@ -273,6 +281,7 @@ fn run_finetune<const C: usize, D: Device<f32>, Mo: crate::train::SequenceClassi
 fn summary(
     job: &FinetuneJob<'_>,
     counts: TrainableParams,
+    unk_ratio: f64,
     report: FinetuneReport,
 ) -> FinetuneSummary {
     FinetuneSummary {
@@ -280,6 +289,7 @@ fn summary(
         method: job.method.clone(),
         config: job.config,
         max_len: job.max_len,
+        unk_ratio: Some(unk_ratio),
         trainable: counts.trainable,
         all: counts.all,
         report,

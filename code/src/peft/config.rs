@@ -1,4 +1,4 @@
-//! 3.3 节：PEFT 的 `adapter_config.json`。
+//! 3.4 节：PEFT 的 `adapter_config.json`。
 //!
 //! [`LoraConfig`] 的 JSON 就是 PEFT 保存的 `adapter_config.json`：本书读得懂 PEFT 写的文件，PEFT 也读得懂本书写的。
 //! 本书实现了其中的 LoRA 核心（r、lora_alpha、target_modules、lora_dropout、use_rslora、modules_to_save）；
@@ -138,11 +138,22 @@ impl LoraConfig {
             path: path.into(),
             error: e.to_string(),
         })?;
-        let config: Self = serde_json::from_str(&text).map_err(|e| PeftError::Json {
-            path: path.into(),
+        Self::from_json(&text).map_err(|e| match e {
+            PeftError::Json { error, .. } => PeftError::Json {
+                path: path.into(),
+                error,
+            },
+            other => other.in_file(path),
+        })
+    }
+
+    /// 从 JSON 文本读（PEFT 的 `adapter_config.json` 的内容）并检查。
+    pub fn from_json(text: &str) -> Result<Self, PeftError> {
+        let config: Self = serde_json::from_str(text).map_err(|e| PeftError::Json {
+            path: "adapter_config.json".into(),
             error: e.to_string(),
         })?;
-        config.validate().map_err(|e| e.in_file(path))?;
+        config.validate()?;
         Ok(config)
     }
 

@@ -1,4 +1,4 @@
-//! 3.3 节：`get_peft_model` 的对应物——给 BERT 加上 PEFT 格式的 LoRA。
+//! 3.4、3.5 节：`get_peft_model` 的对应物——给 BERT 加上 PEFT 格式的 LoRA；适配器的保存、加载与合并。
 //!
 //! [`PeftBert`] = 冻结的 BERT（[`BertParams`]，原样保留，含原来的分类头）+ 可训练的适配器
 //! （第 2 部分的 [`LoraAdapters`]：每层选中线性层上的 A、B，以及分类头的副本——PEFT 的 `modules_to_save`）。
@@ -89,6 +89,41 @@ pub fn thousands(n: usize) -> String {
     out
 }
 
+// ANCHOR: check
+/// 运行期的配置与编译期的类型核对：字段合法（[`LoraConfig::validate`]），秩 r 等于类型里的 R，
+/// `target_modules` 按 PEFT 的规则解析出的线性层等于类型里的 `Tg`。
+pub fn check_against_types<const R: usize, const L: usize, Tg: Targets>(
+    lora: &LoraConfig,
+) -> Result<(), PeftError> {
+    lora.validate()?;
+    if lora.r != R {
+        return Err(PeftError::Mismatch {
+            field: "r".into(),
+            config: lora.r.to_string(),
+            model: R.to_string(),
+        });
+    }
+    let sites = resolve_targets(&lora.target_modules, L)?;
+    if sites != Tg::SITES {
+        let names = |s: [bool; 6]| {
+            LAYER_LINEARS
+                .iter()
+                .zip(s)
+                .filter(|(_, on)| *on)
+                .map(|(n, _)| *n)
+                .collect::<Vec<_>>()
+                .join("、")
+        };
+        return Err(PeftError::Mismatch {
+            field: "target_modules".into(),
+            config: names(sites),
+            model: names(Tg::SITES),
+        });
+    }
+    Ok(())
+}
+// ANCHOR_END: check
+
 // ANCHOR: peft_key
 /// 适配器的字段路径 → PEFT 保存的键名。
 ///
@@ -144,7 +179,7 @@ where
         config: EncoderConfig,
         lora: LoraConfig,
     ) -> Result<Self, PeftError> {
-        Self::check(&lora)?;
+        check_against_types::<R, L, Tg>(&lora)?;
         let dev = base.classifier.weight.device().clone();
         let layers = (0..L)
             .map(|_| LayerAdapters {
@@ -168,35 +203,6 @@ where
         })
     }
 
-    /// 配置与编译好的类型是否一致：秩 r、目标层。
-    fn check(lora: &LoraConfig) -> Result<(), PeftError> {
-        lora.validate()?;
-        if lora.r != R {
-            return Err(PeftError::Mismatch {
-                field: "r".into(),
-                config: lora.r.to_string(),
-                model: R.to_string(),
-            });
-        }
-        let sites = resolve_targets(&lora.target_modules, L)?;
-        if sites != Tg::SITES {
-            let names = |s: [bool; 6]| {
-                LAYER_LINEARS
-                    .iter()
-                    .zip(s)
-                    .filter(|(_, on)| *on)
-                    .map(|(n, _)| *n)
-                    .collect::<Vec<_>>()
-                    .join("、")
-            };
-            return Err(PeftError::Mismatch {
-                field: "target_modules".into(),
-                config: names(sites),
-                model: names(Tg::SITES),
-            });
-        }
-        Ok(())
-    }
     // ANCHOR_END: get_peft_model
 
     /// 第 2 部分的 LoRA 选项：缩放系数 α/r（rsLoRA 时 α/√r）写成等价的 α。

@@ -17,7 +17,7 @@ use crate::bert::model::{sentence_embedding, BertClassifier};
 use crate::bert::presets::{dispatch_lora, dispatch_preset, LoraTask, PresetTask};
 use crate::bert::tokenizer::BertTokenizer;
 use crate::data::batch::make_batch;
-use crate::data::reviews::Splits;
+use crate::data::reviews::{Review, Splits};
 use crate::lora::encoder::Targets;
 use crate::peft::config::{resolve_targets, LoraConfig};
 use crate::peft::model::{save_hf_dir, PeftBert, TrainableParams};
@@ -70,13 +70,12 @@ pub fn encode_reviews(
         Some(0) => {}
         other => bail!("分词器的 [PAD] 的 id 是 {other:?}，本书的组批用 0 填充，要求 [PAD] 为 0"),
     }
-    let encode =
-        |reviews: &[crate::data::reviews::Review]| -> anyhow::Result<Vec<(Vec<usize>, usize)>> {
-            reviews
-                .iter()
-                .map(|r| Ok((tokenizer.encode(&r.text, None, max_len)?.ids, r.label)))
-                .collect()
-        };
+    let encode = |reviews: &[Review]| -> anyhow::Result<Vec<(Vec<usize>, usize)>> {
+        reviews
+            .iter()
+            .map(|r| Ok((tokenizer.encode(&r.text, None, max_len)?.ids, r.label)))
+            .collect()
+    };
     Ok(EncodedData {
         train: encode(&splits.train)?,
         valid: encode(&splits.valid)?,

@@ -7,6 +7,7 @@ cd "$(dirname "$0")/../.."
 model="$(bash code/scripts/fetch-minilm.sh)"
 bin="${LLM_BOOK_BIN:-target/release/llm-book}"
 [ -x "$bin" ] || cargo build --release
+# ANCHOR: runs
 # 所有运行共用的预算：200 步、批大小 16、最长 64 个记号、验证集前 300 条每 100 步评估一次，测试集全部
 common=(--model "$model" --max-steps 200 --batch-size 16 --max-len 64 --valid-limit 300 --eval-every 100 --seed 0)
 
@@ -24,6 +25,7 @@ declare -A runs=(
   [dropout0]="--r 16 --alpha 32 --targets query,value --lora-dropout 0"
   [full]="--full --lr 5e-5"
 )
+# ANCHOR_END: runs
 order=(demo r1 r4 r32 alpha16 alpha64 lr1e-4 lr2e-3 attention all-linear dropout0 full)
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${order[@]}")

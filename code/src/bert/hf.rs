@@ -70,12 +70,12 @@ pub enum HeadSource {
     /// 文件里有 `classifier.weight`、`classifier.bias`（微调过的分类模型）。
     Loaded,
     /// 文件里没有（预训练的检查点，如 bert-base-chinese、all-MiniLM-L6-v2）：与 transformers 一样新建，
-    /// 权重的标准差 0.02、偏置取 0，需要在任务上训练。
+    /// 权重的标准差 0.02、偏置取 0，需要在任务上训练。`BertForMaskedLM` 存的检查点连池化层也没有，同样新建。
     New,
 }
 
-/// 从 `model.safetensors` 读入全部参数。除分类头以外，缺少任何张量都是错误；
-/// 只缺分类头时新建一个（[`HeadSource::New`]），与 transformers 的 `from_pretrained` 相同。
+/// 从 `model.safetensors` 读入全部参数。除任务头（分类头、池化层）以外，缺少任何张量都是错误；
+/// 只缺任务头时新建（[`HeadSource::New`]），与 transformers 的 `from_pretrained` 相同。
 pub fn load_bert<
     const V: usize,
     const M: usize,
@@ -105,13 +105,22 @@ where
         }) if shape_mismatch.is_empty()
             && unexpected.is_empty()
             && !missing.is_empty()
-            && missing.iter().all(|k| k.starts_with("classifier.")) =>
+            && missing
+                .iter()
+                .all(|k| k.starts_with("classifier.") || k.starts_with("bert.pooler.")) =>
         {
             let dev = params.classifier.weight.device().clone();
             // 标准差与 transformers 的 N(0, 0.02²) 相同：U(±0.02·√3)
             let bound = E::from_f64(0.02 * 3f64.sqrt()).unwrap();
-            params.classifier.weight = dev.sample(rand_distr::Uniform::new(-bound, bound));
-            params.classifier.bias = dev.zeros();
+            let uniform = || rand_distr::Uniform::new(-bound, bound);
+            if missing.iter().any(|k| k.starts_with("classifier.")) {
+                params.classifier.weight = dev.sample(uniform());
+                params.classifier.bias = dev.zeros();
+            }
+            if missing.iter().any(|k| k.starts_with("bert.pooler.")) {
+                params.pooler.weight = dev.sample(uniform());
+                params.pooler.bias = dev.zeros();
+            }
             Ok(HeadSource::New)
         }
         Err(e) => Err(e),

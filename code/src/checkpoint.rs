@@ -173,15 +173,16 @@ where
     D: Device<E>,
     M: TensorCollection<E, D>,
 {
-    save_params_with(module, path, &|p| p.to_string())
+    save_params_with(module, path, &|p| Some(p.to_string()))
 }
 
-/// 通用的版本：键由 `key(字段路径)` 给出（第 3 部分用它写 Hugging Face 与 PEFT 的键名）。
+/// 通用的版本：键由 `key(字段路径)` 给出（第 3 部分用它写 Hugging Face 与 PEFT 的键名），返回 `None` 的参数不写
+/// （如预训练时没有训练的分类头）。
 /// 先写临时文件再改名：中途出错或被打断，不会留下写了一半的文件。
 pub fn save_params_with<E, D, M>(
     module: &M,
     path: &Path,
-    key: &dyn Fn(&str) -> String,
+    key: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(), CheckpointError>
 where
     E: Dtype + dfdx::tensor::safetensors::SafeDtype,
@@ -253,7 +254,7 @@ where
 
 /// 收集每个参数的（键、形状、小端字节）。
 struct Collector<'a> {
-    key: &'a dyn Fn(&str) -> String,
+    key: &'a dyn Fn(&str) -> Option<String>,
     tensors: Vec<(String, Vec<usize>, Vec<u8>)>,
 }
 
@@ -270,16 +271,15 @@ impl<E: Dtype + dfdx::tensor::safetensors::SafeDtype, D: Device<E>> TensorVisito
         _opts: TensorOptions<S, E, D>,
         (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, E, D>>,
     ) -> Result<Option<Tensor<S, E, D>>, Self::Err> {
-        let bytes = t
-            .as_vec()
-            .into_iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        self.tensors.push((
-            (self.key)(&path),
-            t.shape().concrete().into_iter().collect(),
-            bytes,
-        ));
+        if let Some(key) = (self.key)(&path) {
+            let bytes = t
+                .as_vec()
+                .into_iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            self.tensors
+                .push((key, t.shape().concrete().into_iter().collect(), bytes));
+        }
         Ok(None)
     }
 

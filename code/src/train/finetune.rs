@@ -233,9 +233,9 @@ pub fn epoch_batches(
 // ANCHOR_END: buckets
 
 /// 检查点目录里的三个文件。
-const PARAMS: &str = "params.safetensors";
-const OPTIMIZER: &str = "optimizer.safetensors";
-const STATE: &str = "state.json";
+pub(crate) const PARAMS: &str = "params.safetensors";
+pub(crate) const OPTIMIZER: &str = "optimizer.safetensors";
+pub(crate) const STATE: &str = "state.json";
 
 // ANCHOR: finetune
 /// 微调 `model`，结果写到 `out`：`metrics.csv`、`best.safetensors`（验证准确率最好时的可训练参数）、
@@ -275,7 +275,7 @@ where
         if !resume {
             return Err(FinetuneError::CheckpointExists(ckpt_dir));
         }
-        let state = read_state(&ckpt_dir.join(STATE))?;
+        let state: FinetuneState = read_state(&ckpt_dir.join(STATE))?;
         check_same_config(&state.config, cfg)?;
         Checkpoint::read(&ckpt_dir.join(PARAMS))?.load_into(model.params_mut(), "")?;
         let opt = AdamW::load(cfg.optim, &ckpt_dir.join(OPTIMIZER))?;
@@ -393,17 +393,18 @@ where
 }
 // ANCHOR_END: finetune
 
-/// 原子地写检查点目录：可训练参数、优化器状态、训练状态三者总是同一步的。
-fn save_checkpoint<E, D, P>(
+/// 原子地写检查点目录：可训练参数、优化器状态、训练状态三者总是同一步的（微调与附录 A 的预训练共用）。
+pub(crate) fn save_checkpoint<E, D, P, S>(
     params: &P,
     opt: &AdamW<E>,
-    state: &FinetuneState,
+    state: &S,
     dir: &Path,
 ) -> Result<(), FinetuneError>
 where
     E: Real + dfdx::tensor::safetensors::SafeDtype,
     D: Device<E>,
     P: dfdx::nn::tensor_collection::TensorCollection<E, D>,
+    S: Serialize,
 {
     crate::io::write_dir_atomic(dir, |tmp| {
         let other = |e: CheckpointError| std::io::Error::other(e.to_string());
@@ -415,7 +416,7 @@ where
     .map_err(|e| FinetuneError::Io(dir.to_path_buf(), e.to_string()))
 }
 
-fn read_state(path: &Path) -> Result<FinetuneState, FinetuneError> {
+pub(crate) fn read_state<S: serde::de::DeserializeOwned>(path: &Path) -> Result<S, FinetuneError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| FinetuneError::Io(path.into(), e.to_string()))?;
     serde_json::from_str(&text)
@@ -423,8 +424,8 @@ fn read_state(path: &Path) -> Result<FinetuneState, FinetuneError> {
 }
 
 /// 逐个字段比较两份超参数，第一个不同的字段给出名字与两边的值。
-fn check_same_config(saved: &FinetuneConfig, now: &FinetuneConfig) -> Result<(), FinetuneError> {
-    let flat = |c: &FinetuneConfig| {
+pub(crate) fn check_same_config<C: Serialize>(saved: &C, now: &C) -> Result<(), FinetuneError> {
+    let flat = |c: &C| {
         let mut out = Vec::new();
         flatten(
             "",

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 pub mod adamw;
 pub mod finetune;
+pub mod pretrain;
 
 use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::nn::ZeroGrads;

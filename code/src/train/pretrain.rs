@@ -1,0 +1,495 @@
+//! 附录 A：掩码语言模型的预训练循环。
+//!
+//! 与 3.6 节的微调共用 AdamW、学习率调度、分桶组批与原子检查点；不同的是目标：每一步随机掩掉 15% 的记号
+//! （掩码由（种子, 步数）决定，接着训练时重新算出同样的掩码），在被掩的位置上预测原来的记号。
+
+use std::ops::ControlFlow;
+use std::path::Path;
+use std::time::Instant;
+
+use dfdx::nn::ZeroGrads;
+use dfdx::prelude::*;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::{Deserialize, Serialize};
+
+use super::adamw::{linear_schedule, AdamW, AdamWConfig};
+use super::finetune::{
+    check_same_config, epoch_batches, read_state, save_checkpoint, FinetuneError, OPTIMIZER,
+    PARAMS, STATE,
+};
+use crate::basics::tensors::Real;
+use crate::bert::mlm::{mask_tokens, BertMlm, Masked};
+use crate::checkpoint::Checkpoint;
+use crate::data::batch::make_batch;
+use crate::data::vocab::SPECIAL_TOKENS;
+use crate::transformer::encoder::{EncoderConfig, Mode};
+
+/// `[MASK]` 的 id（特殊记号的顺序见 [`SPECIAL_TOKENS`]）。
+pub const MASK_ID: usize = 4;
+
+// ANCHOR: config
+/// 预训练的超参数。写进检查点：接着训练时必须与原来的一致。
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PretrainConfig {
+    /// 总步数。
+    pub steps: usize,
+    /// 批大小。
+    pub batch_size: usize,
+    /// AdamW 与梯度裁剪。
+    pub optim: AdamWConfig,
+    /// 预热步数占总步数的比例。
+    pub warmup_ratio: f64,
+    /// 每个普通记号被选中预测的概率（BERT：0.15）。
+    pub mask_rate: f64,
+    /// 每多少步在留出的文本上评估一次。
+    pub eval_every: usize,
+    /// 每多少步写一次检查点。
+    pub checkpoint_every: usize,
+    /// 随机种子：决定打乱顺序与掩码。
+    pub seed: u64,
+}
+// ANCHOR_END: config
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: 2000,
+            batch_size: 32,
+            optim: AdamWConfig {
+                lr: 1e-3,
+                ..Default::default()
+            },
+            warmup_ratio: 0.06,
+            mask_rate: 0.15,
+            eval_every: 250,
+            checkpoint_every: 50,
+            seed: 0,
+        }
+    }
+}
+
+/// 掩码语言模型的指标。
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct MlmMetrics {
+    /// 被掩位置上的平均交叉熵。
+    pub loss: f64,
+    /// 被掩位置上预测对的比例。
+    pub accuracy: f64,
+    /// 被掩的位置数。
+    pub targets: usize,
+}
+
+/// 一次评估的记录。
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PretrainRow {
+    /// 已完成的步数。
+    pub step: usize,
+    /// 学习率。
+    pub lr: f64,
+    /// 自上次评估以来的平均训练损失。
+    pub train_loss: f64,
+    /// 留出文本上的指标。
+    pub valid: MlmMetrics,
+    /// 累计训练秒数（不含评估）。
+    pub train_seconds: f64,
+}
+
+/// 检查点里的训练状态。
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PretrainState {
+    /// 超参数。
+    pub config: PretrainConfig,
+    /// 已完成的步数。
+    pub step: usize,
+    /// 评估的历史。
+    pub rows: Vec<PretrainRow>,
+    /// 上次评估以来的 (损失之和, 步数)。
+    pub window: (f64, usize),
+    /// 累计训练秒数。
+    pub train_seconds: f64,
+}
+
+/// 训练过程中的事件。返回 `ControlFlow::Break` 立刻停下（模拟中断）。
+#[derive(Clone, Copy, Debug)]
+pub enum PretrainEvent {
+    /// 从检查点接着训练。
+    Resumed {
+        /// 检查点的步数。
+        step: usize,
+    },
+    /// 完成一步。
+    Step {
+        /// 已完成的步数。
+        step: usize,
+        /// 总步数。
+        total: usize,
+        /// 损失。
+        loss: f64,
+    },
+    /// 完成一次评估。
+    Eval(PretrainRow),
+}
+
+/// 第 `step` 步的掩码：只由（种子, 步数）决定。
+fn step_rng(seed: u64, step: usize) -> StdRng {
+    StdRng::seed_from_u64(seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15))
+}
+
+// ANCHOR: pretrain
+/// 预训练 `model`：`train`、`valid` 是编码好的句子（含 `[CLS]`、`[SEP]`）。检查点写在 `out/checkpoint`，
+/// `resume` 为真时从那里接着训练；结束时写 `out/pretrain-report.json` 并删掉检查点。
+#[allow(clippy::too_many_arguments)]
+pub fn pretrain<
+    const V: usize,
+    const M: usize,
+    const H: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const TT: usize,
+    const C: usize,
+    E,
+    D,
+>(
+    model: &mut BertMlm<V, M, H, F, L, P, TT, C, E, D>,
+    enc: &EncoderConfig,
+    dev: &D,
+    train: &[Vec<usize>],
+    valid: &[Vec<usize>],
+    cfg: &PretrainConfig,
+    out: &Path,
+    resume: bool,
+    on_event: &mut dyn FnMut(PretrainEvent) -> ControlFlow<()>,
+) -> Result<Option<Vec<PretrainRow>>, FinetuneError>
+where
+    E: Real + dfdx::tensor::safetensors::SafeDtype,
+    D: Device<E>,
+{
+    if train.is_empty() {
+        return Err(FinetuneError::EmptyData("预训练文本"));
+    }
+    let ckpt_dir = out.join("checkpoint");
+    let (mut opt, mut state) = if ckpt_dir.join(STATE).exists() {
+        if !resume {
+            return Err(FinetuneError::CheckpointExists(ckpt_dir));
+        }
+        let state: PretrainState = read_state(&ckpt_dir.join(STATE))?;
+        check_same_config(&state.config, cfg)?;
+        Checkpoint::read(&ckpt_dir.join(PARAMS))?.load_into(model, "")?;
+        let opt = AdamW::load(cfg.optim, &ckpt_dir.join(OPTIMIZER))?;
+        let _ = on_event(PretrainEvent::Resumed { step: state.step });
+        (opt, state)
+    } else {
+        let state = PretrainState {
+            config: *cfg,
+            step: 0,
+            rows: Vec::new(),
+            window: (0.0, 0),
+            train_seconds: 0.0,
+        };
+        (AdamW::new(cfg.optim), state)
+    };
+    let lengths: Vec<usize> = train.iter().map(Vec::len).collect();
+    let per_epoch = train.len().div_ceil(cfg.batch_size);
+    let warmup = (cfg.warmup_ratio * cfg.steps as f64).round() as usize;
+    let mut grads = model.alloc_grads();
+    while state.step < cfg.steps {
+        let batches = epoch_batches(
+            &lengths,
+            cfg.batch_size,
+            cfg.seed,
+            state.step / per_epoch,
+            true,
+        );
+        let ids: Vec<Vec<usize>> = batches[state.step % per_epoch]
+            .iter()
+            .map(|&i| train[i].clone())
+            .collect();
+        let started = Instant::now();
+        let masked = mask_tokens(
+            &ids,
+            &mut step_rng(cfg.seed, state.step),
+            cfg.mask_rate,
+            MASK_ID,
+            SPECIAL_TOKENS.len(),
+            V,
+        );
+        let (loss, _) = mlm_loss(model, enc, dev, &masked, Some(grads), Mode::Train)?;
+        let value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
+        grads = loss.backward();
+        let info = opt.step(
+            model,
+            &grads,
+            linear_schedule(state.step, warmup, cfg.steps),
+        );
+        model.zero_grads(&mut grads);
+        state.train_seconds += started.elapsed().as_secs_f64();
+        state.step += 1;
+        state.window.0 += value;
+        state.window.1 += 1;
+        if on_event(PretrainEvent::Step {
+            step: state.step,
+            total: cfg.steps,
+            loss: value,
+        })
+        .is_break()
+        {
+            return Ok(None);
+        }
+        if state.step % cfg.eval_every.max(1) == 0 || state.step == cfg.steps {
+            let row = PretrainRow {
+                step: state.step,
+                lr: info.lr,
+                train_loss: state.window.0 / state.window.1.max(1) as f64,
+                valid: evaluate_mlm(model, enc, dev, valid, cfg)?,
+                train_seconds: state.train_seconds,
+            };
+            state.window = (0.0, 0);
+            state.rows.push(row);
+            save_checkpoint(&*model, &opt, &state, &ckpt_dir)?;
+            if on_event(PretrainEvent::Eval(row)).is_break() {
+                return Ok(None);
+            }
+        } else if state.step % cfg.checkpoint_every.max(1) == 0 {
+            save_checkpoint(&*model, &opt, &state, &ckpt_dir)?;
+        }
+    }
+    let json = serde_json::to_string_pretty(&state.rows).expect("指标总能写成 JSON") + "\n";
+    let path = out.join("pretrain-report.json");
+    crate::io::write_atomic(&path, json.as_bytes())
+        .map_err(|e| FinetuneError::Io(path, e.to_string()))?;
+    let _ = std::fs::remove_dir_all(&ckpt_dir);
+    Ok(Some(state.rows))
+}
+// ANCHOR_END: pretrain
+
+/// 一批掩码后的输入上的 MLM 损失，以及预测对的个数。`grads` 为 `Some` 时带 tape（训练）。
+fn mlm_loss<
+    const V: usize,
+    const M: usize,
+    const H: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const TT: usize,
+    const C: usize,
+    E: Real,
+    D: Device<E>,
+>(
+    model: &BertMlm<V, M, H, F, L, P, TT, C, E, D>,
+    enc: &EncoderConfig,
+    dev: &D,
+    masked: &Masked,
+    grads: Option<Gradients<E, D>>,
+    mode: Mode,
+) -> Result<(Tensor<Rank0, E, D, OwnedTape<E, D>>, usize), FinetuneError> {
+    let examples: Vec<(&[usize], usize)> =
+        masked.input.iter().map(|ids| (ids.as_slice(), 0)).collect();
+    let batch = make_batch::<E, D>(dev, &examples);
+    let positions: Vec<(usize, usize)> = masked.targets.iter().map(|&(i, j, _)| (i, j)).collect();
+    let n = positions.len();
+    let mut onehot = vec![E::default(); n * V];
+    for (k, &(_, _, id)) in masked.targets.iter().enumerate() {
+        onehot[k * V + id] = E::ONE;
+    }
+    let target = dev.tensor_from_vec(onehot, (n, Const::<V>));
+    let tokens = batch
+        .tokens
+        .traced(grads.unwrap_or_else(|| model.alloc_grads()));
+    let logits = model.logits(enc, tokens, &batch.mask, &positions, mode)?;
+    let rows = logits.retaped::<NoneTape>().as_vec();
+    let correct = rows
+        .chunks(V)
+        .zip(&masked.targets)
+        .filter(|(row, &(_, _, id))| {
+            let best = (0..V)
+                .max_by(|&a, &b| {
+                    row[a]
+                        .partial_cmp(&row[b])
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                })
+                .unwrap_or(0);
+            best == id
+        })
+        .count();
+    Ok((cross_entropy_with_logits_loss(logits, target), correct))
+}
+
+/// 在留出的文本上评估：掩码用固定的种子，每次评估的题目相同，数字可以前后比较。
+pub fn evaluate_mlm<
+    const V: usize,
+    const M: usize,
+    const H: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const TT: usize,
+    const C: usize,
+    E: Real,
+    D: Device<E>,
+>(
+    model: &BertMlm<V, M, H, F, L, P, TT, C, E, D>,
+    enc: &EncoderConfig,
+    dev: &D,
+    valid: &[Vec<usize>],
+    cfg: &PretrainConfig,
+) -> Result<MlmMetrics, FinetuneError> {
+    let mut rng = StdRng::seed_from_u64(cfg.seed ^ 0xE7A1);
+    let (mut loss_sum, mut correct, mut targets) = (0.0, 0, 0);
+    for chunk in valid.chunks(cfg.batch_size.max(1)) {
+        let masked = mask_tokens(
+            chunk,
+            &mut rng,
+            cfg.mask_rate,
+            MASK_ID,
+            SPECIAL_TOKENS.len(),
+            V,
+        );
+        let (loss, ok) = mlm_loss(model, enc, dev, &masked, None, Mode::Eval)?;
+        let n = masked.targets.len();
+        loss_sum += loss.as_vec()[0].to_f64().unwrap_or(f64::NAN) * n as f64;
+        correct += ok;
+        targets += n;
+    }
+    Ok(MlmMetrics {
+        loss: loss_sum / targets.max(1) as f64,
+        accuracy: correct as f64 / targets.max(1) as f64,
+        targets,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bert::hf::{fixtures_dir, load_dir, HeadSource};
+    use crate::bert::mlm::{mlm_candidates, save_mlm_dir};
+    use crate::bert::model::bert_config;
+    use crate::transformer::attention::PaddingMask;
+
+    type Tiny = BertMlm<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>;
+
+    fn corpus() -> Vec<Vec<usize>> {
+        (0..96)
+            .map(|i| {
+                let mut ids = vec![2];
+                ids.extend((0..4 + i % 5).map(|j| 5 + (i * 3 + j * 7) % 30));
+                ids.push(3);
+                ids
+            })
+            .collect()
+    }
+
+    fn config() -> PretrainConfig {
+        PretrainConfig {
+            steps: 24,
+            batch_size: 16,
+            eval_every: 8,
+            checkpoint_every: 4,
+            ..Default::default()
+        }
+    }
+
+    fn out_dir(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("llm-book-pt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn an_interrupted_pretraining_resumes_to_the_same_model() {
+        let enc = bert_config(1e-12, 0.0, 24);
+        let data = corpus();
+        let run = |stop_at: Option<usize>, seed: u64, out: &std::path::Path, resume: bool| {
+            let dev = Cpu::seed_from_u64(seed);
+            let mut model = Tiny::init(&dev);
+            let rows = pretrain(
+                &mut model,
+                &enc,
+                &dev,
+                &data,
+                &data[..32],
+                &config(),
+                out,
+                resume,
+                &mut |e| match e {
+                    PretrainEvent::Step { step, .. } if Some(step) == stop_at => {
+                        ControlFlow::Break(())
+                    }
+                    _ => ControlFlow::Continue(()),
+                },
+            )
+            .unwrap();
+            (rows, model)
+        };
+        let straight_dir = out_dir("straight");
+        let (want, straight) = run(None, 1, &straight_dir, false);
+        let want = want.unwrap();
+        assert!(
+            want.last().unwrap().valid.loss < want[0].valid.loss,
+            "{want:?}"
+        );
+        // 第 14 步被打断（检查点在第 12 步），换一个随机初始化的“新进程”接着训练
+        let dir = out_dir("resumed");
+        assert!(run(Some(14), 1, &dir, false).0.is_none());
+        let (got, resumed) = run(None, 99, &dir, true);
+        let strip = |rows: &[PretrainRow]| {
+            rows.iter()
+                .map(|r| (r.step, r.lr, r.train_loss, r.valid))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&got.unwrap()), strip(&want));
+        assert_eq!(
+            resumed.head.dense.weight.as_vec(),
+            straight.head.dense.weight.as_vec()
+        );
+        std::fs::remove_dir_all(&straight_dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_exported_directory_reads_back_as_mlm_and_as_a_classifier() {
+        let dev = Cpu::seed_from_u64(5);
+        let model = Tiny::init(&dev);
+        let enc = bert_config(1e-12, 0.1, 24);
+        let dir = out_dir("export");
+        save_mlm_dir(
+            &model,
+            &enc,
+            &fixtures_dir().join("tiny-bert/vocab.txt"),
+            &dir,
+        )
+        .unwrap();
+        // 作为掩码语言模型读回：logits 逐位相同
+        let mut back = Tiny::init(&Cpu::seed_from_u64(6));
+        let file = Checkpoint::read(&dir.join("model.safetensors")).unwrap();
+        assert!(!file
+            .tensors
+            .keys()
+            .any(|k| k.contains("pooler") || k.starts_with("classifier")));
+        let err = file
+            .load_into_with(&mut back, &mlm_candidates, &|_| true)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("bert.pooler.dense.weight") && !err.contains("cls."),
+            "{err}"
+        );
+        let tokens = dev.tensor_from_vec(vec![2, 10, 4, 12, 3], (1, 5));
+        let mask = PaddingMask::from_lengths(&dev, &[5], 5).unwrap();
+        let logits = |m: &Tiny| {
+            m.logits(&enc, tokens.clone(), &mask, &[(0, 2)], Mode::Eval)
+                .unwrap()
+                .as_vec()
+        };
+        assert_eq!(logits(&back), logits(&model));
+        // 作为分类模型读：配置核对通过，池化层与分类头是新建的
+        let classifier = load_dir::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>(&dev, &dir).unwrap();
+        assert_eq!(classifier.head, HeadSource::New);
+        assert_eq!(
+            classifier.params.embeddings.word_embeddings.weight.as_vec(),
+            model.bert.embeddings.word_embeddings.weight.as_vec()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

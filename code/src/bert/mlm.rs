@@ -224,6 +224,88 @@ pub fn mlm_candidates(path: &str) -> Vec<String> {
     }
 }
 
+/// 把预训练好的模型存成 Hugging Face 的 `BertForMaskedLM` 目录：`config.json`、`model.safetensors`
+/// （`bert.*` 与 `cls.predictions.*`；池化层与分类头没有参加预训练，不写）、`vocab.txt`（从 `vocab` 复制）。整个目录原子地写入。
+pub fn save_mlm_dir<
+    const V: usize,
+    const M: usize,
+    const H: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const TT: usize,
+    const C: usize,
+    E: Real + dfdx::tensor::safetensors::SafeDtype,
+    D: Device<E>,
+>(
+    model: &BertMlm<V, M, H, F, L, P, TT, C, E, D>,
+    enc: &EncoderConfig,
+    vocab: &std::path::Path,
+    dir: &std::path::Path,
+) -> std::io::Result<()> {
+    let config = serde_json::json!({
+        "architectures": ["BertForMaskedLM"],
+        "model_type": "bert",
+        "vocab_size": V,
+        "hidden_size": M,
+        "num_attention_heads": H,
+        "intermediate_size": F,
+        "num_hidden_layers": L,
+        "max_position_embeddings": P,
+        "type_vocab_size": TT,
+        "hidden_act": "gelu",
+        "layer_norm_eps": enc.layer_norm_eps,
+        "hidden_dropout_prob": enc.dropout,
+        "attention_probs_dropout_prob": enc.dropout,
+        "initializer_range": 0.02,
+        "pad_token_id": 0,
+        "tie_word_embeddings": true,
+    });
+    crate::io::write_dir_atomic(dir, |tmp| {
+        crate::checkpoint::save_params_with(model, &tmp.join("model.safetensors"), &|path| {
+            if path.starts_with("bert.pooler.") || path.starts_with("bert.classifier.") {
+                None
+            } else {
+                Some(mlm_candidates(path).remove(0))
+            }
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+        let json = serde_json::to_string_pretty(&config).map_err(std::io::Error::other)?;
+        std::fs::write(tmp.join("config.json"), json + "\n")?;
+        std::fs::copy(vocab, tmp.join("vocab.txt"))?;
+        Ok(())
+    })
+}
+
+impl<
+        const V: usize,
+        const M: usize,
+        const H: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const TT: usize,
+        const C: usize,
+        E: Real,
+        D: Device<E>,
+    > BertMlm<V, M, H, F, L, P, TT, C, E, D>
+{
+    /// 随机初始化（预训练的起点）：与 BERT 一样，权重的标准差 0.02（这里取同标准差的均匀分布）、偏置 0、层归一化 γ = 1。
+    pub fn init(dev: &D) -> Self {
+        use dfdx::nn::BuildModule;
+        let mut model = Self {
+            bert: BertParams::random(dev),
+            head: MlmHead {
+                dense: Linear::build(dev),
+                layer_norm: LayerNorm::build(dev),
+                bias: dev.zeros(),
+            },
+        };
+        crate::bert::model::bert_init(&mut model);
+        model
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -383,87 +465,5 @@ mod tests {
             model.bert.embeddings.word_embeddings.weight.as_vec(),
             embedding_before
         );
-    }
-}
-
-/// 把预训练好的模型存成 Hugging Face 的 `BertForMaskedLM` 目录：`config.json`、`model.safetensors`
-/// （`bert.*` 与 `cls.predictions.*`；池化层与分类头没有参加预训练，不写）、`vocab.txt`（从 `vocab` 复制）。整个目录原子地写入。
-pub fn save_mlm_dir<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E: Real + dfdx::tensor::safetensors::SafeDtype,
-    D: Device<E>,
->(
-    model: &BertMlm<V, M, H, F, L, P, TT, C, E, D>,
-    enc: &EncoderConfig,
-    vocab: &std::path::Path,
-    dir: &std::path::Path,
-) -> std::io::Result<()> {
-    let config = serde_json::json!({
-        "architectures": ["BertForMaskedLM"],
-        "model_type": "bert",
-        "vocab_size": V,
-        "hidden_size": M,
-        "num_attention_heads": H,
-        "intermediate_size": F,
-        "num_hidden_layers": L,
-        "max_position_embeddings": P,
-        "type_vocab_size": TT,
-        "hidden_act": "gelu",
-        "layer_norm_eps": enc.layer_norm_eps,
-        "hidden_dropout_prob": enc.dropout,
-        "attention_probs_dropout_prob": enc.dropout,
-        "initializer_range": 0.02,
-        "pad_token_id": 0,
-        "tie_word_embeddings": true,
-    });
-    crate::io::write_dir_atomic(dir, |tmp| {
-        crate::checkpoint::save_params_with(model, &tmp.join("model.safetensors"), &|path| {
-            if path.starts_with("bert.pooler.") || path.starts_with("bert.classifier.") {
-                None
-            } else {
-                Some(mlm_candidates(path).remove(0))
-            }
-        })
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let json = serde_json::to_string_pretty(&config).map_err(std::io::Error::other)?;
-        std::fs::write(tmp.join("config.json"), json + "\n")?;
-        std::fs::copy(vocab, tmp.join("vocab.txt"))?;
-        Ok(())
-    })
-}
-
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        E: Real,
-        D: Device<E>,
-    > BertMlm<V, M, H, F, L, P, TT, C, E, D>
-{
-    /// 随机初始化（预训练的起点）：与 BERT 一样，权重的标准差 0.02（这里取同标准差的均匀分布）、偏置 0、层归一化 γ = 1。
-    pub fn init(dev: &D) -> Self {
-        use dfdx::nn::BuildModule;
-        let mut model = Self {
-            bert: BertParams::random(dev),
-            head: MlmHead {
-                dense: Linear::build(dev),
-                layer_norm: LayerNorm::build(dev),
-                bias: dev.zeros(),
-            },
-        };
-        crate::bert::model::bert_init(&mut model);
-        model
     }
 }

@@ -407,6 +407,56 @@ impl<
     }
 }
 
+/// BERT 的初始化（`BertPreTrainedModel._init_weights`）：矩阵（线性层的权重、嵌入）取标准差 0.02
+/// （这里取同标准差的均匀分布 U(±0.02·√3)），偏置取 0，层归一化的 γ 取 1。从零预训练时用（附录 A）。
+pub fn bert_init<M2: dfdx::nn::tensor_collection::TensorCollection<E, D>, E: Real, D: Device<E>>(
+    module: &mut M2,
+) {
+    use dfdx::nn::tensor_collection::{
+        RecursiveWalker, ScalarOptions, TensorOptions as Opts, TensorViewer, TensorVisitor,
+        ViewTensorMut, ViewTensorName,
+    };
+    struct Init;
+    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Init {
+        type Viewer = (ViewTensorMut, ViewTensorName);
+        type Err = D::Err;
+        type E2 = E;
+        type D2 = D;
+        fn visit<S: Shape>(
+            &mut self,
+            _opts: Opts<S, E, D>,
+            (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, E, D>>,
+        ) -> Result<Option<Tensor<S, E, D>>, Self::Err> {
+            let dev = t.device().clone();
+            let shape = *t.shape();
+            *t = if S::NUM_DIMS >= 2 {
+                let bound = E::from_f64(0.02 * 3f64.sqrt()).unwrap();
+                dev.sample_like(&shape, rand_distr::Uniform::new(-bound, bound))
+            } else if path.ends_with("weight") {
+                dev.ones_like(&shape)
+            } else {
+                dev.zeros_like(&shape)
+            };
+            Ok(None)
+        }
+        fn visit_scalar<N: num_traits::NumCast>(
+            &mut self,
+            _opts: ScalarOptions<N>,
+            _h: <Self::Viewer as TensorViewer>::View<'_, N>,
+        ) -> Result<Option<N>, Self::Err> {
+            Ok(None)
+        }
+    }
+    M2::iter_tensors(&mut RecursiveWalker {
+        m: (module, String::new()),
+        f: &mut Init,
+    })
+    .expect("初始化不会失败");
+}
+
+/// 附录 A 离线预训练的中文迷你 BERT：字表 4096、隐藏 256、4 个头、前馈 1024、4 层、128 个位置，分类头 2 类。
+pub type MiniChineseBert<E, D> = BertParams<4096, 256, 4, 1024, 4, 128, 2, 2, E, D>;
+
 #[cfg(test)]
 mod grad_tests {
     use super::*;
@@ -474,53 +524,3 @@ mod grad_tests {
         assert!(emb[17 * 32..18 * 32].iter().any(|g| g.abs() > 1e-8));
     }
 }
-
-/// BERT 的初始化（`BertPreTrainedModel._init_weights`）：矩阵（线性层的权重、嵌入）取标准差 0.02
-/// （这里取同标准差的均匀分布 U(±0.02·√3)），偏置取 0，层归一化的 γ 取 1。从零预训练时用（附录 A）。
-pub fn bert_init<M2: dfdx::nn::tensor_collection::TensorCollection<E, D>, E: Real, D: Device<E>>(
-    module: &mut M2,
-) {
-    use dfdx::nn::tensor_collection::{
-        RecursiveWalker, ScalarOptions, TensorOptions as Opts, TensorViewer, TensorVisitor,
-        ViewTensorMut, ViewTensorName,
-    };
-    struct Init;
-    impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Init {
-        type Viewer = (ViewTensorMut, ViewTensorName);
-        type Err = D::Err;
-        type E2 = E;
-        type D2 = D;
-        fn visit<S: Shape>(
-            &mut self,
-            _opts: Opts<S, E, D>,
-            (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, E, D>>,
-        ) -> Result<Option<Tensor<S, E, D>>, Self::Err> {
-            let dev = t.device().clone();
-            let shape = *t.shape();
-            *t = if S::NUM_DIMS >= 2 {
-                let bound = E::from_f64(0.02 * 3f64.sqrt()).unwrap();
-                dev.sample_like(&shape, rand_distr::Uniform::new(-bound, bound))
-            } else if path.ends_with("weight") {
-                dev.ones_like(&shape)
-            } else {
-                dev.zeros_like(&shape)
-            };
-            Ok(None)
-        }
-        fn visit_scalar<N: num_traits::NumCast>(
-            &mut self,
-            _opts: ScalarOptions<N>,
-            _h: <Self::Viewer as TensorViewer>::View<'_, N>,
-        ) -> Result<Option<N>, Self::Err> {
-            Ok(None)
-        }
-    }
-    M2::iter_tensors(&mut RecursiveWalker {
-        m: (module, String::new()),
-        f: &mut Init,
-    })
-    .expect("初始化不会失败");
-}
-
-/// 附录 A 离线预训练的中文迷你 BERT：字表 4096、隐藏 256、4 个头、前馈 1024、4 层、128 个位置，分类头 2 类。
-pub type MiniChineseBert<E, D> = BertParams<4096, 256, 4, 1024, 4, 128, 2, 2, E, D>;

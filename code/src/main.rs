@@ -171,6 +171,24 @@ enum Command {
         #[arg(long, default_value = "cpu", value_name = "设备")]
         device: DeviceKind,
     },
+    /// 附录 A：完形填空——掩码语言模型在每个 [MASK] 位置上最可能的记号
+    FillMask {
+        /// BertForMaskedLM 的模型目录（如 pretrain 写出的 runs/mini-chinese-bert/model）
+        #[arg(long, value_name = "目录")]
+        model: PathBuf,
+        /// 每个位置给出几个
+        #[arg(long, default_value_t = 5, value_name = "个数")]
+        top: usize,
+        /// 输出 JSON（给 Python 的核对脚本用）
+        #[arg(long)]
+        json: bool,
+        /// 运行设备：cpu 或 cuda
+        #[arg(long, default_value = "cpu", value_name = "设备")]
+        device: DeviceKind,
+        /// 含 [MASK] 的文本（可给多段）
+        #[arg(required = true, value_name = "文本")]
+        texts: Vec<String>,
+    },
     /// 第 0 部分：比较 GELU 的三种导数，发现 dfdx accurate_gelu 反向传播的错误
     GeluGrad {
         /// 运行设备：cpu 或 cuda
@@ -300,6 +318,38 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         } => sentiment(epochs, max_steps, seed, post_ln, device, dry_run),
         Command::Parity => parity(),
         Command::Finetune(args) => finetune_command(*args),
+        Command::FillMask {
+            model,
+            top,
+            json,
+            device,
+            texts,
+        } => {
+            let job = llm_book::experiments::pretrain::FillMaskJob {
+                model_dir: model,
+                texts,
+                k: top,
+            };
+            let results = run_on(device, 0, job)??;
+            if json {
+                println!("{}", serde_json::to_string(&results)?);
+            } else {
+                for r in results {
+                    let top: Vec<String> = r
+                        .top
+                        .iter()
+                        .map(|(t, p)| format!("{t} {:.1}%", 100.0 * p))
+                        .collect();
+                    println!(
+                        "{}  第 {} 个 [MASK]：{}",
+                        r.text,
+                        r.index + 1,
+                        top.join("  ")
+                    );
+                }
+            }
+            Ok(())
+        }
         Command::Pretrain {
             out,
             steps,

@@ -288,3 +288,40 @@ fn finetune_writes_an_adapter_that_classify_can_use() {
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_dir_all(&data).unwrap();
 }
+
+#[test]
+fn fill_mask_agrees_with_transformers_on_the_tiny_model() {
+    // 参考：transformers 的 BertForMaskedLM 对 [CLS] 失 [MASK] 的 ! [MASK] [SEP] 算出的 logits（第 0 条）
+    let out = run(&[
+        "fill-mask",
+        "--json",
+        "--top",
+        "64",
+        "--model",
+        fixtures().join("tiny-bert-mlm").to_str().unwrap(),
+        "失[MASK]的![MASK]",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let ours: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let reference = llm_book::checkpoint::Checkpoint::read(
+        &fixtures().join("tiny-bert-mlm-reference.safetensors"),
+    )
+    .unwrap();
+    let logits = &reference.get("logits").unwrap().data;
+    let vocab: Vec<String> = std::fs::read_to_string(fixtures().join("tiny-bert-mlm/vocab.txt"))
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    for (k, position) in [2usize, 5].into_iter().enumerate() {
+        let row = &logits[position * 64..(position + 1) * 64];
+        let max = row.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+        let sum: f64 = row.iter().map(|z| (z - max).exp()).sum();
+        for item in ours[k]["top"].as_array().unwrap() {
+            let (token, p) = (item[0].as_str().unwrap(), item[1].as_f64().unwrap());
+            let id = vocab.iter().position(|t| t == token).unwrap();
+            let want = (row[id] - max).exp() / sum;
+            assert!((p - want).abs() < 1e-6, "{token}: {p} vs {want}");
+        }
+    }
+}

@@ -44,25 +44,20 @@ pub trait PresetTask {
     ) -> Self::Output;
 }
 
-/// 读 `dir/config.json`，按宽度与类别数选一个预设来运行 `task`。
+/// 读 `dir/config.json`，按宽度选一个预设来运行 `task`。类别数 C 取预设的：预训练的检查点没有分类头，
+/// `config.json` 里的类别数对它没有意义；有分类头时，读权重时会核对它的形状 `(C, M)`。
 pub fn dispatch_preset<T: PresetTask>(dir: &Path, task: T) -> Result<T::Output, PresetError> {
     let path = dir.join("config.json");
     let config = HfBertConfig::read(&path)?;
     let widths = config.widths();
-    let labels = config.num_labels();
-    match (widths, labels) {
-        ([21128, 768, 12, 3072, 12, 512, 2], 2) => {
-            Ok(task.run::<21128, 768, 12, 3072, 12, 512, 2, 2>())
-        }
-        ([4096, 256, 4, 1024, 4, 128, 2], 2) => Ok(task.run::<4096, 256, 4, 1024, 4, 128, 2, 2>()),
-        ([30522, 384, 12, 1536, 6, 512, 2], 2) => {
-            Ok(task.run::<30522, 384, 12, 1536, 6, 512, 2, 2>())
-        }
-        ([64, 32, 4, 48, 2, 24, 2], 3) => Ok(task.run::<64, 32, 4, 48, 2, 24, 2, 3>()),
+    match widths {
+        [21128, 768, 12, 3072, 12, 512, 2] => Ok(task.run::<21128, 768, 12, 3072, 12, 512, 2, 2>()),
+        [4096, 256, 4, 1024, 4, 128, 2] => Ok(task.run::<4096, 256, 4, 1024, 4, 128, 2, 2>()),
+        [30522, 384, 12, 1536, 6, 512, 2] => Ok(task.run::<30522, 384, 12, 1536, 6, 512, 2, 2>()),
+        [64, 32, 4, 48, 2, 24, 2] => Ok(task.run::<64, 32, 4, 48, 2, 24, 2, 3>()),
         _ => Err(PresetError::NoPreset {
             path: path.display().to_string(),
             widths,
-            labels,
         }),
     }
 }
@@ -137,8 +132,6 @@ pub enum PresetError {
         path: String,
         /// 文件中的宽度。
         widths: [usize; 7],
-        /// 类别数。
-        labels: usize,
     },
     /// 这个秩没有编译进来。
     NoRank(usize),
@@ -150,10 +143,10 @@ impl fmt::Display for PresetError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             PresetError::Config(e) => e.fmt(f),
-            PresetError::NoPreset { path, widths, labels } => {
+            PresetError::NoPreset { path, widths } => {
                 write!(
                     f,
-                    "{path} 的模型（宽度 [vocab_size, hidden_size, num_attention_heads, intermediate_size, num_hidden_layers, max_position_embeddings, type_vocab_size] = {widths:?}，{labels} 类）没有编译进本程序。可用的预设："
+                    "{path} 的模型（宽度 [vocab_size, hidden_size, num_attention_heads, intermediate_size, num_hidden_layers, max_position_embeddings, type_vocab_size] = {widths:?}）没有编译进本程序。可用的预设："
                 )?;
                 for (name, w, c) in PRESETS {
                     write!(f, "\n  {name}：{w:?}，{c} 类")?;

@@ -82,6 +82,13 @@ impl BertTokenizer {
             ("[SEP]".into(), sep),
             ("[CLS]".into(), cls),
         )));
+        // 文本里写的 “[MASK]” 等要当成一个特殊记号，而不是拆成 “[”“mask”“]”（与 transformers 的 BertTokenizer 相同）
+        let specials: Vec<tokenizers::AddedToken> = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+            .into_iter()
+            .filter(|t| inner.token_to_id(t).is_some())
+            .map(|t| tokenizers::AddedToken::from(t, true))
+            .collect();
+        inner.add_special_tokens(specials);
         Ok(Self {
             inner,
             truncating: Default::default(),
@@ -122,6 +129,11 @@ impl BertTokenizer {
     /// 一个记号的 id（不在词表里时为 `None`）。
     pub fn token_id(&self, token: &str) -> Option<usize> {
         self.inner.token_to_id(token).map(|i| i as usize)
+    }
+
+    /// id 对应的记号（不在词表里时为 `None`）。
+    pub fn token(&self, id: usize) -> Option<String> {
+        self.inner.id_to_token(id as u32)
     }
 
     /// 词表大小。

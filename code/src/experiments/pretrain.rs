@@ -89,3 +89,134 @@ impl DeviceTask for PretrainJob<'_> {
         Ok(rows)
     }
 }
+
+/// 一个 `[MASK]` 位置上概率最高的几个记号。
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct FillMask {
+    /// 输入的文本。
+    pub text: String,
+    /// 这是文本中第几个 `[MASK]`（从 0 数）。
+    pub index: usize,
+    /// (记号, 概率)，按概率从高到低。
+    pub top: Vec<(String, f64)>,
+}
+
+/// `fill-mask` 命令：读一个 `BertForMaskedLM` 目录，给出每个 `[MASK]` 位置上最可能的 `k` 个记号。
+pub struct FillMaskJob {
+    /// 模型目录（`config.json`、`model.safetensors` 含 `cls.predictions.*`、`vocab.txt` 或 `tokenizer.json`）。
+    pub model_dir: PathBuf,
+    /// 含 `[MASK]` 的文本。
+    pub texts: Vec<String>,
+    /// 每个位置给出几个。
+    pub k: usize,
+}
+
+impl DeviceTask for FillMaskJob {
+    type Output = anyhow::Result<Vec<FillMask>>;
+    fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
+        let dir = self.model_dir.clone();
+        crate::bert::presets::dispatch_preset(
+            &dir,
+            FillOn {
+                job: self,
+                dev: &dev,
+            },
+        )?
+    }
+}
+
+struct FillOn<'a, D> {
+    job: FillMaskJob,
+    dev: &'a D,
+}
+
+impl<D: Device<f32>> crate::bert::presets::PresetTask for FillOn<'_, D> {
+    type Output = anyhow::Result<Vec<FillMask>>;
+    fn run<
+        const V: usize,
+        const M: usize,
+        const H: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const TT: usize,
+        const C: usize,
+    >(
+        self,
+    ) -> Self::Output {
+        let job = self.job;
+        let config_path = job.model_dir.join("config.json");
+        let enc = crate::bert::config::HfBertConfig::read(&config_path)?
+            .check(&config_path, [V, M, H, F, L, P, TT])?;
+        let mut model = BertMlm::<V, M, H, F, L, P, TT, C, f32, D>::init(self.dev);
+        let weights = job.model_dir.join("model.safetensors");
+        // 池化层与分类头不是掩码语言模型的参数：缺了不算错；缺了 cls.predictions 就不是 BertForMaskedLM
+        match crate::checkpoint::Checkpoint::read(&weights)?.load_into_with(
+            &mut model,
+            &crate::bert::mlm::mlm_candidates,
+            &|_| true,
+        ) {
+            Ok(()) => {}
+            Err(crate::checkpoint::CheckpointError::Mismatch {
+                missing,
+                shape_mismatch,
+                ..
+            }) if shape_mismatch.is_empty()
+                && missing
+                    .iter()
+                    .all(|k| k.starts_with("bert.pooler.") || k.starts_with("classifier.")) => {}
+            Err(e) => return Err(e).context(
+                "读掩码语言模型的权重失败（需要 cls.predictions.*，即 BertForMaskedLM 存的文件）",
+            ),
+        }
+        let tokenizer = BertTokenizer::from_dir(&job.model_dir)?;
+        let mask_id = tokenizer
+            .token_id("[MASK]")
+            .context("分词器的词表里没有 [MASK]")?;
+        let vocab: Vec<String> = (0..V)
+            .map(|i| tokenizer.token(i).unwrap_or_else(|| format!("#{i}")))
+            .collect();
+        let mut out = Vec::new();
+        for text in &job.texts {
+            let ids = tokenizer.encode(text, None, P)?.ids;
+            let positions: Vec<(usize, usize)> = ids
+                .iter()
+                .enumerate()
+                .filter(|(_, &id)| id == mask_id)
+                .map(|(j, _)| (0, j))
+                .collect();
+            if positions.is_empty() {
+                anyhow::bail!("文本里没有 [MASK]：{text}");
+            }
+            let n = ids.len();
+            let tokens = self.dev.tensor_from_vec(ids, (1, n));
+            let mask = crate::transformer::attention::PaddingMask::from_lengths(self.dev, &[n], n)?;
+            let logits = model
+                .logits(
+                    &enc,
+                    tokens,
+                    &mask,
+                    &positions,
+                    crate::transformer::encoder::Mode::Eval,
+                )?
+                .as_vec();
+            for (index, row) in logits.chunks(V).enumerate() {
+                let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let exp: Vec<f64> = row.iter().map(|&z| ((z - max) as f64).exp()).collect();
+                let sum: f64 = exp.iter().sum();
+                let mut order: Vec<usize> = (0..V).collect();
+                order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]));
+                out.push(FillMask {
+                    text: text.clone(),
+                    index,
+                    top: order
+                        .iter()
+                        .take(job.k)
+                        .map(|&i| (vocab[i].clone(), exp[i] / sum))
+                        .collect(),
+                });
+            }
+        }
+        Ok(out)
+    }
+}

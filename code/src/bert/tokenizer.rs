@@ -88,7 +88,9 @@ impl BertTokenizer {
             .filter(|t| inner.token_to_id(t).is_some())
             .map(|t| tokenizers::AddedToken::from(t, true))
             .collect();
-        inner.add_special_tokens(specials);
+        inner
+            .add_special_tokens(specials)
+            .map_err(|e| TokenizerError::new(vocab, e))?;
         Ok(Self {
             inner,
             truncating: Default::default(),

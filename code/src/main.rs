@@ -207,8 +207,14 @@ struct FinetuneArgs {
     #[arg(long, value_name = "目录")]
     out: PathBuf,
     /// 全量微调（默认 LoRA）
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["probe", "scratch"])]
     full: bool,
+    /// 线性探测：冻结 BERT，只训练分类头
+    #[arg(long, conflicts_with = "scratch")]
+    probe: bool,
+    /// 从零训练：同样的结构随机初始化，不用预训练的权重（对照）
+    #[arg(long)]
+    scratch: bool,
     /// 从 PEFT 的 adapter_config.json 读 LoRA 配置（给了它就忽略 --r、--alpha、--targets、--lora-dropout）
     #[arg(long, value_name = "文件")]
     lora_config: Option<PathBuf>,
@@ -238,7 +244,7 @@ struct FinetuneArgs {
     /// 批大小
     #[arg(long, default_value_t = 32, value_name = "条数")]
     batch_size: usize,
-    /// 峰值学习率（默认：LoRA 5e-4，全量 3e-5）
+    /// 峰值学习率（默认：全量微调 3e-5，其余 5e-4）
     #[arg(long, value_name = "学习率")]
     lr: Option<f64>,
     /// 预热步数占总步数的比例
@@ -798,6 +804,10 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
 
     let method = if a.full {
         Method::Full
+    } else if a.probe {
+        Method::Probe
+    } else if a.scratch {
+        Method::Scratch
     } else if let Some(path) = &a.lora_config {
         Method::Lora(Box::new(LoraConfig::read(path)?))
     } else {

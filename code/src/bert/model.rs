@@ -407,6 +407,63 @@ impl<
     }
 }
 
+/// 线性探测：BERT 全部冻结，只训练分类头（对照 LoRA 与全量微调，附录 A）。
+#[derive(Clone, Debug)]
+pub struct LinearProbe<
+    const V: usize,
+    const M: usize,
+    const H: usize,
+    const F: usize,
+    const L: usize,
+    const P: usize,
+    const TT: usize,
+    const C: usize,
+    E: Dtype,
+    D: Device<E>,
+> {
+    /// 冻结的 BERT（优化器看不到它）。
+    pub base: BertParams<V, M, H, F, L, P, TT, C, E, D>,
+    /// 可训练的分类头（从基座的分类头复制）。
+    pub head: Linear<M, C, E, D>,
+    /// 超参数。
+    pub config: EncoderConfig,
+}
+
+impl<
+        const V: usize,
+        const M: usize,
+        const H: usize,
+        const F: usize,
+        const L: usize,
+        const P: usize,
+        const TT: usize,
+        const C: usize,
+        E: Real,
+        D: Device<E>,
+    > crate::train::SequenceClassifier<C, E, D> for LinearProbe<V, M, H, F, L, P, TT, C, E, D>
+{
+    type Params = Linear<M, C, E, D>;
+    fn params(&self) -> &Self::Params {
+        &self.head
+    }
+    fn params_mut(&mut self) -> &mut Self::Params {
+        &mut self.head
+    }
+    fn logits<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        tokens: Tensor<(usize, usize), usize, D, T>,
+        mask: &PaddingMask<E, D>,
+        mode: Mode,
+    ) -> Result<Tensor<(usize, Const<C>), E, D, T>, InputError> {
+        Ok(self
+            .base
+            .forward_with_head(&self.head, &self.config, tokens, None, mask, mode, |_| {
+                NoHooks
+            })?
+            .logits)
+    }
+}
+
 /// BERT 的初始化（`BertPreTrainedModel._init_weights`）：矩阵（线性层的权重、嵌入）取标准差 0.02
 /// （这里取同标准差的均匀分布 U(±0.02·√3)），偏置取 0，层归一化的 γ 取 1。从零预训练时用（附录 A）。
 pub fn bert_init<M2: dfdx::nn::tensor_collection::TensorCollection<E, D>, E: Real, D: Device<E>>(

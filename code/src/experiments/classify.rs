@@ -30,6 +30,10 @@ use crate::transformer::encoder::Mode;
 pub enum Method {
     /// 全量微调。
     Full,
+    /// 不用预训练的权重：同样的结构随机初始化（BERT 的初始化），全部参数从零训练。
+    Scratch,
+    /// 线性探测：冻结 BERT，只训练分类头。
+    Probe,
     /// PEFT 风格的 LoRA。
     Lora(Box<LoraConfig>),
 }
@@ -55,8 +59,19 @@ pub struct FinetuneSummary {
     pub all: usize,
     /// 训练报告。
     pub report: FinetuneReport,
+    /// 进程的峰值常驻内存（字节；Linux 的 VmHWM，其他系统为 `None`）。
+    #[serde(default)]
+    pub peak_rss_bytes: Option<u64>,
     /// 机器。
     pub machine: String,
+}
+
+/// 本进程的峰值常驻内存（`/proc/self/status` 的 VmHWM），读不到时为 `None`。
+pub fn peak_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 // ANCHOR: encode
@@ -159,9 +174,28 @@ impl<D: Device<f32>> PresetTask for OnDevice<'_, '_, D> {
         let data = encode_reviews(&model.tokenizer, job.splits, job.max_len.min(P))?;
         let unk_ratio = unk_ratio(&model.tokenizer, &data);
         match job.method.clone() {
-            Method::Full => {
+            Method::Probe => {
+                let mut probe = crate::bert::model::LinearProbe {
+                    head: model.params.classifier.clone(),
+                    base: model.params,
+                    config: model.config,
+                };
+                let all = dfdx::nn::NumParams::num_trainable_params(&probe.base);
+                let counts = TrainableParams {
+                    trainable: dfdx::nn::NumParams::num_trainable_params(&probe.head),
+                    all,
+                };
+                (job.on_start)(counts, model.head, unk_ratio);
+                let report = run_finetune(&mut probe, self.dev, &data, &mut job)?;
+                Ok(report.map(|r| summary(&job, counts, unk_ratio, r)))
+            }
+            Method::Full | Method::Scratch => {
+                let mut params = model.params;
+                if job.method == Method::Scratch {
+                    crate::bert::model::bert_init(&mut params);
+                }
                 let mut classifier = BertClassifier {
-                    params: model.params,
+                    params,
                     config: model.config,
                 };
                 let n = dfdx::nn::NumParams::num_trainable_params(&classifier.params);
@@ -292,6 +326,7 @@ fn summary(
         trainable: counts.trainable,
         all: counts.all,
         report,
+        peak_rss_bytes: peak_rss_bytes(),
         machine: super::machine_description(),
     }
 }

@@ -140,6 +140,14 @@ impl<E: Real + dfdx::tensor::safetensors::SafeDtype> AdamW<E> {
     }
     // ANCHOR_END: step
 
+    /// 状态（全部的 m、v）占的字节数。
+    pub fn state_bytes(&self) -> usize {
+        self.moments
+            .values()
+            .map(|(m, v)| (m.len() + v.len()) * std::mem::size_of::<E>())
+            .sum()
+    }
+
     /// 存成 safetensors：`m.路径`、`v.路径`（与参数同样的元素类型，读回后逐位相同），步数写在 `t` 里。
     pub fn save(&self, path: &std::path::Path) -> Result<(), CheckpointError> {
         let mut tensors: Vec<(String, Vec<usize>, Vec<E>)> =

@@ -117,6 +117,9 @@ pub struct FinetuneReport {
     pub seconds_per_step: f64,
     /// 平均每批的填充比例（填充的位置 / 全部位置）。
     pub padding_ratio: f64,
+    /// 优化器状态（AdamW 的 m、v）占的字节数。
+    #[serde(default)]
+    pub optimizer_bytes: usize,
 }
 
 /// 训练过程中的事件（给进度条用）。返回 `ControlFlow::Break` 会立刻停下（模拟中断；检查点保留最近写的那个）。
@@ -382,6 +385,7 @@ where
         steps: state.step,
         seconds_per_step: state.train_seconds / state.step.max(1) as f64,
         padding_ratio: padded as f64 / positions.max(1) as f64,
+        optimizer_bytes: opt.state_bytes(),
     };
     let json = serde_json::to_string_pretty(&report).expect("报告总能写成 JSON") + "\n";
     let path = out.join("report.json");

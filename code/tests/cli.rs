@@ -325,3 +325,42 @@ fn fill_mask_agrees_with_transformers_on_the_tiny_model() {
         }
     }
 }
+
+#[test]
+fn probe_and_scratch_train_what_they_say() {
+    let data = temp("data-probe");
+    toy_corpus(&data);
+    let base = fixtures().join("tiny-bert");
+    for (flag, trainable) in [("--probe", 32 * 3 + 3), ("--scratch", 20_230 - 1_123)] {
+        let out = temp(&format!("method{flag}"));
+        let o = run(&[
+            "finetune",
+            flag,
+            "--model",
+            base.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "8",
+        ]);
+        assert!(o.status.success(), "{flag}: {}", stderr(&o));
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        let n = summary["trainable"].as_u64().unwrap() as usize;
+        // 线性探测只有分类头；从零训练是全部参数（PEFT 数的 20,230 里有 LoRA 与分类头副本的 1,123 个）
+        assert_eq!(n, trainable, "{flag}");
+        // AdamW 的 m、v：每个可训练参数两个 f32
+        assert_eq!(
+            summary["report"]["optimizer_bytes"].as_u64().unwrap() as usize,
+            2 * 4 * n
+        );
+        assert!(summary["peak_rss_bytes"].as_u64().unwrap() > 1_000_000);
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    std::fs::remove_dir_all(&data).unwrap();
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # 附录 A 的对比表：在预训练好的中文迷你 BERT 上，从零训练、线性探测、全量微调与不同秩的 LoRA，各跑几个种子。
 # 结果写进 code/results/part-a/<方法>-s<种子>.json；`cargo run --release -- lora-table` 汇总成表与图（待做）。
-# 用法（在仓库根目录）：bash code/scripts/lora-table.sh [种子个数，默认 3]
+# 用法（在仓库根目录）：bash code/scripts/lora-table.sh [种子个数，默认 3] [方法…，默认全部]
 # 需要先运行 `cargo run --release -- pretrain`（得到 code/runs/mini-chinese-bert/model）。
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -25,6 +25,7 @@ declare -A runs=(
 )
 # ANCHOR_END: runs
 order=(scratch probe full lora-r1 lora-r4 lora-r8 lora-r16 lora-all-r8)
+if [ $# -gt 1 ]; then order=("${@:2}"); fi
 for seed in $(seq 0 $((seeds - 1))); do
   for name in "${order[@]}"; do
     out="$(mktemp -d)"

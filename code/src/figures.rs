@@ -98,6 +98,11 @@ pub fn all() -> Vec<Figure> {
             about: "1.8 节：Pre-LN 与 Post-LN，学习率 3e-3（读 results/part1-ln-stability.json）",
             render: || ln_stability_figure(0.003),
         },
+        Figure {
+            file: "appendix-a-pretrain.svg",
+            about: "附录 A：中文迷你 BERT 预训练时，留出文本上掩码位置的损失与准确率",
+            render: pretrain_figure,
+        },
     ]
 }
 
@@ -459,6 +464,50 @@ fn efficiency_figure() -> anyhow::Result<String> {
         x_label: "秩 r".into(),
         y_label: "LoRA 参数 / 原矩阵参数（%）".into(),
         series,
+    }
+    .to_svg()
+}
+
+fn pretrain_figure() -> anyhow::Result<String> {
+    use crate::experiments::pretrain::PretrainSummary;
+    let r: PretrainSummary = load_result(
+        "appendix-a-pretrain",
+        "pretrain --record appendix-a-pretrain",
+    )?;
+    LineChart {
+        title: "中文迷你 BERT 的掩码语言模型预训练（留出的验证集）".into(),
+        x_label: "步数".into(),
+        y_label: "损失 / 准确率".into(),
+        series: vec![
+            Series {
+                name: "训练损失".into(),
+                points: r
+                    .rows
+                    .iter()
+                    .map(|x| (x.step as f64, x.train_loss))
+                    .collect(),
+                ..Default::default()
+            },
+            Series {
+                name: "验证损失".into(),
+                points: r
+                    .rows
+                    .iter()
+                    .map(|x| (x.step as f64, x.valid.loss))
+                    .collect(),
+                dashed: true,
+                ..Default::default()
+            },
+            Series {
+                name: "验证准确率 × 10".into(),
+                points: r
+                    .rows
+                    .iter()
+                    .map(|x| (x.step as f64, 10.0 * x.valid.accuracy))
+                    .collect(),
+                ..Default::default()
+            },
+        ],
     }
     .to_svg()
 }

@@ -167,6 +167,9 @@ enum Command {
         /// 语料目录（neg.txt、pos.txt）
         #[arg(long, value_name = "目录")]
         data: Option<PathBuf>,
+        /// 把结果另存为 code/results/<名字>.json（书中引用）
+        #[arg(long, value_name = "名字")]
+        record: Option<String>,
         /// 运行设备：cpu 或 cuda
         #[arg(long, default_value = "cpu", value_name = "设备")]
         device: DeviceKind,
@@ -366,6 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             resume,
             data,
+            record,
             device,
         } => {
             let config = llm_book::train::pretrain::PretrainConfig {
@@ -379,7 +383,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seed,
                 ..Default::default()
             };
-            pretrain_command(config, max_len.min(128), out, resume, data, device)
+            pretrain_command(config, max_len.min(128), out, resume, data, record, device)
         }
         Command::Classify {
             model,
@@ -981,6 +985,7 @@ fn pretrain_command(
     out: PathBuf,
     resume: bool,
     data: Option<PathBuf>,
+    record: Option<String>,
     device: DeviceKind,
 ) -> anyhow::Result<()> {
     use llm_book::experiments::pretrain::PretrainJob;
@@ -1024,9 +1029,9 @@ fn pretrain_command(
         on_start: &mut on_start,
         on_event: &mut on_event,
     };
-    let rows = run_on(device, config.seed, job)??.expect("没有中断时总有结果");
+    let summary = run_on(device, config.seed, job)??.expect("没有中断时总有结果");
     bar.finish_and_clear();
-    let last = rows.last().expect("至少评估一次");
+    let last = summary.rows.last().expect("至少评估一次");
     println!(
         "完成：{} 步，每步 {:.3} 秒（{}）；模型写入 {}",
         last.step,
@@ -1034,5 +1039,13 @@ fn pretrain_command(
         llm_book::experiments::machine_description(),
         out.join("model").display()
     );
+    let text = serde_json::to_string_pretty(&summary)? + "\n";
+    write_atomic(&out.join("summary.json"), text.as_bytes())?;
+    if let Some(name) = &record {
+        println!(
+            "另存为 {}",
+            llm_book::experiments::save_result(name, &summary)?.display()
+        );
+    }
     Ok(())
 }

@@ -22,6 +22,25 @@ pub const VOCAB_SIZE: usize = 4096;
 /// 预训练时的 dropout（BERT 的 0.1）。
 pub const DROPOUT: f64 = 0.1;
 
+/// 预训练的结果（`pretrain --record 名字` 另存为 `code/results/<名字>.json`，附录 A 引用）。
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct PretrainSummary {
+    /// 超参数。
+    pub config: PretrainConfig,
+    /// 最大长度。
+    pub max_len: usize,
+    /// 训练句数、留出句数。
+    pub sentences: (usize, usize),
+    /// 训练集里 [UNK] 的比例。
+    pub unk_ratio: f64,
+    /// 参数个数（BERT 本体 + MLM 输出头，不含没有参加预训练的池化层与分类头）。
+    pub params: usize,
+    /// 每次评估的记录。
+    pub rows: Vec<PretrainRow>,
+    /// 机器。
+    pub machine: String,
+}
+
 /// 预训练命令的输入。
 pub struct PretrainJob<'a> {
     /// 语料。
@@ -41,7 +60,7 @@ pub struct PretrainJob<'a> {
 }
 
 impl DeviceTask for PretrainJob<'_> {
-    type Output = anyhow::Result<Option<Vec<PretrainRow>>>;
+    type Output = anyhow::Result<Option<PretrainSummary>>;
     fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("无法创建输出目录 {}", self.out.display()))?;
@@ -65,13 +84,14 @@ impl DeviceTask for PretrainJob<'_> {
             train: train.iter().map(|ids| (ids.clone(), 0)).collect(),
             ..Default::default()
         };
-        (self.on_start)(
-            train.len(),
-            valid.len(),
-            super::classify::unk_ratio(&tokenizer, &data),
-        );
+        let unk_ratio = super::classify::unk_ratio(&tokenizer, &data);
+        (self.on_start)(train.len(), valid.len(), unk_ratio);
         let enc = bert_config(1e-12, DROPOUT, 128);
         let mut model = BertMlm::<VOCAB_SIZE, 256, 4, 1024, 4, 128, 2, 2, f32, D>::init(&dev);
+        // 池化层与分类头不参加预训练，不算
+        let params = dfdx::nn::NumParams::num_trainable_params(&model)
+            - dfdx::nn::NumParams::num_trainable_params(&model.bert.pooler)
+            - dfdx::nn::NumParams::num_trainable_params(&model.bert.classifier);
         let rows = pretrain(
             &mut model,
             &enc,
@@ -83,10 +103,17 @@ impl DeviceTask for PretrainJob<'_> {
             self.resume,
             self.on_event,
         )?;
-        if rows.is_some() {
-            save_mlm_dir(&model, &enc, &vocab_path, &self.out.join("model"))?;
-        }
-        Ok(rows)
+        let Some(rows) = rows else { return Ok(None) };
+        save_mlm_dir(&model, &enc, &vocab_path, &self.out.join("model"))?;
+        Ok(Some(PretrainSummary {
+            config: self.config,
+            max_len: self.max_len,
+            sentences: (train.len(), valid.len()),
+            unk_ratio,
+            params,
+            rows,
+            machine: super::machine_description(),
+        }))
     }
 }
 

@@ -215,7 +215,7 @@ where
             SPECIAL_TOKENS.len(),
             V,
         );
-        let (loss, _) = mlm_loss(model, enc, dev, &masked, Some(grads), Mode::Train)?;
+        let (loss, _) = mlm_loss(model, enc, dev, &masked, |t| t.traced(grads), Mode::Train)?;
         let value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
         grads = loss.backward();
         let info = opt.step(
@@ -264,7 +264,7 @@ where
 }
 // ANCHOR_END: pretrain
 
-/// 一批掩码后的输入上的 MLM 损失，以及预测对的个数。`grads` 为 `Some` 时带 tape（训练）。
+/// 一批掩码后的输入上的 MLM 损失，以及预测对的个数。`trace` 给输入挂上 tape（训练）或原样返回（评估，不分配梯度）。
 fn mlm_loss<
     const V: usize,
     const M: usize,
@@ -276,14 +276,15 @@ fn mlm_loss<
     const C: usize,
     E: Real,
     D: Device<E>,
+    T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
 >(
     model: &BertMlm<V, M, H, F, L, P, TT, C, E, D>,
     enc: &EncoderConfig,
     dev: &D,
     masked: &Masked,
-    grads: Option<Gradients<E, D>>,
+    trace: impl FnOnce(Tensor<(usize, usize), usize, D>) -> Tensor<(usize, usize), usize, D, T>,
     mode: Mode,
-) -> Result<(Tensor<Rank0, E, D, OwnedTape<E, D>>, usize), FinetuneError> {
+) -> Result<(Tensor<Rank0, E, D, T>, usize), FinetuneError> {
     let examples: Vec<(&[usize], usize)> =
         masked.input.iter().map(|ids| (ids.as_slice(), 0)).collect();
     let batch = make_batch::<E, D>(dev, &examples);
@@ -294,9 +295,7 @@ fn mlm_loss<
         onehot[k * V + id] = E::ONE;
     }
     let target = dev.tensor_from_vec(onehot, (n, Const::<V>));
-    let tokens = batch
-        .tokens
-        .traced(grads.unwrap_or_else(|| model.alloc_grads()));
+    let tokens = trace(batch.tokens);
     let logits = model.logits(enc, tokens, &batch.mask, &positions, mode)?;
     let rows = logits.retaped::<NoneTape>().as_vec();
     let correct = rows
@@ -346,7 +345,7 @@ pub fn evaluate_mlm<
             SPECIAL_TOKENS.len(),
             V,
         );
-        let (loss, ok) = mlm_loss(model, enc, dev, &masked, None, Mode::Eval)?;
+        let (loss, ok) = mlm_loss(model, enc, dev, &masked, |t| t, Mode::Eval)?;
         let n = masked.targets.len();
         loss_sum += loss.as_vec()[0].to_f64().unwrap_or(f64::NAN) * n as f64;
         correct += ok;

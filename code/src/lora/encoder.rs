@@ -291,6 +291,18 @@ pub struct LayerAdapters<
 impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Device<E>>
     LayerAdapters<M, F, R, Tg, E, D>
 {
+    /// 新建一层的适配器：每个被选中的位置 A 随机、B = 0。
+    pub fn init(dev: &D) -> Self {
+        Self {
+            w_q: Adapter::init(dev),
+            w_k: Adapter::init(dev),
+            w_v: Adapter::init(dev),
+            w_o: Adapter::init(dev),
+            linear1: Adapter::init(dev),
+            linear2: Adapter::init(dev),
+        }
+    }
+
     /// 把这一层的适配器合并进编码器层的六个线性层（W ← W + (α/r)·BA）。
     pub fn merge_into<const H: usize>(
         &self,
@@ -456,16 +468,7 @@ where
         head: Head,
     ) -> Self {
         let dev = base.params.head.weight.device().clone();
-        let layers = (0..L)
-            .map(|_| LayerAdapters {
-                w_q: Adapter::init(&dev),
-                w_k: Adapter::init(&dev),
-                w_v: Adapter::init(&dev),
-                w_o: Adapter::init(&dev),
-                linear1: Adapter::init(&dev),
-                linear2: Adapter::init(&dev),
-            })
-            .collect();
+        let layers = (0..L).map(|_| LayerAdapters::init(&dev)).collect();
         let head = match head {
             Head::CopyBase => base.params.head.clone(),
             Head::Fresh => Linear::build(&dev),

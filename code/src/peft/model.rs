@@ -17,7 +17,7 @@ use crate::basics::tensors::Real;
 use crate::bert::hf::hf_candidates;
 use crate::bert::model::{BertOutput, BertParams};
 use crate::checkpoint::{save_params_with, Checkpoint};
-use crate::lora::encoder::{Adapter, AdapterHooks, LayerAdapters, LoraAdapters, Targets};
+use crate::lora::encoder::{AdapterHooks, LayerAdapters, LoraAdapters, Targets};
 use crate::lora::layer::LoraOptions;
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::encoder::{EncoderConfig, InputError, Mode};
@@ -181,16 +181,7 @@ where
     ) -> Result<Self, PeftError> {
         check_against_types::<R, L, Tg>(&lora)?;
         let dev = base.classifier.weight.device().clone();
-        let layers = (0..L)
-            .map(|_| LayerAdapters {
-                w_q: Adapter::init(&dev),
-                w_k: Adapter::init(&dev),
-                w_v: Adapter::init(&dev),
-                w_o: Adapter::init(&dev),
-                linear1: Adapter::init(&dev),
-                linear2: Adapter::init(&dev),
-            })
-            .collect();
+        let layers = (0..L).map(|_| LayerAdapters::init(&dev)).collect();
         let head = base.classifier.clone();
         Ok(Self {
             base,

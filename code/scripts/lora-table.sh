@@ -2,6 +2,7 @@
 # 附录 A 的对比表：在预训练好的中文迷你 BERT 上，从零训练、线性探测、全量微调与不同秩的 LoRA，各跑几个种子。
 # 结果写进 code/results/part-a/<方法>-s<种子>.json；`cargo run --release -- lora-table` 汇总成表与图（待做）。
 # 用法（在仓库根目录）：bash code/scripts/lora-table.sh [种子个数，默认 3] [方法…，默认全部]
+# 已有结果文件的格会跳过（设 LLM_BOOK_RERUN=1 重跑），所以可以分几次跑完。
 # 需要先运行 `cargo run --release -- pretrain`（得到 code/runs/mini-chinese-bert/model）。
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -28,6 +29,10 @@ order=(scratch probe full lora-r1 lora-r4 lora-r8 lora-r16 lora-all-r8)
 if [ $# -gt 1 ]; then order=("${@:2}"); fi
 for seed in $(seq 0 $((seeds - 1))); do
   for name in "${order[@]}"; do
+    if [ -f "code/results/part-a/$name-s$seed.json" ] && [ -z "${LLM_BOOK_RERUN:-}" ]; then
+      echo "==> $name 种子 $seed：已有结果，跳过（LLM_BOOK_RERUN=1 则重跑）"
+      continue
+    fi
     out="$(mktemp -d)"
     echo "==> $name 种子 $seed：${runs[$name]}"
     # shellcheck disable=SC2086

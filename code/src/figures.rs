@@ -103,6 +103,11 @@ pub fn all() -> Vec<Figure> {
             about: "附录 A：中文迷你 BERT 预训练时，留出文本上掩码位置的损失与准确率",
             render: pretrain_figure,
         },
+        Figure {
+            file: "appendix-a-lora-table.svg",
+            about: "附录 A：测试准确率与可训练参数（读 results/appendix-a-table.json）",
+            render: lora_table_figure,
+        },
     ]
 }
 
@@ -508,6 +513,38 @@ fn pretrain_figure() -> anyhow::Result<String> {
                 ..Default::default()
             },
         ],
+    }
+    .to_svg()
+}
+
+fn lora_table_figure() -> anyhow::Result<String> {
+    use crate::experiments::lora_table::LoraTable;
+    use crate::plot::{Point, ScatterChart};
+    let t: LoraTable = load_result("appendix-a-table", "lora-table")?;
+    ScatterChart {
+        title: format!(
+            "中文迷你 BERT 上的情感分类（{} 步，均值 ± 标准差）",
+            t.steps
+        ),
+        x_label: "可训练参数（对数坐标）".into(),
+        y_label: "测试准确率（%）".into(),
+        points: t
+            .rows
+            .iter()
+            .map(|r| Point {
+                label: r.method.split('（').next().unwrap_or(&r.method).to_string()
+                    + if r.kind == 3 {
+                        "（全部线性层）"
+                    } else {
+                        ""
+                    },
+                x: r.trainable as f64,
+                y: 100.0 * r.accuracy.mean,
+                err: 100.0 * r.accuracy.std,
+                color: r.kind,
+            })
+            .collect(),
+        log_x: true,
     }
     .to_svg()
 }

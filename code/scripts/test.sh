@@ -33,8 +33,9 @@ step 0/8 "准备工具（rustfmt、clippy、mdbook $MDBOOK_VERSION、mdbook-kate
 ensure_rust_components
 ensure_book_tools
 
-step 1/8 "cargo fmt --check"
+step 1/8 "cargo fmt --check；打过补丁的 dfdx 正好是“crates.io 原包 + code/vendor/dfdx.patch”"
 cargo fmt --all -- --check
+bash code/scripts/vendor-dfdx.sh --check
 
 step 2/8 "cargo clippy（警告即错误）"
 cargo clippy --workspace --all-targets --quiet -- -D warnings

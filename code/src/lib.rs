@@ -30,6 +30,7 @@ pub mod data;
 pub mod experiments;
 pub mod figures;
 pub mod io;
+pub mod kernels;
 pub mod lora;
 pub mod peft;
 pub mod plot;

@@ -433,7 +433,7 @@ struct GeluGrad(Vec<f64>);
 
 impl DeviceTask for GeluGrad {
     type Output = Vec<GeluGradPoint>;
-    fn run<D: dfdx::prelude::Device<f32> + dfdx::prelude::Device<f64>>(
+    fn run<D: llm_book::kernels::Kernels<f32> + llm_book::kernels::Kernels<f64>>(
         self,
         dev: D,
     ) -> Self::Output {

@@ -1,12 +1,14 @@
 //! 0.2 设备：同一份模型代码在 `Cpu` 与 `Cuda` 上编译和运行。
 //!
-//! dfdx 的张量和算子对设备 `D` 泛型；本书所有模型都写成 `fn f<D: Device<E>>(..)`，
+//! dfdx 的张量和算子对设备 `D` 泛型；本书所有模型都写成 `fn f<D: Kernels<E>>(..)`（`Kernels` 是 dfdx 的 `Device` 加上附录 B 的融合算子），
 //! 设备只在程序入口处选一次（命令行参数 `--device cpu|cuda`），由 [`run_on`] 分派。
 
 use std::fmt;
 use std::str::FromStr;
 
 use dfdx::prelude::*;
+
+use crate::kernels::Kernels;
 
 // ANCHOR: device_kind
 /// 命令行上可选的设备。
@@ -27,7 +29,7 @@ pub trait DeviceTask {
     /// 工作的结果。
     type Output;
     /// 在设备 `dev` 上完成这项工作。
-    fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output;
+    fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> Self::Output;
 }
 // ANCHOR_END: device_task
 
@@ -110,7 +112,7 @@ mod tests {
     struct Triangular(usize);
     impl DeviceTask for Triangular {
         type Output = f32;
-        fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> f32 {
+        fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> f32 {
             let v: Vec<f32> = (1..=self.0).map(|i| i as f32).collect();
             dev.tensor_from_vec(v, (self.0,)).sum::<(), _>().as_vec()[0]
         }

@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use crate::kernels::Kernels;
 use dfdx::prelude::*;
 
 use super::config::HfBertConfig;
@@ -93,7 +94,7 @@ pub fn load_bert<
 ) -> Result<HeadSource, CheckpointError>
 where
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     let result = Checkpoint::read(path)?.load_into_with(params, &hf_candidates, &is_parameter_key);
     match result {
@@ -292,7 +293,7 @@ pub fn load_dir<
 ) -> Result<BertDir<V, M, H, F, L, P, TT, C, E, D>, LoadError>
 where
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     let config_path = dir.join("config.json");
     let config = HfBertConfig::read(&config_path)?.check(&config_path, [V, M, H, F, L, P, TT])?;

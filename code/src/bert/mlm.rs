@@ -4,6 +4,7 @@
 //! 输出头与 Hugging Face 的 `BertForMaskedLM` 相同（`cls.predictions`）：dense + GELU + 层归一化，再乘以**词嵌入矩阵的转置**
 //! （输出层与输入嵌入共享权重）并加偏置。
 
+use crate::kernels::Kernels;
 use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
@@ -112,7 +113,7 @@ impl<
         const TT: usize,
         const C: usize,
         E: Real,
-        D: Device<E>,
+        D: Kernels<E>,
     > BertMlm<V, M, H, F, L, P, TT, C, E, D>
 {
     // ANCHOR: logits
@@ -198,7 +199,7 @@ impl<
         const TT: usize,
         const C: usize,
         E: Real,
-        D: Device<E>,
+        D: Kernels<E>,
     > TensorCollection<E, D> for BertMlm<V, M, H, F, L, P, TT, C, E, D>
 {
     type To<E2: Dtype, D2: Device<E2>> = BertMlm<V, M, H, F, L, P, TT, C, E2, D2>;
@@ -236,7 +237,7 @@ pub fn save_mlm_dir<
     const TT: usize,
     const C: usize,
     E: Real + dfdx::tensor::safetensors::SafeDtype,
-    D: Device<E>,
+    D: Kernels<E>,
 >(
     model: &BertMlm<V, M, H, F, L, P, TT, C, E, D>,
     enc: &EncoderConfig,
@@ -287,7 +288,7 @@ impl<
         const TT: usize,
         const C: usize,
         E: Real,
-        D: Device<E>,
+        D: Kernels<E>,
     > BertMlm<V, M, H, F, L, P, TT, C, E, D>
 {
     /// 随机初始化（预训练的起点）：与 BERT 一样，权重的标准差 0.02（这里取同标准差的均匀分布）、偏置 0、层归一化 γ = 1。

@@ -6,6 +6,7 @@
 //! `w_q`、`w_k`、`w_v`、`w_o`、`norm1`、`linear1`、`linear2`、`norm2`。与第 1 部分不同的只有：
 //! 学习的位置嵌入与句子类型嵌入（之后接层归一化）、编码器末尾**没有**层归一化、池化层取 `[CLS]` 经 dense + tanh。
 
+use crate::kernels::Kernels;
 use dfdx::nn::modules::{Embedding, Linear, Module, ModuleVisitor, Repeated, TensorCollection};
 use dfdx::nn::BuildModule;
 use dfdx::prelude::*;
@@ -97,7 +98,7 @@ impl<
     > BertParams<V, M, H, F, L, P, TT, C, E, D>
 where
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     /// # 形状
     /// - `tokens`、`token_types`：`(batch, seq)`；`mask` 与之相同
@@ -237,7 +238,7 @@ pub type BertBaseChinese<E, D> = BertParams<21128, 768, 12, 3072, 12, 512, 2, 2,
 /// all-MiniLM-L6-v2 的宽度（分类头 2 类）：词表 30522、隐藏 384、12 个头、前馈 1536、6 层、512 个位置。
 pub type MiniLmL6<E, D> = BertParams<30522, 384, 12, 1536, 6, 512, 2, 2, E, D>;
 
-impl<const V: usize, const M: usize, const P: usize, const TT: usize, E: Real, D: Device<E>>
+impl<const V: usize, const M: usize, const P: usize, const TT: usize, E: Real, D: Kernels<E>>
     TensorCollection<E, D> for BertEmbeddings<V, M, P, TT, E, D>
 {
     type To<E2: Dtype, D2: Device<E2>> = BertEmbeddings<V, M, P, TT, E2, D2>;
@@ -289,7 +290,7 @@ impl<
     > TensorCollection<E, D> for BertParams<V, M, H, F, L, P, TT, C, E, D>
 where
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     type To<E2: Dtype, D2: Device<E2>> = BertParams<V, M, H, F, L, P, TT, C, E2, D2>;
     fn iter_tensors<Vis: ModuleVisitor<Self, E, D>>(
@@ -326,7 +327,7 @@ impl<
     > BertParams<V, M, H, F, L, P, TT, C, E, D>
 where
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     /// 随机初始化（用于测试；真实的 BERT 从检查点读入，见 [`super::hf`]）。
     pub fn random(dev: &D) -> Self {
@@ -340,7 +341,7 @@ where
 /// # 形状
 /// - `hidden`: `(batch, seq, Const<M>)`
 /// - 返回：`(batch, Const<M>)`，每行的长度为 1
-pub fn sentence_embedding<const M: usize, E: Real, D: Device<E>>(
+pub fn sentence_embedding<const M: usize, E: Real, D: Kernels<E>>(
     hidden: Tensor<(usize, usize, Const<M>), E, D>,
     mask: &PaddingMask<E, D>,
 ) -> Tensor<(usize, Const<M>), E, D> {
@@ -384,7 +385,7 @@ impl<
         const TT: usize,
         const C: usize,
         E: Real,
-        D: Device<E>,
+        D: Kernels<E>,
     > crate::train::SequenceClassifier<C, E, D> for BertClassifier<V, M, H, F, L, P, TT, C, E, D>
 {
     type Params = BertParams<V, M, H, F, L, P, TT, C, E, D>;
@@ -439,7 +440,7 @@ impl<
         const TT: usize,
         const C: usize,
         E: Real,
-        D: Device<E>,
+        D: Kernels<E>,
     > crate::train::SequenceClassifier<C, E, D> for LinearProbe<V, M, H, F, L, P, TT, C, E, D>
 {
     type Params = Linear<M, C, E, D>;

@@ -4,8 +4,8 @@
 //! 基座在最多 128 个字的评论上训练；只给前 16 个字时，输入分布变了（句子被截断、位置编码只用到前 16 行），
 //! 这是一个真实数据上的分布迁移。
 
+use crate::kernels::Kernels;
 use dfdx::nn::NumParams;
-use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::results_dir;
@@ -94,7 +94,7 @@ pub struct AdaptationTask<'a> {
 impl DeviceTask for AdaptationTask<'_> {
     type Output = anyhow::Result<AdaptationResult>;
 
-    fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
+    fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> Self::Output {
         let config = EncoderConfig {
             norm_position: NormPosition::Pre,
             dropout: 0.1,

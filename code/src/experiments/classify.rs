@@ -7,6 +7,7 @@
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
+use crate::kernels::Kernels;
 use anyhow::{bail, Context};
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -143,7 +144,7 @@ struct OnDevice<'a, 'b, D> {
 
 impl DeviceTask for FinetuneJob<'_> {
     type Output = anyhow::Result<Option<FinetuneSummary>>;
-    fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
+    fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> Self::Output {
         let dir = self.model_dir.clone();
         dispatch_preset(
             &dir,
@@ -155,7 +156,7 @@ impl DeviceTask for FinetuneJob<'_> {
     }
 }
 
-impl<D: Device<f32>> PresetTask for OnDevice<'_, '_, D> {
+impl<D: Kernels<f32>> PresetTask for OnDevice<'_, '_, D> {
     type Output = anyhow::Result<Option<FinetuneSummary>>;
     fn run<
         const V: usize,
@@ -260,7 +261,7 @@ impl<
         const P: usize,
         const TT: usize,
         const C: usize,
-        D: Device<f32>,
+        D: Kernels<f32>,
     > LoraTask for LoraRun<'_, '_, V, M, H, F, L, P, TT, C, D>
 {
     type Output = anyhow::Result<Option<FinetuneSummary>>;
@@ -289,7 +290,11 @@ impl<
     }
 }
 
-fn run_finetune<const C: usize, D: Device<f32>, Mo: crate::train::SequenceClassifier<C, f32, D>>(
+fn run_finetune<
+    const C: usize,
+    D: Kernels<f32>,
+    Mo: crate::train::SequenceClassifier<C, f32, D>,
+>(
     model: &mut Mo,
     dev: &D,
     data: &EncodedData,
@@ -366,7 +371,7 @@ pub enum Inference {
 
 impl DeviceTask for InferJob {
     type Output = anyhow::Result<Inference>;
-    fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
+    fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> Self::Output {
         if self.texts.is_empty() {
             bail!("没有给出要处理的文本");
         }
@@ -386,7 +391,7 @@ struct InferOn<'a, D> {
     dev: &'a D,
 }
 
-impl<D: Device<f32>> PresetTask for InferOn<'_, D> {
+impl<D: Kernels<f32>> PresetTask for InferOn<'_, D> {
     type Output = anyhow::Result<Inference>;
     fn run<
         const V: usize,
@@ -501,7 +506,7 @@ impl<
         const P: usize,
         const TT: usize,
         const C: usize,
-        D: Device<f32>,
+        D: Kernels<f32>,
     > LoraTask for AdapterLogits<V, M, H, F, L, P, TT, C, D>
 {
     type Output = anyhow::Result<Vec<f32>>;

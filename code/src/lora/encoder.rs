@@ -8,6 +8,7 @@
 
 use std::fmt::Debug;
 
+use crate::kernels::Kernels;
 use dfdx::nn::modules::{Linear, Module, ModuleVisitor, Repeated, TensorCollection, TensorOptions};
 use dfdx::nn::BuildModule;
 use dfdx::prelude::*;
@@ -288,7 +289,7 @@ pub struct LayerAdapters<
     pub linear2: <T::Down as Site>::Adapter<F, M, R, E, D>,
 }
 
-impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Device<E>>
+impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Kernels<E>>
     LayerAdapters<M, F, R, Tg, E, D>
 {
     /// 新建一层的适配器：每个被选中的位置 A 随机、B = 0。
@@ -356,7 +357,7 @@ pub struct AdapterHooks<
     pub mode: Mode,
 }
 
-impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Device<E>>
+impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Kernels<E>>
     AttentionHooks<M, E, D> for AdapterHooks<'_, M, F, R, Tg, E, D>
 {
     fn query<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
@@ -389,7 +390,7 @@ impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: De
     }
 }
 
-impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Device<E>>
+impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Kernels<E>>
     FfnHooks<M, F, E, D> for AdapterHooks<'_, M, F, R, Tg, E, D>
 {
     fn up<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
@@ -459,7 +460,7 @@ impl<
 where
     Tg: Targets,
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     /// 从训练好的模型构造：**复制**它的全部参数作为冻结的基座，适配器 B = 0。
     pub fn from_base(
@@ -515,7 +516,7 @@ where
 }
 // ANCHOR_END: classifier
 
-impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Dtype, D: Device<E>>
+impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Dtype, D: Kernels<E>>
     TensorCollection<E, D> for LayerAdapters<M, F, R, Tg, E, D>
 {
     // 字段的类型是投影 `<Tg::Q as Site>::Adapter<…>`，编译器无法证明它的 `To<E2, D2>` 就是同一个投影在 E2、D2 上的版本，
@@ -547,7 +548,7 @@ impl<
         const R: usize,
         Tg: Targets,
         E: Real,
-        D: Device<E>,
+        D: Kernels<E>,
     > TensorCollection<E, D> for LoraAdapters<M, F, L, C, R, Tg, E, D>
 {
     // 同上：不支持重建。
@@ -580,7 +581,7 @@ impl<
 where
     Tg: Targets,
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     type Params = LoraAdapters<M, F, L, C, R, Tg, E, D>;
     fn params(&self) -> &Self::Params {

@@ -3,6 +3,7 @@
 //! h = W₀x + b₀ + (α/r)·B(A·dropout(x))，W₀、b₀ 冻结，A ∈ ℝ^{r×in}、B ∈ ℝ^{out×r} 可训练。
 //! 初始化与 PEFT 相同：A 取 Kaiming 均匀分布 U(−1/√in, 1/√in)，B 取 0，所以训练开始时 LoRA 层与原层完全相同。
 
+use crate::kernels::Kernels;
 use dfdx::nn::modules::{Linear, ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
 
@@ -37,7 +38,7 @@ pub struct LoraLinear<const IN: usize, const OUT: usize, const R: usize, E: Dtyp
 // ANCHOR_END: struct
 
 // ANCHOR: from_base
-impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Device<E>>
+impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Kernels<E>>
     LoraLinear<IN, OUT, R, E, D>
 {
     /// 从一个（训练好的）线性层构造：**复制**它的权重与偏置，A 随机、B 为 0。
@@ -71,7 +72,7 @@ impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Device<E>>
 // ANCHOR_END: from_base
 
 // ANCHOR: forward
-impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Device<E>>
+impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Kernels<E>>
     LoraLinear<IN, OUT, R, E, D>
 {
     /// h = W₀x + b₀ + (α/r)·B(A·dropout(x))。先算 Ax（r 维），再乘 B：不构造 OUT×IN 的 BA。
@@ -132,7 +133,7 @@ where
 // ANCHOR_END: forward
 
 // ANCHOR: merge
-impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Device<E>>
+impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Kernels<E>>
     LoraLinear<IN, OUT, R, E, D>
 {
     /// 合并：W = W₀ + (α/r)·BA，得到一个普通的线性层，推理时与原层一样快。
@@ -165,7 +166,7 @@ impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Device<E>>
 const FROZEN_RESET: &str =
     "LoRA 层的原权重 W₀ 不能随机初始化：请用 LoraLinear::from_base 从训练好的线性层复制";
 
-impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Device<E>>
+impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Kernels<E>>
     TensorCollection<E, D> for LoraLinear<IN, OUT, R, E, D>
 {
     type To<E2: Dtype, D2: Device<E2>> = LoraLinear<IN, OUT, R, E2, D2>;

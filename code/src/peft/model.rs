@@ -8,6 +8,7 @@
 use std::fmt;
 use std::path::Path;
 
+use crate::kernels::Kernels;
 use dfdx::nn::modules::Linear;
 use dfdx::nn::NumParams;
 use dfdx::prelude::*;
@@ -169,7 +170,7 @@ impl<
 where
     Tg: Targets,
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     // ANCHOR: get_peft_model
     /// PEFT 的 `get_peft_model(model, config)`：核对配置与类型，新建适配器（A 随机、B = 0），
@@ -279,7 +280,7 @@ impl<
 where
     Tg: Targets,
     E: Real + dfdx::tensor::safetensors::SafeDtype,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     // ANCHOR: save
     /// PEFT 的 `save_pretrained`：目录里写 `adapter_config.json` 与 `adapter_model.safetensors`（PEFT 的键名）。
@@ -346,7 +347,7 @@ pub fn save_hf_dir<
 ) -> Result<(), PeftError>
 where
     E: Real + dfdx::tensor::safetensors::SafeDtype,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     let config_path = config_from.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| PeftError::Io {
@@ -419,7 +420,7 @@ impl<
 where
     Tg: Targets,
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     type Params = LoraAdapters<M, F, L, C, R, Tg, E, D>;
     fn params(&self) -> &Self::Params {

@@ -9,6 +9,7 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use crate::kernels::Kernels;
 use dfdx::nn::ZeroGrads;
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
@@ -255,7 +256,7 @@ pub fn finetune<const C: usize, E, D, Mo>(
 ) -> Result<Option<FinetuneReport>, FinetuneError>
 where
     E: Real + dfdx::tensor::safetensors::SafeDtype,
-    D: Device<E>,
+    D: Kernels<E>,
     Mo: SequenceClassifier<C, E, D>,
 {
     if data.train.is_empty() {
@@ -406,7 +407,7 @@ pub(crate) fn save_checkpoint<E, D, P, S>(
 ) -> Result<(), FinetuneError>
 where
     E: Real + dfdx::tensor::safetensors::SafeDtype,
-    D: Device<E>,
+    D: Kernels<E>,
     P: dfdx::nn::tensor_collection::TensorCollection<E, D>,
     S: Serialize,
 {

@@ -9,6 +9,7 @@ pub mod adamw;
 pub mod finetune;
 pub mod pretrain;
 
+use crate::kernels::Kernels;
 use dfdx::nn::tensor_collection::TensorCollection;
 use dfdx::nn::ZeroGrads;
 use dfdx::optim::{Adam, AdamConfig, Optimizer};
@@ -49,7 +50,7 @@ impl<
         const L: usize,
         const C: usize,
         E: Real,
-        D: Device<E>,
+        D: Kernels<E>,
     > SequenceClassifier<C, E, D> for Classifier<V, M, H, F, L, C, E, D>
 {
     type Params = crate::transformer::classifier::ClassifierParams<V, M, H, F, L, C, E, D>;
@@ -138,7 +139,7 @@ pub struct StepEvent {
 
 // ANCHOR: train
 /// 用 Adam 训练 `model`，每轮结束评估验证集，最后评估测试集。
-pub fn train_classifier<const C: usize, E: Real, D: Device<E>, Mo: SequenceClassifier<C, E, D>>(
+pub fn train_classifier<const C: usize, E: Real, D: Kernels<E>, Mo: SequenceClassifier<C, E, D>>(
     model: &mut Mo,
     dev: &D,
     data: &EncodedData,
@@ -212,7 +213,7 @@ pub fn train_classifier<const C: usize, E: Real, D: Device<E>, Mo: SequenceClass
 // ANCHOR_END: train
 
 /// 在 `examples` 上评估（推理模式，不带 tape）。
-pub fn evaluate<const C: usize, E: Real, D: Device<E>, Mo: SequenceClassifier<C, E, D>>(
+pub fn evaluate<const C: usize, E: Real, D: Kernels<E>, Mo: SequenceClassifier<C, E, D>>(
     model: &Mo,
     dev: &D,
     examples: &[(Vec<usize>, usize)],
@@ -222,7 +223,12 @@ pub fn evaluate<const C: usize, E: Real, D: Device<E>, Mo: SequenceClassifier<C,
 }
 
 /// 同 [`evaluate`]，另给出混淆矩阵：第 i 行第 j 列 = 真实标签 i、预测为 j 的条数。
-pub fn evaluate_detailed<const C: usize, E: Real, D: Device<E>, Mo: SequenceClassifier<C, E, D>>(
+pub fn evaluate_detailed<
+    const C: usize,
+    E: Real,
+    D: Kernels<E>,
+    Mo: SequenceClassifier<C, E, D>,
+>(
     model: &Mo,
     dev: &D,
     examples: &[(Vec<usize>, usize)],
@@ -275,7 +281,7 @@ pub fn evaluate_detailed<const C: usize, E: Real, D: Device<E>, Mo: SequenceClas
 }
 
 /// 标签 → one-hot 概率 `(batch, Const<C>)`。
-fn one_hot<const C: usize, E: Dtype, D: Device<E>>(
+fn one_hot<const C: usize, E: Dtype, D: Kernels<E>>(
     dev: &D,
     labels: &[usize],
 ) -> Tensor<(usize, Const<C>), E, D> {

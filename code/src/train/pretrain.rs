@@ -7,6 +7,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::kernels::Kernels;
 use dfdx::nn::ZeroGrads;
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
@@ -164,7 +165,7 @@ pub fn pretrain<
 ) -> Result<Option<Vec<PretrainRow>>, FinetuneError>
 where
     E: Real + dfdx::tensor::safetensors::SafeDtype,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     if train.is_empty() {
         return Err(FinetuneError::EmptyData("预训练文本"));
@@ -275,7 +276,7 @@ fn mlm_loss<
     const TT: usize,
     const C: usize,
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
     T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
 >(
     model: &BertMlm<V, M, H, F, L, P, TT, C, E, D>,
@@ -326,7 +327,7 @@ pub fn evaluate_mlm<
     const TT: usize,
     const C: usize,
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 >(
     model: &BertMlm<V, M, H, F, L, P, TT, C, E, D>,
     enc: &EncoderConfig,

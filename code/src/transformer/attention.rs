@@ -7,6 +7,8 @@ use std::fmt;
 
 use dfdx::prelude::*;
 
+use crate::kernels::Kernels;
+
 /// 填充位置在 softmax 之前加上的值（与参考实现 `masked_fill(mask == 0, -1e9)` 相同）。
 ///
 /// 用一个有限的大负数而不是 −∞：即使某一行全被遮住也不会出现 NaN；
@@ -71,22 +73,15 @@ pub fn scaled_dot_product_attention<E, D, T>(
 )
 where
     E: Dtype,
-    D: Device<E>,
-    T: Tape<E, D> + Merge<T>,
+    D: Kernels<E>,
+    T: Tape<E, D>,
 {
     let d_k = q.shape().3;
     let scale = E::from_f64(1.0 / (d_k as f64).sqrt()).unwrap();
     // (b, h, s_q, d_k) × (b, h, d_k, s_k) -> (b, h, s_q, s_k)
     let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale;
-    // 掩码必须在 softmax 之前加：softmax 之后再置零，每行的和就不再是 1
-    let scores = match mask {
-        Some(m) => {
-            let shape = *scores.shape();
-            scores + m.bias.clone().broadcast_like::<_, Axes2<1, 2>>(&shape)
-        }
-        None => scores,
-    };
-    let weights = scores.softmax::<Axis<3>>();
+    // 掩码在 softmax 之前加到分数上（沿头与查询两维广播）：见下面的 masked_softmax_composite
+    let weights = D::masked_softmax(scores, mask.map(|m| &m.bias));
     let weights_copy = weights.retaped::<NoneTape>();
     (weights.matmul(v), weights_copy)
 }

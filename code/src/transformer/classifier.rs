@@ -1,5 +1,6 @@
 //! 1.8 节：序列分类模型 = 编码器 + 对真实位置的平均池化 + 线性分类头。
 
+use crate::kernels::Kernels;
 use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection};
 use dfdx::nn::BuildModule;
 use dfdx::prelude::*;
@@ -56,7 +57,7 @@ impl<
         const L: usize,
         const C: usize,
         E: Real,
-        D: Device<E>,
+        D: Kernels<E>,
     > Classifier<V, M, H, F, L, C, E, D>
 {
     /// 随机初始化。
@@ -100,7 +101,7 @@ impl<
 /// # 形状
 /// - `hidden`: `(batch, seq, Const<M>)`
 /// - 返回：`(batch, Const<M>)`
-pub fn mean_over_real_positions<const M: usize, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+pub fn mean_over_real_positions<const M: usize, E: Dtype, D: Kernels<E>, T: Tape<E, D>>(
     hidden: Tensor<(usize, usize, Const<M>), E, D, T>,
     mask: &PaddingMask<E, D>,
 ) -> Tensor<(usize, Const<M>), E, D, T> {
@@ -133,7 +134,7 @@ impl<
         const L: usize,
         const C: usize,
         E: Real,
-        D: Device<E>,
+        D: Kernels<E>,
     > TensorCollection<E, D> for ClassifierParams<V, M, H, F, L, C, E, D>
 {
     type To<E2: Dtype, D2: Device<E2>> = ClassifierParams<V, M, H, F, L, C, E2, D2>;

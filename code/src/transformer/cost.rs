@@ -3,6 +3,7 @@
 //! 参数量有两种算法：遍历模型的每个参数张量（dfdx 的 `NumParams`），和闭式公式。
 //! 两者对任何配置都必须相等——测试检查这一点。显存按“参数 + 梯度 + Adam 状态 + 激活”估算。
 
+use crate::kernels::Kernels;
 use dfdx::nn::NumParams;
 use dfdx::prelude::*;
 
@@ -32,7 +33,7 @@ impl<
         const F: usize,
         const L: usize,
         E: Dtype,
-        D: Device<E>,
+        D: Kernels<E>,
     > TransformerEncoder<V, M, H, F, L, E, D>
 {
     /// 类型参数中的宽度。
@@ -69,7 +70,7 @@ pub fn count_params<
 ) -> usize
 where
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     model.params.num_trainable_params()
 }

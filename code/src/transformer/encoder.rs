@@ -6,6 +6,7 @@
 
 use std::fmt;
 
+use crate::kernels::Kernels;
 use dfdx::nn::modules::{Embedding, Module, ModuleVisitor, Repeated, TensorCollection};
 use dfdx::prelude::*;
 
@@ -79,7 +80,7 @@ pub struct EncoderLayer<const M: usize, const H: usize, const F: usize, E: Dtype
     pub norm2: LayerNorm<M, E, D>,
 }
 
-impl<const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>>
+impl<const M: usize, const H: usize, const F: usize, E: Dtype, D: Kernels<E>>
     EncoderLayer<M, H, F, E, D>
 {
     /// # 形状
@@ -180,7 +181,7 @@ impl<
         const F: usize,
         const L: usize,
         E: Real,
-        D: Device<E>,
+        D: Kernels<E>,
     > EncoderParams<V, M, H, F, L, E, D>
 {
     /// 编码器的前向（参数在 `self`，位置编码与超参数由调用者提供；分类模型等在此之上加任务头）。
@@ -264,7 +265,7 @@ impl<const V: usize, const M: usize, const H: usize, const F: usize, const L: us
     TransformerEncoder<V, M, H, F, L, E, D>
 where
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     /// 随机初始化参数（线性层与 PyTorch 的 `nn.Linear` 同分布），算好位置编码。
     pub fn new(dev: &D, config: EncoderConfig) -> Self {
@@ -365,7 +366,7 @@ impl<const V: usize, const M: usize, const H: usize, const F: usize, const L: us
     TensorCollection<E, D> for EncoderParams<V, M, H, F, L, E, D>
 where
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
 {
     type To<E2: Dtype, D2: Device<E2>> = EncoderParams<V, M, H, F, L, E2, D2>;
 

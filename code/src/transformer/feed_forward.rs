@@ -1,11 +1,11 @@
 //! 1.5 前馈网络：FFN(x) = W₂·act(W₁x + b₁) + b₂，act 为 ReLU（参考实现）或 GELU（BERT）。
 
+use crate::kernels::Kernels;
 use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
 use crate::basics::tensors::Real;
 
-use super::gelu::gelu;
 use super::hooks::{FfnHooks, NoHooks};
 
 /// 前馈网络的激活函数。
@@ -27,7 +27,7 @@ pub struct FeedForward<const M: usize, const F: usize, E: Dtype, D: Device<E>> {
     pub linear2: Linear<F, M, E, D>,
 }
 
-impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> FeedForward<M, F, E, D> {
+impl<const M: usize, const F: usize, E: Dtype, D: Kernels<E>> FeedForward<M, F, E, D> {
     /// # 形状
     /// - `x`: `(batch, seq, Const<M>)`，中间 `(batch, seq, Const<F>)`
     /// - 返回：与 `x` 相同
@@ -49,7 +49,7 @@ impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> FeedForward<M, F, E
         let hidden = hooks.up(x.retaped::<T>(), self.linear1.forward(x));
         let hidden = match activation {
             Activation::Relu => hidden.relu(),
-            Activation::Gelu => gelu(hidden),
+            Activation::Gelu => D::gelu(hidden),
         };
         hooks.down(hidden.retaped::<T>(), self.linear2.forward(hidden))
     }

@@ -1,5 +1,6 @@
 //! 1.2 多头注意力：独立的 W_q、W_k、W_v、W_o，头的拆分与合并。
 
+use crate::kernels::Kernels;
 use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
@@ -28,7 +29,7 @@ pub struct MultiHeadAttention<const M: usize, const H: usize, E: Dtype, D: Devic
 // ANCHOR_END: mha_struct
 
 // ANCHOR: mha_forward
-impl<const M: usize, const H: usize, E: Dtype, D: Device<E>> MultiHeadAttention<M, H, E, D> {
+impl<const M: usize, const H: usize, E: Dtype, D: Kernels<E>> MultiHeadAttention<M, H, E, D> {
     /// 每个头的维度；`M % H != 0` 时是编译错误（见 0.3 节的 `HeadSplit`）。
     pub const D_HEAD: usize = HeadSplit::<M, H>::D_HEAD;
 

@@ -1,0 +1,370 @@
+//! CPU 上的融合算子：一次遍历完成前向，反向直接读写梯度缓冲区；按行分块交给 rayon 的线程池，
+//! 块内的循环由 [`multiversion!`] 按 CPU 的指令集（AVX2+FMA 或 SSE2）向量化。
+//!
+//! 每个算子只处理连续存放的输入（dfdx 里新算出的张量都是连续的）；遇到广播、转置后的视图，
+//! 退回 [`super`] 里的组合算子，结果相同，只是慢。
+
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+use super::math::{multiversion, FastMath};
+use super::Shape4;
+
+/// 每个并行块大约处理这么多个元素：块太小，线程调度的开销占比大；太大，两个核分不匀。
+const BLOCK_ELEMS: usize = 16 * 1024;
+
+/// 每块的行数（至少 1 行）。
+fn rows_per_block(row_len: usize) -> usize {
+    (BLOCK_ELEMS / row_len.max(1)).max(1)
+}
+
+/// 张量是否按行主序连续存放（没有广播、没有转置）。
+pub fn is_contiguous<S: Shape, F: Dtype, T>(t: &Tensor<S, F, Cpu, T>) -> bool {
+    Tensorlike::strides(t) == t.shape().strides()
+}
+
+/// 张量底层的缓冲区（不复制）。调用前要确认它是连续的。
+fn data<S: Shape, F: Dtype, T>(t: &Tensor<S, F, Cpu, T>) -> &[F] {
+    &Tensorlike::data(t).expect("Tensor 总有数据")[..]
+}
+
+/// 设备缓冲区（dfdx 的 `CachableVec`）看成切片。写成单独的函数，是因为在带 `Cpu: Device<F>` 约束的函数里，
+/// 编译器不会把 `<Cpu as Storage<F>>::Vec` 展开成具体类型；这里没有那个约束，就能展开。
+fn buf<F: Dtype>(v: &<Cpu as Storage<F>>::Vec) -> &[F] {
+    v
+}
+
+/// 同 [`buf`]，可写。
+fn buf_mut<F: Dtype>(v: &mut <Cpu as Storage<F>>::Vec) -> &mut [F] {
+    v
+}
+
+/// 8 路累加的和：把一条依赖链拆成 8 条，编译器才会把浮点求和向量化（它不会自己改变加法的顺序）。
+#[inline(always)]
+fn sum8<F: FastMath>(n: usize, f: impl Fn(usize) -> F) -> F {
+    let mut acc = [F::zero(); 8];
+    let full = n / 8 * 8;
+    let mut i = 0;
+    while i < full {
+        for (l, a) in acc.iter_mut().enumerate() {
+            *a = *a + f(i + l);
+        }
+        i += 8;
+    }
+    let mut s = acc.iter().fold(F::zero(), |s, &a| s + a);
+    for j in full..n {
+        s = s + f(j);
+    }
+    s
+}
+
+/// 8 路的最大值。
+#[inline(always)]
+fn max8<F: FastMath>(n: usize, f: impl Fn(usize) -> F) -> F {
+    let mut acc = [F::neg_infinity(); 8];
+    let full = n / 8 * 8;
+    let mut i = 0;
+    while i < full {
+        for (l, a) in acc.iter_mut().enumerate() {
+            let v = f(i + l);
+            *a = if v > *a { v } else { *a };
+        }
+        i += 8;
+    }
+    let mut m = acc
+        .iter()
+        .fold(F::neg_infinity(), |m, &a| if a > m { a } else { m });
+    for j in full..n {
+        let v = f(j);
+        m = if v > m { v } else { m };
+    }
+    m
+}
+
+// ---------------------------------------------------------------- softmax
+
+/// 一块行的 softmax(x + bias)：`bias` 为空表示没有掩码，否则第 g 行用 `bias[(g / rows_per_bias) * n..][..n]`。
+#[inline(always)]
+fn softmax_block<F: FastMath>(
+    x: &[F],
+    out: &mut [F],
+    n: usize,
+    first_row: usize,
+    bias: &[F],
+    rows_per_bias: usize,
+) {
+    for (r, (xr, yr)) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)).enumerate() {
+        let b: &[F] = if bias.is_empty() {
+            &[]
+        } else {
+            &bias[(first_row + r) / rows_per_bias * n..][..n]
+        };
+        let at = |j: usize| if b.is_empty() { xr[j] } else { xr[j] + b[j] };
+        let m = max8(n, at);
+        for (j, y) in yr.iter_mut().enumerate() {
+            *y = (at(j) - m).exp_fast();
+        }
+        let inv = F::one() / sum8(n, |j| yr[j]);
+        for y in yr.iter_mut() {
+            *y = *y * inv;
+        }
+    }
+}
+
+multiversion!(fn softmax_block_mv<F>(x: &[F], out: &mut [F], n: usize, first_row: usize, bias: &[F], rows_per_bias: usize) => softmax_block);
+
+/// 一块行的 softmax 反向：dx += y ⊙ (g − Σⱼ gⱼyⱼ)。
+#[inline(always)]
+fn softmax_back_block<F: FastMath>(y: &[F], g: &[F], dx: &mut [F], n: usize) {
+    for ((yr, gr), dr) in y
+        .chunks_exact(n)
+        .zip(g.chunks_exact(n))
+        .zip(dx.chunks_exact_mut(n))
+    {
+        let dot = sum8(n, |j| gr[j] * yr[j]);
+        for j in 0..n {
+            dr[j] = dr[j] + yr[j] * (gr[j] - dot);
+        }
+    }
+}
+
+multiversion!(fn softmax_back_block_mv<F>(y: &[F], g: &[F], dx: &mut [F], n: usize) => softmax_back_block);
+
+/// 最后一维上的 softmax(x + 掩码)，掩码 `(batch, seq_k)` 沿头与查询两维广播。
+pub fn masked_softmax<F, T>(
+    x: Tensor<Shape4, F, Cpu, T>,
+    bias: Option<&Tensor<(usize, usize), F, Cpu>>,
+) -> Tensor<Shape4, F, Cpu, T>
+where
+    F: FastMath + Dtype,
+    Cpu: Device<F>,
+    T: Tape<F, Cpu>,
+{
+    if !is_contiguous(&x) || bias.is_some_and(|b| !is_contiguous(b)) {
+        return super::masked_softmax_composite(x, bias);
+    }
+    let shape = *x.shape();
+    let (batch, heads, q, n) = shape;
+    if let Some(b) = bias {
+        assert_eq!(*b.shape(), (batch, n), "掩码的形状应为 (batch, seq_k)");
+    }
+    let (x, mut tape) = x.split_tape();
+    let bias_data: &[F] = bias.map_or(&[], |b| data(b));
+    let xd = data(&x);
+    let mut out = vec![F::zero(); xd.len()];
+    let rpb = rows_per_block(n);
+    out.par_chunks_mut(rpb * n)
+        .zip(xd.par_chunks(rpb * n))
+        .enumerate()
+        .for_each(|(i, (o, xb))| softmax_block_mv(xb, o, n, i * rpb, bias_data, heads * q));
+    let out = x.device().tensor_from_vec(out, shape);
+    if T::OWNS_TAPE {
+        let x_ghost = x.ghost();
+        let y = out.clone();
+        tape.add_backward_op(move |grads| {
+            grads.try_alloc_for(&x_ghost)?;
+            grads.try_alloc_for(&y)?;
+            let (dx, g) = grads.mut_and_ref(&x_ghost, &y);
+            let (dx, g) = (buf_mut(dx), buf(g));
+            dx.par_chunks_mut(rpb * n)
+                .zip(g.par_chunks(rpb * n))
+                .zip(data(&y).par_chunks(rpb * n))
+                .for_each(|((d, g), y)| softmax_back_block_mv(y, g, d, n));
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}
+
+// ---------------------------------------------------------------- GELU
+
+#[inline(always)]
+fn gelu_block<F: FastMath>(x: &[F], out: &mut [F]) {
+    for (y, &v) in out.iter_mut().zip(x) {
+        *y = v * v.normal_cdf();
+    }
+}
+
+multiversion!(fn gelu_block_mv<F>(x: &[F], out: &mut [F]) => gelu_block);
+
+/// dx += g·(Φ(x) + x·φ(x))。
+#[inline(always)]
+fn gelu_back_block<F: FastMath>(x: &[F], g: &[F], dx: &mut [F]) {
+    for ((d, &v), &gv) in dx.iter_mut().zip(x).zip(g) {
+        *d = *d + gv * (v.normal_cdf() + v * v.normal_pdf());
+    }
+}
+
+multiversion!(fn gelu_back_block_mv<F>(x: &[F], g: &[F], dx: &mut [F]) => gelu_back_block);
+
+/// 精确 GELU：x·Φ(x)。
+pub fn gelu<S, F, T>(x: Tensor<S, F, Cpu, T>) -> Tensor<S, F, Cpu, T>
+where
+    S: Shape,
+    F: FastMath + Dtype,
+    Cpu: Device<F>,
+    T: Tape<F, Cpu>,
+{
+    if !is_contiguous(&x) {
+        return crate::transformer::gelu::gelu(x);
+    }
+    let shape = *x.shape();
+    let (x, mut tape) = x.split_tape();
+    let xd = data(&x);
+    let mut out = vec![F::zero(); xd.len()];
+    out.par_chunks_mut(BLOCK_ELEMS)
+        .zip(xd.par_chunks(BLOCK_ELEMS))
+        .for_each(|(o, xb)| gelu_block_mv(xb, o));
+    let out = x.device().tensor_from_vec(out, shape);
+    if T::OWNS_TAPE {
+        let out_ghost = out.ghost();
+        tape.add_backward_op(move |grads| {
+            grads.try_alloc_for(&x)?;
+            grads.try_alloc_for(&out_ghost)?;
+            let (dx, g) = grads.mut_and_ref(&x, &out_ghost);
+            let (dx, g) = (buf_mut(dx), buf(g));
+            dx.par_chunks_mut(BLOCK_ELEMS)
+                .zip(g.par_chunks(BLOCK_ELEMS))
+                .zip(data(&x).par_chunks(BLOCK_ELEMS))
+                .for_each(|((d, g), xb)| gelu_back_block_mv(xb, g, d));
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}
+
+// ---------------------------------------------------------------- LayerNorm
+
+/// 一块行的 LayerNorm：y = (x − μ)·rstd·w + b，同时记下每行的 μ 与 rstd = 1/√(σ² + ε)。
+#[inline(always)]
+fn layer_norm_block<F: FastMath>(
+    x: &[F],
+    w: &[F],
+    b: &[F],
+    eps: F,
+    out: &mut [F],
+    stats: &mut [F],
+) {
+    let m = w.len();
+    let inv_m = F::one() / F::c(m as f64);
+    for ((xr, yr), st) in x
+        .chunks_exact(m)
+        .zip(out.chunks_exact_mut(m))
+        .zip(stats.chunks_exact_mut(2))
+    {
+        let mean = sum8(m, |j| xr[j]) * inv_m;
+        // 两遍：先求均值再求方差，避免 E[x²] − E[x]² 的相消误差
+        let var = sum8(m, |j| (xr[j] - mean) * (xr[j] - mean)) * inv_m;
+        let rstd = F::one() / (var + eps).sqrt();
+        for j in 0..m {
+            yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+        }
+        st[0] = mean;
+        st[1] = rstd;
+    }
+}
+
+multiversion!(fn layer_norm_block_mv<F>(x: &[F], w: &[F], b: &[F], eps: F, out: &mut [F], stats: &mut [F]) => layer_norm_block);
+
+/// 一块行的 LayerNorm 反向。x̂ = (x − μ)·rstd，ĝ = g ⊙ w：
+/// dx += rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂))，dw += g ⊙ x̂，db += g（dw、db 累加到这一块自己的部分和里）。
+#[inline(always)]
+fn layer_norm_back_block<F: FastMath>(
+    x: &[F],
+    g: &[F],
+    w: &[F],
+    stats: &[F],
+    dx: &mut [F],
+    dwb: &mut [F],
+) {
+    let m = w.len();
+    let inv_m = F::one() / F::c(m as f64);
+    let (dw, db) = dwb.split_at_mut(m);
+    for (((xr, gr), dr), st) in x
+        .chunks_exact(m)
+        .zip(g.chunks_exact(m))
+        .zip(dx.chunks_exact_mut(m))
+        .zip(stats.chunks_exact(2))
+    {
+        let (mean, rstd) = (st[0], st[1]);
+        let xhat = |j: usize| (xr[j] - mean) * rstd;
+        let a = sum8(m, |j| gr[j] * w[j]) * inv_m;
+        let c = sum8(m, |j| gr[j] * w[j] * xhat(j)) * inv_m;
+        for j in 0..m {
+            let xh = xhat(j);
+            dr[j] = dr[j] + rstd * (gr[j] * w[j] - a - xh * c);
+            dw[j] = dw[j] + gr[j] * xh;
+            db[j] = db[j] + gr[j];
+        }
+    }
+}
+
+multiversion!(fn layer_norm_back_block_mv<F>(x: &[F], g: &[F], w: &[F], stats: &[F], dx: &mut [F], dwb: &mut [F]) => layer_norm_back_block);
+
+/// 最后一维上的 LayerNorm（有偏方差，与 PyTorch 相同），γ = `w`、β = `b`。
+pub fn layer_norm<const M: usize, F, T>(
+    x: Tensor<(usize, usize, Const<M>), F, Cpu, T>,
+    w: &Tensor<Rank1<M>, F, Cpu>,
+    b: &Tensor<Rank1<M>, F, Cpu>,
+    eps: f64,
+) -> Tensor<(usize, usize, Const<M>), F, Cpu, T>
+where
+    F: FastMath + Dtype,
+    Cpu: Device<F>,
+    T: Tape<F, Cpu>,
+{
+    if !is_contiguous(&x) || !is_contiguous(w) || !is_contiguous(b) {
+        return crate::transformer::norm::layer_norm_composite(x, w, b, eps);
+    }
+    let shape = *x.shape();
+    let (x, mut tape) = x.split_tape();
+    let xd = data(&x);
+    let rows = xd.len() / M;
+    let mut out = vec![F::zero(); xd.len()];
+    let mut stats = vec![F::zero(); 2 * rows];
+    let rpb = rows_per_block(M);
+    let (wd, bd, eps) = (data(w), data(b), F::c(eps));
+    out.par_chunks_mut(rpb * M)
+        .zip(stats.par_chunks_mut(rpb * 2))
+        .zip(xd.par_chunks(rpb * M))
+        .for_each(|((o, st), xb)| layer_norm_block_mv(xb, wd, bd, eps, o, st));
+    let out = x.device().tensor_from_vec(out, shape);
+    if T::OWNS_TAPE {
+        let (out_ghost, w, b) = (out.ghost(), w.clone(), b.clone());
+        tape.add_backward_op(move |grads| {
+            grads.try_alloc_for(&x)?;
+            grads.try_alloc_for(&w)?;
+            grads.try_alloc_for(&b)?;
+            grads.try_alloc_for(&out_ghost)?;
+            let (dx, g) = grads.mut_and_ref(&x, &out_ghost);
+            let (dx, g) = (buf_mut(dx), buf(g));
+            let wd = data(&w);
+            // 每块一份 [dw | db] 的部分和，最后按块的顺序相加（结果与线程数无关）
+            let partials: Vec<Vec<F>> = dx
+                .par_chunks_mut(rpb * M)
+                .zip(g.par_chunks(rpb * M))
+                .zip(data(&x).par_chunks(rpb * M))
+                .zip(stats.par_chunks(rpb * 2))
+                .map(|(((d, g), xb), st)| {
+                    let mut dwb = vec![F::zero(); 2 * M];
+                    layer_norm_back_block_mv(xb, g, wd, st, d, &mut dwb);
+                    dwb
+                })
+                .collect();
+            let dw = buf_mut::<F>(grads.get_mut(&w));
+            for p in &partials {
+                for (d, &v) in dw.iter_mut().zip(&p[..M]) {
+                    *d = *d + v;
+                }
+            }
+            let db = buf_mut::<F>(grads.get_mut(&b));
+            for p in &partials {
+                for (d, &v) in db.iter_mut().zip(&p[M..]) {
+                    *d = *d + v;
+                }
+            }
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}

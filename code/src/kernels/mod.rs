@@ -1,0 +1,286 @@
+//! 附录 B：融合算子。
+//!
+//! Transformer 里最常用的三个逐元素/逐行算子——注意力的（带掩码的）softmax、精确 GELU、LayerNorm——
+//! 在 dfdx 里都是由多个基本算子组合出来的：每个基本算子各遍历一次内存、各分配一个中间张量，
+//! 而且 dfdx 的 CPU 内核只用一个线程。[`Kernels`] 把它们各自变成**一个**算子：
+//!
+//! - 默认实现就是书中第 1 部分的组合写法（[`masked_softmax_composite`]、[`crate::transformer::gelu::gelu`]、
+//!   [`crate::transformer::norm::layer_norm_composite`]），CUDA 等其他设备用它；
+//! - `Cpu` 上换成 [`cpu`] 里的融合内核：一次遍历算完前向，用 `Tape::add_backward_op` 登记手写的反向，
+//!   按行分块交给 rayon 的线程池，块内按 CPU 的指令集向量化。
+//!
+//! 模型代码只写 `D: Kernels<E>` 与 `D::gelu(x)` 这样的调用，不关心设备。融合内核读写张量缓冲区用到的
+//! 几个 dfdx 接口原本是 crate 私有的，见 `code/vendor/README.md` 里只改可见性的补丁。
+
+use dfdx::prelude::*;
+
+pub mod cpu;
+pub mod math;
+
+/// 注意力分数的形状：(batch, heads, seq_q, seq_k)。
+pub type Shape4 = (usize, usize, usize, usize);
+
+// ANCHOR: kernels
+/// 有融合算子的设备：dfdx 的 [`Device`] 加上三个 Transformer 常用的算子。
+///
+/// 默认实现是组合算子（任何设备都能用）；`Cpu` 覆盖为融合内核。两者在测试里逐元素对照，前向与梯度都一致。
+pub trait Kernels<E: Dtype>: Device<E> {
+    /// 最后一维上的 softmax(x + 掩码)，掩码 `(batch, seq_k)` 沿头与查询两维广播。
+    fn masked_softmax<T: Tape<E, Self>>(
+        x: Tensor<Shape4, E, Self, T>,
+        mask: Option<&Tensor<(usize, usize), E, Self>>,
+    ) -> Tensor<Shape4, E, Self, T> {
+        masked_softmax_composite(x, mask)
+    }
+
+    /// 精确 GELU：x·Φ(x)。
+    fn gelu<S: Shape, T: Tape<E, Self>>(x: Tensor<S, E, Self, T>) -> Tensor<S, E, Self, T> {
+        crate::transformer::gelu::gelu(x)
+    }
+
+    /// 最后一维上的 LayerNorm，γ = `w`、β = `b`。
+    fn layer_norm<const M: usize, T: Tape<E, Self>>(
+        x: Tensor<(usize, usize, Const<M>), E, Self, T>,
+        w: &Tensor<Rank1<M>, E, Self>,
+        b: &Tensor<Rank1<M>, E, Self>,
+        eps: f64,
+    ) -> Tensor<(usize, usize, Const<M>), E, Self, T> {
+        crate::transformer::norm::layer_norm_composite(x, w, b, eps)
+    }
+}
+// ANCHOR_END: kernels
+
+// ANCHOR: masked_softmax_composite
+/// 组合算子写的 softmax(x + 掩码)：掩码必须在 softmax **之前**加（之后再置零，每行的和就不再是 1）。
+pub fn masked_softmax_composite<E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<Shape4, E, D, T>,
+    mask: Option<&Tensor<(usize, usize), E, D>>,
+) -> Tensor<Shape4, E, D, T> {
+    let x = match mask {
+        Some(m) => {
+            let shape = *x.shape();
+            x + m.clone().broadcast_like::<_, Axes2<1, 2>>(&shape)
+        }
+        None => x,
+    };
+    x.softmax::<Axis<3>>()
+}
+// ANCHOR_END: masked_softmax_composite
+
+macro_rules! cpu_kernels {
+    ($($e:ty),*) => {$(
+        impl Kernels<$e> for Cpu {
+            fn masked_softmax<T: Tape<$e, Self>>(
+                x: Tensor<Shape4, $e, Self, T>,
+                mask: Option<&Tensor<(usize, usize), $e, Self>>,
+            ) -> Tensor<Shape4, $e, Self, T> {
+                cpu::masked_softmax(x, mask)
+            }
+
+            fn gelu<S: Shape, T: Tape<$e, Self>>(x: Tensor<S, $e, Self, T>) -> Tensor<S, $e, Self, T> {
+                cpu::gelu(x)
+            }
+
+            fn layer_norm<const M: usize, T: Tape<$e, Self>>(
+                x: Tensor<(usize, usize, Const<M>), $e, Self, T>,
+                w: &Tensor<Rank1<M>, $e, Self>,
+                b: &Tensor<Rank1<M>, $e, Self>,
+                eps: f64,
+            ) -> Tensor<(usize, usize, Const<M>), $e, Self, T> {
+                cpu::layer_norm(x, w, b, eps)
+            }
+        }
+    )*};
+}
+cpu_kernels!(f32, f64);
+
+// CUDA：用默认的组合算子（dfdx 的 CUDA 内核本来就在 GPU 上并行）。
+#[cfg(feature = "cuda")]
+impl Kernels<f32> for Cuda {}
+#[cfg(feature = "cuda")]
+impl Kernels<f64> for Cuda {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transformer::attention::PaddingMask;
+
+    /// 两组数的最大绝对误差。
+    fn max_diff<E: Into<f64> + Copy>(a: &[E], b: &[E]) -> f64 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| (x.into() - y.into()).abs())
+            .fold(0.0, f64::max)
+    }
+
+    /// 融合与组合两种写法：前向的输出、对输入（与参数）的梯度。损失取 Σ out ⊙ w（w 随机），每个元素的梯度都不同。
+    fn softmax_case<E: Dtype + Into<f64>>(dev: &Cpu, lengths: &[usize]) -> (f64, f64)
+    where
+        Cpu: Kernels<E>,
+        rand_distr::StandardNormal: rand_distr::Distribution<E>,
+    {
+        let shape = (lengths.len(), 3, 5, 7);
+        let x: Tensor<Shape4, E, Cpu> = dev.sample_normal_like(&shape);
+        let w: Tensor<Shape4, E, Cpu> = dev.sample_normal_like(&shape);
+        let mask = PaddingMask::<E, Cpu>::from_lengths(dev, lengths, 7).unwrap();
+        let run = |fused: bool| {
+            let xt = x.leaky_trace();
+            let y = if fused {
+                Cpu::masked_softmax(xt, Some(&mask.bias))
+            } else {
+                masked_softmax_composite(xt, Some(&mask.bias))
+            };
+            let out = y.retaped::<NoneTape>().as_vec();
+            let g = (y * w.clone()).sum().backward();
+            (out, g.get(&x).as_vec())
+        };
+        let (y1, g1) = run(true);
+        let (y2, g2) = run(false);
+        (max_diff(&y1, &y2), max_diff(&g1, &g2))
+    }
+
+    #[test]
+    fn fused_softmax_matches_composite() {
+        let dev = Cpu::seed_from_u64(0);
+        let (y, g) = softmax_case::<f64>(&dev, &[7, 3]);
+        assert!(y < 1e-14 && g < 1e-14, "f64：前向 {y:e}，梯度 {g:e}");
+        let (y, g) = softmax_case::<f32>(&dev, &[7, 3]);
+        assert!(y < 2e-7 && g < 5e-7, "f32：前向 {y:e}，梯度 {g:e}");
+        // 填充位置的权重恰好为 0（与组合写法相同）
+        let x: Tensor<Shape4, f32, Cpu> = dev.sample_normal_like(&(1, 1, 2, 4));
+        let mask = PaddingMask::<f32, Cpu>::from_lengths(&dev, &[2], 4).unwrap();
+        let y = Cpu::masked_softmax(x, Some(&mask.bias)).as_vec();
+        assert_eq!(&y[2..4], &[0.0, 0.0]);
+        assert!((y[0] + y[1] - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn fused_softmax_falls_back_on_a_permuted_view() {
+        let dev = Cpu::seed_from_u64(1);
+        let x: Tensor<Shape4, f64, Cpu> = dev.sample_normal_like(&(2, 3, 4, 5));
+        let view = x.clone().permute::<_, Axes4<0, 1, 3, 2>>();
+        assert!(!cpu::is_contiguous(&view));
+        let fused = Cpu::masked_softmax(view.clone(), None).as_vec();
+        let composite = masked_softmax_composite(view, None).as_vec();
+        assert!(max_diff(&fused, &composite) < 1e-15);
+    }
+
+    fn gelu_case<E: Dtype + Into<f64>>(dev: &Cpu) -> (f64, f64)
+    where
+        Cpu: Kernels<E>,
+        rand_distr::StandardNormal: rand_distr::Distribution<E>,
+    {
+        let shape = (2, 3, 1000);
+        // 放大到 ±12 附近，覆盖 erf 饱和的区间
+        let x: Tensor<(usize, usize, usize), E, Cpu> =
+            dev.sample_normal_like(&shape) * E::from_f64(4.0).unwrap();
+        let w: Tensor<(usize, usize, usize), E, Cpu> = dev.sample_normal_like(&shape);
+        let run = |fused: bool| {
+            let xt = x.leaky_trace();
+            let y = if fused {
+                Cpu::gelu(xt)
+            } else {
+                crate::transformer::gelu::gelu(xt)
+            };
+            let out = y.retaped::<NoneTape>().as_vec();
+            let g = (y * w.clone()).sum().backward();
+            (out, g.get(&x).as_vec())
+        };
+        let (y1, g1) = run(true);
+        let (y2, g2) = run(false);
+        (max_diff(&y1, &y2), max_diff(&g1, &g2))
+    }
+
+    #[test]
+    fn fused_gelu_matches_composite() {
+        let dev = Cpu::seed_from_u64(2);
+        let (y, g) = gelu_case::<f64>(&dev);
+        assert!(y < 1e-13 && g < 1e-13, "f64：前向 {y:e}，梯度 {g:e}");
+        // f32：erf 的近似误差 1.5e-7，乘上 |x|（可达十几）
+        let (y, g) = gelu_case::<f32>(&dev);
+        assert!(y < 2e-6 && g < 2e-6, "f32：前向 {y:e}，梯度 {g:e}");
+    }
+
+    fn layer_norm_case<E: Dtype + Into<f64>>(dev: &Cpu) -> [f64; 4]
+    where
+        Cpu: Kernels<E>,
+        rand_distr::StandardNormal: rand_distr::Distribution<E>,
+    {
+        const M: usize = 48;
+        let shape = (3, 5, Const::<M>);
+        let x: Tensor<(usize, usize, Const<M>), E, Cpu> =
+            dev.sample_normal_like(&shape) * E::from_f64(3.0).unwrap() + E::from_f64(1.5).unwrap();
+        let w: Tensor<(usize, usize, Const<M>), E, Cpu> = dev.sample_normal_like(&shape);
+        let gamma: Tensor<Rank1<M>, E, Cpu> = dev.sample_normal();
+        let beta: Tensor<Rank1<M>, E, Cpu> = dev.sample_normal();
+        let run = |fused: bool| {
+            let xt = x.leaky_trace();
+            let y = if fused {
+                Cpu::layer_norm(xt, &gamma, &beta, 1e-5)
+            } else {
+                crate::transformer::norm::layer_norm_composite(xt, &gamma, &beta, 1e-5)
+            };
+            let out = y.retaped::<NoneTape>().as_vec();
+            let g = (y * w.clone()).sum().backward();
+            (
+                out,
+                g.get(&x).as_vec(),
+                g.get(&gamma).as_vec(),
+                g.get(&beta).as_vec(),
+            )
+        };
+        let a = run(true);
+        let b = run(false);
+        [
+            max_diff(&a.0, &b.0),
+            max_diff(&a.1, &b.1),
+            max_diff(&a.2, &b.2),
+            max_diff(&a.3, &b.3),
+        ]
+    }
+
+    #[test]
+    fn fused_layer_norm_matches_composite_with_parameter_gradients() {
+        let dev = Cpu::seed_from_u64(3);
+        let d = layer_norm_case::<f64>(&dev);
+        assert!(
+            d.iter().all(|&e| e < 1e-12),
+            "f64：输出、dx、dγ、dβ 的最大误差 {d:?}"
+        );
+        let d = layer_norm_case::<f32>(&dev);
+        assert!(
+            d.iter().all(|&e| e < 1e-5),
+            "f32：输出、dx、dγ、dβ 的最大误差 {d:?}"
+        );
+    }
+
+    /// 融合 LayerNorm 对输入的梯度与有限差分一致（f64）：不依赖组合写法，独立地检查手写的反向公式。
+    #[test]
+    fn fused_layer_norm_gradient_matches_finite_differences() {
+        use crate::basics::autodiff::{check_gradient, ScalarFn};
+        struct Loss {
+            w: Tensor<(usize, usize, Const<6>), f64, Cpu>,
+            gamma: Tensor<Rank1<6>, f64, Cpu>,
+            beta: Tensor<Rank1<6>, f64, Cpu>,
+        }
+        impl ScalarFn<(usize, usize, Const<6>), Cpu> for Loss {
+            fn eval<T: Tape<f64, Cpu> + Merge<T> + Merge<NoneTape>>(
+                &self,
+                x: Tensor<(usize, usize, Const<6>), f64, Cpu, T>,
+            ) -> Tensor<(), f64, Cpu, T> {
+                (Cpu::layer_norm(x, &self.gamma, &self.beta, 1e-5) * self.w.clone()).sum()
+            }
+        }
+        let dev = Cpu::seed_from_u64(4);
+        let shape = (2, 3, Const::<6>);
+        let f = Loss {
+            w: dev.sample_normal_like(&shape),
+            gamma: dev.sample_normal(),
+            beta: dev.sample_normal(),
+        };
+        let x = dev.sample_normal_like(&shape);
+        let check = check_gradient(&x, 1e-6, &f);
+        assert!(check.max_abs_error < 1e-8, "{check:?}");
+    }
+}

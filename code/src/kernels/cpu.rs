@@ -354,13 +354,13 @@ where
             let dw = buf_mut::<F>(grads.get_mut(&w));
             for p in &partials {
                 for (d, &v) in dw.iter_mut().zip(&p[..M]) {
-                    *d = *d + v;
+                    *d += v;
                 }
             }
             let db = buf_mut::<F>(grads.get_mut(&b));
             for p in &partials {
                 for (d, &v) in db.iter_mut().zip(&p[M..]) {
-                    *d = *d + v;
+                    *d += v;
                 }
             }
             Ok(())

@@ -11,7 +11,9 @@
 //! 没有找到在稳定版 Rust 上做这件事、又有人维护的库（`wide` 等只在编译期选指令集），所以自己写，测试逐点对照 f64。
 
 /// 融合算子支持的浮点类型：f32 走近似，f64 走精确实现（给有限差分测试用）。
-pub trait FastMath: Copy + Send + Sync + PartialOrd + num_traits::Float + 'static {
+pub trait FastMath:
+    Copy + Send + Sync + PartialOrd + num_traits::Float + std::ops::AddAssign + 'static
+{
     /// eˣ。
     fn exp_fast(self) -> Self;
     /// erf(x)。
@@ -82,7 +84,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // 2ⁿ：把 n + 127 写进 f32 的指数位
     let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);

@@ -47,13 +47,13 @@ fn sum8<F: FastMath>(n: usize, f: impl Fn(usize) -> F) -> F {
     let mut i = 0;
     while i < full {
         for (l, a) in acc.iter_mut().enumerate() {
-            *a = *a + f(i + l);
+            *a += f(i + l);
         }
         i += 8;
     }
     let mut s = acc.iter().fold(F::zero(), |s, &a| s + a);
     for j in full..n {
-        s = s + f(j);
+        s += f(j);
     }
     s
 }
@@ -123,7 +123,7 @@ fn softmax_back_block<F: FastMath>(y: &[F], g: &[F], dx: &mut [F], n: usize) {
     {
         let dot = sum8(n, |j| gr[j] * yr[j]);
         for j in 0..n {
-            dr[j] = dr[j] + yr[j] * (gr[j] - dot);
+            dr[j] += yr[j] * (gr[j] - dot);
         }
     }
 }
@@ -191,7 +191,7 @@ multiversion!(fn gelu_block_mv<F>(x: &[F], out: &mut [F]) => gelu_block);
 #[inline(always)]
 fn gelu_back_block<F: FastMath>(x: &[F], g: &[F], dx: &mut [F]) {
     for ((d, &v), &gv) in dx.iter_mut().zip(x).zip(g) {
-        *d = *d + gv * (v.normal_cdf() + v * v.normal_pdf());
+        *d += gv * (v.normal_cdf() + v * v.normal_pdf());
     }
 }
 
@@ -292,9 +292,9 @@ fn layer_norm_back_block<F: FastMath>(
         let c = sum8(m, |j| gr[j] * w[j] * xhat(j)) * inv_m;
         for j in 0..m {
             let xh = xhat(j);
-            dr[j] = dr[j] + rstd * (gr[j] * w[j] - a - xh * c);
-            dw[j] = dw[j] + gr[j] * xh;
-            db[j] = db[j] + gr[j];
+            dr[j] += rstd * (gr[j] * w[j] - a - xh * c);
+            dw[j] += gr[j] * xh;
+            db[j] += gr[j];
         }
     }
 }

@@ -94,15 +94,18 @@ fn softmax_block<F: FastMath>(
     rows_per_bias: usize,
 ) {
     for (r, (xr, yr)) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)).enumerate() {
-        let b: &[F] = if bias.is_empty() {
-            &[]
+        // 先把 x + bias 写进输出，后面的三遍都在这一行上原地做（每个循环都简单，编译器才会向量化）
+        if bias.is_empty() {
+            yr.copy_from_slice(xr);
         } else {
-            &bias[(first_row + r) / rows_per_bias * n..][..n]
-        };
-        let at = |j: usize| if b.is_empty() { xr[j] } else { xr[j] + b[j] };
-        let m = max8(n, at);
-        for (j, y) in yr.iter_mut().enumerate() {
-            *y = (at(j) - m).exp_fast();
+            let b = &bias[(first_row + r) / rows_per_bias * n..][..n];
+            for ((y, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
+                *y = v + bv;
+            }
+        }
+        let m = max8(n, |j| yr[j]);
+        for y in yr.iter_mut() {
+            *y = (*y - m).exp_fast();
         }
         let inv = F::one() / sum8(n, |j| yr[j]);
         for y in yr.iter_mut() {
@@ -367,4 +370,29 @@ where
         });
     }
     out.put_tape(tape)
+}
+
+// ---------------------------------------------------------------- 基准测试用
+
+/// 从任意形状的输出 `y` 开始反向传播，上游梯度直接给定为 `g`（PyTorch 的 `y.backward(g)`）。
+///
+/// dfdx 只能从标量开始反向；这里接一个“种子”算子：输出一个标量 0，它的反向把 `g` 写进 `y` 的梯度。
+/// 基准测试用它单独测一个算子的反向，而不把 `(y * g).sum()` 的开销算进去。
+pub fn backward_from<S: Shape, F: Dtype>(
+    y: Tensor<S, F, Cpu, OwnedTape<F, Cpu>>,
+    g: &Tensor<S, F, Cpu>,
+) -> Gradients<F, Cpu>
+where
+    Cpu: Device<F>,
+{
+    assert!(is_contiguous(g), "上游梯度必须是连续的");
+    let (y, mut tape) = y.split_tape();
+    let (y_ghost, g) = (y.ghost(), g.clone());
+    tape.add_backward_op(move |grads| {
+        grads.try_alloc_for(&y_ghost)?;
+        buf_mut::<F>(grads.get_mut(&y_ghost)).copy_from_slice(data(&g));
+        Ok(())
+    });
+    let seed: Tensor<(), F, Cpu> = y.device().zeros();
+    seed.put_tape(tape).backward()
 }

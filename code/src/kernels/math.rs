@@ -71,13 +71,19 @@ const EXP_HI: f32 = 88.0;
 // ANCHOR: exp_f32
 /// eˣ 的 f32 近似（Cephes `expf` 的系数），相对误差 < 2e-7。
 #[inline(always)]
+#[allow(clippy::manual_clamp)] // clamp 要处理 NaN，会妨碍向量化
 pub fn exp_f32(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     // ln2 拆成高低两段：n·C1 精确，r 的舍入误差只来自 n·C2
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;
-    let xc = x.clamp(EXP_LO, EXP_HI);
-    let n = (xc * LOG2E + 0.5).floor();
+    // 不用 clamp、floor 与 `as i32`：clamp 处理 NaN、`as` 做饱和转换，都会让编译器放弃向量化；
+    // SSE2 没有 floor 指令（要调 libm）。取整改成“加 ±½ 再截断”，截断用一条 cvttps2dq。
+    let xc = x.max(EXP_LO).min(EXP_HI);
+    let t = xc * LOG2E;
+    // SAFETY：xc ∈ [EXP_LO, EXP_HI]，t + ½ 的绝对值小于 128，转换不会越界。
+    let ni: i32 = unsafe { (t + 0.5f32.copysign(t)).to_int_unchecked() };
+    let n = ni as f32;
     let r = xc - n * C1 - n * C2;
     let p = 1.987_569_1e-4_f32;
     let p = p * r + 1.398_199_9e-3;
@@ -87,7 +93,7 @@ pub fn exp_f32(x: f32) -> f32 {
     let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // 2ⁿ：把 n + 127 写进 f32 的指数位
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
     if x < EXP_LO {
         0.0
     } else {

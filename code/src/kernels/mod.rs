@@ -155,6 +155,20 @@ mod tests {
         assert!((y[0] + y[1] - 1.0).abs() < 1e-6);
     }
 
+    /// `backward_from(y, g)` 与 `(y ⊙ g).sum().backward()` 给出同样的梯度。
+    #[test]
+    fn backward_from_seeds_the_given_upstream_gradient() {
+        let dev = Cpu::seed_from_u64(5);
+        let x: Tensor<Shape4, f64, Cpu> = dev.sample_normal_like(&(2, 2, 3, 4));
+        let g: Tensor<Shape4, f64, Cpu> = dev.sample_normal_like(&(2, 2, 3, 4));
+        let a = cpu::backward_from(Cpu::masked_softmax(x.leaky_trace(), None), &g);
+        let b = (Cpu::masked_softmax(x.leaky_trace(), None) * g.clone())
+            .sum()
+            .backward();
+        assert!(max_diff(&a.get(&x).as_vec(), &b.get(&x).as_vec()) < 1e-15);
+        assert!(a.get(&x).as_vec().iter().any(|&v| v != 0.0));
+    }
+
     #[test]
     fn fused_softmax_falls_back_on_a_permuted_view() {
         let dev = Cpu::seed_from_u64(1);

@@ -1,0 +1,110 @@
+//! 附录 B：融合算子与 dfdx 组合算子的耗时（前向、前向 + 反向），形状取 bert-base 的一批 [8, 128]。
+//!
+//! 运行：`bash code/scripts/bench.sh`（先跑本基准，再跑 PyTorch 的同一组测量，最后打印比值表）。
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use dfdx::prelude::*;
+use llm_book::kernels::cpu::backward_from;
+use llm_book::kernels::{masked_softmax_composite, Kernels, Shape4};
+use llm_book::transformer::attention::PaddingMask;
+use llm_book::transformer::gelu::gelu as gelu_composite;
+use llm_book::transformer::norm::layer_norm_composite;
+
+/// 批大小、序列长度、头数、隐藏维、前馈维（bert-base）。
+const B: usize = 8;
+const S: usize = 128;
+const H: usize = 12;
+const M: usize = 768;
+const FF: usize = 3072;
+
+/// 测量一个算子：`fused`、`dfdx` 两种实现，各测前向（`fwd`）与前向 + 反向（`fwd_bwd`）。
+/// criterion 的结果在 `target/criterion/kernels_<name>/<实现>_<fwd|fwd_bwd>/`。
+fn bench_op<Sh: Shape, O: Shape>(
+    c: &mut Criterion,
+    name: &str,
+    x: &Tensor<Sh, f32, Cpu>,
+    g: &Tensor<O, f32, Cpu>,
+    fused: impl Fn(
+        Tensor<Sh, f32, Cpu, OwnedTape<f32, Cpu>>,
+    ) -> Tensor<O, f32, Cpu, OwnedTape<f32, Cpu>>,
+    fused_eval: impl Fn(Tensor<Sh, f32, Cpu>) -> Tensor<O, f32, Cpu>,
+    dfdx: impl Fn(Tensor<Sh, f32, Cpu, OwnedTape<f32, Cpu>>) -> Tensor<O, f32, Cpu, OwnedTape<f32, Cpu>>,
+    dfdx_eval: impl Fn(Tensor<Sh, f32, Cpu>) -> Tensor<O, f32, Cpu>,
+) {
+    let mut group = c.benchmark_group(format!("kernels_{name}"));
+    group.sample_size(20);
+    group.bench_function("fused_fwd", |b| b.iter(|| fused_eval(x.clone())));
+    group.bench_function("fused_fwd_bwd", |b| {
+        b.iter(|| backward_from(fused(x.leaky_trace()), g))
+    });
+    group.bench_function("dfdx_fwd", |b| b.iter(|| dfdx_eval(x.clone())));
+    group.bench_function("dfdx_fwd_bwd", |b| {
+        b.iter(|| backward_from(dfdx(x.leaky_trace()), g))
+    });
+    group.finish();
+}
+
+fn kernels(c: &mut Criterion) {
+    let dev = Cpu::seed_from_u64(0);
+
+    let scores: Tensor<Shape4, f32, Cpu> = dev.sample_normal_like(&(B, H, S, S));
+    let g4: Tensor<Shape4, f32, Cpu> = dev.sample_normal_like(&(B, H, S, S));
+    bench_op(
+        c,
+        "softmax",
+        &scores,
+        &g4,
+        |x| Cpu::masked_softmax(x, None),
+        |x| Cpu::masked_softmax(x, None),
+        |x| masked_softmax_composite(x, None),
+        |x| masked_softmax_composite(x, None),
+    );
+    // 一批长短不一的序列（与 PyTorch 一侧相同的长度）
+    let lengths: Vec<usize> = (0..B).map(|i| S - 12 * i).collect();
+    let mask = PaddingMask::<f32, Cpu>::from_lengths(&dev, &lengths, S).unwrap();
+    let m = &mask.bias;
+    bench_op(
+        c,
+        "masked_softmax",
+        &scores,
+        &g4,
+        |x| Cpu::masked_softmax(x, Some(m)),
+        |x| Cpu::masked_softmax(x, Some(m)),
+        |x| masked_softmax_composite(x, Some(m)),
+        |x| masked_softmax_composite(x, Some(m)),
+    );
+
+    let h: Tensor<(usize, usize, usize), f32, Cpu> = dev.sample_normal_like(&(B, S, FF));
+    let gh: Tensor<(usize, usize, usize), f32, Cpu> = dev.sample_normal_like(&(B, S, FF));
+    bench_op(
+        c,
+        "gelu",
+        &h,
+        &gh,
+        Cpu::gelu,
+        Cpu::gelu,
+        gelu_composite,
+        gelu_composite,
+    );
+
+    let x: Tensor<(usize, usize, Const<M>), f32, Cpu> = dev.sample_normal_like(&(B, S, Const));
+    let gx: Tensor<(usize, usize, Const<M>), f32, Cpu> = dev.sample_normal_like(&(B, S, Const));
+    let w: Tensor<Rank1<M>, f32, Cpu> = dev.sample_normal();
+    let bias: Tensor<Rank1<M>, f32, Cpu> = dev.sample_normal();
+    bench_op(
+        c,
+        "layer_norm",
+        &x,
+        &gx,
+        |t| Cpu::layer_norm(t, &w, &bias, 1e-12),
+        |t| Cpu::layer_norm(t, &w, &bias, 1e-12),
+        |t| layer_norm_composite(t, &w, &bias, 1e-12),
+        |t| layer_norm_composite(t, &w, &bias, 1e-12),
+    );
+}
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);

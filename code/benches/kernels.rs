@@ -17,13 +17,16 @@ const H: usize = 12;
 const M: usize = 768;
 const FF: usize = 3072;
 
+type Plain<S> = Tensor<S, f32, Cpu>;
+type Traced<S> = Tensor<S, f32, Cpu, OwnedTape<f32, Cpu>>;
+
 /// 测量一个算子：`fused`、`dfdx` 两种实现，各测前向（`fwd`）与前向 + 反向（`fwd_bwd`）。
 /// criterion 的结果在 `target/criterion/kernels_<name>/<实现>_<fwd|fwd_bwd>/`。
 fn bench_op<Sh: Shape, O: Shape>(
     c: &mut Criterion,
     name: &str,
-    x: &Tensor<Sh, f32, Cpu>,
-    g: &Tensor<O, f32, Cpu>,
+    x: &Plain<Sh>,
+    g: &Plain<O>,
     fused: impl Fn(
         Tensor<Sh, f32, Cpu, OwnedTape<f32, Cpu>>,
     ) -> Tensor<O, f32, Cpu, OwnedTape<f32, Cpu>>,
@@ -54,10 +57,14 @@ fn kernels(c: &mut Criterion) {
         "softmax",
         &scores,
         &g4,
-        |x| Cpu::masked_softmax(x, None),
-        |x| Cpu::masked_softmax(x, None),
-        |x| masked_softmax_composite(x, None),
-        |x| masked_softmax_composite(x, None),
+        (
+            |x| Cpu::masked_softmax(x, None),
+            |x| Cpu::masked_softmax(x, None),
+        ),
+        (
+            |x| masked_softmax_composite(x, None),
+            |x| masked_softmax_composite(x, None),
+        ),
     );
     // 一批长短不一的序列（与 PyTorch 一侧相同的长度）
     let lengths: Vec<usize> = (0..B).map(|i| S - 12 * i).collect();
@@ -68,10 +75,14 @@ fn kernels(c: &mut Criterion) {
         "masked_softmax",
         &scores,
         &g4,
-        |x| Cpu::masked_softmax(x, Some(m)),
-        |x| Cpu::masked_softmax(x, Some(m)),
-        |x| masked_softmax_composite(x, Some(m)),
-        |x| masked_softmax_composite(x, Some(m)),
+        (
+            |x| Cpu::masked_softmax(x, Some(m)),
+            |x| Cpu::masked_softmax(x, Some(m)),
+        ),
+        (
+            |x| masked_softmax_composite(x, Some(m)),
+            |x| masked_softmax_composite(x, Some(m)),
+        ),
     );
 
     let h: Tensor<(usize, usize, usize), f32, Cpu> = dev.sample_normal_like(&(B, S, FF));
@@ -96,10 +107,14 @@ fn kernels(c: &mut Criterion) {
         "layer_norm",
         &x,
         &gx,
-        |t| Cpu::layer_norm(t, &w, &bias, 1e-12),
-        |t| Cpu::layer_norm(t, &w, &bias, 1e-12),
-        |t| layer_norm_composite(t, &w, &bias, 1e-12),
-        |t| layer_norm_composite(t, &w, &bias, 1e-12),
+        (
+            |t| Cpu::layer_norm(t, &w, &bias, 1e-12),
+            |t| Cpu::layer_norm(t, &w, &bias, 1e-12),
+        ),
+        (
+            |t| layer_norm_composite(t, &w, &bias, 1e-12),
+            |t| layer_norm_composite(t, &w, &bias, 1e-12),
+        ),
     );
 }
 

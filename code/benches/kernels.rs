@@ -27,12 +27,14 @@ fn bench_op<Sh: Shape, O: Shape>(
     name: &str,
     x: &Plain<Sh>,
     g: &Plain<O>,
-    fused: impl Fn(
-        Tensor<Sh, f32, Cpu, OwnedTape<f32, Cpu>>,
-    ) -> Tensor<O, f32, Cpu, OwnedTape<f32, Cpu>>,
-    fused_eval: impl Fn(Tensor<Sh, f32, Cpu>) -> Tensor<O, f32, Cpu>,
-    dfdx: impl Fn(Tensor<Sh, f32, Cpu, OwnedTape<f32, Cpu>>) -> Tensor<O, f32, Cpu, OwnedTape<f32, Cpu>>,
-    dfdx_eval: impl Fn(Tensor<Sh, f32, Cpu>) -> Tensor<O, f32, Cpu>,
+    (fused, fused_eval): (
+        impl Fn(Traced<Sh>) -> Traced<O>,
+        impl Fn(Plain<Sh>) -> Plain<O>,
+    ),
+    (dfdx, dfdx_eval): (
+        impl Fn(Traced<Sh>) -> Traced<O>,
+        impl Fn(Plain<Sh>) -> Plain<O>,
+    ),
 ) {
     let mut group = c.benchmark_group(format!("kernels_{name}"));
     group.sample_size(20);

@@ -94,10 +94,8 @@ fn kernels(c: &mut Criterion) {
         "gelu",
         &h,
         &gh,
-        Cpu::gelu,
-        Cpu::gelu,
-        gelu_composite,
-        gelu_composite,
+        (Cpu::gelu, Cpu::gelu),
+        (gelu_composite, gelu_composite),
     );
 
     let x: Tensor<(usize, usize, Const<M>), f32, Cpu> = dev.sample_normal_like(&(B, S, Const));

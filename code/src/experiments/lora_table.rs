@@ -242,15 +242,28 @@ mod tests {
         assert_eq!(MeanStd::of(&[0.5]).std, 0.0);
     }
 
-    /// 用提交的结果文件检查分组：同一方法不同种子合为一行，预算不同的结果被拒绝。
+    /// 分组与核对：同一方法不同种子合为一行，预算不同、种子重复的结果被拒绝。
+    /// 样本是一次真实运行的 summary.json（`tests/fixtures/finetune-summary.json`，LoRA r=8、种子 0）。
     #[test]
     fn groups_seeds_and_rejects_a_different_budget() {
-        let dir = super::super::results_dir().join("part-a");
-        let runs = read_runs(&dir).unwrap();
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/finetune-summary.json");
+        let one: FinetuneSummary =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let mut full = one.clone();
+        full.method = Method::Full;
+        full.trainable = full.all;
+        let runs = vec![
+            ("lora-r8-s0.json".to_string(), one),
+            ("full-s0.json".to_string(), full),
+        ];
         let table = summarize(&runs).unwrap();
-        let total: usize = table.rows.iter().map(|r| r.seeds.len()).sum();
-        assert_eq!(total, runs.len());
-        assert!(table.rows.windows(2).all(|w| w[0].kind <= w[1].kind));
+        assert_eq!(table.rows.len(), 2);
+        assert_eq!(table.rows[0].method, "LoRA r=8（q、v）");
+        assert_eq!(table.rows[1].method, "全量微调");
+        assert!(table
+            .markdown()
+            .contains("| LoRA r=8（q、v） | 1 | 75.43 ± 0.00 |"));
         // 把一个结果复制一份当作另一个种子：与原来的合为同一行
         let mut more = runs.clone();
         let mut copy = runs[0].1.clone();
@@ -258,6 +271,7 @@ mod tests {
         more.push(("copy.json".into(), copy));
         let t2 = summarize(&more).unwrap();
         assert_eq!(t2.rows.len(), table.rows.len());
+        assert_eq!(t2.rows[0].seeds, vec![0, 99]);
         // 改了批大小：报错并指出文件
         let mut bad = runs[0].1.clone();
         bad.config.batch_size += 1;

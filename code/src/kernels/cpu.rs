@@ -396,3 +396,145 @@ where
     let seed: Tensor<(), F, Cpu> = y.device().zeros();
     seed.put_tape(tape).backward()
 }
+
+// ---------------------------------------------------------------- 线性层
+
+/// matrixmultiply 的 gemm：C ← α·A·B + β·C，行、列步长任意（转置不需要复制）。
+pub trait Gemm: Sized {
+    /// # Safety
+    /// 指针与步长描述的 m×k、k×n、m×n 三个矩阵都必须在各自的缓冲区之内，且 C 不与 A、B 重叠。
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: (*const Self, isize, isize),
+        b: (*const Self, isize, isize),
+        beta: Self,
+        c: (*mut Self, isize, isize),
+    );
+}
+
+impl Gemm for f32 {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: (*const f32, isize, isize),
+        b: (*const f32, isize, isize),
+        beta: f32,
+        c: (*mut f32, isize, isize),
+    ) {
+        matrixmultiply::sgemm(
+            m, k, n, 1.0, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
+        )
+    }
+}
+
+impl Gemm for f64 {
+    unsafe fn gemm(
+        m: usize,
+        k: usize,
+        n: usize,
+        a: (*const f64, isize, isize),
+        b: (*const f64, isize, isize),
+        beta: f64,
+        c: (*mut f64, isize, isize),
+    ) {
+        matrixmultiply::dgemm(
+            m, k, n, 1.0, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
+        )
+    }
+}
+
+/// 线性层 y = x·Wᵀ + b（W 按 PyTorch 的 `(out, in)` 存放）。
+///
+/// 反向：dx += g·W 总是要算（梯度要继续往下传）；`train_weights` 为 `false`（LoRA、线性探测里冻结的 W₀）时
+/// **不算** dW = gᵀ·x 与 db = Σg——dfdx 的 matmul 总是两个梯度都算，冻结的权重白白多花一次同样大的矩阵乘法。
+pub fn linear<const I: usize, const O: usize, F, T>(
+    x: Tensor<(usize, usize, Const<I>), F, Cpu, T>,
+    w: &Tensor<Rank2<O, I>, F, Cpu>,
+    b: &Tensor<Rank1<O>, F, Cpu>,
+    train_weights: bool,
+) -> Tensor<(usize, usize, Const<O>), F, Cpu, T>
+where
+    F: FastMath + Dtype + Gemm,
+    Cpu: Device<F>,
+    T: Tape<F, Cpu>,
+{
+    if !is_contiguous(&x) || !is_contiguous(w) || !is_contiguous(b) {
+        return super::linear_composite(x, w, b);
+    }
+    let (batch, seq, _) = *x.shape();
+    let rows = batch * seq;
+    let (x, mut tape) = x.split_tape();
+    let (xd, wd, bd) = (data(&x), data(w), data(b));
+    // 先把偏置写进每一行，再以 β = 1 累加 x·Wᵀ：偏置不用再单独遍历一遍
+    let mut out: Vec<F> = Vec::with_capacity(rows * O);
+    for _ in 0..rows {
+        out.extend_from_slice(bd);
+    }
+    // SAFETY：x 是 rows×I（行步长 I），Wᵀ 是 I×O（W 的转置：行步长 1、列步长 I），out 是 rows×O，都在各自缓冲区内。
+    unsafe {
+        F::gemm(
+            rows,
+            I,
+            O,
+            (xd.as_ptr(), I as isize, 1),
+            (wd.as_ptr(), 1, I as isize),
+            F::one(),
+            (out.as_mut_ptr(), O as isize, 1),
+        );
+    }
+    let out = x.device().tensor_from_vec(out, (batch, seq, Const::<O>));
+    if T::OWNS_TAPE {
+        let (out_ghost, w, b) = (out.ghost(), w.clone(), b.clone());
+        tape.add_backward_op(move |grads| {
+            grads.try_alloc_for(&x)?;
+            grads.try_alloc_for(&out_ghost)?;
+            if train_weights {
+                grads.try_alloc_for(&w)?;
+                grads.try_alloc_for(&b)?;
+            }
+            let (dx, g) = grads.mut_and_ref(&x, &out_ghost);
+            let (dx, g) = (buf_mut::<F>(dx), buf(g));
+            // SAFETY：g 是 rows×O，W 是 O×I，dx 是 rows×I。
+            unsafe {
+                F::gemm(
+                    rows,
+                    O,
+                    I,
+                    (g.as_ptr(), O as isize, 1),
+                    (data(&w).as_ptr(), I as isize, 1),
+                    F::one(),
+                    (dx.as_mut_ptr(), I as isize, 1),
+                );
+            }
+            if train_weights {
+                // g 借自 grads，下面还要可写地借 dW、db：先复制一份指针范围之外的东西是不行的，
+                // 所以用 muts_and_ref 一次借出 dW、db 与 g
+                let (dw, db, g) = grads.muts_and_ref(&w, &b, &out_ghost);
+                let (dw, db, g) = (buf_mut::<F>(dw), buf_mut::<F>(db), buf(g));
+                // SAFETY：gᵀ 是 O×rows（行步长 1、列步长 O），x 是 rows×I，dW 是 O×I。
+                unsafe {
+                    F::gemm(
+                        O,
+                        rows,
+                        I,
+                        (g.as_ptr(), 1, O as isize),
+                        (data(&x).as_ptr(), I as isize, 1),
+                        F::one(),
+                        (dw.as_mut_ptr(), I as isize, 1),
+                    );
+                }
+                for row in g.chunks_exact(O) {
+                    for (d, &v) in db.iter_mut().zip(row) {
+                        *d += v;
+                    }
+                }
+            }
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}

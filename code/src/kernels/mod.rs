@@ -38,6 +38,18 @@ pub trait Kernels<E: Dtype>: Device<E> {
         crate::transformer::gelu::gelu(x)
     }
 
+    /// 线性层 x·Wᵀ + b（W 按 `(out, in)` 存放，与 dfdx、PyTorch 相同）。`train_weights` 为 `false` 时
+    /// 可以不算 W、b 的梯度（冻结的权重）；默认实现总是算（dfdx 的 matmul 做不到只算一边）。
+    fn linear<const I: usize, const O: usize, T: Tape<E, Self>>(
+        x: Tensor<(usize, usize, Const<I>), E, Self, T>,
+        w: &Tensor<Rank2<O, I>, E, Self>,
+        b: &Tensor<Rank1<O>, E, Self>,
+        train_weights: bool,
+    ) -> Tensor<(usize, usize, Const<O>), E, Self, T> {
+        let _ = train_weights;
+        linear_composite(x, w, b)
+    }
+
     /// 最后一维上的 LayerNorm，γ = `w`、β = `b`。
     fn layer_norm<const M: usize, T: Tape<E, Self>>(
         x: Tensor<(usize, usize, Const<M>), E, Self, T>,
@@ -67,6 +79,16 @@ pub fn masked_softmax_composite<E: Dtype, D: Device<E>, T: Tape<E, D>>(
 }
 // ANCHOR_END: masked_softmax_composite
 
+/// 组合算子写的线性层：与 dfdx 的 `Linear::forward` 相同，W 与 b 的梯度总会算出来。
+pub fn linear_composite<const I: usize, const O: usize, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<(usize, usize, Const<I>), E, D, T>,
+    w: &Tensor<Rank2<O, I>, E, D>,
+    b: &Tensor<Rank1<O>, E, D>,
+) -> Tensor<(usize, usize, Const<O>), E, D, T> {
+    let shape = (x.shape().0, x.shape().1, Const::<O>);
+    x.matmul(w.retaped::<T>().permute::<_, Axes2<1, 0>>()) + b.retaped::<T>().broadcast_like(&shape)
+}
+
 macro_rules! cpu_kernels {
     ($($e:ty),*) => {$(
         impl Kernels<$e> for Cpu {
@@ -79,6 +101,15 @@ macro_rules! cpu_kernels {
 
             fn gelu<S: Shape, T: Tape<$e, Self>>(x: Tensor<S, $e, Self, T>) -> Tensor<S, $e, Self, T> {
                 cpu::gelu(x)
+            }
+
+            fn linear<const I: usize, const O: usize, T: Tape<$e, Self>>(
+                x: Tensor<(usize, usize, Const<I>), $e, Self, T>,
+                w: &Tensor<Rank2<O, I>, $e, Self>,
+                b: &Tensor<Rank1<O>, $e, Self>,
+                train_weights: bool,
+            ) -> Tensor<(usize, usize, Const<O>), $e, Self, T> {
+                cpu::linear(x, w, b, train_weights)
             }
 
             fn layer_norm<const M: usize, T: Tape<$e, Self>>(
@@ -267,6 +298,56 @@ mod tests {
             d.iter().all(|&e| e < 1e-5),
             "f32：输出、dx、dγ、dβ 的最大误差 {d:?}"
         );
+    }
+
+    fn linear_case<E: Dtype + Into<f64>>(dev: &Cpu, train: bool) -> [f64; 4]
+    where
+        Cpu: Kernels<E>,
+        rand_distr::StandardNormal: rand_distr::Distribution<E>,
+    {
+        let x: Tensor<(usize, usize, Const<12>), E, Cpu> = dev.sample_normal_like(&(3, 5, Const));
+        let g: Tensor<(usize, usize, Const<7>), E, Cpu> = dev.sample_normal_like(&(3, 5, Const));
+        let w: Tensor<Rank2<7, 12>, E, Cpu> = dev.sample_normal();
+        let b: Tensor<Rank1<7>, E, Cpu> = dev.sample_normal();
+        let fused = cpu::backward_from(Cpu::linear(x.leaky_trace(), &w, &b, train), &g);
+        let composite = cpu::backward_from(linear_composite(x.leaky_trace(), &w, &b), &g);
+        let y1 = Cpu::linear(x.clone(), &w, &b, train).as_vec();
+        let y2 = linear_composite(x.clone(), &w, &b).as_vec();
+        let dw = |gr: &Gradients<E, Cpu>| gr.get(&w).as_vec();
+        let db = |gr: &Gradients<E, Cpu>| gr.get(&b).as_vec();
+        if !train {
+            // 冻结的权重：根本不分配梯度
+            assert!(fused.get_ref_checked(&w).is_none() && fused.get_ref_checked(&b).is_none());
+            return [
+                max_diff(&y1, &y2),
+                max_diff(&fused.get(&x).as_vec(), &composite.get(&x).as_vec()),
+                0.0,
+                0.0,
+            ];
+        }
+        [
+            max_diff(&y1, &y2),
+            max_diff(&fused.get(&x).as_vec(), &composite.get(&x).as_vec()),
+            max_diff(&dw(&fused), &dw(&composite)),
+            max_diff(&db(&fused), &db(&composite)),
+        ]
+    }
+
+    #[test]
+    fn fused_linear_matches_composite_and_skips_frozen_weights() {
+        let dev = Cpu::seed_from_u64(6);
+        for train in [true, false] {
+            let d = linear_case::<f64>(&dev, train);
+            assert!(
+                d.iter().all(|&e| e < 1e-12),
+                "f64，train={train}：y、dx、dW、db {d:?}"
+            );
+            let d = linear_case::<f32>(&dev, train);
+            assert!(
+                d.iter().all(|&e| e < 1e-5),
+                "f32，train={train}：y、dx、dW、db {d:?}"
+            );
+        }
     }
 
     /// 融合 LayerNorm 对输入的梯度与有限差分一致（f64）：不依赖组合写法，独立地检查手写的反向公式。

@@ -360,6 +360,10 @@ pub struct AdapterHooks<
 impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Kernels<E>>
     AttentionHooks<M, E, D> for AdapterHooks<'_, M, F, R, Tg, E, D>
 {
+    /// 有适配器的模型里，原来的线性层总是冻结的。
+    fn base_frozen(&self) -> bool {
+        true
+    }
     fn query<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<M, E, D, T>,
@@ -393,6 +397,9 @@ impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Ke
 impl<const M: usize, const F: usize, const R: usize, Tg: Targets, E: Real, D: Kernels<E>>
     FfnHooks<M, F, E, D> for AdapterHooks<'_, M, F, R, Tg, E, D>
 {
+    fn base_frozen(&self) -> bool {
+        true
+    }
     fn up<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<M, E, D, T>,

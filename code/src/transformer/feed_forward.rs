@@ -1,7 +1,7 @@
 //! 1.5 前馈网络：FFN(x) = W₂·act(W₁x + b₁) + b₂，act 为 ReLU（参考实现）或 GELU（BERT）。
 
 use crate::kernels::Kernels;
-use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection};
+use dfdx::nn::modules::{Linear, ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
 use crate::basics::tensors::Real;
@@ -46,12 +46,17 @@ impl<const M: usize, const F: usize, E: Dtype, D: Kernels<E>> FeedForward<M, F, 
         activation: Activation,
         hooks: &Hk,
     ) -> Tensor<(usize, usize, Const<M>), E, D, T> {
-        let hidden = hooks.up(x.retaped::<T>(), self.linear1.forward(x));
+        let train = !hooks.base_frozen();
+        let (l1, l2) = (&self.linear1, &self.linear2);
+        let hidden = hooks.up(x.retaped::<T>(), D::linear(x, &l1.weight, &l1.bias, train));
         let hidden = match activation {
             Activation::Relu => hidden.relu(),
             Activation::Gelu => D::gelu(hidden),
         };
-        hooks.down(hidden.retaped::<T>(), self.linear2.forward(hidden))
+        hooks.down(
+            hidden.retaped::<T>(),
+            D::linear(hidden, &l2.weight, &l2.bias, train),
+        )
     }
 }
 // ANCHOR_END: feed_forward

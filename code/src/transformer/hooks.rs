@@ -8,6 +8,10 @@ use dfdx::prelude::*;
 // ANCHOR: hooks
 /// 注意力里四个投影的钩子：`x` 是投影的输入，`out` 是原投影的输出，返回最终输出（默认原样返回 `out`）。
 pub trait AttentionHooks<const M: usize, E: Dtype, D: Device<E>> {
+    /// 四个投影本身（W₀、b₀）是否冻结：冻结时不必算它们的梯度（附录 B）。默认不冻结。
+    fn base_frozen(&self) -> bool {
+        false
+    }
     /// W_q 之后。
     fn query<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
@@ -44,6 +48,10 @@ pub trait AttentionHooks<const M: usize, E: Dtype, D: Device<E>> {
 
 /// 前馈网络两个线性层的钩子。
 pub trait FfnHooks<const M: usize, const F: usize, E: Dtype, D: Device<E>> {
+    /// 两个线性层本身是否冻结（见 [`AttentionHooks::base_frozen`]）。
+    fn base_frozen(&self) -> bool {
+        false
+    }
     /// 升维层 `M → F` 之后。
     fn up<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,

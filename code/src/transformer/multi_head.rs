@@ -1,7 +1,7 @@
 //! 1.2 多头注意力：独立的 W_q、W_k、W_v、W_o，头的拆分与合并。
 
 use crate::kernels::Kernels;
-use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection};
+use dfdx::nn::modules::{Linear, ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
 use crate::basics::tensors::Real;
@@ -67,16 +67,19 @@ impl<const M: usize, const H: usize, E: Dtype, D: Kernels<E>> MultiHeadAttention
             // (batch, seq, M) -> (batch, seq, H, d_head) -> (batch, H, seq, d_head)
             t.reshape_like(&heads).permute::<_, Axes4<0, 2, 1, 3>>()
         };
-        let q = hooks.query(x.retaped::<T>(), self.w_q.forward(x.clone().put_tape(tape)));
-        let k = hooks.key(x.retaped::<T>(), self.w_k.forward(x.retaped::<T>()));
-        let v = hooks.value(x.retaped::<T>(), self.w_v.forward(x.retaped::<T>()));
+        // 投影由设备的 Kernels::linear 计算：原投影冻结时（LoRA），CPU 上不算 W、b 的梯度
+        let train = !hooks.base_frozen();
+        let proj = |l: &Linear<M, M, E, D>, t| D::linear(t, &l.weight, &l.bias, train);
+        let q = hooks.query(x.retaped::<T>(), proj(&self.w_q, x.clone().put_tape(tape)));
+        let k = hooks.key(x.retaped::<T>(), proj(&self.w_k, x.retaped::<T>()));
+        let v = hooks.value(x.retaped::<T>(), proj(&self.w_v, x.retaped::<T>()));
         let (out, weights) = scaled_dot_product_attention(split(q), split(k), split(v), mask);
         // (batch, H, seq, d_head) -> (batch, seq, H, d_head) -> (batch, seq, M)
         let out = out
             .permute::<_, Axes4<0, 2, 1, 3>>()
             .reshape_like(&(batch, seq, Const::<M>));
         (
-            hooks.output(out.retaped::<T>(), self.w_o.forward(out)),
+            hooks.output(out.retaped::<T>(), proj(&self.w_o, out)),
             weights,
         )
     }

@@ -121,5 +121,10 @@ fn kernels(c: &mut Criterion) {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-criterion_group!(benches, kernels);
+/// 与 `llm-book` 程序相同的分配器设置（见 `llm_book::alloc`）。
+fn setup(_: &mut Criterion) {
+    llm_book::alloc::keep_freed_memory();
+}
+
+criterion_group!(benches, setup, kernels);
 criterion_main!(benches);

@@ -43,6 +43,76 @@ def fwd_and_bwd(op, x, g):
     return timed(fwd), timed(fwd_bwd)
 
 
+class SeedEncoder(torch.nn.Module):
+    """第 1 部分的参考编码器：词嵌入 + 正弦位置编码 + 6 层 Pre-LN（ReLU，dropout 0.1）+ 最后的 LayerNorm。"""
+
+    def __init__(self, vocab=10000, d=512, heads=8, ff=2048, layers=6, max_len=512):
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab, d)
+        pos = torch.arange(max_len)[:, None]
+        freq = torch.exp(torch.arange(0, d, 2) * (-torch.log(torch.tensor(10000.0)) / d))
+        pe = torch.zeros(max_len, d)
+        pe[:, 0::2] = torch.sin(pos * freq)
+        pe[:, 1::2] = torch.cos(pos * freq)
+        self.register_buffer("pe", pe)
+        layer = torch.nn.TransformerEncoderLayer(d, heads, ff, dropout=0.1, batch_first=True, norm_first=True)
+        self.layers = torch.nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = torch.nn.LayerNorm(d)
+        self.scale = d**0.5
+
+    def forward(self, tokens):
+        x = self.embed(tokens) * self.scale + self.pe[: tokens.shape[1]]
+        return self.norm(self.layers(x))
+
+
+def timed_step(step, min_run_time):
+    step()  # 预热（第一次分配梯度缓冲区）
+    t = benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=THREADS)
+    return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+def train_steps():
+    """训练一步（前向 + 反向，不含优化器）：与 code/benches/train_step.rs 相同的模型与形状。"""
+    ms = {}
+    enc = SeedEncoder().train()
+    for b, s in [(8, 128), (2, 50)]:
+        tokens = torch.randint(0, 10000, (b, s))
+        g = torch.randn(b, s, 512)
+
+        def step():
+            enc.zero_grad(set_to_none=True)
+            enc(tokens).backward(g)
+
+        ms[f"train_step_encoder_d512/{b}x{s}"] = timed_step(step, 5.0)
+        print(f"encoder d512 [{b},{s}]：{ms[f'train_step_encoder_d512/{b}x{s}']:.1f} 毫秒")
+    try:
+        from transformers import BertConfig, BertForSequenceClassification
+        from peft import LoraConfig, get_peft_model
+    except ImportError:
+        print("没有 transformers/peft：跳过 bert-base 的训练步", file=sys.stderr)
+        return ms
+    cfg = BertConfig(
+        vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+        intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
+        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0, num_labels=2,
+    )
+    tokens = torch.randint(0, 21128, (8, 128))
+    labels = torch.tensor([0, 1] * 4)
+    full = BertForSequenceClassification(cfg).train()
+    lora = get_peft_model(
+        BertForSequenceClassification(cfg).train(),
+        LoraConfig(task_type="SEQ_CLS", r=16, lora_alpha=32, target_modules=["query", "value"], lora_dropout=0.0),
+    )
+    for name, model in [("full_8x128", full), ("lora_8x128", lora)]:
+        def step():
+            model.zero_grad(set_to_none=True)
+            model(input_ids=tokens, labels=labels).loss.backward()
+
+        ms[f"train_step_bert_base/{name}"] = timed_step(step, 20.0)
+        print(f"bert-base {name}：{ms[f'train_step_bert_base/{name}']:.0f} 毫秒")
+    return ms
+
+
 def main(out):
     scores = torch.randn(B, H, S, S)
     g4 = torch.randn(B, H, S, S)
@@ -64,6 +134,7 @@ def main(out):
     for name, (op, inp, g) in ops.items():
         ms[f"{name}/fwd"], ms[f"{name}/fwd_bwd"] = fwd_and_bwd(op, inp, g)
         print(f"{name:>15}：前向 {ms[f'{name}/fwd']:.3f} 毫秒，前向 + 反向 {ms[f'{name}/fwd_bwd']:.3f} 毫秒")
+    ms.update(train_steps())
     result = {
         "torch": torch.__version__,
         "threads": THREADS,

@@ -22,6 +22,7 @@
 // 这正是 clippy 的 type_complexity 所说的“复杂类型”；用别名藏起形状会违背本书的初衷。
 #![allow(clippy::type_complexity)]
 
+pub mod alloc;
 pub mod basics;
 pub mod bert;
 pub mod checkpoint;

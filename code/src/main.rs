@@ -12,8 +12,7 @@ use llm_book::basics::device::{run_on, DeviceKind, DeviceTask};
 use llm_book::figures;
 use llm_book::io::write_atomic;
 
-/// 全局分配器用 mimalloc：训练时每一步都分配、释放许多几 MB 大的张量，glibc 的 malloc 会把它们还给操作系统
-/// 再重新要回来（缺页、清零、TLB 刷新），在 2 核虚拟机上占到融合算子耗时的八成（附录 B）。
+/// 全局分配器用 mimalloc，并且不把释放的内存还给操作系统（见 `llm_book::alloc`，附录 B）。
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -306,6 +305,7 @@ struct FinetuneArgs {
 }
 
 fn main() {
+    llm_book::alloc::keep_freed_memory();
     if let Err(e) = run(llm_book::cli::parse::<Cli>()) {
         eprintln!("错误：{e:#}");
         std::process::exit(1);

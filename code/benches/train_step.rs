@@ -1,0 +1,115 @@
+//! 附录 B：训练一步（前向 + 反向）的耗时，与 PyTorch 在同一台机器上比较（`code/scripts/bench_torch.py`）。
+//!
+//! - `encoder_d512`：第 1 部分的参考编码器（d_model 512、8 头、前馈 2048、6 层，Pre-LN，dropout 0.1），
+//!   输出上给定随机的上游梯度（与 PyTorch 的 `out.backward(g)` 相同）。形状 [8, 128] 与 [2, 50]。
+//! - `bert_base`：bert-base-chinese 大小的分类模型（随机初始化，隐藏层 dropout 0.1），[8, 128]，交叉熵损失；
+//!   全量微调与 LoRA（r = 16、α = 32、query/value，与 3.4 节的例子相同）。
+//!
+//! 不含优化器的更新（AdamW 的耗时与参数量成正比，另行报告）。运行：`bash code/scripts/bench.sh`。
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use dfdx::losses::cross_entropy_with_logits_loss;
+use dfdx::nn::ZeroGrads;
+use dfdx::prelude::*;
+use llm_book::bert::model::{bert_config, BertBaseChinese, BertClassifier};
+use llm_book::kernels::cpu::backward_from;
+use llm_book::lora::encoder::QueryValue;
+use llm_book::peft::config::LoraConfig;
+use llm_book::peft::model::PeftBert;
+use llm_book::train::SequenceClassifier;
+use llm_book::transformer::attention::PaddingMask;
+use llm_book::transformer::encoder::{EncoderConfig, Mode, SeedEncoder};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// 一批词 id。
+type Tokens = Tensor<(usize, usize), usize, Cpu>;
+
+/// 一批随机的词 id 与全长的掩码。
+fn batch(dev: &Cpu, b: usize, s: usize, vocab: usize) -> (Tokens, PaddingMask<f32, Cpu>) {
+    let ids: Vec<usize> = (0..b * s).map(|i| (i * 7919 + 13) % vocab).collect();
+    let tokens = dev.tensor_from_vec(ids, (b, s));
+    let mask = PaddingMask::from_lengths(dev, &vec![s; b], s).unwrap();
+    (tokens, mask)
+}
+
+fn encoder(c: &mut Criterion) {
+    let dev = Cpu::seed_from_u64(0);
+    let model = SeedEncoder::<f32, Cpu>::new(&dev, EncoderConfig::default());
+    let mut group = c.benchmark_group("train_step_encoder_d512");
+    group.sample_size(10);
+    for (b, s) in [(8, 128), (2, 50)] {
+        let (tokens, mask) = batch(&dev, b, s, 10000);
+        let g: Tensor<(usize, usize, Const<512>), f32, Cpu> =
+            dev.sample_normal_like(&(b, s, Const));
+        group.bench_function(format!("{b}x{s}"), |bench| {
+            bench.iter(|| {
+                let out = model
+                    .forward(tokens.leaky_trace(), Some(&mask), Mode::Train)
+                    .unwrap();
+                backward_from(out.hidden, &g)
+            })
+        });
+    }
+    group.finish();
+}
+
+/// 分类模型的一步：前向到 logits、交叉熵、反向。梯度缓冲区每步清零后复用（与 3.6 节的训练循环相同）。
+fn classifier_step<Mo: SequenceClassifier<2, f32, Cpu>>(
+    model: &Mo,
+    grads: &mut Option<Gradients<f32, Cpu>>,
+    tokens: &Tensor<(usize, usize), usize, Cpu>,
+    mask: &PaddingMask<f32, Cpu>,
+    labels: &Tensor<(usize, Const<2>), f32, Cpu>,
+) {
+    let mut g = grads.take().unwrap_or_else(|| model.params().alloc_grads());
+    model.params().zero_grads(&mut g);
+    let logits = model
+        .logits(tokens.clone().traced(g), mask, Mode::Train)
+        .unwrap();
+    *grads = Some(cross_entropy_with_logits_loss(logits, labels.clone()).backward());
+}
+
+fn bert_base(c: &mut Criterion) {
+    let dev = Cpu::seed_from_u64(0);
+    let config = bert_config(1e-12, 0.1, 512);
+    let (tokens, mask) = batch(&dev, 8, 128, 21128);
+    let labels = dev.tensor_from_vec(
+        (0..8)
+            .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
+            .collect(),
+        (8, Const::<2>),
+    );
+    let mut group = c.benchmark_group("train_step_bert_base");
+    group.sample_size(10);
+    let full = BertClassifier {
+        params: BertBaseChinese::<f32, Cpu>::random(&dev),
+        config,
+    };
+    let mut grads = None;
+    group.bench_function("full_8x128", |bench| {
+        bench.iter(|| classifier_step(&full, &mut grads, &tokens, &mask, &labels))
+    });
+    drop(grads);
+    let lora =
+        PeftBert::<21128, 768, 12, 3072, 12, 512, 2, 2, 16, QueryValue, f32, Cpu>::get_peft_model(
+            full.params,
+            config,
+            LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
+        )
+        .unwrap();
+    let mut grads = None;
+    group.bench_function("lora_8x128", |bench| {
+        bench.iter(|| classifier_step(&lora, &mut grads, &tokens, &mask, &labels))
+    });
+    group.finish();
+}
+
+/// 与 `llm-book` 程序相同的分配器设置（见 `llm_book::alloc`）。
+fn setup(_: &mut Criterion) {
+    llm_book::alloc::keep_freed_memory();
+}
+
+criterion_group!(benches, setup, encoder, bert_base);
+criterion_main!(benches);

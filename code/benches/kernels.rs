@@ -126,5 +126,22 @@ fn setup(_: &mut Criterion) {
     llm_book::alloc::keep_freed_memory();
 }
 
-criterion_group!(benches, setup, kernels);
+/// 矩阵乘法的吞吐：bert-base 前馈网络的升维层，[8·128, 768] × [768, 3072]ᵀ（前向，2·m·k·n 次浮点运算）。
+fn gemm(c: &mut Criterion) {
+    let dev = Cpu::seed_from_u64(0);
+    let x: Tensor<(usize, usize, Const<M>), f32, Cpu> = dev.sample_normal_like(&(B, S, Const));
+    let w: Tensor<Rank2<FF, M>, f32, Cpu> = dev.sample_normal();
+    let b: Tensor<Rank1<FF>, f32, Cpu> = dev.sample_normal();
+    let mut group = c.benchmark_group("kernels_gemm");
+    group.sample_size(20);
+    group.bench_function("fused_fwd", |bench| {
+        bench.iter(|| Cpu::linear(x.clone(), &w, &b, true))
+    });
+    group.bench_function("dfdx_fwd", |bench| {
+        bench.iter(|| llm_book::kernels::linear_composite(x.clone(), &w, &b))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, setup, kernels, gemm);
 criterion_main!(benches);

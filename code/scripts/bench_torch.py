@@ -23,7 +23,9 @@ torch.manual_seed(0)
 
 
 def timed(fn):
-    """中位数，毫秒。"""
+    """中位数，毫秒（先空跑 3 次：第一次要分配内存）。"""
+    for _ in range(3):
+        fn()
     t = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=THREADS)
     return t.blocked_autorange(min_run_time=2.0).median * 1e3
 
@@ -134,6 +136,11 @@ def main(out):
     for name, (op, inp, g) in ops.items():
         ms[f"{name}/fwd"], ms[f"{name}/fwd_bwd"] = fwd_and_bwd(op, inp, g)
         print(f"{name:>15}：前向 {ms[f'{name}/fwd']:.3f} 毫秒，前向 + 反向 {ms[f'{name}/fwd_bwd']:.3f} 毫秒")
+    lin = torch.nn.Linear(M, FF)
+    xg = torch.randn(B, S, M)
+    with torch.no_grad():
+        ms["gemm/fwd"] = timed(lambda: lin(xg))
+    print(f"           gemm：前向 {ms['gemm/fwd']:.3f} 毫秒（{2 * B * S * M * FF / ms['gemm/fwd'] / 1e6:.0f} GFLOP/s）")
     ms.update(train_steps())
     result = {
         "torch": torch.__version__,

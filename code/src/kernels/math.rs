@@ -63,12 +63,12 @@ impl FastMath for f32 {
     }
 }
 
+// ANCHOR: exp_f32
 /// 比这更小的 x，eˣ 在 f32 里下溢（取 0）。
 const EXP_LO: f32 = -87.336_55;
 /// 比这更大的 x 截到这里（2¹²⁷ 以内，指数位不溢出）；softmax 与 erf 里的 x 都不大于 0。
 const EXP_HI: f32 = 88.0;
 
-// ANCHOR: exp_f32
 /// eˣ 的 f32 近似（Cephes `expf` 的系数），相对误差 < 2e-7。
 #[inline(always)]
 #[allow(clippy::manual_clamp)] // clamp 要处理 NaN，会妨碍向量化

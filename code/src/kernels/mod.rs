@@ -14,6 +14,9 @@
 
 use dfdx::prelude::*;
 
+use crate::transformer::gelu::gelu as gelu_composite;
+use crate::transformer::norm::layer_norm_composite;
+
 pub mod cpu;
 pub mod math;
 
@@ -35,7 +38,7 @@ pub trait Kernels<E: Dtype>: Device<E> {
 
     /// 精确 GELU：x·Φ(x)。
     fn gelu<S: Shape, T: Tape<E, Self>>(x: Tensor<S, E, Self, T>) -> Tensor<S, E, Self, T> {
-        crate::transformer::gelu::gelu(x)
+        gelu_composite(x)
     }
 
     /// 线性层 x·Wᵀ + b（W 按 `(out, in)` 存放，与 dfdx、PyTorch 相同）。`train_weights` 为 `false` 时
@@ -57,7 +60,7 @@ pub trait Kernels<E: Dtype>: Device<E> {
         b: &Tensor<Rank1<M>, E, Self>,
         eps: f64,
     ) -> Tensor<(usize, usize, Const<M>), E, Self, T> {
-        crate::transformer::norm::layer_norm_composite(x, w, b, eps)
+        layer_norm_composite(x, w, b, eps)
     }
 }
 // ANCHOR_END: kernels

@@ -166,7 +166,7 @@ where
         let pooled = self.pooler.forward(cls).tanh();
         let pooler_output = pooled.retaped::<NoneTape>();
         let pooled = match mode {
-            Mode::Train if cfg.dropout > 0.0 => pooled.dropout(cfg.dropout),
+            Mode::Train if cfg.dropout > 0.0 => D::dropout(pooled, cfg.dropout),
             _ => pooled,
         };
         Ok(BertOutput {
@@ -219,7 +219,7 @@ where
         let x = words + positions.broadcast_like::<_, Axis<0>>(&shape) + types;
         let mut x = self.embeddings.layer_norm.forward(x, cfg.layer_norm_eps);
         if mode == Mode::Train && cfg.dropout > 0.0 {
-            x = x.dropout(cfg.dropout);
+            x = D::dropout(x, cfg.dropout);
         }
         for (i, layer) in self.layers.modules.iter().enumerate() {
             x = layer.forward_with(x, Some(mask), cfg, mode, &hooks(i)).0;

@@ -236,6 +236,118 @@ where
     out.put_tape(tape)
 }
 
+// ---------------------------------------------------------------- dropout
+
+/// 32 位整数哈希（Chris Wellons 的 lowbias32）：只用 32 位乘法与移位，能向量化。
+#[inline(always)]
+fn hash32(mut x: u32) -> u32 {
+    x ^= x >> 16;
+    x = x.wrapping_mul(0x7feb_352d);
+    x ^= x >> 15;
+    x = x.wrapping_mul(0x846c_a68b);
+    x ^ (x >> 16)
+}
+
+/// 第 i 个元素是否保留：由（这次调用的种子, i）决定，前向与反向各算一次，不必存掩码。
+#[inline(always)]
+fn keeps(seed: u64, i: usize, threshold: u32) -> bool {
+    hash32(hash32(i as u32 ^ seed as u32) ^ (seed >> 32) as u32) >= threshold
+}
+
+/// y = x·scale（保留）或 0。`first` 是这一块第一个元素的下标。
+#[inline(always)]
+fn dropout_block<F: FastMath>(
+    x: &[F],
+    out: &mut [F],
+    first: usize,
+    seed: u64,
+    threshold: u32,
+    scale: F,
+) {
+    for (j, (y, &v)) in out.iter_mut().zip(x).enumerate() {
+        *y = if keeps(seed, first + j, threshold) {
+            v * scale
+        } else {
+            F::zero()
+        };
+    }
+}
+
+multiversion!(fn dropout_block_mv<F>(x: &[F], out: &mut [F], first: usize, seed: u64, threshold: u32, scale: F) => dropout_block);
+
+/// dx += g·scale（保留的位置）。
+#[inline(always)]
+fn dropout_back_block<F: FastMath>(
+    g: &[F],
+    dx: &mut [F],
+    first: usize,
+    seed: u64,
+    threshold: u32,
+    scale: F,
+) {
+    for (j, (d, &gv)) in dx.iter_mut().zip(g).enumerate() {
+        if keeps(seed, first + j, threshold) {
+            *d += gv * scale;
+        }
+    }
+}
+
+multiversion!(fn dropout_back_block_mv<F>(g: &[F], dx: &mut [F], first: usize, seed: u64, threshold: u32, scale: F) => dropout_back_block);
+
+/// 训练时的 dropout：以概率 `p` 置零，保留的元素乘 1/(1 − p)。
+///
+/// 与 dfdx 的 `dropout` 一样，每次调用从设备的随机数取一个 u64 作种子（设备的随机数流前进得完全相同）；
+/// 不同的是每个元素的去留由“种子与下标的哈希”决定：可以并行、可以向量化，反向时重新算一遍而不必存掩码。
+pub fn dropout<S, F, T>(x: Tensor<S, F, Cpu, T>, p: f64) -> Tensor<S, F, Cpu, T>
+where
+    S: Shape,
+    F: FastMath + Dtype,
+    Cpu: Device<F>,
+    T: Tape<F, Cpu>,
+{
+    assert!(
+        (0.0..1.0).contains(&p),
+        "dropout 的概率应在 [0, 1) 之内：{p}"
+    );
+    if p == 0.0 {
+        return x;
+    }
+    if !is_contiguous(&x) {
+        return x.dropout(p);
+    }
+    let seed = x.device().random_u64();
+    // 保留的概率是 1 − threshold / 2³²
+    let threshold = (p * 4_294_967_296.0) as u32;
+    let scale = F::c(1.0 / (1.0 - p));
+    let shape = *x.shape();
+    let (x, mut tape) = x.split_tape();
+    let xd = data(&x);
+    let mut out = vec![F::zero(); xd.len()];
+    out.par_chunks_mut(BLOCK_ELEMS)
+        .zip(xd.par_chunks(BLOCK_ELEMS))
+        .enumerate()
+        .for_each(|(i, (o, xb))| dropout_block_mv(xb, o, i * BLOCK_ELEMS, seed, threshold, scale));
+    let out = x.device().tensor_from_vec(out, shape);
+    if T::OWNS_TAPE {
+        let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
+        drop(x);
+        tape.add_backward_op(move |grads| {
+            grads.try_alloc_for(&x_ghost)?;
+            grads.try_alloc_for(&out_ghost)?;
+            let (dx, g) = grads.mut_and_ref(&x_ghost, &out_ghost);
+            let (dx, g) = (buf_mut(dx), buf(g));
+            dx.par_chunks_mut(BLOCK_ELEMS)
+                .zip(g.par_chunks(BLOCK_ELEMS))
+                .enumerate()
+                .for_each(|(i, (d, gb))| {
+                    dropout_back_block_mv(gb, d, i * BLOCK_ELEMS, seed, threshold, scale)
+                });
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}
+
 // ---------------------------------------------------------------- LayerNorm
 
 /// 一块行的 LayerNorm：y = (x − μ)·rstd·w + b，同时记下每行的 μ 与 rstd = 1/√(σ² + ε)。

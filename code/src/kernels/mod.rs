@@ -41,6 +41,14 @@ pub trait Kernels<E: Dtype>: Device<E> {
         gelu_composite(x)
     }
 
+    /// 训练时的 dropout（概率 `p`，保留的元素乘 1/(1 − p)）。
+    fn dropout<S: Shape, T: Tape<E, Self>>(
+        x: Tensor<S, E, Self, T>,
+        p: f64,
+    ) -> Tensor<S, E, Self, T> {
+        x.dropout(p)
+    }
+
     /// 线性层 x·Wᵀ + b（W 按 `(out, in)` 存放，与 dfdx、PyTorch 相同）。`train_weights` 为 `false` 时
     /// 可以不算 W、b 的梯度（冻结的权重）；默认实现总是算（dfdx 的 matmul 做不到只算一边）。
     fn linear<const I: usize, const O: usize, T: Tape<E, Self>>(
@@ -104,6 +112,10 @@ macro_rules! cpu_kernels {
 
             fn gelu<S: Shape, T: Tape<$e, Self>>(x: Tensor<S, $e, Self, T>) -> Tensor<S, $e, Self, T> {
                 cpu::gelu(x)
+            }
+
+            fn dropout<S: Shape, T: Tape<$e, Self>>(x: Tensor<S, $e, Self, T>, p: f64) -> Tensor<S, $e, Self, T> {
+                cpu::dropout(x, p)
             }
 
             fn linear<const I: usize, const O: usize, T: Tape<$e, Self>>(
@@ -356,6 +368,38 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// dropout：保留的比例、保留元素的放大、反向用同一个掩码、同一设备种子可重现。
+    #[test]
+    fn fused_dropout_statistics_and_gradient() {
+        let p = 0.1;
+        let n = 200_000;
+        let dev = Cpu::seed_from_u64(7);
+        let x: Tensor<(usize,), f32, Cpu> = dev.ones_like(&(n,));
+        let g: Tensor<(usize,), f32, Cpu> = dev.sample_normal_like(&(n,));
+        let y = Cpu::dropout(x.leaky_trace(), p);
+        let out = y.retaped::<NoneTape>().as_vec();
+        let grads = cpu::backward_from(y, &g);
+        let kept = out.iter().filter(|&&v| v != 0.0).count() as f64 / n as f64;
+        // 保留比例 0.9，标准差 √(0.9·0.1/n) ≈ 6.7e-4：允许 5 个标准差
+        assert!(
+            (kept - 0.9).abs() < 5.0 * (0.09 / n as f64).sqrt(),
+            "保留了 {kept}"
+        );
+        let scale = 1.0 / 0.9f32;
+        assert!(out.iter().all(|&v| v == 0.0 || (v - scale).abs() < 1e-6));
+        for ((&o, &dx), &gv) in out.iter().zip(&grads.get(&x).as_vec()).zip(&g.as_vec()) {
+            let want = if o == 0.0 { 0.0 } else { gv * scale };
+            assert!((dx - want).abs() < 1e-6);
+        }
+        // 同一个设备种子，同样的掩码；p = 0 原样返回
+        let dev2 = Cpu::seed_from_u64(7);
+        let x2: Tensor<(usize,), f32, Cpu> = dev2.ones_like(&(n,));
+        let _g2: Tensor<(usize,), f32, Cpu> = dev2.sample_normal_like(&(n,)); // 与上面同样地消耗设备的随机数
+        let again = Cpu::dropout(x2, p).as_vec();
+        assert_eq!(again, out);
+        assert_eq!(Cpu::dropout(x.clone(), 0.0).as_vec(), x.as_vec());
     }
 
     /// 融合 LayerNorm 对输入的梯度与有限差分一致（f64）：不依赖组合写法，独立地检查手写的反向公式。

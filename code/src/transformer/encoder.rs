@@ -117,7 +117,7 @@ impl<const M: usize, const H: usize, const F: usize, E: Dtype, D: Kernels<E>>
     {
         let eps = cfg.layer_norm_eps;
         let drop = |t: Tensor<(usize, usize, Const<M>), E, D, T>| match mode {
-            Mode::Train if cfg.dropout > 0.0 => t.dropout(cfg.dropout),
+            Mode::Train if cfg.dropout > 0.0 => D::dropout(t, cfg.dropout),
             _ => t,
         };
         match cfg.norm_position {

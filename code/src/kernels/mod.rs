@@ -1,8 +1,8 @@
 //! 附录 B：融合算子。
 //!
-//! Transformer 里最常用的三个逐元素/逐行算子——注意力的（带掩码的）softmax、精确 GELU、LayerNorm——
-//! 在 dfdx 里都是由多个基本算子组合出来的：每个基本算子各遍历一次内存、各分配一个中间张量，
-//! 而且 dfdx 的 CPU 内核只用一个线程。[`Kernels`] 把它们各自变成**一个**算子：
+//! Transformer 里最常用的几个逐元素/逐行算子——注意力的（带掩码的）softmax、精确 GELU、LayerNorm、dropout——
+//! 在 dfdx 里或者由多个基本算子组合而成（每个基本算子各遍历一次内存、各分配一个中间张量），或者只用一个线程；
+//! 线性层的反向则总是算出冻结权重的梯度。[`Kernels`] 把它们各自变成**一个**算子：
 //!
 //! - 默认实现就是书中第 1 部分的组合写法（[`masked_softmax_composite`]、[`crate::transformer::gelu::gelu`]、
 //!   [`crate::transformer::norm::layer_norm_composite`]），CUDA 等其他设备用它；
@@ -24,7 +24,7 @@ pub mod math;
 pub type Shape4 = (usize, usize, usize, usize);
 
 // ANCHOR: kernels
-/// 有融合算子的设备：dfdx 的 [`Device`] 加上三个 Transformer 常用的算子。
+/// 有融合算子的设备：dfdx 的 [`Device`] 加上五个 Transformer 常用的算子。
 ///
 /// 默认实现是组合算子（任何设备都能用）；`Cpu` 覆盖为融合内核。两者在测试里逐元素对照，前向与梯度都一致。
 pub trait Kernels<E: Dtype>: Device<E> {

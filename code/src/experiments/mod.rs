@@ -65,20 +65,26 @@ pub fn default_criterion_dir() -> PathBuf {
 
 /// 读 criterion 记下的平均耗时（毫秒）：`<dir>/<组>/<函数>[/<参数>]/new/estimates.json`。
 pub fn criterion_mean_ms(dir: &Path, parts: &[&str], bench: &str) -> anyhow::Result<f64> {
+    criterion_estimate_ms(dir, parts, "mean", &format!("cargo bench --bench {bench}"))
+}
+
+/// 读 criterion 记下的一个统计量（`mean`、`median` 等，毫秒）；文件不存在时提示运行 `command`。
+pub fn criterion_estimate_ms(
+    dir: &Path,
+    parts: &[&str],
+    statistic: &str,
+    command: &str,
+) -> anyhow::Result<f64> {
     let mut path = dir.to_path_buf();
     path.extend(parts);
     path.push("new");
     path.push("estimates.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| {
-        anyhow::anyhow!(
-            "读不到 {}（{e}）：先运行 `cargo bench --bench {bench}`",
-            path.display()
-        )
-    })?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| anyhow::anyhow!("读不到 {}（{e}）：先运行 `{command}`", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text)?;
-    let ns = v["mean"]["point_estimate"]
+    let ns = v[statistic]["point_estimate"]
         .as_f64()
-        .ok_or_else(|| anyhow::anyhow!("{} 中没有 mean.point_estimate", path.display()))?;
+        .ok_or_else(|| anyhow::anyhow!("{} 中没有 {statistic}.point_estimate", path.display()))?;
     Ok(ns / 1e6)
 }
 

@@ -165,22 +165,12 @@ const ITEMS: &[Item] = &[
 
 /// criterion 记下的中位数（毫秒）。
 fn criterion_median_ms(dir: &Path, group: &str, function: &str) -> anyhow::Result<f64> {
-    let path = dir
-        .join(group)
-        .join(function)
-        .join("new")
-        .join("estimates.json");
-    let text = std::fs::read_to_string(&path).with_context(|| {
-        format!(
-            "读不到 {}：先运行 bash code/scripts/bench.sh（或 cargo bench --bench kernels --bench train_step）",
-            path.display()
-        )
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text)?;
-    let ns = v["median"]["point_estimate"]
-        .as_f64()
-        .with_context(|| format!("{} 中没有 median.point_estimate", path.display()))?;
-    Ok(ns / 1e6)
+    super::criterion_estimate_ms(
+        dir,
+        &[group, function],
+        "median",
+        "bash code/scripts/bench.sh",
+    )
 }
 
 /// 读两边的结果，组成表。`torch` 是 `bench_torch.py` 写的 JSON（没有则只列本书与 dfdx 的耗时）。

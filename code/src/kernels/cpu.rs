@@ -527,37 +527,25 @@ pub trait Gemm: Sized {
     );
 }
 
-impl Gemm for f32 {
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: (*const f32, isize, isize),
-        b: (*const f32, isize, isize),
-        beta: f32,
-        c: (*mut f32, isize, isize),
-    ) {
-        matrixmultiply::sgemm(
-            m, k, n, 1.0, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
-        )
-    }
+macro_rules! gemm_impl {
+    ($e:ty, $f:path) => {
+        impl Gemm for $e {
+            unsafe fn gemm(
+                m: usize,
+                k: usize,
+                n: usize,
+                a: (*const $e, isize, isize),
+                b: (*const $e, isize, isize),
+                beta: $e,
+                c: (*mut $e, isize, isize),
+            ) {
+                $f(m, k, n, 1.0, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2)
+            }
+        }
+    };
 }
-
-impl Gemm for f64 {
-    unsafe fn gemm(
-        m: usize,
-        k: usize,
-        n: usize,
-        a: (*const f64, isize, isize),
-        b: (*const f64, isize, isize),
-        beta: f64,
-        c: (*mut f64, isize, isize),
-    ) {
-        matrixmultiply::dgemm(
-            m, k, n, 1.0, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2,
-        )
-    }
-}
+gemm_impl!(f32, matrixmultiply::sgemm);
+gemm_impl!(f64, matrixmultiply::dgemm);
 
 /// 线性层 y = x·Wᵀ + b（W 按 PyTorch 的 `(out, in)` 存放）。
 ///

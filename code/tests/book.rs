@@ -4,6 +4,7 @@
 //!   只会悄悄渲染一个空代码块，所以必须在这里拦住。
 //! - 书中的 Rust 代码块不许标 `ignore`：每个片段都要被 `mdbook test` 编译运行。
 //! - 每个图片链接指向存在的文件；SUMMARY.md 里的每一章都存在。
+//! - 每一章（各部分的概览、前言、附录 C/D 除外）开头有“本章代码”一行，链接到代码文件与思考题答案。
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -12,9 +13,13 @@ fn book_src() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("src")
 }
 
+/// src/ 下的书稿（不含 src/code：那是指向 code/ 的符号链接，让书里能链接到源文件）。
 fn markdown_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
+        if path == book_src().join("code") {
+            continue;
+        }
         if path.is_dir() {
             markdown_files(&path, out);
         } else if path.extension().is_some_and(|e| e == "md") {
@@ -156,6 +161,34 @@ fn images_and_chapters_exist() {
             let path = md.parent().unwrap().join(target);
             assert!(path.exists(), "{}: 链接目标 {target} 不存在", md.display());
         }
+    }
+}
+
+#[test]
+fn every_chapter_links_its_code_and_solutions() {
+    let summary = fs::read_to_string(book_src().join("SUMMARY.md")).unwrap();
+    let mut chapters = Vec::new();
+    for line in summary.lines() {
+        let Some(start) = line.find("](") else { continue };
+        let target = &line[start + 2..line.rfind(')').unwrap()];
+        let exempt = ["preface.md", "how-to-use.md", "appendix/solutions.md", "appendix/glossary.md"];
+        if !target.ends_with("index.md") && !exempt.contains(&target) {
+            chapters.push(target.to_string());
+        }
+    }
+    assert!(chapters.len() >= 28, "SUMMARY.md 里只找到 {} 章", chapters.len());
+    for chapter in &chapters {
+        let text = fs::read_to_string(book_src().join(chapter)).unwrap();
+        let line = text.lines().nth(2).unwrap_or("");
+        assert!(
+            line.starts_with("> 本章代码："),
+            "{chapter}: 第 3 行应是“> 本章代码：…”，实际是 {line:?}"
+        );
+        assert!(line.contains("](../code/"), "{chapter}: “本章代码”一行没有链接到 code/ 下的文件");
+        assert!(
+            line.contains("solutions.md#"),
+            "{chapter}: “本章代码”一行没有链接到附录 C 的答案"
+        );
     }
 }
 

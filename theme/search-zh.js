@@ -174,12 +174,15 @@
             results.push({ ref: d.ref, score: score, doc: d.doc, terms: matched, at: i });
         }
         results.sort(function (a, b) { return b.score - a.score || a.ref - b.ref; });
-        // 摘要；章标题那一节通常没有正文，用它下一节（同一页）的正文
+        // 摘要；章标题那一节通常只有“本章代码：…”一行链接清单（不适合当摘要），用它下一节（同一页）的正文
+        const strip = function (body) {
+            return (body || '').replace(/^\s*本章代码：[^]*?思考题答案：\s*附录 C\s*/, '');
+        };
         for (const r of results) {
-            let body = r.doc.body || '';
+            let body = strip(r.doc.body);
             const next = prepared.docs[r.at + 1];
             if (!body.trim() && next && page(next.url) === page(prepared.docs[r.at].url)) {
-                body = next.doc.body || '';
+                body = strip(next.doc.body);
             }
             r.excerpt = excerpt(body, r.terms.length ? r.terms : terms);
             delete r.at;
@@ -269,6 +272,7 @@
     }
 
     function rewriteResults(list) {
+        if (!list) return;
         const items = list.querySelectorAll(':scope > li');
         items.forEach(function (li, i) {
             const r = last.results[i];
@@ -280,6 +284,11 @@
             // 页面内高亮用实际匹配到的词（“合并权重”退回二元组时，页面里高亮“合并”“权重”）
             const a = li.querySelector('a');
             if (a) {
+                // 面包屑：去掉各部分共同的“概览 »”，合并重复的“1.1 缩放点积注意力 » 1.1 缩放点积注意力”
+                const crumbs = a.textContent.split(' » ').filter(function (c, k, all) {
+                    return !(k === 0 && c === '概览' && all.length > 1) && c !== all[k - 1];
+                });
+                a.textContent = crumbs.join(' » ');
                 const href = a.getAttribute('href');
                 const q = encodeURIComponent(terms.join(' ')).replace(/'/g, '%27');
                 a.setAttribute('href', href.replace(/([?&]highlight=)[^#&]*/, '$1' + q));
@@ -288,6 +297,7 @@
     }
 
     function rewriteHeader(header) {
+        if (!header) return;
         const m = /^(\d+) search results? for '(.*)':$/.exec(header.textContent);
         const none = /^No search results for '(.*)'\.$/.exec(header.textContent);
         if (m) header.textContent = '找到 ' + m[1] + ' 个结果（“' + m[2] + '”）：';
@@ -322,6 +332,20 @@
         window.addEventListener('keyup', guard, true);
     }
 
-    if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', start);
-    else start();
+    // 这个脚本在 body 末尾，搜索框与结果列表已经在 DOM 里：立即挂上（等 DOMContentLoaded 就晚了，
+    // 地址里带 ?search= 时 mdBook 可能已经搜过一次）。
+    start();
+    const bar = document.getElementById('mdbook-searchbar');
+    const list = document.getElementById('mdbook-searchresults');
+    if (bar && list && list.children.length && !last.query) {
+        // 索引脚本在本脚本之前就加载完，mdBook 已经用原来的检索搜过：让它用新的检索再搜一次。
+        // mdBook 不重复搜同一个词，所以先换成一个零宽空格（trim 不去掉它）再换回来。
+        const term = bar.value;
+        for (const v of ['\u200b', term]) {
+            bar.value = v;
+            bar.dispatchEvent(new KeyboardEvent('keyup', { bubbles: true }));
+        }
+    }
+    rewriteResults(list);
+    rewriteHeader(document.getElementById('mdbook-searchresults-header'));
 })(typeof window !== 'undefined' ? window : globalThis);

@@ -29,18 +29,18 @@ build_book_deps() {
   done
 }
 
-step 0/8 "准备工具（rustfmt、clippy、mdbook $MDBOOK_VERSION、mdbook-katex $MDBOOK_KATEX_VERSION）"
+step 0/9 "准备工具（rustfmt、clippy、mdbook $MDBOOK_VERSION、mdbook-katex $MDBOOK_KATEX_VERSION）"
 ensure_rust_components
 ensure_book_tools
 
-step 1/8 "cargo fmt --check；打过补丁的 dfdx 正好是“crates.io 原包 + code/vendor/dfdx.patch”"
+step 1/9 "cargo fmt --check；打过补丁的 dfdx 正好是“crates.io 原包 + code/vendor/dfdx.patch”"
 cargo fmt --all -- --check
 bash code/scripts/vendor-dfdx.sh --check
 
-step 2/8 "cargo clippy（警告即错误）"
+step 2/9 "cargo clippy（警告即错误）"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step 3/8 "cargo test（含真实检查点 all-MiniLM-L6-v2 与 transformers 的一致性，模型缓存在仓库之外）"
+step 3/9 "cargo test（含真实检查点 all-MiniLM-L6-v2 与 transformers 的一致性，模型缓存在仓库之外）"
 if minilm="$(bash code/scripts/fetch-minilm.sh)"; then
   export LLM_BOOK_MINILM="$minilm" LLM_BOOK_REQUIRE_MINILM=1
 else
@@ -48,19 +48,32 @@ else
 fi
 cargo test --workspace
 
-step 4/8 "CUDA 路径的类型检查（cuda,ci-check，不需要 GPU）"
+step 4/9 "CUDA 路径的类型检查（cuda,ci-check，不需要 GPU）"
 cargo check -p llm-book --all-targets --features cuda,ci-check --quiet
 
-step 5/8 "为 mdbook test 单独构建本书的库（target/book-deps）"
+step 5/9 "为 mdbook test 单独构建本书的库（target/book-deps）"
 build_book_deps
 
-step 6/8 "mdbook build"
+step 6/9 "mdbook build"
 mdbook build
 
-step 7/8 "锚点检查：每个 {{#include 文件:锚点}} 都指向存在的锚点"
+step 7/9 "锚点检查：每个 {{#include 文件:锚点}} 都指向存在的锚点"
 cargo test -p llm-book --test book --quiet
 
-step 8/8 "mdbook test：编译并运行书中的每个 Rust 片段"
+step 8/9 "mdbook test：编译并运行书中的每个 Rust 片段"
 mdbook test -L target/book-deps/debug/deps
+
+step 9/9 "浏览器测试：中文搜索、每页无错误与断链、公式、离线、打印视图（code/tests/browser/）"
+# 需要 Node.js（≥ 18）与 Chromium（Debian：apt install nodejs chromium）；没有就跳过并说明。
+if ! command -v node >/dev/null 2>&1; then
+  echo "跳过浏览器测试：没有找到 node（Debian：apt install nodejs）"
+else
+  node --test code/tests/browser/search.test.js
+  if command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1; then
+    node code/tests/browser/browser.js book
+  else
+    echo "跳过浏览器测试：没有找到 chromium（Debian：apt install chromium；或用 CHROMIUM=浏览器路径 指定）"
+  fi
+fi
 
 printf '\n全部测试通过。\n'

@@ -280,6 +280,37 @@ async function main() {
         }
         report.push(`检查了 ${links} 个本地链接`);
 
+        // 静态检查：构建出的 HTML、CSS、JS 里没有指向网络的资源（浏览器只记录真的发出的请求，
+        // 这里连“某种情况下才加载”的也拦住，如 @font-face 的备用地址、打印时才用的样式）
+        const remote = /<(?:script|img|iframe|source)\b[^>]*\bsrc=["']?(?:https?:)?\/\/|<link\b[^>]*\bhref=["']?(?:https?:)?\/\/|url\(\s*["']?(?:https?:)?\/\/|@import\s+["'](?:https?:)?\/\//i;
+        const assets = [];
+        (function walk(dir) {
+            for (const e of fs.readdirSync(dir, { withFileTypes: true })) {
+                const p = path.join(dir, e.name);
+                if (e.isDirectory()) { if (p !== path.join(bookDir, 'code')) walk(p); }
+                else if (/\.(html|css|js)$/.test(e.name)) assets.push(p);
+            }
+        })(bookDir);
+        for (const file of assets) {
+            const m = remote.exec(fs.readFileSync(file, 'utf8'));
+            if (m) problems.push(`${path.relative(bookDir, file)}：引用了网络上的资源 ${m[0]}`);
+        }
+        report.push(`静态检查了 ${assets.length} 个 HTML/CSS/JS 文件里的网络资源`);
+
+        // 插图：SVG 有整幅的白色底（深色主题下也清楚），文字用带中文字体的字体栈
+        const figures = fs.readdirSync(path.join(bookDir, 'figures')).filter((n) => n.endsWith('.svg'));
+        for (const name of figures) {
+            const svg = fs.readFileSync(path.join(bookDir, 'figures', name), 'utf8');
+            const size = /<svg width="(\d+)" height="(\d+)"/.exec(svg);
+            const bg = size && svg.includes(`<rect x="0" y="0" width="${size[1]}" height="${size[2]}" opacity="1" fill="#FFFFFF"`);
+            if (!bg) problems.push(`figures/${name}：没有整幅的白色底`);
+            const fonts = [...svg.matchAll(/font-family="([^"]*)"/g)].map((m) => m[1]);
+            if (!fonts.length || fonts.some((f) => !f.includes('Noto Sans CJK SC') || !f.endsWith('sans-serif'))) {
+                problems.push(`figures/${name}：文字的字体栈不含中文字体（${[...new Set(fonts)].join(' / ')}）`);
+            }
+        }
+        report.push(`检查了 ${figures.length} 张 SVG 插图的底色与字体`);
+
         // ---- 4：搜索 ----
         const index = pathToFileURL(path.join(bookDir, 'index.html')).href;
         for (const q of QUERIES) {

@@ -94,17 +94,12 @@
         return out;
     }
 
-    // 查询词 → 匹配单元。每个单元是一组子串：通常就是查询词本身；
-    // 三个字以上、却没有任何一节含有的中文词，换成它的二元组（“合并权重” → 合并、并权、权重）。
+    // 查询词 → 匹配单元：原词本身（exact），三个字以上的中文词再加上它的二元组（grams，“合并权重” → 合并、并权、权重）。
+    // 中文没有空格，“合并后的权重”“权重的合并”里没有原词，却是同一件事：二元组让这些节也能被找到，只是排在含有原词的节后面。
     function plan(prepared, terms) {
         return terms.map(function (term) {
-            const present = prepared.docs.some(function (d) {
-                return positions(d.title, term).length || positions(d.body, term).length;
-            });
-            if (present || !CJK.test(term) || Array.from(term).length < 3) {
-                return { term: term, parts: [term], fallback: false };
-            }
-            return { term: term, parts: bigrams(term), fallback: true };
+            const grams = CJK.test(term) && Array.from(term).length >= 3 ? bigrams(term) : [];
+            return { term: term, exact: term, grams: grams };
         });
     }
 
@@ -133,7 +128,7 @@
         // 每个子串的 idf
         const idfs = {};
         for (const u of units) {
-            for (const p of u.parts) {
+            for (const p of [u.exact].concat(u.grams)) {
                 if (p in idfs) continue;
                 const df = prepared.docs.filter(function (d) {
                     return positions(d.body, p).length || positions(d.title, p).length ||
@@ -149,21 +144,29 @@
             let covered = 0;
             const matched = [];
             for (const u of units) {
-                let unitScore = 0;
+                const exact = partScore(d, u.exact, prepared.avgLen) * idfs[u.exact];
+                let grams = 0;
                 let hit = 0;
-                for (const p of u.parts) {
+                const found = [];
+                for (const p of u.grams) {
                     const s = partScore(d, p, prepared.avgLen);
                     if (s > 0) {
-                        unitScore += s * idfs[p];
+                        grams += s * idfs[p];
                         hit++;
-                        matched.push(p);
+                        found.push(p);
                     }
                 }
-                // 二元组退回时，至少一半的二元组出现才算这个词匹配了
-                const frac = hit / u.parts.length;
-                if (u.fallback && frac < 0.5) continue;
-                score += unitScore / (u.fallback ? u.parts.length : 1);
-                covered += u.fallback ? frac : (hit ? 1 : 0);
+                const frac = u.grams.length ? hit / u.grams.length : 0;
+                if (exact > 0) {
+                    score += exact + grams;
+                    covered += 1;
+                    matched.push(u.exact);
+                } else if (frac >= 0.5) {
+                    // 没有原词：至少一半的二元组出现，才算这个词部分匹配
+                    score += grams;
+                    covered += frac;
+                    matched.push.apply(matched, found);
+                }
             }
             if (score <= 0) continue;
             // 多词查询：含有全部查询词的节排在只含部分的前面

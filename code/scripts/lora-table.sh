@@ -3,6 +3,9 @@
 # 结果写进 code/results/part-a/<方法>-s<种子>.json；`cargo run --release -- lora-table` 汇总成表与图（待做）。
 # 用法（在仓库根目录）：bash code/scripts/lora-table.sh [种子个数，默认 3] [方法…，默认全部]
 # 已有结果文件的格会跳过（设 LLM_BOOK_RERUN=1 重跑），所以可以分几次跑完。
+#       bash code/scripts/lora-table.sh timing [重复次数，默认 3]
+# 只测每步耗时：每种方法训练 40 步，方法轮流、重复几遍，写进 code/results/part-a-timing/（表中的“每步”取其中位数）。
+# 长的运行难免遇上机器上别的负载，所以耗时单独在空闲的机器上测；测的时候不要运行别的东西。
 # 需要先运行 `cargo run --release -- pretrain`（得到 code/runs/mini-chinese-bert/model）。
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -26,6 +29,21 @@ declare -A runs=(
 )
 # ANCHOR_END: runs
 order=(scratch probe full lora-r1 lora-r4 lora-r8 lora-r16 lora-all-r8)
+if [ "${1:-}" = timing ]; then
+  repeats="${2:-3}"
+  rm -rf code/results/part-a-timing
+  for rep in $(seq 1 "$repeats"); do
+    for name in "${order[@]}"; do
+      out="$(mktemp -d)"
+      echo "==> 耗时 $name 第 $rep 遍"
+      # shellcheck disable=SC2086
+      "$bin" finetune "${common[@]}" ${runs[$name]} --max-steps 40 --seed 0 \
+        --out "$out" --record "part-a-timing/$name-t$rep" > /dev/null
+      rm -rf "$out"
+    done
+  done
+  exit 0
+fi
 if [ $# -gt 1 ]; then order=("${@:2}"); fi
 for seed in $(seq 0 $((seeds - 1))); do
   for name in "${order[@]}"; do

@@ -749,7 +749,17 @@ fn lora_table(dir: Option<PathBuf>) -> anyhow::Result<()> {
     use llm_book::experiments::lora_table::{read_runs, summarize};
     use llm_book::experiments::{results_dir, save_result};
     let dir = dir.unwrap_or_else(|| results_dir().join("part-a"));
-    let table = summarize(&read_runs(&dir)?)?;
+    // 耗时测量（lora-table.sh timing）放在旁边的 <目录>-timing；没有时“每步”取各次运行的中位数
+    let timing_dir = dir.with_file_name(format!(
+        "{}-timing",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let timing = if timing_dir.is_dir() {
+        read_runs(&timing_dir)?
+    } else {
+        Vec::new()
+    };
+    let table = summarize(&read_runs(&dir)?, &timing)?;
     println!(
         "{}：每格 {} 步、批大小 {}、最长 {} 个记号；{}\n",
         table.model, table.steps, table.batch_size, table.max_len, table.machine

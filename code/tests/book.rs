@@ -169,14 +169,25 @@ fn every_chapter_links_its_code_and_solutions() {
     let summary = fs::read_to_string(book_src().join("SUMMARY.md")).unwrap();
     let mut chapters = Vec::new();
     for line in summary.lines() {
-        let Some(start) = line.find("](") else { continue };
+        let Some(start) = line.find("](") else {
+            continue;
+        };
         let target = &line[start + 2..line.rfind(')').unwrap()];
-        let exempt = ["preface.md", "how-to-use.md", "appendix/solutions.md", "appendix/glossary.md"];
+        let exempt = [
+            "preface.md",
+            "how-to-use.md",
+            "appendix/solutions.md",
+            "appendix/glossary.md",
+        ];
         if !target.ends_with("index.md") && !exempt.contains(&target) {
             chapters.push(target.to_string());
         }
     }
-    assert!(chapters.len() >= 28, "SUMMARY.md 里只找到 {} 章", chapters.len());
+    assert!(
+        chapters.len() >= 28,
+        "SUMMARY.md 里只找到 {} 章",
+        chapters.len()
+    );
     for chapter in &chapters {
         let text = fs::read_to_string(book_src().join(chapter)).unwrap();
         let line = text.lines().nth(2).unwrap_or("");
@@ -184,7 +195,10 @@ fn every_chapter_links_its_code_and_solutions() {
             line.starts_with("> 本章代码："),
             "{chapter}: 第 3 行应是“> 本章代码：…”，实际是 {line:?}"
         );
-        assert!(line.contains("](../code/"), "{chapter}: “本章代码”一行没有链接到 code/ 下的文件");
+        assert!(
+            line.contains("](../code/"),
+            "{chapter}: “本章代码”一行没有链接到 code/ 下的文件"
+        );
         assert!(
             line.contains("solutions.md#"),
             "{chapter}: “本章代码”一行没有链接到附录 C 的答案"

@@ -4,6 +4,9 @@
 //! 每一格是一次 `finetune … --record part-a/<方法>-s<种子>`（由 `code/scripts/lora-table.sh` 依次运行），
 //! 结果是 [`FinetuneSummary`]；`cargo run --release -- lora-table` 读 `code/results/part-a/` 下的全部结果，
 //! 按方法分组、核对预算相同，写出 `code/results/appendix-a-table.json` 并打印书中的 Markdown 表。
+//!
+//! “每步”一列另有来源：长的运行难免遇上共享机器上别的负载，所以 `lora-table.sh timing` 在空闲的机器上
+//! 让各方法轮流训练 40 步、重复几遍（`code/results/part-a-timing/`），表里取中位数；没有这些测量时取各次运行的中位数。
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -61,8 +64,10 @@ pub struct TableRow {
     pub optimizer_bytes: usize,
     /// 进程峰值常驻内存的均值（字节）。
     pub peak_rss_bytes: f64,
-    /// 每个训练步的秒数。
-    pub seconds_per_step: MeanStd,
+    /// 每个训练步的秒数（只算训练，不含评估）：耗时测量（没有时是各次运行）的中位数。
+    pub seconds_per_step: f64,
+    /// 上一列取了几次测量的中位数。
+    pub timing_runs: usize,
 }
 
 /// 整张表（存为 `code/results/appendix-a-table.json`）。
@@ -78,6 +83,8 @@ pub struct LoraTable {
     pub max_len: usize,
     /// 机器。
     pub machine: String,
+    /// “每步”一列的来源：`part-a-timing`（专门的耗时测量）或 `part-a`（各次运行）。
+    pub step_time_source: String,
     /// 各行，按类别与可训练参数排序。
     pub rows: Vec<TableRow>,
 }
@@ -107,7 +114,13 @@ pub fn method_name(method: &Method) -> (String, usize) {
 }
 
 /// 按方法分组、核对预算并汇总。
-pub fn summarize(runs: &[(String, FinetuneSummary)]) -> anyhow::Result<LoraTable> {
+///
+/// `timing` 是专门的耗时测量（可以为空）：与 `runs` 的模型、批大小、最大长度必须相同，步数可以少；
+/// 每一行的“每步”取同一方法的耗时测量的中位数。`timing` 不为空时，每种方法都必须有耗时测量。
+pub fn summarize(
+    runs: &[(String, FinetuneSummary)],
+    timing: &[(String, FinetuneSummary)],
+) -> anyhow::Result<LoraTable> {
     let Some((first_file, first)) = runs.first() else {
         bail!("没有任何结果：先运行 bash code/scripts/lora-table.sh");
     };
@@ -119,6 +132,22 @@ pub fn summarize(runs: &[(String, FinetuneSummary)]) -> anyhow::Result<LoraTable
             s.max_len,
         )
     };
+    let shape = |s: &FinetuneSummary| (s.model.clone(), s.config.batch_size, s.max_len);
+    let mut timed: BTreeMap<(usize, usize, String), Vec<f64>> = BTreeMap::new();
+    for (file, s) in timing {
+        if shape(s) != shape(first) {
+            bail!(
+                "耗时测量 {file} 的（模型、批大小、最大长度）= {:?}，与 {first_file} 的 {:?} 不同",
+                shape(s),
+                shape(first)
+            );
+        }
+        let (name, kind) = method_name(&s.method);
+        timed
+            .entry((kind, s.trainable, name))
+            .or_default()
+            .push(s.report.seconds_per_step);
+    }
     let mut groups: BTreeMap<(usize, usize, String), Vec<&FinetuneSummary>> = BTreeMap::new();
     for (file, s) in runs {
         if budget(s) != budget(first) {
@@ -132,7 +161,13 @@ pub fn summarize(runs: &[(String, FinetuneSummary)]) -> anyhow::Result<LoraTable
         groups.entry((kind, s.trainable, name)).or_default().push(s);
     }
     let mut rows = Vec::new();
-    for ((kind, trainable, method), g) in groups {
+    for (key, g) in groups {
+        let times = match timed.get(&key) {
+            Some(t) => t.clone(),
+            None if timing.is_empty() => g.iter().map(|s| s.report.seconds_per_step).collect(),
+            None => bail!("方法“{}”没有耗时测量：重新运行 lora-table.sh timing", key.2),
+        };
+        let (kind, trainable, method) = key;
         let mut seeds: Vec<u64> = g.iter().map(|s| s.config.seed).collect();
         seeds.sort_unstable();
         if seeds.windows(2).any(|w| w[0] == w[1]) {
@@ -155,7 +190,8 @@ pub fn summarize(runs: &[(String, FinetuneSummary)]) -> anyhow::Result<LoraTable
             all: g[0].all,
             optimizer_bytes: g[0].report.optimizer_bytes,
             peak_rss_bytes: rss.iter().sum::<f64>() / rss.len() as f64,
-            seconds_per_step: MeanStd::of(&col(&|s| s.report.seconds_per_step)),
+            timing_runs: times.len(),
+            seconds_per_step: median(times),
         });
     }
     Ok(LoraTable {
@@ -164,8 +200,25 @@ pub fn summarize(runs: &[(String, FinetuneSummary)]) -> anyhow::Result<LoraTable
         batch_size: first.config.batch_size,
         max_len: first.max_len,
         machine: first.machine.clone(),
+        step_time_source: if timing.is_empty() {
+            "part-a"
+        } else {
+            "part-a-timing"
+        }
+        .into(),
         rows,
     })
+}
+
+/// 中位数（偶数个时取中间两个的平均）。
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
 }
 
 /// 读一个目录下的全部结果（`*.json`，按文件名排序）。
@@ -207,7 +260,7 @@ impl LoraTable {
     pub fn markdown(&self) -> String {
         let mib = |b: f64| b / (1024.0 * 1024.0);
         let mut out = String::from(
-            "| 方法 | 种子 | 测试准确率（%） | F1 | 可训练参数 | 占比 | 优化器状态 | 峰值内存 | 每步（秒） |\n\
+            "| 方法 | 种子 | 测试准确率（%） | F1 | 可训练参数 | 占比 | 优化器状态 | 峰值内存 | 每步（秒，中位数） |\n\
              | --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
         );
         for r in &self.rows {
@@ -223,7 +276,7 @@ impl LoraTable {
                 100.0 * r.trainable as f64 / r.all as f64,
                 mib(r.optimizer_bytes as f64),
                 mib(r.peak_rss_bytes),
-                r.seconds_per_step.mean,
+                r.seconds_per_step,
             ));
         }
         out
@@ -240,6 +293,8 @@ mod tests {
         assert!((m.mean - 0.8).abs() < 1e-12);
         assert!((m.std - 0.1).abs() < 1e-12);
         assert_eq!(MeanStd::of(&[0.5]).std, 0.0);
+        assert_eq!(median(vec![3.0, 1.0, 100.0]), 3.0);
+        assert_eq!(median(vec![4.0, 1.0]), 2.5);
     }
 
     /// 分组与核对：同一方法不同种子合为一行，预算不同、种子重复的结果被拒绝。
@@ -257,8 +312,9 @@ mod tests {
             ("lora-r8-s0.json".to_string(), one),
             ("full-s0.json".to_string(), full),
         ];
-        let table = summarize(&runs).unwrap();
+        let table = summarize(&runs, &[]).unwrap();
         assert_eq!(table.rows.len(), 2);
+        assert_eq!(table.step_time_source, "part-a");
         assert_eq!(table.rows[0].method, "LoRA r=8（q、v）");
         assert_eq!(table.rows[1].method, "全量微调");
         assert!(table
@@ -269,21 +325,57 @@ mod tests {
         let mut copy = runs[0].1.clone();
         copy.config.seed = 99;
         more.push(("copy.json".into(), copy));
-        let t2 = summarize(&more).unwrap();
+        let t2 = summarize(&more, &[]).unwrap();
         assert_eq!(t2.rows.len(), table.rows.len());
         assert_eq!(t2.rows[0].seeds, vec![0, 99]);
         // 改了批大小：报错并指出文件
         let mut bad = runs[0].1.clone();
         bad.config.batch_size += 1;
         more.push(("bad.json".into(), bad));
-        let err = summarize(&more).unwrap_err().to_string();
+        let err = summarize(&more, &[]).unwrap_err().to_string();
         assert!(err.contains("bad.json") && err.contains("预算"), "{err}");
         // 同一方法重复的种子：报错
         let mut dup = runs.clone();
         dup.push(("dup.json".into(), runs[0].1.clone()));
-        assert!(summarize(&dup)
+        assert!(summarize(&dup, &[])
             .unwrap_err()
             .to_string()
             .contains("重复的种子"));
+    }
+
+    /// 耗时测量：每步取同一方法各次测量的中位数；缺了某种方法的测量、或形状不同，都报错。
+    #[test]
+    fn step_time_comes_from_the_timing_runs() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/finetune-summary.json");
+        let one: FinetuneSummary =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let runs = vec![("lora-r8-s0.json".to_string(), one.clone())];
+        let timed = |secs: f64| {
+            let mut t = one.clone();
+            t.report.steps = 40;
+            t.report.seconds_per_step = secs;
+            t
+        };
+        let timing: Vec<_> = [0.30, 9.0, 0.25]
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| (format!("lora-r8-t{i}.json"), timed(s)))
+            .collect();
+        let table = summarize(&runs, &timing).unwrap();
+        assert_eq!(table.rows[0].seconds_per_step, 0.30);
+        assert_eq!(table.rows[0].timing_runs, 3);
+        assert_eq!(table.step_time_source, "part-a-timing");
+        let mut full = one.clone();
+        full.method = Method::Full;
+        full.trainable = full.all;
+        let mut two = runs.clone();
+        two.push(("full-s0.json".into(), full));
+        let err = summarize(&two, &timing).unwrap_err().to_string();
+        assert!(err.contains("全量微调") && err.contains("耗时"), "{err}");
+        let mut other = timing.clone();
+        other[0].1.max_len += 1;
+        let err = summarize(&runs, &other).unwrap_err().to_string();
+        assert!(err.contains("lora-r8-t0.json"), "{err}");
     }
 }

@@ -390,6 +390,14 @@ impl ScatterChart {
             .axis_desc_style((FONT, 16))
             .light_line_style(RGBColor(235, 235, 235))
             .draw()?;
+        // 先画点与误差棒，记下它们占的像素框；再给每个标签挑一个不压住别的点、误差棒和标签的位置
+        let mut taken: Vec<[i32; 4]> = Vec::new();
+        for p in &self.points {
+            let (px, py) = chart.backend_coord(&(p.x, p.y));
+            let (_, top) = chart.backend_coord(&(p.x, p.y + p.err));
+            let (_, bottom) = chart.backend_coord(&(p.x, p.y - p.err));
+            taken.push([px - 6, top.min(py - 6), px + 6, bottom.max(py + 6)]);
+        }
         for p in &self.points {
             let color = PALETTE[p.color % PALETTE.len()];
             if p.err > 0.0 {
@@ -403,13 +411,47 @@ impl ScatterChart {
                 )))?;
             }
             chart.draw_series(std::iter::once(Circle::new((p.x, p.y), 5, color.filled())))?;
+        }
+        for p in &self.points {
             let (px, py) = chart.backend_coord(&(p.x, p.y));
+            let (w, h) = (text_width(&p.label, 14), 16);
+            // 候选：右、右上、右下、左、左上、左下
+            let candidates = [
+                (px + 9, py, HPos::Left),
+                (px + 9, py - 13, HPos::Left),
+                (px + 9, py + 13, HPos::Left),
+                (px - 9, py, HPos::Right),
+                (px - 9, py - 13, HPos::Right),
+                (px - 9, py + 13, HPos::Right),
+            ];
+            let boxed = |(x, y, hpos): (i32, i32, HPos)| {
+                let left = if matches!(hpos, HPos::Left) { x } else { x - w };
+                [left, y - h / 2, left + w, y + h / 2]
+            };
+            let overlaps = |b: [i32; 4]| {
+                taken
+                    .iter()
+                    .any(|t| b[0] < t[2] && t[0] < b[2] && b[1] < t[3] && t[1] < b[3])
+            };
+            let chosen = candidates
+                .iter()
+                .copied()
+                .find(|&c| !overlaps(boxed(c)))
+                .unwrap_or(candidates[0]);
+            taken.push(boxed(chosen));
             let style =
-                TextStyle::from((FONT, 14).into_font()).pos(Pos::new(HPos::Left, VPos::Center));
-            root.draw(&Text::new(p.label.clone(), (px + 9, py), style))?;
+                TextStyle::from((FONT, 14).into_font()).pos(Pos::new(chosen.2, VPos::Center));
+            root.draw(&Text::new(p.label.clone(), (chosen.0, chosen.1), style))?;
         }
         Ok(())
     }
+}
+
+/// 估计一段文字的像素宽度：中文等宽字符约一个字号宽，ASCII 约 0.55 个字号。
+fn text_width(text: &str, size: i32) -> i32 {
+    text.chars()
+        .map(|c| if c.is_ascii() { size * 55 / 100 } else { size })
+        .sum()
 }
 
 /// 刻度文字：整数按千位加逗号（100,000），其余保留有效的小数位。

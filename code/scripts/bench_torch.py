@@ -1,7 +1,8 @@
 """附录 B：PyTorch 一侧的同一组测量（与 code/benches/kernels.rs 相同的算子、形状与线程数）。
 
-用法：python3 code/scripts/bench_torch.py 输出.json
+用法：python3 code/scripts/bench_torch.py 输出.json [--device cuda]
 没有安装 torch 时打印说明并以状态 2 退出（bench.sh 据此跳过比值）。
+--device cuda：只测训练一步（编码器 d512、bert-base 全量与 LoRA），在 GPU 上，与 benches/cuda_step.rs 对照（run-gpu.sh 用）。
 """
 import json
 import os
@@ -73,17 +74,23 @@ def timed_step(step, min_run_time):
     return t.blocked_autorange(min_run_time=min_run_time).median * 1e3
 
 
-def train_steps():
+def sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def train_steps(device="cpu"):
     """训练一步（前向 + 反向，不含优化器）：与 code/benches/train_step.rs 相同的模型与形状。"""
     ms = {}
-    enc = SeedEncoder().train()
+    enc = SeedEncoder().train().to(device)
     for b, s in [(8, 128), (2, 50)]:
-        tokens = torch.randint(0, 10000, (b, s))
-        g = torch.randn(b, s, 512)
+        tokens = torch.randint(0, 10000, (b, s), device=device)
+        g = torch.randn(b, s, 512, device=device)
 
         def step():
             enc.zero_grad(set_to_none=True)
             enc(tokens).backward(g)
+            sync(device)
 
         ms[f"train_step_encoder_d512/{b}x{s}"] = timed_step(step, 5.0)
         print(f"encoder d512 [{b},{s}]：{ms[f'train_step_encoder_d512/{b}x{s}']:.1f} 毫秒")
@@ -98,24 +105,30 @@ def train_steps():
         intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0, num_labels=2,
     )
-    tokens = torch.randint(0, 21128, (8, 128))
-    labels = torch.tensor([0, 1] * 4)
-    full = BertForSequenceClassification(cfg).train()
+    tokens = torch.randint(0, 21128, (8, 128), device=device)
+    labels = torch.tensor([0, 1] * 4, device=device)
+    full = BertForSequenceClassification(cfg).train().to(device)
     lora = get_peft_model(
-        BertForSequenceClassification(cfg).train(),
+        BertForSequenceClassification(cfg).train().to(device),
         LoraConfig(task_type="SEQ_CLS", r=16, lora_alpha=32, target_modules=["query", "value"], lora_dropout=0.0),
     )
     for name, model in [("full_8x128", full), ("lora_8x128", lora)]:
         def step():
             model.zero_grad(set_to_none=True)
             model(input_ids=tokens, labels=labels).loss.backward()
+            sync(device)
 
         ms[f"train_step_bert_base/{name}"] = timed_step(step, 20.0)
         print(f"bert-base {name}：{ms[f'train_step_bert_base/{name}']:.0f} 毫秒")
     return ms
 
 
-def main(out):
+def main(out, device):
+    if device == "cuda":
+        result = {"torch": torch.__version__, "device": torch.cuda.get_device_name(0), "ms": train_steps("cuda")}
+        with open(out, "w") as f:
+            json.dump(result, f, indent=2, ensure_ascii=False)
+        return
     scores = torch.randn(B, H, S, S)
     g4 = torch.randn(B, H, S, S)
     lengths = [S - 12 * i for i in range(B)]
@@ -153,7 +166,11 @@ def main(out):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
+    args = sys.argv[1:]
+    device = "cpu"
+    if args[1:] == ["--device", "cuda"]:
+        device, args = "cuda", args[:1]
+    if len(args) != 1:
         print(__doc__, file=sys.stderr)
         sys.exit(1)
-    main(sys.argv[1])
+    main(args[0], device)

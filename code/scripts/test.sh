@@ -29,18 +29,18 @@ build_book_deps() {
   done
 }
 
-step 0/9 "准备工具（rustfmt、clippy、mdbook $MDBOOK_VERSION、mdbook-katex $MDBOOK_KATEX_VERSION）"
+step 0/10 "准备工具（rustfmt、clippy、mdbook $MDBOOK_VERSION、mdbook-katex $MDBOOK_KATEX_VERSION）"
 ensure_rust_components
 ensure_book_tools
 
-step 1/9 "cargo fmt --check；打过补丁的 dfdx 正好是“crates.io 原包 + code/vendor/dfdx.patch”"
+step 1/10 "cargo fmt --check；打过补丁的 dfdx 正好是“crates.io 原包 + code/vendor/dfdx.patch”"
 cargo fmt --all -- --check
 bash code/scripts/vendor-dfdx.sh --check
 
-step 2/9 "cargo clippy（警告即错误）"
+step 2/10 "cargo clippy（警告即错误）"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
-step 3/9 "cargo test（含真实检查点 all-MiniLM-L6-v2 与 transformers 的一致性，模型缓存在仓库之外）"
+step 3/10 "cargo test（含真实检查点 all-MiniLM-L6-v2 与 transformers 的一致性，模型缓存在仓库之外）"
 if minilm="$(bash code/scripts/fetch-minilm.sh)"; then
   export LLM_BOOK_MINILM="$minilm" LLM_BOOK_REQUIRE_MINILM=1
 else
@@ -48,22 +48,22 @@ else
 fi
 cargo test --workspace
 
-step 4/9 "CUDA 路径的类型检查（cuda,ci-check，不需要 GPU）"
-cargo check -p llm-book --all-targets --features cuda,ci-check --quiet
+step 4/10 "CUDA 路径的类型检查与 clippy（cuda,ci-check，不需要 GPU）"
+cargo clippy -p llm-book --all-targets --features cuda,ci-check --quiet -- -D warnings
 
-step 5/9 "为 mdbook test 单独构建本书的库（target/book-deps）"
+step 5/10 "为 mdbook test 单独构建本书的库（target/book-deps）"
 build_book_deps
 
-step 6/9 "mdbook build"
+step 6/10 "mdbook build"
 mdbook build
 
-step 7/9 "锚点检查：每个 {{#include 文件:锚点}} 都指向存在的锚点"
+step 7/10 "锚点检查：每个 {{#include 文件:锚点}} 都指向存在的锚点"
 cargo test -p llm-book --test book --quiet
 
-step 8/9 "mdbook test：编译并运行书中的每个 Rust 片段"
+step 8/10 "mdbook test：编译并运行书中的每个 Rust 片段"
 mdbook test -L target/book-deps/debug/deps
 
-step 9/9 "浏览器测试：中文搜索、每页无错误与断链、公式、离线、打印视图（code/tests/browser/）"
+step 9/10 "浏览器测试：中文搜索、每页无错误与断链、公式、离线、打印视图（code/tests/browser/）"
 # 需要 Node.js（≥ 18）与 Chromium（Debian：apt install nodejs chromium）；没有就跳过并说明。
 if ! command -v node >/dev/null 2>&1; then
   echo "跳过浏览器测试：没有找到 node（Debian：apt install nodejs）"
@@ -74,6 +74,24 @@ else
   else
     echo "跳过浏览器测试：没有找到 chromium（Debian：apt install chromium；或用 CHROMIUM=浏览器路径 指定）"
   fi
+fi
+
+step 10/10 "CUDA 版本：没有 GPU 也能编译、链接，并用桩库演练（code/scripts/cuda-build.sh、run-gpu.sh --dry-run）"
+# 第一次要从 PyPI 下载约 350 MB 的 CUDA 工具（缓存在 ~/.cache/llm-book/cuda-13.0），并在 target/cuda 里编译一遍（约 7 分钟）
+set +e
+bash code/scripts/cuda-build.sh > target/cuda-build.log 2>&1
+rc=$?
+set -e
+if [ $rc -eq 3 ]; then
+  tail -1 target/cuda-build.log
+  echo "跳过 CUDA 版本的编译：下载不到 CUDA 工具"
+elif [ $rc -ne 0 ]; then
+  tail -40 target/cuda-build.log
+  echo "CUDA 版本编译失败（完整输出：target/cuda-build.log）"
+  exit 1
+else
+  tail -3 target/cuda-build.log
+  OUT=target/cuda/dry-run bash target/cuda/bundle/run-gpu.sh --dry-run
 fi
 
 printf '\n全部测试通过。\n'

@@ -48,8 +48,23 @@ pub fn run_on<T: DeviceTask>(
 
 #[cfg(feature = "cuda")]
 fn run_on_cuda<T: DeviceTask>(seed: u64, task: T) -> Result<T::Output, DeviceError> {
-    let dev = Cuda::try_build(0, seed).map_err(|e| DeviceError::CudaInit(format!("{e:?}")))?;
-    Ok(task.run(dev))
+    Ok(task.run(new_cuda(seed)?))
+}
+
+/// 在 GPU 0 上建一个 `Cuda` 设备。
+///
+/// cudarc 0.9 建设备时对 `cuInit` 与取设备的结果直接 `unwrap`：没有 GPU（或驱动认不出 GPU）时程序会 panic。
+/// 所以先自己问驱动：初始化成功、且至少有一块 GPU，才交给 dfdx。
+#[cfg(feature = "cuda")]
+pub fn new_cuda(seed: u64) -> Result<Cuda, DeviceError> {
+    use cudarc::driver::result;
+    let err = |what: &str, e: result::DriverError| DeviceError::CudaInit(format!("{what}：{e:?}"));
+    result::init().map_err(|e| err("cuInit", e))?;
+    let count = result::device::get_count().map_err(|e| err("cuDeviceGetCount", e))?;
+    if count == 0 {
+        return Err(DeviceError::CudaInit("驱动报告 0 块 GPU".into()));
+    }
+    Cuda::try_build(0, seed).map_err(|e| DeviceError::CudaInit(format!("{e:?}")))
 }
 
 #[cfg(not(feature = "cuda"))]

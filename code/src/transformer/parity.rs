@@ -16,6 +16,7 @@ use super::multi_head::MultiHeadAttention;
 use super::norm::LayerNorm;
 use super::positional::PositionalEncoding;
 use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::kernels::Kernels;
 
 /// 参考数据的模型宽度：词表、隐藏维度、头数、前馈宽度、层数。
 pub type FixtureEncoder<D> = TransformerEncoder<50, 16, 4, 32, 2, f32, D>;
@@ -40,9 +41,9 @@ pub struct Comparison {
     pub max_abs_error: f64,
 }
 
-fn compare<S: Shape>(
+fn compare<S: Shape, D: Device<f32>>(
     name: &'static str,
-    ours: &Tensor<S, f32, Cpu>,
+    ours: &Tensor<S, f32, D>,
     ckpt: &Checkpoint,
     key: &str,
 ) -> Result<Comparison, CheckpointError> {
@@ -61,15 +62,22 @@ fn compare<S: Shape>(
     })
 }
 
-/// 逐组件与 PyTorch 比较。
+/// 逐组件与 PyTorch 比较（在 CPU 上）。
 pub fn compare_all(path: &Path) -> Result<Vec<Comparison>, CheckpointError> {
+    compare_all_on(&Cpu::default(), path)
+}
+
+/// 逐组件与 PyTorch 比较，在给定的设备上计算（CUDA 版本的测试用它在 GPU 上核对）。
+pub fn compare_all_on<D: Kernels<f32>>(
+    dev: &D,
+    path: &Path,
+) -> Result<Vec<Comparison>, CheckpointError> {
     let ckpt = Checkpoint::read(path)?;
-    let dev: Cpu = Default::default();
-    let x4 =
-        |key: &str| -> Result<Tensor<(usize, usize, usize, usize), f32, Cpu>, CheckpointError> {
-            let s = &ckpt.get(key)?.shape;
-            ckpt.tensor(&dev, key, (s[0], s[1], s[2], s[3]))
-        };
+    let dev = dev.clone();
+    let x4 = |key: &str| -> Result<Tensor<(usize, usize, usize, usize), f32, D>, CheckpointError> {
+        let s = &ckpt.get(key)?.shape;
+        ckpt.tensor(&dev, key, (s[0], s[1], s[2], s[3]))
+    };
     let lengths: Vec<usize> = ckpt
         .get("lengths")?
         .data
@@ -79,7 +87,7 @@ pub fn compare_all(path: &Path) -> Result<Vec<Comparison>, CheckpointError> {
     let x_shape = &ckpt.get("x")?.shape;
     let (batch, seq) = (x_shape[0], x_shape[1]);
     let mask = PaddingMask::from_lengths(&dev, &lengths, seq).expect("参考数据中的长度合法");
-    let x: Tensor<(usize, usize, Const<M>), f32, Cpu> =
+    let x: Tensor<(usize, usize, Const<M>), f32, D> =
         ckpt.tensor(&dev, "x", (batch, seq, Const::<M>))?;
     let mut out = Vec::new();
 
@@ -101,7 +109,7 @@ pub fn compare_all(path: &Path) -> Result<Vec<Comparison>, CheckpointError> {
         "sdpa_masked.weights",
     )?);
 
-    let mut mha = MultiHeadAttention::<M, H, f32, Cpu>::build(&dev);
+    let mut mha = MultiHeadAttention::<M, H, f32, D>::build(&dev);
     ckpt.load_into(&mut mha, "params.layers.0.attention.")?;
     let (o, w) = mha.forward(x.clone(), None);
     out.push(compare("多头注意力：输出", &o, &ckpt, "mha.out")?);
@@ -123,12 +131,12 @@ pub fn compare_all(path: &Path) -> Result<Vec<Comparison>, CheckpointError> {
     let pe_len = ckpt.get("pe.table")?.shape[0];
     out.push(compare(
         "位置编码表",
-        &PositionalEncoding::<M, f32, Cpu>::new(&dev, pe_len).table,
+        &PositionalEncoding::<M, f32, D>::new(&dev, pe_len).table,
         &ckpt,
         "pe.table",
     )?);
 
-    let mut ln = LayerNorm::<M, f32, Cpu>::build(&dev);
+    let mut ln = LayerNorm::<M, f32, D>::build(&dev);
     ckpt.load_into(&mut ln, "params.layers.0.norm1.")?;
     out.push(compare(
         "层归一化",
@@ -137,7 +145,7 @@ pub fn compare_all(path: &Path) -> Result<Vec<Comparison>, CheckpointError> {
         "layer_norm.out",
     )?);
 
-    let mut ffn = FeedForward::<M, F, f32, Cpu>::build(&dev);
+    let mut ffn = FeedForward::<M, F, f32, D>::build(&dev);
     ckpt.load_into(&mut ffn, "params.layers.0.feed_forward.")?;
     out.push(compare(
         "前馈网络（ReLU）",
@@ -152,7 +160,7 @@ pub fn compare_all(path: &Path) -> Result<Vec<Comparison>, CheckpointError> {
         "ffn_gelu.out",
     )?);
 
-    let mut layer = EncoderLayer::<M, H, F, f32, Cpu>::build(&dev);
+    let mut layer = EncoderLayer::<M, H, F, f32, D>::build(&dev);
     ckpt.load_into(&mut layer, "params.layers.0.")?;
     for (norm_position, name, key) in [
         (
@@ -178,7 +186,7 @@ pub fn compare_all(path: &Path) -> Result<Vec<Comparison>, CheckpointError> {
         )?);
     }
 
-    let tokens: Tensor<(usize, usize), usize, Cpu> = dev.tensor_from_vec(
+    let tokens: Tensor<(usize, usize), usize, D> = dev.tensor_from_vec(
         ckpt.get("tokens")?
             .data
             .iter()

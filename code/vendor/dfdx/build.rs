@@ -117,8 +117,12 @@ mod cuda {
         {
             let start = std::time::Instant::now();
 
-            // Grab compute code from nvidia-smi
-            let mut compute_cap = {
+            // llm-book 补丁：设了 CUDA_COMPUTE_CAP 就不问 nvidia-smi（在没有 GPU 的机器上编译 CUDA 版本）
+            println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
+            let preset = std::env::var("CUDA_COMPUTE_CAP").ok();
+            let mut compute_cap = if let Some(cap) = &preset {
+                cap.parse::<usize>().expect("CUDA_COMPUTE_CAP 应是一个整数，如 90")
+            } else {
                 let out = std::process::Command::new("nvidia-smi")
                     .arg("--query-gpu=compute_cap")
                     .arg("--format=csv")

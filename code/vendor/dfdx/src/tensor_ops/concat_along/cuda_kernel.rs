@@ -22,7 +22,7 @@ impl<E: Dtype + CudaTypeName> super::ConcatAlongKernel<E> for Cuda {
             let opts = CompileOptions {
                 arch: Some(env!("CUDA_COMPUTE_CAP")),
                 include_paths: vec![
-                    env!("CUDA_INCLUDE_DIR").to_string(),
+                    std::env::var("CUDA_INCLUDE_DIR").unwrap_or_else(|_| env!("CUDA_INCLUDE_DIR").to_string()),
                     env!("OUT_DIR").to_string(),
                 ],
                 ..Default::default()

@@ -60,7 +60,7 @@ impl<E: Dtype + CudaTypeName> super::StackKernel<E> for Cuda {
             let src = BWD_KERNEL.replace("$Ty", E::NAME);
             let opts = CompileOptions {
                 arch: Some(env!("CUDA_COMPUTE_CAP")),
-                include_paths: vec![env!("CUDA_INCLUDE_DIR").to_string()],
+                include_paths: vec![std::env::var("CUDA_INCLUDE_DIR").unwrap_or_else(|_| env!("CUDA_INCLUDE_DIR").to_string())],
                 ..Default::default()
             };
             let ptx = compile_ptx_with_opts(src, opts).unwrap();

@@ -30,7 +30,7 @@ impl<E1: Unit + CudaTypeName, E2: Unit + CudaTypeName> super::ToDtypeKernel<E1, 
             let src = KERNEL.replace("$Src", E1::NAME).replace("$Dst", E2::NAME);
             let opts = CompileOptions {
                 arch: Some(env!("CUDA_COMPUTE_CAP")),
-                include_paths: vec![env!("CUDA_INCLUDE_DIR").to_string()],
+                include_paths: vec![std::env::var("CUDA_INCLUDE_DIR").unwrap_or_else(|_| env!("CUDA_INCLUDE_DIR").to_string())],
                 ..Default::default()
             };
             let ptx = compile_ptx_with_opts(src, opts).unwrap();

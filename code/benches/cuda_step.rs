@@ -1,0 +1,111 @@
+//! CUDA 版本的训练一步（前向 + 反向）：与 `train_step.rs` 同样的模型与形状，在 GPU 上。
+//! 只在 `--features cuda` 时编译（Cargo.toml 的 `required-features`）；由 `code/scripts/cuda-build.sh` 编译，
+//! 在 GPU 机器上由 `run-gpu.sh` 运行。GPU 上的算子是异步的：每一步结束时 `synchronize()`，计的是真正算完的时间。
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use dfdx::losses::cross_entropy_with_logits_loss;
+use dfdx::nn::ZeroGrads;
+use dfdx::prelude::*;
+use llm_book::bert::model::{bert_config, BertBaseChinese, BertClassifier};
+use llm_book::lora::encoder::QueryValue;
+use llm_book::peft::config::LoraConfig;
+use llm_book::peft::model::PeftBert;
+use llm_book::train::SequenceClassifier;
+use llm_book::transformer::attention::PaddingMask;
+use llm_book::transformer::encoder::{EncoderConfig, Mode, SeedEncoder};
+
+fn gpu() -> Cuda {
+    llm_book::basics::device::new_cuda(0).unwrap_or_else(|e| {
+        eprintln!("没有可用的 GPU（{e}）：这个基准只在有 NVIDIA GPU 的机器上运行");
+        std::process::exit(2)
+    })
+}
+
+/// 一批词 id。
+type Tokens = Tensor<(usize, usize), usize, Cuda>;
+
+fn batch(dev: &Cuda, b: usize, s: usize, vocab: usize) -> (Tokens, PaddingMask<f32, Cuda>) {
+    let ids: Vec<usize> = (0..b * s).map(|i| (i * 7919 + 13) % vocab).collect();
+    (
+        dev.tensor_from_vec(ids, (b, s)),
+        PaddingMask::from_lengths(dev, &vec![s; b], s).unwrap(),
+    )
+}
+
+fn encoder(c: &mut Criterion) {
+    let dev = gpu();
+    let model = SeedEncoder::<f32, Cuda>::new(&dev, EncoderConfig::default());
+    let mut group = c.benchmark_group("cuda_train_step_encoder_d512");
+    group.sample_size(20);
+    for (b, s) in [(8, 128), (2, 50)] {
+        let (tokens, mask) = batch(&dev, b, s, 10000);
+        let g: Tensor<(usize, usize, Const<512>), f32, Cuda> =
+            dev.sample_normal_like(&(b, s, Const));
+        group.bench_function(format!("{b}x{s}"), |bench| {
+            bench.iter(|| {
+                let out = model
+                    .forward(tokens.leaky_trace(), Some(&mask), Mode::Train)
+                    .unwrap();
+                let grads = (out.hidden * g.clone()).sum().backward();
+                dev.synchronize();
+                grads
+            })
+        });
+    }
+    group.finish();
+}
+
+fn step<Mo: SequenceClassifier<2, f32, Cuda>>(
+    dev: &Cuda,
+    model: &Mo,
+    grads: &mut Option<Gradients<f32, Cuda>>,
+    tokens: &Tensor<(usize, usize), usize, Cuda>,
+    mask: &PaddingMask<f32, Cuda>,
+    labels: &Tensor<(usize, Const<2>), f32, Cuda>,
+) {
+    let mut g = grads.take().unwrap_or_else(|| model.params().alloc_grads());
+    model.params().zero_grads(&mut g);
+    let logits = model
+        .logits(tokens.clone().traced(g), mask, Mode::Train)
+        .unwrap();
+    *grads = Some(cross_entropy_with_logits_loss(logits, labels.clone()).backward());
+    dev.synchronize();
+}
+
+fn bert_base(c: &mut Criterion) {
+    let dev = gpu();
+    let config = bert_config(1e-12, 0.1, 512);
+    let (tokens, mask) = batch(&dev, 8, 128, 21128);
+    let labels = dev.tensor_from_vec(
+        (0..8)
+            .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
+            .collect(),
+        (8, Const::<2>),
+    );
+    let mut group = c.benchmark_group("cuda_train_step_bert_base");
+    group.sample_size(20);
+    let full = BertClassifier {
+        params: BertBaseChinese::<f32, Cuda>::random(&dev),
+        config,
+    };
+    let mut grads = None;
+    group.bench_function("full_8x128", |b| {
+        b.iter(|| step(&dev, &full, &mut grads, &tokens, &mask, &labels))
+    });
+    drop(grads);
+    let lora =
+        PeftBert::<21128, 768, 12, 3072, 12, 512, 2, 2, 16, QueryValue, f32, Cuda>::get_peft_model(
+            full.params,
+            config,
+            LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
+        )
+        .unwrap();
+    let mut grads = None;
+    group.bench_function("lora_8x128", |b| {
+        b.iter(|| step(&dev, &lora, &mut grads, &tokens, &mask, &labels))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, encoder, bert_base);
+criterion_main!(benches);

@@ -8,6 +8,19 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::math::{multiversion, FastMath};
+
+/// 把输出缓冲区里未初始化的一块先清零，交出 `&mut [F]`。
+///
+/// 输出不用 `vec![0; n]` 分配：复用的内存上那是调用线程里一次单线程的 memset，大张量上与算子本身一样慢。
+/// 而是 `Vec::with_capacity(n)`，在并行循环里每块先由自己的线程清零（这一块马上就要被写，还在缓存里），再交给内核写满，
+/// 最后 `set_len(n)`。
+fn zeroed<F: Copy>(block: &mut [std::mem::MaybeUninit<F>], zero: F) -> &mut [F] {
+    for v in block.iter_mut() {
+        v.write(zero);
+    }
+    // SAFETY：上面写过了这一块的每一个元素；MaybeUninit<F> 与 F 的布局相同
+    unsafe { &mut *(block as *mut [std::mem::MaybeUninit<F>] as *mut [F]) }
+}
 use super::Shape4;
 
 /// 每个并行块大约处理这么多个元素：块太小，线程调度的开销占比大；太大，两个核分不匀。
@@ -154,12 +167,18 @@ where
     let (x, mut tape) = x.split_tape();
     let bias_data: &[F] = bias.map_or(&[], |b| data(b));
     let xd = data(&x);
-    let mut out = vec![F::zero(); xd.len()];
+    let len = xd.len();
+    let mut out = Vec::with_capacity(len);
     let rpb = rows_per_block(n);
-    out.par_chunks_mut(rpb * n)
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(rpb * n)
         .zip(xd.par_chunks(rpb * n))
         .enumerate()
-        .for_each(|(i, (o, xb))| softmax_block_mv(xb, o, n, i * rpb, bias_data, heads * q));
+        .for_each(|(i, (o, xb))| {
+            softmax_block_mv(xb, zeroed(o, F::zero()), n, i * rpb, bias_data, heads * q)
+        });
+    // SAFETY：上面的并行循环按块覆盖了 [0, len) 并逐块初始化
+    unsafe { out.set_len(len) };
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         let x_ghost = x.ghost();
@@ -214,10 +233,14 @@ where
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
     let xd = data(&x);
-    let mut out = vec![F::zero(); xd.len()];
-    out.par_chunks_mut(BLOCK_ELEMS)
+    let len = xd.len();
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(BLOCK_ELEMS)
         .zip(xd.par_chunks(BLOCK_ELEMS))
-        .for_each(|(o, xb)| gelu_block_mv(xb, o));
+        .for_each(|(o, xb)| gelu_block_mv(xb, zeroed(o, F::zero())));
+    // SAFETY：上面的并行循环按块覆盖了 [0, len) 并逐块初始化
+    unsafe { out.set_len(len) };
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         let out_ghost = out.ghost();
@@ -322,11 +345,18 @@ where
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
     let xd = data(&x);
-    let mut out = vec![F::zero(); xd.len()];
-    out.par_chunks_mut(BLOCK_ELEMS)
+    let len = xd.len();
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(BLOCK_ELEMS)
         .zip(xd.par_chunks(BLOCK_ELEMS))
         .enumerate()
-        .for_each(|(i, (o, xb))| dropout_block_mv(xb, o, i * BLOCK_ELEMS, seed, threshold, scale));
+        .for_each(|(i, (o, xb))| {
+            let o = zeroed(o, F::zero());
+            dropout_block_mv(xb, o, i * BLOCK_ELEMS, seed, threshold, scale)
+        });
+    // SAFETY：上面的并行循环按块覆盖了 [0, len) 并逐块初始化
+    unsafe { out.set_len(len) };
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
@@ -435,14 +465,18 @@ where
     let (x, mut tape) = x.split_tape();
     let xd = data(&x);
     let rows = xd.len() / M;
-    let mut out = vec![F::zero(); xd.len()];
+    let len = xd.len();
+    let mut out = Vec::with_capacity(len);
     let mut stats = vec![F::zero(); 2 * rows];
     let rpb = rows_per_block(M);
     let (wd, bd, eps) = (data(w), data(b), F::c(eps));
-    out.par_chunks_mut(rpb * M)
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(rpb * M)
         .zip(stats.par_chunks_mut(rpb * 2))
         .zip(xd.par_chunks(rpb * M))
-        .for_each(|((o, st), xb)| layer_norm_block_mv(xb, wd, bd, eps, o, st));
+        .for_each(|((o, st), xb)| layer_norm_block_mv(xb, wd, bd, eps, zeroed(o, F::zero()), st));
+    // SAFETY：上面的并行循环按块覆盖了 [0, len) 并逐块初始化
+    unsafe { out.set_len(len) };
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         let (out_ghost, w, b) = (out.ghost(), w.clone(), b.clone());

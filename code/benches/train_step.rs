@@ -5,6 +5,9 @@
 //! - `bert_base`：bert-base-chinese 大小的分类模型（随机初始化，隐藏层 dropout 0.1），[8, 128]，交叉熵损失；
 //!   全量微调与 LoRA（r = 16、α = 32、query/value，与 3.4 节的例子相同）。
 //!
+//! - `inference_bert_base`：同一模型的推理（前向到 logits，不带 tape）：原模型、带 LoRA 分支（未合并）、合并后的模型
+//!   （`merge_and_unload`）。合并后与原模型的结构相同，目标是耗时相差不超过 3%。
+//!
 //! 不含优化器的更新（AdamW 的耗时与参数量成正比，另行报告）。运行：`bash code/scripts/bench.sh`。
 
 use criterion::{criterion_group, criterion_main, Criterion};
@@ -106,10 +109,44 @@ fn bert_base(c: &mut Criterion) {
     group.finish();
 }
 
+/// 推理：原模型、LoRA（未合并，多一条 B(Ax) 分支）、合并后的模型。
+fn bert_inference(c: &mut Criterion) {
+    let dev = Cpu::seed_from_u64(1);
+    let config = bert_config(1e-12, 0.1, 512);
+    let (tokens, mask) = batch(&dev, 8, 128, 21128);
+    let mut group = c.benchmark_group("inference_bert_base");
+    group.sample_size(10);
+    let base = BertClassifier {
+        params: BertBaseChinese::<f32, Cpu>::random(&dev),
+        config,
+    };
+    group.bench_function("base_8x128", |bench| {
+        bench.iter(|| base.logits(tokens.clone(), &mask, Mode::Eval).unwrap())
+    });
+    let lora =
+        PeftBert::<21128, 768, 12, 3072, 12, 512, 2, 2, 16, QueryValue, f32, Cpu>::get_peft_model(
+            base.params.clone(),
+            config,
+            LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
+        )
+        .unwrap();
+    group.bench_function("lora_8x128", |bench| {
+        bench.iter(|| lora.logits(tokens.clone(), &mask, Mode::Eval).unwrap())
+    });
+    let merged = BertClassifier {
+        params: lora.merge_and_unload(),
+        config,
+    };
+    group.bench_function("merged_8x128", |bench| {
+        bench.iter(|| merged.logits(tokens.clone(), &mask, Mode::Eval).unwrap())
+    });
+    group.finish();
+}
+
 /// 与 `llm-book` 程序相同的分配器设置（见 `llm_book::alloc`）。
 fn setup(_: &mut Criterion) {
     llm_book::alloc::keep_freed_memory();
 }
 
-criterion_group!(benches, setup, encoder, bert_base);
+criterion_group!(benches, setup, encoder, bert_base, bert_inference);
 criterion_main!(benches);

@@ -736,6 +736,10 @@ fn perf(
             table.lora_over_full
         ),
     }
+    println!(
+        "bert-base 推理 [8,128]：合并后的 LoRA / 原模型 = {:.3}（目标 1 ± 0.03），未合并的 LoRA / 原模型 = {:.3}",
+        table.merged_over_base, table.unmerged_over_base
+    );
     if !dry_run {
         println!(
             "结果写入 {}",

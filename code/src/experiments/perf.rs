@@ -44,6 +44,10 @@ pub struct PerfTable {
     pub lora_over_full: f64,
     /// 同一比值在 PyTorch 上。
     pub lora_over_full_torch: Option<f64>,
+    /// bert-base 推理：合并后的 LoRA 模型 / 原模型（目标 1 ± 0.03）。
+    pub merged_over_base: f64,
+    /// bert-base 推理：未合并的 LoRA 模型（多一条 B(Ax) 分支）/ 原模型。
+    pub unmerged_over_base: f64,
 }
 
 /// 一项测量：criterion 的组与函数名（本书的实现、dfdx 的写法）、PyTorch 结果里的键、目标。
@@ -218,7 +222,11 @@ pub fn collect(
             .expect("表中有这一行")
     };
     let (full, lora) = (find("bert-base 全量"), find("bert-base LoRA"));
+    let inference = |f| criterion_median_ms(criterion_dir, "inference_bert_base", f);
+    let base = inference("base_8x128")?;
     Ok(PerfTable {
+        merged_over_base: inference("merged_8x128")? / base,
+        unmerged_over_base: inference("lora_8x128")? / base,
         lora_over_full: lora.ours_ms / full.ours_ms,
         lora_over_full_torch: lora.torch_ms.zip(full.torch_ms).map(|(l, f)| l / f),
         torch: torch.map(|t| {

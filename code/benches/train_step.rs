@@ -109,6 +109,49 @@ fn bert_base(c: &mut Criterion) {
     group.finish();
 }
 
+/// 优化器的一步：AdamW（梯度裁剪到全局范数 1、解耦权重衰减），bert-base 全量微调的全部参数与 LoRA 的可训练参数。
+fn optimizer(c: &mut Criterion) {
+    use llm_book::train::adamw::{AdamW, AdamWConfig};
+    let dev = Cpu::seed_from_u64(2);
+    let config = bert_config(1e-12, 0.1, 512);
+    let (tokens, mask) = batch(&dev, 8, 128, 21128);
+    let labels = dev.tensor_from_vec(
+        (0..8)
+            .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
+            .collect(),
+        (8, Const::<2>),
+    );
+    let mut group = c.benchmark_group("optimizer_bert_base");
+    group.sample_size(10);
+    let mut full = BertClassifier {
+        params: BertBaseChinese::<f32, Cpu>::random(&dev),
+        config,
+    };
+    let mut grads = None;
+    classifier_step(&full, &mut grads, &tokens, &mask, &labels);
+    let grads = grads.unwrap();
+    let mut opt = AdamW::new(AdamWConfig::default());
+    group.bench_function("adamw_full", |bench| {
+        bench.iter(|| opt.step(full.params_mut(), &grads, 1.0))
+    });
+    drop(opt);
+    let mut lora =
+        PeftBert::<21128, 768, 12, 3072, 12, 512, 2, 2, 16, QueryValue, f32, Cpu>::get_peft_model(
+            full.params,
+            config,
+            LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
+        )
+        .unwrap();
+    let mut grads = None;
+    classifier_step(&lora, &mut grads, &tokens, &mask, &labels);
+    let grads = grads.unwrap();
+    let mut opt = AdamW::new(AdamWConfig::default());
+    group.bench_function("adamw_lora", |bench| {
+        bench.iter(|| opt.step(lora.params_mut(), &grads, 1.0))
+    });
+    group.finish();
+}
+
 /// 推理：原模型、LoRA（未合并，多一条 B(Ax) 分支）、合并后的模型。
 fn bert_inference(c: &mut Criterion) {
     let dev = Cpu::seed_from_u64(1);
@@ -148,5 +191,12 @@ fn setup(_: &mut Criterion) {
     llm_book::alloc::keep_freed_memory();
 }
 
-criterion_group!(benches, setup, encoder, bert_base, bert_inference);
+criterion_group!(
+    benches,
+    setup,
+    encoder,
+    bert_base,
+    optimizer,
+    bert_inference
+);
 criterion_main!(benches);

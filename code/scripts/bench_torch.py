@@ -120,6 +120,18 @@ def train_steps(device="cpu"):
 
         ms[f"train_step_bert_base/{name}"] = timed_step(step, 20.0)
         print(f"bert-base {name}：{ms[f'train_step_bert_base/{name}']:.0f} 毫秒")
+        # 优化器的一步：全局范数裁剪到 1 + AdamW（与本书的 AdamW::step 相同），梯度就是上面最后一步留下的
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+
+        def opt_step():
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            sync(device)
+
+        key = f"optimizer_bert_base/adamw_{name.split('_')[0]}"
+        ms[key] = timed_step(opt_step, 5.0)
+        print(f"AdamW（bert-base {name.split('_')[0]}）：{ms[key]:.1f} 毫秒")
     return ms
 
 

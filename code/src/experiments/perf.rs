@@ -165,6 +165,22 @@ const ITEMS: &[Item] = &[
         torch: "train_step_bert_base/lora_8x128",
         target: 1.0,
     },
+    Item {
+        what: "AdamW 一步（bert-base 全量，含梯度裁剪）",
+        group: "optimizer_bert_base",
+        ours: "adamw_full",
+        dfdx: None,
+        torch: "optimizer_bert_base/adamw_full",
+        target: 1.0,
+    },
+    Item {
+        what: "AdamW 一步（bert-base LoRA，含梯度裁剪）",
+        group: "optimizer_bert_base",
+        ours: "adamw_lora",
+        dfdx: None,
+        torch: "optimizer_bert_base/adamw_lora",
+        target: 1.0,
+    },
 ];
 
 /// criterion 记下的中位数（毫秒）。

@@ -41,6 +41,29 @@ fn data<S: Shape, F: Dtype, T>(t: &Tensor<S, F, Cpu, T>) -> &[F] {
     &Tensorlike::data(t).expect("Tensor 总有数据")[..]
 }
 
+/// 张量的数据：连续时直接借用底层缓冲区，否则按行优先复制一份。
+pub(super) fn host_data<S: Shape, F: Dtype>(t: &Tensor<S, F, Cpu>) -> std::borrow::Cow<'_, [F]> {
+    if is_contiguous(t) {
+        std::borrow::Cow::Borrowed(data(t))
+    } else {
+        std::borrow::Cow::Owned(t.as_vec())
+    }
+}
+
+/// 参数的梯度：借用梯度缓冲区（与参数同样的连续布局）；参数本身不连续时复制。
+pub(super) fn host_grad<'a, S: Shape, F: Dtype>(
+    grads: &'a Gradients<F, Cpu>,
+    t: &Tensor<S, F, Cpu>,
+) -> std::borrow::Cow<'a, [F]>
+where
+    Cpu: Storage<F>,
+{
+    match grads.get_ref_checked(t) {
+        Some(g) if is_contiguous(t) => std::borrow::Cow::Borrowed(buf(g)),
+        _ => std::borrow::Cow::Owned(grads.get(t).as_vec()),
+    }
+}
+
 /// 设备缓冲区（dfdx 的 `CachableVec`）看成切片。写成单独的函数，是因为在带 `Cpu: Device<F>` 约束的函数里，
 /// 编译器不会把 `<Cpu as Storage<F>>::Vec` 展开成具体类型；这里没有那个约束，就能展开。
 fn buf<F: Dtype>(v: &<Cpu as Storage<F>>::Vec) -> &[F] {

@@ -12,6 +12,8 @@
 //! 模型代码只写 `D: Kernels<E>` 与 `D::gelu(x)` 这样的调用，不关心设备。融合内核读写张量缓冲区用到的
 //! 几个 dfdx 接口原本是 crate 私有的，见 `code/vendor/README.md` 里只改可见性的补丁。
 
+use std::borrow::Cow;
+
 use dfdx::prelude::*;
 
 use crate::transformer::gelu::gelu as gelu_composite;
@@ -28,6 +30,20 @@ pub type Shape4 = (usize, usize, usize, usize);
 ///
 /// 默认实现是组合算子（任何设备都能用）；`Cpu` 覆盖为融合内核。两者在测试里逐元素对照，前向与梯度都一致。
 pub trait Kernels<E: Dtype>: Device<E> {
+    /// 张量在主机内存里的数据（行优先）：CPU 上直接借用底层缓冲区，其他设备复制一份到主机。
+    /// 优化器在主机上逐元素处理参数与梯度时用它，省掉整块的复制。
+    fn host_data<S: Shape>(t: &Tensor<S, E, Self>) -> Cow<'_, [E]> {
+        Cow::Owned(t.as_vec())
+    }
+
+    /// 参数 `t` 的梯度在主机内存里的数据（同上）。
+    fn host_grad<'a, S: Shape>(
+        grads: &'a Gradients<E, Self>,
+        t: &Tensor<S, E, Self>,
+    ) -> Cow<'a, [E]> {
+        Cow::Owned(grads.get(t).as_vec())
+    }
+
     /// 最后一维上的 softmax(x + 掩码)，掩码 `(batch, seq_k)` 沿头与查询两维广播。
     fn masked_softmax<T: Tape<E, Self>>(
         x: Tensor<Shape4, E, Self, T>,
@@ -103,6 +119,14 @@ pub fn linear_composite<const I: usize, const O: usize, E: Dtype, D: Device<E>, 
 macro_rules! cpu_kernels {
     ($($e:ty),*) => {$(
         impl Kernels<$e> for Cpu {
+            fn host_data<S: Shape>(t: &Tensor<S, $e, Self>) -> Cow<'_, [$e]> {
+                cpu::host_data(t)
+            }
+
+            fn host_grad<'a, S: Shape>(grads: &'a Gradients<$e, Self>, t: &Tensor<S, $e, Self>) -> Cow<'a, [$e]> {
+                cpu::host_grad(grads, t)
+            }
+
             fn masked_softmax<T: Tape<$e, Self>>(
                 x: Tensor<Shape4, $e, Self, T>,
                 mask: Option<&Tensor<(usize, usize), $e, Self>>,

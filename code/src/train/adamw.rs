@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::basics::tensors::Real;
 use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::kernels::Kernels;
+use std::borrow::Cow;
 
 // ANCHOR: config
 /// AdamW 的超参数（默认值与 `torch.optim.AdamW` 相同，权重衰减取 BERT 微调常用的 0.01）。
@@ -94,7 +96,7 @@ impl<E: Real + dfdx::tensor::safetensors::SafeDtype> AdamW<E> {
     /// 一次更新：先算全部梯度的全局范数（需要时裁剪），再对每个可训练参数做
     /// m ← β₁m + (1−β₁)g，v ← β₂v + (1−β₂)g²，θ ← θ − lr·(m̂/(√v̂ + ε) + λθ)。
     /// `lr_scale` 是学习率调度给出的倍数。冻结的参数（`TensorOptions::detached`）跳过。
-    pub fn step<D: Device<E>, M: TensorCollection<E, D>>(
+    pub fn step<D: Kernels<E>, M: TensorCollection<E, D>>(
         &mut self,
         params: &mut M,
         grads: &Gradients<E, D>,
@@ -184,13 +186,13 @@ impl<E: Real + dfdx::tensor::safetensors::SafeDtype> AdamW<E> {
 /// 并行的块大小（元素个数）。
 const CHUNK: usize = 1 << 15;
 
-/// 第一遍：按字段路径收集可训练参数的梯度。
+/// 第一遍：按字段路径收集可训练参数的梯度（CPU 上是借用，不复制）。
 struct GradCollector<'a, E: Dtype, D: Device<E>> {
     grads: &'a Gradients<E, D>,
-    out: BTreeMap<String, Vec<E>>,
+    out: BTreeMap<String, Cow<'a, [E]>>,
 }
 
-impl<E: Real, D: Device<E>> TensorVisitor<E, D> for GradCollector<'_, E, D> {
+impl<'a, E: Real, D: Kernels<E>> TensorVisitor<E, D> for GradCollector<'a, E, D> {
     type Viewer = (ViewTensorMut, ViewTensorName);
     type Err = D::Err;
     type E2 = E;
@@ -202,7 +204,7 @@ impl<E: Real, D: Device<E>> TensorVisitor<E, D> for GradCollector<'_, E, D> {
         (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, E, D>>,
     ) -> Result<Option<Tensor<S, E, D>>, Self::Err> {
         if opts.do_gradient_update {
-            self.out.insert(path, self.grads.get(&*t).as_vec());
+            self.out.insert(path, D::host_grad(self.grads, &*t));
         }
         Ok(None)
     }
@@ -217,14 +219,14 @@ impl<E: Real, D: Device<E>> TensorVisitor<E, D> for GradCollector<'_, E, D> {
 }
 
 /// 第二遍：AdamW 的逐元素更新。
-struct Updater<'a, E> {
+struct Updater<'a, 'g, E: Clone> {
     opt: &'a mut AdamW<E>,
-    grads: BTreeMap<String, Vec<E>>,
+    grads: BTreeMap<String, Cow<'g, [E]>>,
     clip: f64,
     lr: f64,
 }
 
-impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Updater<'_, E> {
+impl<E: Real, D: Kernels<E>> TensorVisitor<E, D> for Updater<'_, '_, E> {
     type Viewer = (ViewTensorMut, ViewTensorName);
     type Err = D::Err;
     type E2 = E;
@@ -254,27 +256,33 @@ impl<E: Real, D: Device<E>> TensorVisitor<E, D> for Updater<'_, E> {
             .moments
             .entry(path)
             .or_insert_with(|| (vec![E::zero(); g.len()], vec![E::zero(); g.len()]));
-        let mut theta: Vec<E> = t.as_vec();
+        // 新的参数值写进一块新的缓冲区（读参数不复制），最后整块写回
         // 常数先换成参数的精度，逐元素的运算都在 E 里做（f32 参数用 f32 算，与 PyTorch 相同）
         let e = |x: f64| E::from_f64(x).unwrap();
         let (b1, nb1, b2, nb2) = (e(b1), e(1.0 - b1), e(b2), e(1.0 - b2));
         let (c1, c2, clip, lr, eps, decay) =
             (e(c1), e(c2), e(self.clip), e(self.lr), e(cfg.eps), e(decay));
-        theta
+        let old = D::host_data(&*t);
+        let mut theta: Vec<E> = Vec::with_capacity(old.len());
+        theta.spare_capacity_mut()[..old.len()]
             .par_chunks_mut(CHUNK)
+            .zip(old.par_chunks(CHUNK))
             .zip(g.par_chunks(CHUNK))
             .zip(m.par_chunks_mut(CHUNK))
             .zip(v.par_chunks_mut(CHUNK))
-            .for_each(|(((theta, g), m), v)| {
+            .for_each(|((((theta, old), g), m), v)| {
                 for i in 0..theta.len() {
                     let gi = g[i] * clip;
                     let mi = b1 * m[i] + nb1 * gi;
                     let vi = b2 * v[i] + nb2 * gi * gi;
-                    let p = theta[i];
-                    theta[i] = p - lr * ((mi / c1) / ((vi / c2).sqrt() + eps) + decay * p);
+                    let p = old[i];
+                    theta[i].write(p - lr * ((mi / c1) / ((vi / c2).sqrt() + eps) + decay * p));
                     (m[i], v[i]) = (mi, vi);
                 }
             });
+        // SAFETY：上面的并行循环按块覆盖了 [0, old.len()) 的每一个元素
+        unsafe { theta.set_len(old.len()) };
+        drop(old);
         t.copy_from(&theta);
         Ok(None)
     }

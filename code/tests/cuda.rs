@@ -6,7 +6,7 @@
 
 use dfdx::prelude::*;
 use llm_book::basics::autodiff::{check_gradient, ScalarFn};
-use llm_book::bert::hf::{fixtures_dir, load_bert};
+use llm_book::bert::hf::{fixtures_dir, load_bert, max_error, reference_batch};
 use llm_book::bert::model::{bert_config, TinyBert};
 use llm_book::checkpoint::Checkpoint;
 use llm_book::kernels::Kernels;
@@ -47,26 +47,12 @@ fn tiny_bert_matches_transformers_on_gpu() {
     .unwrap_or_else(|e| panic!("{e}"));
     let reference = Checkpoint::read(&fixtures_dir().join("tiny-bert-reference.safetensors"))
         .unwrap_or_else(|e| panic!("{e}"));
-    let ids = |key: &str| -> Tensor<(usize, usize), usize, Cuda> {
-        let t = reference.get(key).unwrap();
-        dev.tensor_from_vec(
-            t.data.iter().map(|&v| v as usize).collect(),
-            (t.shape[0], t.shape[1]),
-        )
-    };
-    let mask = reference.get("attention_mask").unwrap();
-    let seq = mask.shape[1];
-    let lengths: Vec<usize> = mask
-        .data
-        .chunks(seq)
-        .map(|r| r.iter().sum::<f64>() as usize)
-        .collect();
-    let mask = PaddingMask::from_lengths(&dev, &lengths, seq).unwrap();
+    let (tokens, types, mask) = reference_batch(&reference, &dev);
     let out = bert
         .forward(
             &bert_config(1e-12, 0.1, 24),
-            ids("input_ids"),
-            Some(ids("token_type_ids")),
+            tokens,
+            Some(types),
             &mask,
             Mode::Eval,
         )
@@ -76,13 +62,7 @@ fn tiny_bert_matches_transformers_on_gpu() {
         ("pooler_output", out.pooler_output.as_vec()),
         ("logits", out.logits.as_vec()),
     ] {
-        let theirs = &reference.get(key).unwrap().data;
-        assert_eq!(ours.len(), theirs.len(), "{key} 的元素个数不同");
-        let err = ours
-            .iter()
-            .zip(theirs)
-            .map(|(a, b)| (*a as f64 - b).abs())
-            .fold(0.0, f64::max);
+        let err = max_error(&ours, &reference, key);
         println!("{key}: 最大误差 {err:.2e}");
         assert!(err <= 1e-4, "{key}：GPU 上与 transformers 相差 {err}");
     }

@@ -129,17 +129,20 @@ where
     }
 }
 
-/// 参考数据里的一批输入：`input_ids`、`token_type_ids`，以及由 `attention_mask` 得到的填充掩码（测试共用）。
-#[cfg(test)]
-pub(crate) fn reference_batch(
+/// 一批词 id。
+type Ids<D> = Tensor<(usize, usize), usize, D>;
+
+/// 参考数据里的一批输入：`input_ids`、`token_type_ids`，以及由 `attention_mask` 得到的填充掩码
+/// （测试共用，CPU 与 GPU 的测试都用它）。
+pub fn reference_batch<D: Device<f32>>(
     reference: &Checkpoint,
-    dev: &Cpu,
+    dev: &D,
 ) -> (
-    Tensor<(usize, usize), usize, Cpu>,
-    Tensor<(usize, usize), usize, Cpu>,
-    crate::transformer::attention::PaddingMask<f32, Cpu>,
+    Ids<D>,
+    Ids<D>,
+    crate::transformer::attention::PaddingMask<f32, D>,
 ) {
-    let ids = |key: &str| -> Tensor<(usize, usize), usize, Cpu> {
+    let ids = |key: &str| -> Ids<D> {
         let t = reference.get(key).unwrap();
         dev.tensor_from_vec(
             t.data.iter().map(|&v| v as usize).collect(),
@@ -159,8 +162,7 @@ pub(crate) fn reference_batch(
 }
 
 /// `ours` 与参考数据中 `key` 的最大绝对误差（测试共用）。
-#[cfg(test)]
-pub(crate) fn max_error(ours: &[f32], reference: &Checkpoint, key: &str) -> f64 {
+pub fn max_error(ours: &[f32], reference: &Checkpoint, key: &str) -> f64 {
     let theirs = &reference.get(key).unwrap().data;
     assert_eq!(ours.len(), theirs.len(), "{key} 的元素个数不同");
     ours.iter()

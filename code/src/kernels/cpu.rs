@@ -4,23 +4,12 @@
 //! 每个算子只处理连续存放的输入（dfdx 里新算出的张量都是连续的）；遇到广播、转置后的视图，
 //! 退回 [`super`] 里的组合算子，结果相同，只是慢。
 
+use dfdx::dtypes::Unit;
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::math::{multiversion, FastMath};
 
-/// 把输出缓冲区里未初始化的一块先清零，交出 `&mut [F]`。
-///
-/// 输出不用 `vec![0; n]` 分配：复用的内存上那是调用线程里一次单线程的 memset，大张量上与算子本身一样慢。
-/// 而是 `Vec::with_capacity(n)`，在并行循环里每块先由自己的线程清零（这一块马上就要被写，还在缓存里），再交给内核写满，
-/// 最后 `set_len(n)`。
-fn zeroed<F: Copy>(block: &mut [std::mem::MaybeUninit<F>], zero: F) -> &mut [F] {
-    for v in block.iter_mut() {
-        v.write(zero);
-    }
-    // SAFETY：上面写过了这一块的每一个元素；MaybeUninit<F> 与 F 的布局相同
-    unsafe { &mut *(block as *mut [std::mem::MaybeUninit<F>] as *mut [F]) }
-}
 use super::Shape4;
 
 /// 每个并行块大约处理这么多个元素：块太小，线程调度的开销占比大；太大，两个核分不匀。
@@ -75,46 +64,119 @@ fn buf_mut<F: Dtype>(v: &mut <Cpu as Storage<F>>::Vec) -> &mut [F] {
     v
 }
 
-/// 8 路累加的和：把一条依赖链拆成 8 条，编译器才会把浮点求和向量化（它不会自己改变加法的顺序）。
+/// 归约的路数：16 个 f32 正好是一条 AVX-512 寄存器（AVX2 上是两条）。
+const LANES: usize = 16;
+
+/// 对 K 个等长切片逐位置取值、映射、归约：`op(… op(op(init, f(r₀[0], r₁[0], …)), f(r₀[1], …)) …)`。
+///
+/// 浮点的加法与比较不满足结合律（NaN、舍入），编译器不会自己改变归约的顺序，一条依赖链也就无法向量化。
+/// 这里显式地拆成 [`LANES`] 条独立的链、按定长数组处理（没有逐元素的边界检查），编译器才能把每一步变成一条向量指令。
 #[inline(always)]
-fn sum8<F: FastMath>(n: usize, f: impl Fn(usize) -> F) -> F {
-    let mut acc = [F::zero(); 8];
-    let full = n / 8 * 8;
+fn reduce<F: FastMath, const K: usize>(
+    rows: [&[F]; K],
+    init: F,
+    f: impl Fn([F; K]) -> F,
+    op: impl Fn(F, F) -> F,
+) -> F {
+    let n = rows[0].len();
+    debug_assert!(rows.iter().all(|r| r.len() == n));
+    let mut acc = [init; LANES];
+    let full = n / LANES * LANES;
     let mut i = 0;
     while i < full {
+        let c: [&[F; LANES]; K] = rows.map(|r| r[i..i + LANES].try_into().expect("定长"));
         for (l, a) in acc.iter_mut().enumerate() {
-            *a += f(i + l);
+            *a = op(*a, f(c.map(|r| r[l])));
         }
-        i += 8;
+        i += LANES;
     }
-    let mut s = acc.iter().fold(F::zero(), |s, &a| s + a);
+    let mut s = acc.into_iter().fold(init, &op);
     for j in full..n {
-        s += f(j);
+        s = op(s, f(rows.map(|r| r[j])));
     }
     s
 }
 
-/// 8 路的最大值。
+/// Σ f(…)。
 #[inline(always)]
-fn max8<F: FastMath>(n: usize, f: impl Fn(usize) -> F) -> F {
-    let mut acc = [F::neg_infinity(); 8];
-    let full = n / 8 * 8;
-    let mut i = 0;
-    while i < full {
-        for (l, a) in acc.iter_mut().enumerate() {
-            let v = f(i + l);
-            *a = if v > *a { v } else { *a };
-        }
-        i += 8;
+fn sum<F: FastMath, const K: usize>(rows: [&[F]; K], f: impl Fn([F; K]) -> F) -> F {
+    reduce(rows, F::zero(), f, |a, b| a + b)
+}
+
+/// max f(…)（空切片给 −∞）。
+#[inline(always)]
+fn max<F: FastMath, const K: usize>(rows: [&[F]; K], f: impl Fn([F; K]) -> F) -> F {
+    reduce(rows, F::neg_infinity(), f, |a, b| if b > a { b } else { a })
+}
+
+/// 新的输出缓冲区（长度 `len`），按每块 `block` 个元素并行地由 `kernel(块号, 这一块)` 写满。
+///
+/// 不用 `vec![0; len]` 分配：复用的内存上那是调用线程里一次单线程的 memset，大张量上与算子本身一样慢。
+/// 而是 `Vec::with_capacity(len)`，每块先由处理它的线程清零（这一块马上就要被写，还在缓存里），再交给内核，
+/// 最后 `set_len(len)`。
+fn par_new<F: Unit>(len: usize, block: usize, kernel: impl Fn(usize, &mut [F]) + Sync) -> Vec<F> {
+    par_new_map(len, block, kernel).0
+}
+
+/// 同 [`par_new`]，另外按块的顺序收集每块内核的返回值（LayerNorm 用它带回每行的均值与 1/σ）。
+fn par_new_map<F: Unit, R: Send>(
+    len: usize,
+    block: usize,
+    kernel: impl Fn(usize, &mut [F]) -> R + Sync,
+) -> (Vec<F>, Vec<R>) {
+    let mut out = Vec::with_capacity(len);
+    let results = out.spare_capacity_mut()[..len]
+        .par_chunks_mut(block)
+        .enumerate()
+        .map(|(i, o)| kernel(i, zeroed(o)))
+        .collect();
+    // SAFETY：并行循环按块覆盖了 [0, len)，每块都由 `zeroed` 初始化了
+    unsafe { out.set_len(len) };
+    (out, results)
+}
+
+/// 把未初始化的一块清零，交出 `&mut [F]`。
+fn zeroed<F: Unit>(block: &mut [std::mem::MaybeUninit<F>]) -> &mut [F] {
+    for v in block.iter_mut() {
+        v.write(F::default()); // 数值类型的默认值是 0
     }
-    let mut m = acc
-        .iter()
-        .fold(F::neg_infinity(), |m, &a| if a > m { a } else { m });
-    for j in full..n {
-        let v = f(j);
-        m = if v > m { v } else { m };
+    // SAFETY：上面写过了这一块的每一个元素；MaybeUninit<F> 与 F 的布局相同
+    unsafe { &mut *(block as *mut [std::mem::MaybeUninit<F>] as *mut [F]) }
+}
+
+/// 反向里给 `t` 的梯度加上一项：`kernel(块号, 上游梯度的这一块, t 的梯度的这一块)` 按块做 `+=`，
+/// 每块的返回值按块的顺序收集起来。`upstream` 是算子输出的梯度。
+///
+/// `t` 还没有梯度时（中间张量大多只被一个算子用到），不用 dfdx 的 `try_alloc_for`——它在一个线程里把整块清零——
+/// 而是像前向的输出一样由 [`par_new_map`] 新建，再交给 `Gradients`（补丁里的 `try_insert_cpu`）；已经有了时原地累加。
+fn add_to_grad<S: Shape, O: Shape, F: FastMath + Dtype, R: Send>(
+    grads: &mut Gradients<F, Cpu>,
+    t: &impl Tensorlike<S, F, Cpu>,
+    upstream: &impl Tensorlike<O, F, Cpu>,
+    block: usize,
+    kernel: impl Fn(usize, &[F], &mut [F]) -> R + Sync,
+) -> Result<Vec<R>, CpuError> {
+    grads.try_alloc_for(upstream)?;
+    if grads.contains(t) {
+        let (dx, g) = grads.mut_and_ref(t, upstream);
+        let (dx, g) = (buf_mut(dx), buf(g));
+        return Ok(dx
+            .par_chunks_mut(block)
+            .enumerate()
+            .map(|(i, d)| kernel(i, block_of(g, i, block, d.len()), d))
+            .collect());
     }
-    m
+    let g = buf(grads.get_ref(upstream));
+    let (dx, results) = par_new_map(t.len(), block, |i, d| kernel(i, block_of(g, i, block, d.len()), d));
+    grads
+        .try_insert_cpu(t, dx)
+        .unwrap_or_else(|_| unreachable!("刚检查过没有梯度"));
+    Ok(results)
+}
+
+/// 与 `par_new` 的第 `i` 块对应的输入：`x[i·block ..]` 的前 `len` 个元素。
+fn block_of<F>(x: &[F], i: usize, block: usize, len: usize) -> &[F] {
+    &x[i * block..][..len]
 }
 
 // ---------------------------------------------------------------- softmax
@@ -130,20 +192,20 @@ fn softmax_block<F: FastMath>(
     rows_per_bias: usize,
 ) {
     for (r, (xr, yr)) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)).enumerate() {
-        // 先把 x + bias 写进输出，后面的三遍都在这一行上原地做（每个循环都简单，编译器才会向量化）
+        // 三遍，每遍是一个简单的循环（编译器才会向量化）：最大值、e^{x + b − max}、乘 1/Σ
         if bias.is_empty() {
-            yr.copy_from_slice(xr);
+            let m = max([xr], |[v]| v);
+            for (y, &v) in yr.iter_mut().zip(xr) {
+                *y = (v - m).exp_fast();
+            }
         } else {
             let b = &bias[(first_row + r) / rows_per_bias * n..][..n];
+            let m = max([xr, b], |[v, bv]| v + bv);
             for ((y, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
-                *y = v + bv;
+                *y = (v + bv - m).exp_fast();
             }
         }
-        let m = max8(n, |j| yr[j]);
-        for y in yr.iter_mut() {
-            *y = (*y - m).exp_fast();
-        }
-        let inv = F::one() / sum8(n, |j| yr[j]);
+        let inv = F::one() / sum([&*yr], |[v]| v);
         for y in yr.iter_mut() {
             *y = *y * inv;
         }
@@ -160,9 +222,9 @@ fn softmax_back_block<F: FastMath>(y: &[F], g: &[F], dx: &mut [F], n: usize) {
         .zip(g.chunks_exact(n))
         .zip(dx.chunks_exact_mut(n))
     {
-        let dot = sum8(n, |j| gr[j] * yr[j]);
-        for j in 0..n {
-            dr[j] += yr[j] * (gr[j] - dot);
+        let dot = sum([gr, yr], |[g, y]| g * y);
+        for ((d, &y), &g) in dr.iter_mut().zip(yr).zip(gr) {
+            *d += y * (g - dot);
         }
     }
 }
@@ -190,31 +252,20 @@ where
     let (x, mut tape) = x.split_tape();
     let bias_data: &[F] = bias.map_or(&[], |b| data(b));
     let xd = data(&x);
-    let len = xd.len();
-    let mut out = Vec::with_capacity(len);
     let rpb = rows_per_block(n);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(rpb * n)
-        .zip(xd.par_chunks(rpb * n))
-        .enumerate()
-        .for_each(|(i, (o, xb))| {
-            softmax_block_mv(xb, zeroed(o, F::zero()), n, i * rpb, bias_data, heads * q)
-        });
-    // SAFETY：上面的并行循环按块覆盖了 [0, len) 并逐块初始化
-    unsafe { out.set_len(len) };
+    let out = par_new(xd.len(), rpb * n, |i, o| {
+        let xb = block_of(xd, i, rpb * n, o.len());
+        softmax_block_mv(xb, o, n, i * rpb, bias_data, heads * q)
+    });
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         let x_ghost = x.ghost();
         let y = out.clone();
         tape.add_backward_op(move |grads| {
-            grads.try_alloc_for(&x_ghost)?;
-            grads.try_alloc_for(&y)?;
-            let (dx, g) = grads.mut_and_ref(&x_ghost, &y);
-            let (dx, g) = (buf_mut(dx), buf(g));
-            dx.par_chunks_mut(rpb * n)
-                .zip(g.par_chunks(rpb * n))
-                .zip(data(&y).par_chunks(rpb * n))
-                .for_each(|((d, g), y)| softmax_back_block_mv(y, g, d, n));
+            let yd = data(&y);
+            add_to_grad(grads, &x_ghost, &y, rpb * n, |i, g, d| {
+                softmax_back_block_mv(block_of(yd, i, rpb * n, d.len()), g, d, n)
+            })?;
             Ok(())
         });
     }
@@ -256,26 +307,17 @@ where
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
     let xd = data(&x);
-    let len = xd.len();
-    let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(BLOCK_ELEMS)
-        .zip(xd.par_chunks(BLOCK_ELEMS))
-        .for_each(|(o, xb)| gelu_block_mv(xb, zeroed(o, F::zero())));
-    // SAFETY：上面的并行循环按块覆盖了 [0, len) 并逐块初始化
-    unsafe { out.set_len(len) };
+    let out = par_new(xd.len(), BLOCK_ELEMS, |i, o| {
+        gelu_block_mv(block_of(xd, i, BLOCK_ELEMS, o.len()), o)
+    });
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         let out_ghost = out.ghost();
         tape.add_backward_op(move |grads| {
-            grads.try_alloc_for(&x)?;
-            grads.try_alloc_for(&out_ghost)?;
-            let (dx, g) = grads.mut_and_ref(&x, &out_ghost);
-            let (dx, g) = (buf_mut(dx), buf(g));
-            dx.par_chunks_mut(BLOCK_ELEMS)
-                .zip(g.par_chunks(BLOCK_ELEMS))
-                .zip(data(&x).par_chunks(BLOCK_ELEMS))
-                .for_each(|((d, g), xb)| gelu_back_block_mv(xb, g, d));
+            let xd = data(&x);
+            add_to_grad(grads, &x, &out_ghost, BLOCK_ELEMS, |i, g, d| {
+                gelu_back_block_mv(block_of(xd, i, BLOCK_ELEMS, d.len()), g, d)
+            })?;
             Ok(())
         });
     }
@@ -368,33 +410,18 @@ where
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
     let xd = data(&x);
-    let len = xd.len();
-    let mut out = Vec::with_capacity(len);
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(BLOCK_ELEMS)
-        .zip(xd.par_chunks(BLOCK_ELEMS))
-        .enumerate()
-        .for_each(|(i, (o, xb))| {
-            let o = zeroed(o, F::zero());
-            dropout_block_mv(xb, o, i * BLOCK_ELEMS, seed, threshold, scale)
-        });
-    // SAFETY：上面的并行循环按块覆盖了 [0, len) 并逐块初始化
-    unsafe { out.set_len(len) };
+    let out = par_new(xd.len(), BLOCK_ELEMS, |i, o| {
+        let xb = block_of(xd, i, BLOCK_ELEMS, o.len());
+        dropout_block_mv(xb, o, i * BLOCK_ELEMS, seed, threshold, scale)
+    });
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
         drop(x);
         tape.add_backward_op(move |grads| {
-            grads.try_alloc_for(&x_ghost)?;
-            grads.try_alloc_for(&out_ghost)?;
-            let (dx, g) = grads.mut_and_ref(&x_ghost, &out_ghost);
-            let (dx, g) = (buf_mut(dx), buf(g));
-            dx.par_chunks_mut(BLOCK_ELEMS)
-                .zip(g.par_chunks(BLOCK_ELEMS))
-                .enumerate()
-                .for_each(|(i, (d, gb))| {
-                    dropout_back_block_mv(gb, d, i * BLOCK_ELEMS, seed, threshold, scale)
-                });
+            add_to_grad(grads, &x_ghost, &out_ghost, BLOCK_ELEMS, |i, g, d| {
+                dropout_back_block_mv(g, d, i * BLOCK_ELEMS, seed, threshold, scale)
+            })?;
             Ok(())
         });
     }
@@ -420,12 +447,12 @@ fn layer_norm_block<F: FastMath>(
         .zip(out.chunks_exact_mut(m))
         .zip(stats.chunks_exact_mut(2))
     {
-        let mean = sum8(m, |j| xr[j]) * inv_m;
+        let mean = sum([xr], |[v]| v) * inv_m;
         // 两遍：先求均值再求方差，避免 E[x²] − E[x]² 的相消误差
-        let var = sum8(m, |j| (xr[j] - mean) * (xr[j] - mean)) * inv_m;
+        let var = sum([xr], |[v]| (v - mean) * (v - mean)) * inv_m;
         let rstd = F::one() / (var + eps).sqrt();
-        for j in 0..m {
-            yr[j] = (xr[j] - mean) * rstd * w[j] + b[j];
+        for (((y, &v), &wj), &bj) in yr.iter_mut().zip(xr).zip(w).zip(b) {
+            *y = (v - mean) * rstd * wj + bj;
         }
         st[0] = mean;
         st[1] = rstd;
@@ -455,11 +482,10 @@ fn layer_norm_back_block<F: FastMath>(
         .zip(stats.chunks_exact(2))
     {
         let (mean, rstd) = (st[0], st[1]);
-        let xhat = |j: usize| (xr[j] - mean) * rstd;
-        let a = sum8(m, |j| gr[j] * w[j]) * inv_m;
-        let c = sum8(m, |j| gr[j] * w[j] * xhat(j)) * inv_m;
+        let a = sum([gr, w], |[g, wj]| g * wj) * inv_m;
+        let c = sum([gr, w, xr], |[g, wj, v]| g * wj * ((v - mean) * rstd)) * inv_m;
         for j in 0..m {
-            let xh = xhat(j);
+            let xh = (xr[j] - mean) * rstd;
             dr[j] += rstd * (gr[j] * w[j] - a - xh * c);
             dw[j] += gr[j] * xh;
             db[j] += gr[j];
@@ -487,42 +513,28 @@ where
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
     let xd = data(&x);
-    let rows = xd.len() / M;
-    let len = xd.len();
-    let mut out = Vec::with_capacity(len);
-    let mut stats = vec![F::zero(); 2 * rows];
     let rpb = rows_per_block(M);
     let (wd, bd, eps) = (data(w), data(b), F::c(eps));
-    out.spare_capacity_mut()[..len]
-        .par_chunks_mut(rpb * M)
-        .zip(stats.par_chunks_mut(rpb * 2))
-        .zip(xd.par_chunks(rpb * M))
-        .for_each(|((o, st), xb)| layer_norm_block_mv(xb, wd, bd, eps, zeroed(o, F::zero()), st));
-    // SAFETY：上面的并行循环按块覆盖了 [0, len) 并逐块初始化
-    unsafe { out.set_len(len) };
+    // 每块一份 [μ, rstd, μ, rstd, …]（这一块每行两个数），反向按同样的块用
+    let (out, stats) = par_new_map(xd.len(), rpb * M, |i, o| {
+        let mut st = vec![F::zero(); 2 * (o.len() / M)];
+        layer_norm_block_mv(block_of(xd, i, rpb * M, o.len()), wd, bd, eps, o, &mut st);
+        st
+    });
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         let (out_ghost, w, b) = (out.ghost(), w.clone(), b.clone());
         tape.add_backward_op(move |grads| {
-            grads.try_alloc_for(&x)?;
+            let (xd, wd) = (data(&x), data(&w));
+            // 每块一份 [dw | db] 的部分和，最后按块的顺序相加（结果与线程数无关）
+            let partials = add_to_grad(grads, &x, &out_ghost, rpb * M, |i, g, d| {
+                let mut dwb = vec![F::zero(); 2 * M];
+                let xb = block_of(xd, i, rpb * M, d.len());
+                layer_norm_back_block_mv(xb, g, wd, &stats[i], d, &mut dwb);
+                dwb
+            })?;
             grads.try_alloc_for(&w)?;
             grads.try_alloc_for(&b)?;
-            grads.try_alloc_for(&out_ghost)?;
-            let (dx, g) = grads.mut_and_ref(&x, &out_ghost);
-            let (dx, g) = (buf_mut(dx), buf(g));
-            let wd = data(&w);
-            // 每块一份 [dw | db] 的部分和，最后按块的顺序相加（结果与线程数无关）
-            let partials: Vec<Vec<F>> = dx
-                .par_chunks_mut(rpb * M)
-                .zip(g.par_chunks(rpb * M))
-                .zip(data(&x).par_chunks(rpb * M))
-                .zip(stats.par_chunks(rpb * 2))
-                .map(|(((d, g), xb), st)| {
-                    let mut dwb = vec![F::zero(); 2 * M];
-                    layer_norm_back_block_mv(xb, g, wd, st, d, &mut dwb);
-                    dwb
-                })
-                .collect();
             let dw = buf_mut::<F>(grads.get_mut(&w));
             for p in &partials {
                 for (d, &v) in dw.iter_mut().zip(&p[..M]) {
@@ -558,8 +570,16 @@ where
     let (y, mut tape) = y.split_tape();
     let (y_ghost, g) = (y.ghost(), g.clone());
     tape.add_backward_op(move |grads| {
-        grads.try_alloc_for(&y_ghost)?;
-        buf_mut::<F>(grads.get_mut(&y_ghost)).copy_from_slice(data(&g));
+        // y 的梯度是 g 的一份并行复制（y 只被这个种子用到，通常还没有梯度）
+        let gd = data(&g);
+        let copy = par_new(gd.len(), BLOCK_ELEMS, |i, o| {
+            o.copy_from_slice(block_of(gd, i, BLOCK_ELEMS, o.len()))
+        });
+        if let Err(copy) = grads.try_insert_cpu(&y_ghost, copy) {
+            for (d, v) in buf_mut::<F>(grads.get_mut(&y_ghost)).iter_mut().zip(copy) {
+                *d += v;
+            }
+        }
         Ok(())
     });
     let seed: Tensor<(), F, Cpu> = y.device().zeros();
@@ -647,27 +667,39 @@ where
     if T::OWNS_TAPE {
         let (out_ghost, w, b) = (out.ghost(), w.clone(), b.clone());
         tape.add_backward_op(move |grads| {
-            grads.try_alloc_for(&x)?;
             grads.try_alloc_for(&out_ghost)?;
+            // dx (+)= g·W，g 是 rows×O，W 是 O×I，dx 是 rows×I。x 还没有梯度时直接写进新的缓冲区（β = 0：
+            // matrixmultiply 不读 C，C 可以未初始化），不必先清零再累加。
+            let dx_gemm = |g: &[F], beta: F, dx: *mut F| {
+                // SAFETY：三个矩阵都在各自的缓冲区之内（dx 的容量至少 rows×I），dx 不与 g、W 重叠。
+                unsafe {
+                    F::gemm(
+                        rows,
+                        O,
+                        I,
+                        (g.as_ptr(), O as isize, 1),
+                        (data(&w).as_ptr(), I as isize, 1),
+                        beta,
+                        (dx, I as isize, 1),
+                    )
+                }
+            };
+            if grads.contains(&x) {
+                let (dx, g) = grads.mut_and_ref(&x, &out_ghost);
+                dx_gemm(buf(g), F::one(), buf_mut::<F>(dx).as_mut_ptr());
+            } else {
+                let g = buf(grads.get_ref(&out_ghost));
+                let mut dx = Vec::with_capacity(rows * I);
+                dx_gemm(g, F::zero(), dx.as_mut_ptr());
+                // SAFETY：β = 0 的 gemm 写满了 rows×I 个元素
+                unsafe { dx.set_len(rows * I) };
+                grads
+                    .try_insert_cpu(&x, dx)
+                    .unwrap_or_else(|_| unreachable!("刚检查过没有梯度"));
+            }
             if train_weights {
                 grads.try_alloc_for(&w)?;
                 grads.try_alloc_for(&b)?;
-            }
-            let (dx, g) = grads.mut_and_ref(&x, &out_ghost);
-            let (dx, g) = (buf_mut::<F>(dx), buf(g));
-            // SAFETY：g 是 rows×O，W 是 O×I，dx 是 rows×I。
-            unsafe {
-                F::gemm(
-                    rows,
-                    O,
-                    I,
-                    (g.as_ptr(), O as isize, 1),
-                    (data(&w).as_ptr(), I as isize, 1),
-                    F::one(),
-                    (dx.as_mut_ptr(), I as isize, 1),
-                );
-            }
-            if train_weights {
                 // g 借自 grads，下面还要可写地借 dW、db：先复制一份指针范围之外的东西是不行的，
                 // 所以用 muts_and_ref 一次借出 dW、db 与 g
                 let (dw, db, g) = grads.muts_and_ref(&w, &b, &out_ghost);

@@ -124,22 +124,30 @@ pub fn erf_f32(x: f32) -> f32 {
     x * p / q
 }
 
-/// 在 x86-64 上，CPU 支持 AVX2 与 FMA 时用 256 位指令重新编译同一段代码，否则用默认的 SSE2 版本。
+/// 在 x86-64 上按 CPU 的指令集重新编译同一段代码：支持 AVX-512（F、VL、DQ、BW）时用 512 位指令，
+/// 否则支持 AVX2 与 FMA 时用 256 位指令，再否则用默认的 SSE2 版本。
 ///
-/// `$body` 是一个对 `F: FastMath` 泛型、标了 `#[inline(always)]` 的函数：它被内联进两个版本，各自按自己的指令集向量化。
+/// `$body` 是一个对 `F: FastMath` 泛型、标了 `#[inline(always)]` 的函数：它被内联进各个版本，各自按自己的指令集向量化。
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident<$F:ident>($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
         $(#[$m])*
         $vis fn $name<$F: $crate::kernels::math::FastMath>($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn wide<$F: $crate::kernels::math::FastMath>($($arg: $ty),*) {
+                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
+                unsafe fn avx512<$F: $crate::kernels::math::FastMath>($($arg: $ty),*) {
                     $body::<$F>($($arg),*)
                 }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY：刚检查过 CPU 支持 AVX2 与 FMA。
-                    return unsafe { wide::<$F>($($arg),*) };
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2<$F: $crate::kernels::math::FastMath>($($arg: $ty),*) {
+                    $body::<$F>($($arg),*)
+                }
+                use $crate::kernels::math::{simd_level, SimdLevel};
+                match simd_level() {
+                    // SAFETY：simd_level 刚检查过 CPU 支持这些指令。
+                    SimdLevel::Avx512 => return unsafe { avx512::<$F>($($arg),*) },
+                    SimdLevel::Avx2 => return unsafe { avx2::<$F>($($arg),*) },
+                    SimdLevel::Sse2 => {}
                 }
             }
             $body::<$F>($($arg),*)
@@ -147,6 +155,54 @@ macro_rules! multiversion {
     };
 }
 pub(crate) use multiversion;
+
+/// 融合内核用哪一档指令集（[`multiversion!`] 选版本用）。
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimdLevel {
+    /// AVX-512 F/VL/DQ/BW（512 位）。
+    Avx512,
+    /// AVX2 + FMA（256 位）。
+    Avx2,
+    /// x86-64 的基线 SSE2（128 位），其他架构上也是这一档（编译器的默认向量化）。
+    Sse2,
+}
+
+/// 这台 CPU 支持的最高一档；环境变量 `LLM_BOOK_SIMD=avx2` 或 `sse2` 可以往下限制（对照测量、测试较低的档）。
+/// 只在第一次调用时检测一次。
+pub fn simd_level() -> SimdLevel {
+    static LEVEL: std::sync::OnceLock<SimdLevel> = std::sync::OnceLock::new();
+    *LEVEL.get_or_init(|| {
+        let cap = match std::env::var("LLM_BOOK_SIMD").as_deref() {
+            Ok("sse2") => SimdLevel::Sse2,
+            Ok("avx2") => SimdLevel::Avx2,
+            _ => SimdLevel::Avx512,
+        };
+        let detected = detect();
+        // 枚举的顺序从高到低：取两者中较低的一档
+        if (cap as u8) > (detected as u8) {
+            cap
+        } else {
+            detected
+        }
+    })
+}
+
+#[cfg(target_arch = "x86_64")]
+fn detect() -> SimdLevel {
+    use std::arch::is_x86_feature_detected as has;
+    if has!("avx512f") && has!("avx512vl") && has!("avx512dq") && has!("avx512bw") && has!("fma") {
+        SimdLevel::Avx512
+    } else if has!("avx2") && has!("fma") {
+        SimdLevel::Avx2
+    } else {
+        SimdLevel::Sse2
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn detect() -> SimdLevel {
+    SimdLevel::Sse2
+}
 
 #[cfg(test)]
 mod tests {

@@ -426,6 +426,63 @@ mod tests {
         assert_eq!(Cpu::dropout(x.clone(), 0.0).as_vec(), x.as_vec());
     }
 
+    /// x 在算子之后还被用到（像残差连接）：反向时 x 已经有了梯度，融合算子要**累加**进去而不是新建或覆盖。
+    /// 损失取 Σ op(x) ⊙ w + Σ x ⊙ v：后一项的反向先运行，先给 x 分配梯度。
+    #[test]
+    fn fused_backward_accumulates_into_an_existing_gradient() {
+        fn grad_of<S: Shape>(
+            x: &Tensor<S, f64, Cpu>,
+            v: &Tensor<S, f64, Cpu>,
+            loss: impl Fn(Tensor<S, f64, Cpu, OwnedTape<f64, Cpu>>) -> Tensor<(), f64, Cpu, OwnedTape<f64, Cpu>>,
+        ) -> Vec<f64> {
+            let xt = x.leaky_trace();
+            let first = loss(xt.with_empty_tape());
+            let g = (first + (xt * v.clone()).sum()).backward();
+            g.get(x).as_vec()
+        }
+        let dev = Cpu::seed_from_u64(8);
+        let s4 = (2, 3, 4, 5);
+        let x4: Tensor<Shape4, f64, Cpu> = dev.sample_normal_like(&s4);
+        let (v4, w4): (Tensor<Shape4, f64, Cpu>, Tensor<Shape4, f64, Cpu>) =
+            (dev.sample_normal_like(&s4), dev.sample_normal_like(&s4));
+        let s3 = (2, 3, Const::<8>);
+        let x3: Tensor<(usize, usize, Const<8>), f64, Cpu> = dev.sample_normal_like(&s3);
+        let (v3, w3): (Tensor<(usize, usize, Const<8>), f64, Cpu>, Tensor<(usize, usize, Const<8>), f64, Cpu>) =
+            (dev.sample_normal_like(&s3), dev.sample_normal_like(&s3));
+        let wl: Tensor<Rank2<8, 8>, f64, Cpu> = dev.sample_normal();
+        let (gamma, beta): (Tensor<Rank1<8>, f64, Cpu>, Tensor<Rank1<8>, f64, Cpu>) =
+            (dev.sample_normal(), dev.sample_normal());
+
+        let pairs = [
+            (
+                "softmax",
+                grad_of(&x4, &v4, |x| (Cpu::masked_softmax(x, None) * w4.clone()).sum()),
+                grad_of(&x4, &v4, |x| (masked_softmax_composite(x, None) * w4.clone()).sum()),
+            ),
+            (
+                "gelu",
+                grad_of(&x3, &v3, |x| (Cpu::gelu(x) * w3.clone()).sum()),
+                grad_of(&x3, &v3, |x| (crate::transformer::gelu::gelu(x) * w3.clone()).sum()),
+            ),
+            (
+                "layer_norm",
+                grad_of(&x3, &v3, |x| (Cpu::layer_norm(x, &gamma, &beta, 1e-5) * w3.clone()).sum()),
+                grad_of(&x3, &v3, |x| {
+                    (crate::transformer::norm::layer_norm_composite(x, &gamma, &beta, 1e-5) * w3.clone()).sum()
+                }),
+            ),
+            (
+                "linear",
+                grad_of(&x3, &v3, |x| (Cpu::linear(x, &wl, &beta, false) * w3.clone()).sum()),
+                grad_of(&x3, &v3, |x| (linear_composite(x, &wl, &beta) * w3.clone()).sum()),
+            ),
+        ];
+        for (name, fused, composite) in pairs {
+            let d = max_diff(&fused, &composite);
+            assert!(d < 1e-12, "{name}：累加到已有梯度上，最大误差 {d:e}");
+        }
+    }
+
     /// 融合 LayerNorm 对输入的梯度与有限差分一致（f64）：不依赖组合写法，独立地检查手写的反向公式。
     #[test]
     fn fused_layer_norm_gradient_matches_finite_differences() {

@@ -42,6 +42,35 @@ impl<E, D: Storage<E>> Gradients<E, D> {
     }
 }
 
+// 《用 Rust 从零理解大模型》的补丁（只加不改）：融合算子的反向把结果写进自己新分配的缓冲区，
+// 交给 Gradients 作为梯度，而不是先分配一块全 0 的缓冲区（单线程的 memset）再往里累加。
+#[cfg(feature = "cpu")]
+impl<E: crate::shapes::Unit> Gradients<E, crate::tensor::Cpu> {
+    /// `t` 是否已经有梯度。
+    pub fn contains<S: Shape>(&self, t: &impl Tensorlike<S, E, crate::tensor::Cpu>) -> bool {
+        self.gradient_by_id.contains_key(&t.id())
+    }
+
+    /// `t` 还没有梯度时，以 `data` 作它的梯度，返回 `Ok(())`；已经有了时什么也不改，原样还回 `data`。
+    pub fn try_insert_cpu<S: Shape>(
+        &mut self,
+        t: &impl Tensorlike<S, E, crate::tensor::Cpu>,
+        data: Vec<E>,
+    ) -> Result<(), Vec<E>> {
+        assert_eq!(data.len(), t.len(), "梯度的长度应与张量的数据相同");
+        match self.gradient_by_id.entry(t.id()) {
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(crate::tensor::cpu::CachableVec {
+                    data,
+                    cache: t.dev().cache.clone(),
+                });
+                Ok(())
+            }
+            std::collections::btree_map::Entry::Occupied(_) => Err(data),
+        }
+    }
+}
+
 impl<E, D: Storage<E>> Gradients<E, D> {
     /// Retrieves mutable gradient for `t`, allocating one if it isn't present.
     pub fn get_or_alloc_mut<S: Shape>(

@@ -98,6 +98,18 @@ fn kernels(c: &mut Criterion) {
         (gelu_composite, gelu_composite),
     );
 
+    // dropout：bert-base 隐藏层输出的形状，p = 0.1（前向与反向都是训练模式）
+    let hd: Tensor<(usize, usize, usize), f32, Cpu> = dev.sample_normal_like(&(B, S, M));
+    let ghd: Tensor<(usize, usize, usize), f32, Cpu> = dev.sample_normal_like(&(B, S, M));
+    bench_op(
+        c,
+        "dropout",
+        &hd,
+        &ghd,
+        (|t| Cpu::dropout(t, 0.1), |t| Cpu::dropout(t, 0.1)),
+        (|t| t.dropout(0.1), |t| t.dropout(0.1)),
+    );
+
     let x: Tensor<(usize, usize, Const<M>), f32, Cpu> = dev.sample_normal_like(&(B, S, Const));
     let gx: Tensor<(usize, usize, Const<M>), f32, Cpu> = dev.sample_normal_like(&(B, S, Const));
     let w: Tensor<Rank1<M>, f32, Cpu> = dev.sample_normal();

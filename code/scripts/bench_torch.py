@@ -156,6 +156,7 @@ def main(out, device):
         "masked_softmax": (lambda t: F.softmax(t + bias, dim=-1), scores, g4),
         "gelu": (lambda t: F.gelu(t), h, torch.randn_like(h)),
         "layer_norm": (ln, x, torch.randn_like(x)),
+        "dropout": (lambda t: F.dropout(t, 0.1, training=True), x, torch.randn_like(x)),
     }
     ms = {}
     for name, (op, inp, g) in ops.items():

@@ -126,6 +126,22 @@ const ITEMS: &[Item] = &[
         target: 1.5,
     },
     Item {
+        what: "dropout [8,128,768] 前向（p = 0.1）",
+        group: "kernels_dropout",
+        ours: "fused_fwd",
+        dfdx: Some("dfdx_fwd"),
+        torch: "dropout/fwd",
+        target: 1.5,
+    },
+    Item {
+        what: "dropout 前向 + 反向",
+        group: "kernels_dropout",
+        ours: "fused_fwd_bwd",
+        dfdx: Some("dfdx_fwd_bwd"),
+        torch: "dropout/fwd_bwd",
+        target: 1.5,
+    },
+    Item {
         what: "线性层 [1024,768]×[768,3072] 前向",
         group: "kernels_gemm",
         ours: "fused_fwd",

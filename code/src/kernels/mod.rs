@@ -10,7 +10,7 @@
 //!   按行分块交给 rayon 的线程池，块内按 CPU 的指令集向量化。
 //!
 //! 模型代码只写 `D: Kernels<E>` 与 `D::gelu(x)` 这样的调用，不关心设备。融合内核读写张量缓冲区用到的
-//! 几个 dfdx 接口原本是 crate 私有的，见 `code/vendor/README.md` 里只改可见性的补丁。
+//! 几个 dfdx 接口原本是 crate 私有的，见 `code/vendor/README.md` 里的补丁。
 
 use std::borrow::Cow;
 

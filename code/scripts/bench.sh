@@ -1,16 +1,34 @@
 #!/usr/bin/env bash
 # 附录 B：本书的实现与 PyTorch 在同一台机器上的耗时之比。
-# 依次：criterion 测本书一侧（融合算子、dfdx 的组合写法、训练一步），bench_torch.py 测 PyTorch 一侧
-# （没装 torch 时跳过，只打印本书与 dfdx 的耗时），最后 `llm-book perf` 打印比值表并写进 code/results/appendix-b-perf.json。
-# 用法（在仓库任意位置）：bash code/scripts/bench.sh        约 10 分钟；测量时机器上不要有别的负载。
+# 每一轮：criterion 测本书一侧（融合算子、dfdx 的组合写法、训练一步），bench_torch.py 测 PyTorch 一侧（没装 torch 时跳过，
+# 只列本书与 dfdx 的耗时）；各轮的结果存在 target/perf/rounds/round-N/。最后 `llm-book perf --rounds` 取各轮的中位数，
+# 打印比值表（测了几轮时另列各轮比值的范围），写进 code/results/appendix-b-perf.json。
+# 两边是先后测的：共享的虚拟机上，不同时刻可以差 10%–15%，多测几轮、两边交替，比值才可信。
+# 用法（在仓库任意位置）：bash code/scripts/bench.sh [轮数]     每轮约 12 分钟（默认 1 轮）；测量时机器上不要有别的负载。
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo bench --bench kernels --bench train_step
-mkdir -p target/perf
-torch=()
-if python3 code/scripts/bench_torch.py target/perf/torch.json; then
-  torch=(--torch target/perf/torch.json)
-else
-  echo "==> 没有 PyTorch 的测量：只列出本书与 dfdx 的耗时" >&2
+rounds="${1:-1}"
+if ! [[ "$rounds" =~ ^[1-9][0-9]*$ ]]; then
+  echo "用法：bash code/scripts/bench.sh [轮数]（轮数是正整数，默认 1）" >&2
+  exit 2
 fi
-cargo run --release --quiet -- perf "${torch[@]}"
+torch=1
+if ! python3 -c "import torch" 2>/dev/null; then
+  echo "==> 没有安装 PyTorch（pip install torch）：只列出本书与 dfdx 的耗时" >&2
+  torch=0
+fi
+out=target/perf/rounds
+rm -rf "$out"
+for r in $(seq 1 "$rounds"); do
+  dir="$out/round-$r"
+  mkdir -p "$dir/criterion"
+  echo "==> 第 $r/$rounds 轮：本书一侧（criterion）" >&2
+  cargo bench --bench kernels --bench train_step
+  # 只留下各项的估计值（criterion 的报告很大，下一轮会覆盖 target/criterion）
+  (cd target/criterion && find . -path '*/new/estimates.json' -exec cp --parents {} "../../$dir/criterion/" \;)
+  if [ "$torch" = 1 ]; then
+    echo "==> 第 $r/$rounds 轮：PyTorch 一侧" >&2
+    python3 code/scripts/bench_torch.py "$dir/torch.json"
+  fi
+done
+cargo run --release --quiet -- perf --rounds "$out"

@@ -115,10 +115,13 @@ enum Command {
     },
     /// 附录 B：读 criterion 与 PyTorch 的测量，打印本书 / PyTorch 的耗时之比（先运行 bash code/scripts/bench.sh）
     Perf {
-        /// criterion 的结果目录（默认 <仓库>/target/criterion）
+        /// bench.sh 存下的多轮测量（其中的 round-1、round-2……）；每一格取各轮的中位数
+        #[arg(long, value_name = "目录", conflicts_with_all = ["criterion_dir", "torch"])]
+        rounds: Option<PathBuf>,
+        /// 只有一轮时：criterion 的结果目录（默认 <仓库>/target/criterion）
         #[arg(long, value_name = "目录")]
         criterion_dir: Option<PathBuf>,
-        /// code/scripts/bench_torch.py 写的 JSON（不给则不算比值）
+        /// 只有一轮时：code/scripts/bench_torch.py 写的 JSON（不给则不算比值）
         #[arg(long, value_name = "文件")]
         torch: Option<PathBuf>,
         /// 不写结果文件
@@ -334,10 +337,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::LoraOrder { criterion_dir } => lora_order(criterion_dir),
         Command::LoraTable { dir } => lora_table(dir),
         Command::Perf {
+            rounds,
             criterion_dir,
             torch,
             dry_run,
-        } => perf(criterion_dir, torch, dry_run),
+        } => perf(rounds, criterion_dir, torch, dry_run),
         Command::SeqCost { criterion_dir } => seq_cost(criterion_dir),
         Command::LnStability {
             steps,
@@ -713,17 +717,26 @@ fn seq_cost(criterion_dir: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn perf(
+    rounds: Option<PathBuf>,
     criterion_dir: Option<PathBuf>,
     torch: Option<PathBuf>,
     dry_run: bool,
 ) -> anyhow::Result<()> {
+    use llm_book::experiments::perf::Round;
     use llm_book::experiments::{default_criterion_dir, machine_description, perf, save_result};
-    let dir = criterion_dir.unwrap_or_else(default_criterion_dir);
-    let table = perf::collect(&dir, torch.as_deref(), machine_description())?;
+    let rounds = match rounds {
+        Some(dir) => Round::list(&dir)?,
+        None => vec![Round {
+            criterion_dir: criterion_dir.unwrap_or_else(default_criterion_dir),
+            torch,
+        }],
+    };
+    let table = perf::collect(&rounds, machine_description())?;
     println!(
-        "{}；{}\n",
+        "{}；{}；{} 轮，每格取各轮的中位数\n",
         table.machine,
-        table.torch.as_deref().unwrap_or("没有 PyTorch 的测量")
+        table.torch.as_deref().unwrap_or("没有 PyTorch 的测量"),
+        table.rounds
     );
     print!("{}", table.markdown());
     match table.lora_over_full_torch {

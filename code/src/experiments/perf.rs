@@ -22,10 +22,12 @@ pub struct PerfRow {
     pub ours_ms: f64,
     /// 目标：本书 / PyTorch 不超过多少。
     pub target: f64,
+    /// 测了几轮时，各轮“本书 / PyTorch”的最小与最大值（只有一轮或没有 PyTorch 时为 `None`）。
+    pub ratio_range: Option<(f64, f64)>,
 }
 
 impl PerfRow {
-    /// 本书 / PyTorch。
+    /// 本书 / PyTorch（各轮中位数之比）。
     pub fn ratio(&self) -> Option<f64> {
         self.torch_ms.map(|t| self.ours_ms / t)
     }
@@ -36,6 +38,8 @@ impl PerfRow {
 pub struct PerfTable {
     /// 机器。
     pub machine: String,
+    /// 测了几轮（每轮先测本书一侧、再测 PyTorch 一侧）；表中的耗时是各轮的中位数。
+    pub rounds: usize,
     /// PyTorch 的版本与线程数（没有测 PyTorch 时为 `None`）。
     pub torch: Option<String>,
     /// 各行。
@@ -209,43 +213,109 @@ fn criterion_median_ms(dir: &Path, group: &str, function: &str) -> anyhow::Resul
     )
 }
 
-/// 读两边的结果，组成表。`torch` 是 `bench_torch.py` 写的 JSON（没有则只列本书与 dfdx 的耗时）。
-pub fn collect(
-    criterion_dir: &Path,
-    torch: Option<&Path>,
-    machine: String,
-) -> anyhow::Result<PerfTable> {
-    let torch: Option<serde_json::Value> = match torch {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .with_context(|| format!("读不到 PyTorch 的结果 {}", p.display()))?;
-            Some(
-                serde_json::from_str(&text)
-                    .with_context(|| format!("{} 不是 bench_torch.py 写的 JSON", p.display()))?,
-            )
+/// 一轮测量：criterion 的结果目录与 `bench_torch.py` 写的 JSON（没有测 PyTorch 时为 `None`）。
+#[derive(Clone, Debug)]
+pub struct Round {
+    /// criterion 的结果目录（`target/criterion` 或它的一份复制）。
+    pub criterion_dir: std::path::PathBuf,
+    /// PyTorch 一侧的结果。
+    pub torch: Option<std::path::PathBuf>,
+}
+
+impl Round {
+    /// `bench.sh` 存下的各轮：`dir/round-1`、`dir/round-2`……，每轮里有 `criterion/` 与（测了 PyTorch 时）`torch.json`。
+    pub fn list(dir: &Path) -> anyhow::Result<Vec<Round>> {
+        let mut rounds = Vec::new();
+        for n in 1.. {
+            let d = dir.join(format!("round-{n}"));
+            if !d.is_dir() {
+                break;
+            }
+            let torch = d.join("torch.json");
+            rounds.push(Round {
+                criterion_dir: d.join("criterion"),
+                torch: torch.is_file().then_some(torch),
+            });
         }
-        None => None,
+        anyhow::ensure!(
+            !rounds.is_empty(),
+            "{} 里没有 round-1 目录：先运行 `bash code/scripts/bench.sh`",
+            dir.display()
+        );
+        Ok(rounds)
+    }
+}
+
+/// 中位数（偶数个时取中间两个的平均）。
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// 读 PyTorch 一侧的一轮结果。
+fn read_torch(p: &Path) -> anyhow::Result<serde_json::Value> {
+    let text = std::fs::read_to_string(p)
+        .with_context(|| format!("读不到 PyTorch 的结果 {}", p.display()))?;
+    serde_json::from_str(&text)
+        .with_context(|| format!("{} 不是 bench_torch.py 写的 JSON", p.display()))
+}
+
+/// 读各轮两边的结果，组成表：每一格取各轮的中位数。各轮要么都测了 PyTorch，要么都没有。
+pub fn collect(rounds: &[Round], machine: String) -> anyhow::Result<PerfTable> {
+    anyhow::ensure!(!rounds.is_empty(), "至少要有一轮测量");
+    let with_torch = rounds.iter().filter(|r| r.torch.is_some()).count();
+    anyhow::ensure!(
+        with_torch == 0 || with_torch == rounds.len(),
+        "有的轮次测了 PyTorch、有的没有（{with_torch}/{} 轮有 torch.json）：比值要在同样的轮次上算",
+        rounds.len()
+    );
+    let torch: Vec<serde_json::Value> = rounds
+        .iter()
+        .filter_map(|r| r.torch.as_deref())
+        .map(read_torch)
+        .collect::<anyhow::Result<_>>()?;
+    // 一项在各轮的测量（毫秒）
+    let ours_each = |group: &str, function: &str| -> anyhow::Result<Vec<f64>> {
+        rounds
+            .iter()
+            .map(|r| criterion_median_ms(&r.criterion_dir, group, function))
+            .collect()
     };
     let mut rows = Vec::new();
     for item in ITEMS {
-        let torch_ms = match &torch {
-            Some(t) => Some(t["ms"][item.torch].as_f64().with_context(|| {
-                format!(
-                    "PyTorch 的结果里没有 ms.\"{}\"（bench_torch.py 的版本不对？）",
-                    item.torch
-                )
-            })?),
-            None => None,
-        };
+        let torch_each: Vec<f64> = torch
+            .iter()
+            .map(|t| {
+                t["ms"][item.torch].as_f64().with_context(|| {
+                    format!(
+                        "PyTorch 的结果里没有 ms.\"{}\"（bench_torch.py 的版本不对？）",
+                        item.torch
+                    )
+                })
+            })
+            .collect::<anyhow::Result<_>>()?;
+        let ours = ours_each(item.group, item.ours)?;
+        let ratio_range = (torch_each.len() > 1).then(|| {
+            let r: Vec<f64> = ours.iter().zip(&torch_each).map(|(o, t)| o / t).collect();
+            let lo = r.iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = r.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            (lo, hi)
+        });
         rows.push(PerfRow {
             what: item.what.to_string(),
-            torch_ms,
+            torch_ms: (!torch_each.is_empty()).then(|| median(torch_each)),
             dfdx_ms: item
                 .dfdx
-                .map(|f| criterion_median_ms(criterion_dir, item.group, f))
+                .map(|f| ours_each(item.group, f).map(median))
                 .transpose()?,
-            ours_ms: criterion_median_ms(criterion_dir, item.group, item.ours)?,
+            ours_ms: median(ours),
             target: item.target,
+            ratio_range,
         });
     }
     let find = |what: &str| {
@@ -254,14 +324,14 @@ pub fn collect(
             .expect("表中有这一行")
     };
     let (full, lora) = (find("bert-base 全量"), find("bert-base LoRA"));
-    let inference = |f| criterion_median_ms(criterion_dir, "inference_bert_base", f);
+    let inference = |f| ours_each("inference_bert_base", f).map(median);
     let base = inference("base_8x128")?;
     Ok(PerfTable {
         merged_over_base: inference("merged_8x128")? / base,
         unmerged_over_base: inference("lora_8x128")? / base,
         lora_over_full: lora.ours_ms / full.ours_ms,
         lora_over_full_torch: lora.torch_ms.zip(full.torch_ms).map(|(l, f)| l / f),
-        torch: torch.map(|t| {
+        torch: torch.first().map(|t| {
             format!(
                 "PyTorch {}，{} 个线程",
                 t["torch"].as_str().unwrap_or("?"),
@@ -269,6 +339,7 @@ pub fn collect(
             )
         }),
         machine,
+        rounds: rounds.len(),
         rows,
     })
 }
@@ -277,10 +348,15 @@ impl PerfTable {
     /// 书中的 Markdown 表。
     pub fn markdown(&self) -> String {
         let ms = |v: Option<f64>| v.map_or("—".to_string(), |v| format!("{v:.3}"));
+        let several = self.rounds > 1;
         let mut out = String::from(
-            "| 测量 | PyTorch（毫秒） | dfdx 组合算子（毫秒） | 本书（毫秒） | 本书 / PyTorch | 目标 |\n\
-             | --- | ---: | ---: | ---: | ---: | ---: |\n",
+            "| 测量 | PyTorch（毫秒） | dfdx 组合算子（毫秒） | 本书（毫秒） | 本书 / PyTorch |",
         );
+        out.push_str(if several {
+            " 各轮的比值 | 目标 |\n| --- | ---: | ---: | ---: | ---: | ---: | ---: |\n"
+        } else {
+            " 目标 |\n| --- | ---: | ---: | ---: | ---: | ---: |\n"
+        });
         for r in &self.rows {
             // 按表中显示的两位小数与目标比较
             let ratio = r.ratio().map_or("—".to_string(), |x| {
@@ -289,15 +365,111 @@ impl PerfTable {
                 format!("{x:.2}{}", if missed { "（未达到）" } else { "" })
             });
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} | ≤ {:.2} |\n",
+                "| {} | {} | {} | {} | {} |",
                 r.what,
                 ms(r.torch_ms),
                 ms(r.dfdx_ms),
                 ms(Some(r.ours_ms)),
                 ratio,
-                r.target
             ));
+            if several {
+                let range = r
+                    .ratio_range
+                    .map_or("—".to_string(), |(lo, hi)| format!("{lo:.2}–{hi:.2}"));
+                out.push_str(&format!(" {range} |"));
+            }
+            out.push_str(&format!(" ≤ {:.2} |\n", r.target));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// 在 `dir` 下造一轮结果：criterion 里每一项都是 `ours` 毫秒（dfdx 的写法 10 倍），PyTorch 一侧每一项都是 `torch` 毫秒。
+    fn fake_round(dir: &Path, ours: f64, torch: Option<f64>) -> Round {
+        let crit = dir.join("criterion");
+        let write = |group: &str, function: &str, ms: f64| {
+            let d = crit.join(group).join(function).join("new");
+            std::fs::create_dir_all(&d).unwrap();
+            let json = serde_json::json!({ "median": { "point_estimate": ms * 1e6 } });
+            std::fs::write(d.join("estimates.json"), json.to_string()).unwrap();
+        };
+        for item in ITEMS {
+            write(item.group, item.ours, ours);
+            if let Some(f) = item.dfdx {
+                write(item.group, f, 10.0 * ours);
+            }
+        }
+        for f in ["base_8x128", "merged_8x128", "lora_8x128"] {
+            write("inference_bert_base", f, ours);
+        }
+        let torch = torch.map(|t| {
+            let ms: serde_json::Map<String, serde_json::Value> = ITEMS
+                .iter()
+                .map(|i| (i.torch.to_string(), t.into()))
+                .collect();
+            let p = dir.join("torch.json");
+            let json = serde_json::json!({ "torch": "2.15.0", "threads": 2, "ms": ms });
+            std::fs::write(&p, json.to_string()).unwrap();
+            p
+        });
+        Round {
+            criterion_dir: crit,
+            torch,
+        }
+    }
+
+    fn scratch(name: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("llm-book-perf-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn each_cell_is_the_median_over_rounds_and_the_ratio_range_is_shown() {
+        let dir = scratch("median");
+        // 三轮：本书 1、2、4 毫秒，PyTorch 3、2、1 毫秒 → 中位数 2 与 2，比值 1.00；各轮比值 1/3、1、4
+        for (n, (ours, torch)) in [(1.0, 3.0), (2.0, 2.0), (4.0, 1.0)].into_iter().enumerate() {
+            fake_round(&dir.join(format!("round-{}", n + 1)), ours, Some(torch));
+        }
+        let rounds = Round::list(&dir).unwrap();
+        assert_eq!(rounds.len(), 3);
+        let t = collect(&rounds, "测试机".into()).unwrap();
+        assert_eq!(t.rounds, 3);
+        let row = &t.rows[0];
+        assert_eq!(
+            (row.ours_ms, row.torch_ms, row.dfdx_ms),
+            (2.0, Some(2.0), Some(20.0))
+        );
+        let (lo, hi) = row.ratio_range.unwrap();
+        assert!((lo - 1.0 / 3.0).abs() < 1e-12 && (hi - 4.0).abs() < 1e-12);
+        let md = t.markdown();
+        assert!(
+            md.contains("各轮的比值") && md.contains("| 1.00 | 0.33–4.00 |"),
+            "{md}"
+        );
+        assert_eq!(t.torch.as_deref(), Some("PyTorch 2.15.0，2 个线程"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn one_round_has_no_range_column_and_rounds_must_agree_on_torch() {
+        let dir = scratch("one");
+        let a = fake_round(&dir.join("a"), 3.0, Some(2.0));
+        let t = collect(std::slice::from_ref(&a), "测试机".into()).unwrap();
+        assert_eq!(t.rows[0].ratio_range, None);
+        assert!(!t.markdown().contains("各轮"));
+        assert!(t.markdown().contains("| 1.50 | ≤ 1.50 |"));
+        // 一轮有 PyTorch、一轮没有：不能混着算
+        let b = fake_round(&dir.join("b"), 3.0, None);
+        let err = collect(&[a, b], "测试机".into()).unwrap_err().to_string();
+        assert!(err.contains("有的轮次测了 PyTorch"), "{err}");
+        // 没有 round-1 的目录
+        let err = Round::list(&dir).unwrap_err().to_string();
+        assert!(err.contains("round-1"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -167,7 +167,9 @@ fn add_to_grad<S: Shape, O: Shape, F: FastMath + Dtype, R: Send>(
             .collect());
     }
     let g = buf(grads.get_ref(upstream));
-    let (dx, results) = par_new_map(t.len(), block, |i, d| kernel(i, block_of(g, i, block, d.len()), d));
+    let (dx, results) = par_new_map(t.len(), block, |i, d| {
+        kernel(i, block_of(g, i, block, d.len()), d)
+    });
     grads
         .try_insert_cpu(t, dx)
         .unwrap_or_else(|_| unreachable!("刚检查过没有梯度"));

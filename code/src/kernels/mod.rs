@@ -433,7 +433,9 @@ mod tests {
         fn grad_of<S: Shape>(
             x: &Tensor<S, f64, Cpu>,
             v: &Tensor<S, f64, Cpu>,
-            loss: impl Fn(Tensor<S, f64, Cpu, OwnedTape<f64, Cpu>>) -> Tensor<(), f64, Cpu, OwnedTape<f64, Cpu>>,
+            loss: impl Fn(
+                Tensor<S, f64, Cpu, OwnedTape<f64, Cpu>>,
+            ) -> Tensor<(), f64, Cpu, OwnedTape<f64, Cpu>>,
         ) -> Vec<f64> {
             let xt = x.leaky_trace();
             let first = loss(xt.with_empty_tape());
@@ -447,8 +449,10 @@ mod tests {
             (dev.sample_normal_like(&s4), dev.sample_normal_like(&s4));
         let s3 = (2, 3, Const::<8>);
         let x3: Tensor<(usize, usize, Const<8>), f64, Cpu> = dev.sample_normal_like(&s3);
-        let (v3, w3): (Tensor<(usize, usize, Const<8>), f64, Cpu>, Tensor<(usize, usize, Const<8>), f64, Cpu>) =
-            (dev.sample_normal_like(&s3), dev.sample_normal_like(&s3));
+        let (v3, w3): (
+            Tensor<(usize, usize, Const<8>), f64, Cpu>,
+            Tensor<(usize, usize, Const<8>), f64, Cpu>,
+        ) = (dev.sample_normal_like(&s3), dev.sample_normal_like(&s3));
         let wl: Tensor<Rank2<8, 8>, f64, Cpu> = dev.sample_normal();
         let (gamma, beta): (Tensor<Rank1<8>, f64, Cpu>, Tensor<Rank1<8>, f64, Cpu>) =
             (dev.sample_normal(), dev.sample_normal());
@@ -456,25 +460,39 @@ mod tests {
         let pairs = [
             (
                 "softmax",
-                grad_of(&x4, &v4, |x| (Cpu::masked_softmax(x, None) * w4.clone()).sum()),
-                grad_of(&x4, &v4, |x| (masked_softmax_composite(x, None) * w4.clone()).sum()),
+                grad_of(&x4, &v4, |x| {
+                    (Cpu::masked_softmax(x, None) * w4.clone()).sum()
+                }),
+                grad_of(&x4, &v4, |x| {
+                    (masked_softmax_composite(x, None) * w4.clone()).sum()
+                }),
             ),
             (
                 "gelu",
                 grad_of(&x3, &v3, |x| (Cpu::gelu(x) * w3.clone()).sum()),
-                grad_of(&x3, &v3, |x| (crate::transformer::gelu::gelu(x) * w3.clone()).sum()),
+                grad_of(&x3, &v3, |x| {
+                    (crate::transformer::gelu::gelu(x) * w3.clone()).sum()
+                }),
             ),
             (
                 "layer_norm",
-                grad_of(&x3, &v3, |x| (Cpu::layer_norm(x, &gamma, &beta, 1e-5) * w3.clone()).sum()),
                 grad_of(&x3, &v3, |x| {
-                    (crate::transformer::norm::layer_norm_composite(x, &gamma, &beta, 1e-5) * w3.clone()).sum()
+                    (Cpu::layer_norm(x, &gamma, &beta, 1e-5) * w3.clone()).sum()
+                }),
+                grad_of(&x3, &v3, |x| {
+                    (crate::transformer::norm::layer_norm_composite(x, &gamma, &beta, 1e-5)
+                        * w3.clone())
+                    .sum()
                 }),
             ),
             (
                 "linear",
-                grad_of(&x3, &v3, |x| (Cpu::linear(x, &wl, &beta, false) * w3.clone()).sum()),
-                grad_of(&x3, &v3, |x| (linear_composite(x, &wl, &beta) * w3.clone()).sum()),
+                grad_of(&x3, &v3, |x| {
+                    (Cpu::linear(x, &wl, &beta, false) * w3.clone()).sum()
+                }),
+                grad_of(&x3, &v3, |x| {
+                    (linear_composite(x, &wl, &beta) * w3.clone()).sum()
+                }),
             ),
         ];
         for (name, fused, composite) in pairs {

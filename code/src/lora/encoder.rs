@@ -38,7 +38,9 @@ pub trait Adapter<const I: usize, const O: usize, E: Dtype, D: Device<E>>:
         out: Hidden<O, E, D, T>,
         opts: &LoraOptions,
         mode: Mode,
-    ) -> Hidden<O, E, D, T>;
+    ) -> Hidden<O, E, D, T>
+    where
+        D: Kernels<E>;
     /// 合并进原线性层：W ← W + (α/r)·BA；没有适配器时什么也不做。
     fn merge_into(&self, linear: &mut Linear<I, O, E, D>, opts: &LoraOptions)
     where
@@ -79,7 +81,10 @@ impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>> Ada
         out: Hidden<O, E, D, T>,
         opts: &LoraOptions,
         mode: Mode,
-    ) -> Hidden<O, E, D, T> {
+    ) -> Hidden<O, E, D, T>
+    where
+        D: Kernels<E>,
+    {
         out + lora_branch(
             x,
             &self.lora_a,
@@ -111,7 +116,10 @@ impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> Adapter<I, O, E, D>
         out: Hidden<O, E, D, T>,
         _: &LoraOptions,
         _: Mode,
-    ) -> Hidden<O, E, D, T> {
+    ) -> Hidden<O, E, D, T>
+    where
+        D: Kernels<E>,
+    {
         out
     }
     fn merge_into(&self, _: &mut Linear<I, O, E, D>, _: &LoraOptions)

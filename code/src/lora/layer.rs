@@ -118,11 +118,11 @@ pub fn lora_branch<const IN: usize, const OUT: usize, const R: usize, E, D, T>(
 ) -> Tensor<(usize, usize, Const<OUT>), E, D, T>
 where
     E: Dtype,
-    D: Device<E>,
+    D: Kernels<E>,
     T: Tape<E, D> + Merge<T>,
 {
     let x = match mode {
-        Mode::Train if dropout > 0.0 => x.dropout(dropout),
+        Mode::Train if dropout > 0.0 => D::dropout(x, dropout),
         _ => x,
     };
     // (batch, seq, IN) → (batch, seq, r) → (batch, seq, OUT)

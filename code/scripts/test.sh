@@ -47,6 +47,10 @@ else
   printf '！无法下载 all-MiniLM-L6-v2（原因见上）：tests/minilm.rs 的一致性测试将被跳过\n'
 fi
 cargo test --workspace
+# 融合内核按 CPU 选指令集（AVX-512 / AVX2 / SSE2）：上面用的是这台机器的最高一档，这里把较低的两档也测一遍
+for simd in avx2 sse2; do
+  LLM_BOOK_SIMD=$simd cargo test --workspace --lib --quiet kernels::
+done
 
 step 4/10 "CUDA 路径的类型检查与 clippy（cuda,ci-check，不需要 GPU）"
 cargo clippy -p llm-book --all-targets --features cuda,ci-check --quiet -- -D warnings

@@ -15,6 +15,7 @@ use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
 use super::classify::{FinetuneSummary, Method};
+use super::median;
 use crate::peft::config::TargetModules;
 use crate::peft::model::thousands;
 
@@ -208,17 +209,6 @@ pub fn summarize(
         .into(),
         rows,
     })
-}
-
-/// 中位数（偶数个时取中间两个的平均）。
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
 }
 
 /// 读一个目录下的全部结果（`*.json`，按文件名排序）。

@@ -88,6 +88,17 @@ pub fn criterion_estimate_ms(
     Ok(ns / 1e6)
 }
 
+/// 中位数（偶数个时取中间两个的平均）；附录 A 的每步耗时与附录 B 的各轮测量都用它。
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
 /// 运行实验的机器：CPU 型号与核数（写进结果，书中与数字一起报告）。
 pub fn machine_description() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")

@@ -7,6 +7,8 @@
 use std::path::Path;
 
 use anyhow::Context;
+
+use super::median;
 use serde::{Deserialize, Serialize};
 
 /// 表中的一行。
@@ -243,17 +245,6 @@ impl Round {
             dir.display()
         );
         Ok(rounds)
-    }
-}
-
-/// 中位数（偶数个时取中间两个的平均）。
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
 }
 

@@ -149,7 +149,7 @@ fn zeroed<F: Unit>(block: &mut [std::mem::MaybeUninit<F>]) -> &mut [F] {
 ///
 /// `t` 还没有梯度时（中间张量大多只被一个算子用到），不用 dfdx 的 `try_alloc_for`——它在一个线程里把整块清零——
 /// 而是像前向的输出一样由 [`par_new_map`] 新建，再交给 `Gradients`（补丁里的 `try_insert_cpu`）；已经有了时原地累加。
-fn add_to_grad<S: Shape, O: Shape, F: FastMath + Dtype, R: Send>(
+fn add_to_grad<S: Shape, O: Shape, F: Dtype, R: Send>(
     grads: &mut Gradients<F, Cpu>,
     t: &impl Tensorlike<S, F, Cpu>,
     upstream: &impl Tensorlike<O, F, Cpu>,

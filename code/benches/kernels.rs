@@ -133,9 +133,10 @@ fn kernels(c: &mut Criterion) {
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// 与 `llm-book` 程序相同的分配器设置（见 `llm_book::alloc`）。
+/// 与 `llm-book` 程序相同的分配器与线程池设置（见 `llm_book::alloc`、`llm_book::kernels::cpu::join_thread_pool`）。
 fn setup(_: &mut Criterion) {
     llm_book::alloc::keep_freed_memory();
+    llm_book::kernels::cpu::join_thread_pool();
 }
 
 /// 矩阵乘法的吞吐：bert-base 前馈网络的升维层，[8·128, 768] × [768, 3072]ᵀ（前向，2·m·k·n 次浮点运算）。

@@ -186,9 +186,10 @@ fn bert_inference(c: &mut Criterion) {
     group.finish();
 }
 
-/// 与 `llm-book` 程序相同的分配器设置（见 `llm_book::alloc`）。
+/// 与 `llm-book` 程序相同的分配器与线程池设置（见 `llm_book::alloc`、`llm_book::kernels::cpu::join_thread_pool`）。
 fn setup(_: &mut Criterion) {
     llm_book::alloc::keep_freed_memory();
+    llm_book::kernels::cpu::join_thread_pool();
 }
 
 criterion_group!(

@@ -321,6 +321,7 @@ struct FinetuneArgs {
 
 fn main() {
     llm_book::alloc::keep_freed_memory();
+    llm_book::kernels::cpu::join_thread_pool();
     if let Err(e) = run(llm_book::cli::parse::<Cli>()) {
         eprintln!("错误：{e:#}");
         std::process::exit(1);

@@ -12,6 +12,19 @@ use super::math::{multiversion, FastMath};
 
 use super::Shape4;
 
+/// 让调用线程（程序的主线程）成为 rayon 全局线程池的第 0 号线程，池里另有“核数 − 1”个线程。
+///
+/// 默认的池另开“核数”个线程，主线程每发起一个并行算子就把任务交出去、自己睡下，算完再被叫醒：
+/// 训练一步有几千个这样的算子，2 个核上 3 个线程轮流上下文切换，占了 bert-base 一步的一成（附录 B）。
+/// 加入线程池之后，主线程自己算一半，另一个线程偷走另一半，与 PyTorch（OpenMP）的做法相同。
+/// 在 `main` 与基准测试的开头调用一次；全局池已经建好时（之前用过 rayon）返回 `false`，什么也不改。
+pub fn join_thread_pool() -> bool {
+    rayon::ThreadPoolBuilder::new()
+        .use_current_thread()
+        .build_global()
+        .is_ok()
+}
+
 /// 每个并行块大约处理这么多个元素：块太小，线程调度的开销占比大；太大，两个核分不匀。
 const BLOCK_ELEMS: usize = 16 * 1024;
 
@@ -590,8 +603,11 @@ where
 
 // ---------------------------------------------------------------- 线性层
 
-/// matrixmultiply 的 gemm：C ← α·A·B + β·C，行、列步长任意（转置不需要复制）。
-pub trait Gemm: Sized {
+/// 矩阵乘法 C ← A·B + β·C（行、列步长任意，转置不需要复制）：matrixmultiply 的单线程 gemm，
+/// 由 [`par_gemm`] 切块后交给 rayon 的线程池。
+pub trait Gemm: Sized + Copy + Send + Sync {
+    /// 单线程的 C ← A·B + β·C。
+    ///
     /// # Safety
     /// 指针与步长描述的 m×k、k×n、m×n 三个矩阵都必须在各自的缓冲区之内，且 C 不与 A、B 重叠。
     #[allow(clippy::too_many_arguments)]
@@ -626,6 +642,78 @@ macro_rules! gemm_impl {
 gemm_impl!(f32, matrixmultiply::sgemm);
 gemm_impl!(f64, matrixmultiply::dgemm);
 
+/// matrixmultiply 内核一次算的行数与列数（AVX-512 上 f32 是 16×16）：切块的边界取它的倍数，块内没有不满的小块。
+const GEMM_TILE: usize = 16;
+
+/// 乘加次数少于这个数的矩阵乘法不切块（线程调度的开销比省下的时间多）。
+const GEMM_PAR_MIN: usize = 1 << 21;
+
+/// 并行的 C ← A·B + β·C：把 C 按行（m）或按列（n）切成与线程数一样多的块，每块一次单线程的 gemm。
+///
+/// matrixmultiply 自己的多线程（`threading`）用另一个线程池；与融合算子的 rayon 池一起，2 个核上有 4 个忙等的线程，
+/// 上下文切换占了训练一步的一成多（附录 B）。这里只用 rayon 的池。切哪一维：每块都要把另一维的整个操作数重新打包一遍，
+/// 所以切较长的那一维——m ≥ n 时按行切（B 被每块各打包一次），否则按列切（A 被各打包一次）。
+///
+/// # Safety
+/// 同 [`Gemm::gemm`]。
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn par_gemm<F: Gemm>(
+    m: usize,
+    k: usize,
+    n: usize,
+    a: (*const F, isize, isize),
+    b: (*const F, isize, isize),
+    beta: F,
+    c: (*mut F, isize, isize),
+) {
+    let threads = rayon::current_num_threads();
+    if threads == 1 || m * k * n < GEMM_PAR_MIN {
+        return F::gemm(m, k, n, a, b, beta, c);
+    }
+    let by_rows = m >= n;
+    let len = if by_rows { m } else { n };
+    let chunk = len.div_ceil(threads).div_ceil(GEMM_TILE) * GEMM_TILE;
+    // 裸指针不是 Send：按地址传给各线程（每块写 C 的不相交部分）
+    let (pa, pb, pc) = (a.0 as usize, b.0 as usize, c.0 as usize);
+    let (sa, sb, sc) = ((a.1, a.2), (b.1, b.2), (c.1, c.2));
+    (0..len.div_ceil(chunk)).into_par_iter().for_each(|j| {
+        let start = j * chunk;
+        let size = chunk.min(len - start);
+        let (a, b, c) = (
+            (pa as *const F, sa.0, sa.1),
+            (pb as *const F, sb.0, sb.1),
+            (pc as *mut F, sc.0, sc.1),
+        );
+        let (a0, b0, c0) = (a.0, b.0, c.0);
+        // SAFETY：每块是原矩阵的子矩阵（同样的步长、更小的范围），都在原缓冲区之内；各块的 C 互不重叠
+        unsafe {
+            if by_rows {
+                let off = start as isize;
+                F::gemm(
+                    size,
+                    k,
+                    n,
+                    (a0.offset(off * a.1), a.1, a.2),
+                    b,
+                    beta,
+                    (c0.offset(off * c.1), c.1, c.2),
+                );
+            } else {
+                let off = start as isize;
+                F::gemm(
+                    m,
+                    k,
+                    size,
+                    a,
+                    (b0.offset(off * b.2), b.1, b.2),
+                    beta,
+                    (c0.offset(off * c.2), c.1, c.2),
+                );
+            }
+        }
+    });
+}
+
 /// 线性层 y = x·Wᵀ + b（W 按 PyTorch 的 `(out, in)` 存放）。
 ///
 /// 反向：dx += g·W 总是要算（梯度要继续往下传）；`train_weights` 为 `false`（LoRA、线性探测里冻结的 W₀）时
@@ -655,7 +743,7 @@ where
     }
     // SAFETY：x 是 rows×I（行步长 I），Wᵀ 是 I×O（W 的转置：行步长 1、列步长 I），out 是 rows×O，都在各自缓冲区内。
     unsafe {
-        F::gemm(
+        par_gemm(
             rows,
             I,
             O,
@@ -675,7 +763,7 @@ where
             let dx_gemm = |g: &[F], beta: F, dx: *mut F| {
                 // SAFETY：三个矩阵都在各自的缓冲区之内（dx 的容量至少 rows×I），dx 不与 g、W 重叠。
                 unsafe {
-                    F::gemm(
+                    par_gemm(
                         rows,
                         O,
                         I,
@@ -708,7 +796,7 @@ where
                 let (dw, db, g) = (buf_mut::<F>(dw), buf_mut::<F>(db), buf(g));
                 // SAFETY：gᵀ 是 O×rows（行步长 1、列步长 O），x 是 rows×I，dW 是 O×I。
                 unsafe {
-                    F::gemm(
+                    par_gemm(
                         O,
                         rows,
                         I,

@@ -529,4 +529,53 @@ mod tests {
         let check = check_gradient(&x, 1e-6, &f);
         assert!(check.max_abs_error < 1e-8, "{check:?}");
     }
+
+    /// 切块的 gemm 与一次单线程的 gemm 逐位相同（每个元素的累加顺序不变），也与朴素的三重循环一致：
+    /// 按行切（m ≥ n）与按列切（m < n）、转置的输入（列步长不为 1）、β = 1 的累加、最后一块不满。
+    #[test]
+    fn par_gemm_equals_one_single_threaded_gemm() {
+        use cpu::{par_gemm, Gemm};
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        // 3 个线程：块数与 2 不同，最后一块比别的小
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        for (m, k, n) in [(301, 70, 150), (40, 90, 701)] {
+            let a: Vec<f64> = (0..m * k).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            // B 按 n×k 存放、以转置的步长读：k×n 的矩阵，行步长 1、列步长 k
+            let b: Vec<f64> = (0..k * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let c0: Vec<f64> = (0..m * n).map(|_| rng.gen_range(-1.0..1.0)).collect();
+            let run = |par: bool| {
+                let mut c = c0.clone();
+                let (a, b, cm) = (&a, &b, &mut c);
+                pool.install(move || {
+                    let args = (
+                        (a.as_ptr(), k as isize, 1),
+                        (b.as_ptr(), 1, k as isize),
+                        (cm.as_mut_ptr(), n as isize, 1),
+                    );
+                    // SAFETY：三个矩阵都在各自的缓冲区之内，C 不与 A、B 重叠
+                    unsafe {
+                        if par {
+                            par_gemm(m, k, n, args.0, args.1, 1.0, args.2)
+                        } else {
+                            f64::gemm(m, k, n, args.0, args.1, 1.0, args.2)
+                        }
+                    }
+                });
+                c
+            };
+            let (par, one) = (run(true), run(false));
+            assert_eq!(par, one, "m={m} k={k} n={n}：切块后应与不切块逐位相同");
+            let naive: Vec<f64> = (0..m * n)
+                .map(|ij| {
+                    let (i, j) = (ij / n, ij % n);
+                    c0[ij] + (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum::<f64>()
+                })
+                .collect();
+            assert!(max_diff(&par, &naive) < 1e-12, "m={m} k={k} n={n}");
+        }
+    }
 }

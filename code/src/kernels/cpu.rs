@@ -39,7 +39,7 @@ pub fn is_contiguous<S: Shape, F: Dtype, T>(t: &Tensor<S, F, Cpu, T>) -> bool {
 }
 
 /// 张量底层的缓冲区（不复制）。调用前要确认它是连续的。
-fn data<S: Shape, F: Dtype, T>(t: &Tensor<S, F, Cpu, T>) -> &[F] {
+pub(super) fn data<S: Shape, F: Dtype, T>(t: &Tensor<S, F, Cpu, T>) -> &[F] {
     &Tensorlike::data(t).expect("Tensor 总有数据")[..]
 }
 
@@ -68,12 +68,12 @@ where
 
 /// 设备缓冲区（dfdx 的 `CachableVec`）看成切片。写成单独的函数，是因为在带 `Cpu: Device<F>` 约束的函数里，
 /// 编译器不会把 `<Cpu as Storage<F>>::Vec` 展开成具体类型；这里没有那个约束，就能展开。
-fn buf<F: Dtype>(v: &<Cpu as Storage<F>>::Vec) -> &[F] {
+pub(super) fn buf<F: Dtype>(v: &<Cpu as Storage<F>>::Vec) -> &[F] {
     v
 }
 
 /// 同 [`buf`]，可写。
-fn buf_mut<F: Dtype>(v: &mut <Cpu as Storage<F>>::Vec) -> &mut [F] {
+pub(super) fn buf_mut<F: Dtype>(v: &mut <Cpu as Storage<F>>::Vec) -> &mut [F] {
     v
 }
 
@@ -189,6 +189,24 @@ fn add_to_grad<S: Shape, O: Shape, F: Dtype, R: Send>(
     Ok(results)
 }
 
+/// 反向里把算好的一整块梯度 `d` 交给 `t`：`t` 还没有梯度时直接放进去（不复制），已经有了时并行地加上去。
+pub(super) fn insert_or_add_grad<S: Shape, F: Dtype>(
+    grads: &mut Gradients<F, Cpu>,
+    t: &impl Tensorlike<S, F, Cpu>,
+    d: Vec<F>,
+) {
+    if let Err(d) = grads.try_insert_cpu(t, d) {
+        buf_mut::<F>(grads.get_mut(t))
+            .par_chunks_mut(BLOCK_ELEMS)
+            .zip(d.par_chunks(BLOCK_ELEMS))
+            .for_each(|(g, d)| {
+                for (g, &v) in g.iter_mut().zip(d) {
+                    *g += v;
+                }
+            });
+    }
+}
+
 /// 与 `par_new` 的第 `i` 块对应的输入：`x[i·block ..]` 的前 `len` 个元素。
 fn block_of<F>(x: &[F], i: usize, block: usize, len: usize) -> &[F] {
     &x[i * block..][..len]
@@ -227,7 +245,7 @@ fn softmax_block<F: FastMath>(
     }
 }
 
-multiversion!(fn softmax_block_mv<F>(x: &[F], out: &mut [F], n: usize, first_row: usize, bias: &[F], rows_per_bias: usize) => softmax_block);
+multiversion!(pub(super) fn softmax_block_mv<F>(x: &[F], out: &mut [F], n: usize, first_row: usize, bias: &[F], rows_per_bias: usize) => softmax_block);
 
 /// 一块行的 softmax 反向：dx += y ⊙ (g − Σⱼ gⱼyⱼ)。
 #[inline(always)]
@@ -244,7 +262,7 @@ fn softmax_back_block<F: FastMath>(y: &[F], g: &[F], dx: &mut [F], n: usize) {
     }
 }
 
-multiversion!(fn softmax_back_block_mv<F>(y: &[F], g: &[F], dx: &mut [F], n: usize) => softmax_back_block);
+multiversion!(pub(super) fn softmax_back_block_mv<F>(y: &[F], g: &[F], dx: &mut [F], n: usize) => softmax_back_block);
 
 /// 最后一维上的 softmax(x + 掩码)，掩码 `(batch, seq_k)` 沿头与查询两维广播。
 pub fn masked_softmax<F, T>(
@@ -590,11 +608,7 @@ where
         let copy = par_new(gd.len(), BLOCK_ELEMS, |i, o| {
             o.copy_from_slice(block_of(gd, i, BLOCK_ELEMS, o.len()))
         });
-        if let Err(copy) = grads.try_insert_cpu(&y_ghost, copy) {
-            for (d, v) in buf_mut::<F>(grads.get_mut(&y_ghost)).iter_mut().zip(copy) {
-                *d += v;
-            }
-        }
+        insert_or_add_grad(grads, &y_ghost, copy);
         Ok(())
     });
     let seed: Tensor<(), F, Cpu> = y.device().zeros();
@@ -603,10 +617,10 @@ where
 
 // ---------------------------------------------------------------- 线性层
 
-/// 矩阵乘法 C ← A·B + β·C（行、列步长任意，转置不需要复制）：matrixmultiply 的单线程 gemm，
+/// 矩阵乘法 C ← α·A·B + β·C（行、列步长任意，转置不需要复制）：matrixmultiply 的单线程 gemm，
 /// 由 [`par_gemm`] 切块后交给 rayon 的线程池。
 pub trait Gemm: Sized + Copy + Send + Sync {
-    /// 单线程的 C ← A·B + β·C。
+    /// 单线程的 C ← α·A·B + β·C。
     ///
     /// # Safety
     /// 指针与步长描述的 m×k、k×n、m×n 三个矩阵都必须在各自的缓冲区之内，且 C 不与 A、B 重叠。
@@ -615,6 +629,7 @@ pub trait Gemm: Sized + Copy + Send + Sync {
         m: usize,
         k: usize,
         n: usize,
+        alpha: Self,
         a: (*const Self, isize, isize),
         b: (*const Self, isize, isize),
         beta: Self,
@@ -629,12 +644,13 @@ macro_rules! gemm_impl {
                 m: usize,
                 k: usize,
                 n: usize,
+                alpha: $e,
                 a: (*const $e, isize, isize),
                 b: (*const $e, isize, isize),
                 beta: $e,
                 c: (*mut $e, isize, isize),
             ) {
-                $f(m, k, n, 1.0, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2)
+                $f(m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2)
             }
         }
     };
@@ -648,7 +664,7 @@ const GEMM_TILE: usize = 16;
 /// 乘加次数少于这个数的矩阵乘法不切块（线程调度的开销比省下的时间多）。
 const GEMM_PAR_MIN: usize = 1 << 21;
 
-/// 并行的 C ← A·B + β·C：把 C 按行（m）或按列（n）切成与线程数一样多的块，每块一次单线程的 gemm。
+/// 并行的 C ← α·A·B + β·C：把 C 按行（m）或按列（n）切成与线程数一样多的块，每块一次单线程的 gemm。
 ///
 /// matrixmultiply 自己的多线程（`threading`）用另一个线程池；与融合算子的 rayon 池一起，2 个核上有 4 个忙等的线程，
 /// 上下文切换占了训练一步的一成多（附录 B）。这里只用 rayon 的池。切哪一维：每块都要把另一维的整个操作数重新打包一遍，
@@ -661,6 +677,7 @@ pub unsafe fn par_gemm<F: Gemm>(
     m: usize,
     k: usize,
     n: usize,
+    alpha: F,
     a: (*const F, isize, isize),
     b: (*const F, isize, isize),
     beta: F,
@@ -668,7 +685,7 @@ pub unsafe fn par_gemm<F: Gemm>(
 ) {
     let threads = rayon::current_num_threads();
     if threads == 1 || m * k * n < GEMM_PAR_MIN {
-        return F::gemm(m, k, n, a, b, beta, c);
+        return F::gemm(m, k, n, alpha, a, b, beta, c);
     }
     let by_rows = m >= n;
     let len = if by_rows { m } else { n };
@@ -693,6 +710,7 @@ pub unsafe fn par_gemm<F: Gemm>(
                     size,
                     k,
                     n,
+                    alpha,
                     (a0.offset(off * a.1), a.1, a.2),
                     b,
                     beta,
@@ -704,6 +722,7 @@ pub unsafe fn par_gemm<F: Gemm>(
                     m,
                     k,
                     size,
+                    alpha,
                     a,
                     (b0.offset(off * b.2), b.1, b.2),
                     beta,
@@ -747,6 +766,7 @@ where
             rows,
             I,
             O,
+            F::one(),
             (xd.as_ptr(), I as isize, 1),
             (wd.as_ptr(), 1, I as isize),
             F::one(),
@@ -767,6 +787,7 @@ where
                         rows,
                         O,
                         I,
+                        F::one(),
                         (g.as_ptr(), O as isize, 1),
                         (data(&w).as_ptr(), I as isize, 1),
                         beta,
@@ -800,6 +821,7 @@ where
                         O,
                         rows,
                         I,
+                        F::one(),
                         (g.as_ptr(), 1, O as isize),
                         (data(&x).as_ptr(), I as isize, 1),
                         F::one(),

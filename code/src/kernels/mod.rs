@@ -16,9 +16,12 @@ use std::borrow::Cow;
 
 use dfdx::prelude::*;
 
+use crate::transformer::attention::PaddingMask;
 use crate::transformer::gelu::gelu as gelu_composite;
+use crate::transformer::multi_head::attention_heads_composite;
 use crate::transformer::norm::layer_norm_composite;
 
+pub mod attention;
 pub mod cpu;
 pub mod math;
 
@@ -26,7 +29,7 @@ pub mod math;
 pub type Shape4 = (usize, usize, usize, usize);
 
 // ANCHOR: kernels
-/// 有融合算子的设备：dfdx 的 [`Device`] 加上五个 Transformer 常用的算子。
+/// 有融合算子的设备：dfdx 的 [`Device`] 加上六个 Transformer 常用的算子。
 ///
 /// 默认实现是组合算子（任何设备都能用）；`Cpu` 覆盖为融合内核。两者在测试里逐元素对照，前向与梯度都一致。
 pub trait Kernels<E: Dtype>: Device<E> {
@@ -50,6 +53,22 @@ pub trait Kernels<E: Dtype>: Device<E> {
         mask: Option<&Tensor<(usize, usize), E, Self>>,
     ) -> Tensor<Shape4, E, Self, T> {
         masked_softmax_composite(x, mask)
+    }
+
+    /// 多头的缩放点积注意力：投影后的 `q` `(batch, seq_q, M)`、`k`、`v` `(batch, seq_k, M)` 拆成 `heads` 个头，
+    /// 各自 softmax(QKᵀ/√d_k + 掩码)·V，再拼回 `(batch, seq_q, M)`；另返回注意力权重 `(batch, heads, seq_q, seq_k)`。
+    #[allow(clippy::type_complexity)]
+    fn attention<const M: usize, T: Tape<E, Self> + Merge<T>>(
+        q: Tensor<(usize, usize, Const<M>), E, Self, T>,
+        k: Tensor<(usize, usize, Const<M>), E, Self, T>,
+        v: Tensor<(usize, usize, Const<M>), E, Self, T>,
+        heads: usize,
+        mask: Option<&PaddingMask<E, Self>>,
+    ) -> (
+        Tensor<(usize, usize, Const<M>), E, Self, T>,
+        Tensor<Shape4, E, Self>,
+    ) {
+        attention_heads_composite(q, k, v, heads, mask)
     }
 
     /// 精确 GELU：x·Φ(x)。
@@ -132,6 +151,16 @@ macro_rules! cpu_kernels {
                 mask: Option<&Tensor<(usize, usize), $e, Self>>,
             ) -> Tensor<Shape4, $e, Self, T> {
                 cpu::masked_softmax(x, mask)
+            }
+
+            fn attention<const M: usize, T: Tape<$e, Self> + Merge<T>>(
+                q: Tensor<(usize, usize, Const<M>), $e, Self, T>,
+                k: Tensor<(usize, usize, Const<M>), $e, Self, T>,
+                v: Tensor<(usize, usize, Const<M>), $e, Self, T>,
+                heads: usize,
+                mask: Option<&PaddingMask<$e, Self>>,
+            ) -> (Tensor<(usize, usize, Const<M>), $e, Self, T>, Tensor<Shape4, $e, Self>) {
+                attention::attention(q, k, v, heads, mask)
             }
 
             fn gelu<S: Shape, T: Tape<$e, Self>>(x: Tensor<S, $e, Self, T>) -> Tensor<S, $e, Self, T> {
@@ -531,7 +560,7 @@ mod tests {
     }
 
     /// 切块的 gemm 与一次单线程的 gemm 逐位相同（每个元素的累加顺序不变），也与朴素的三重循环一致：
-    /// 按行切（m ≥ n）与按列切（m < n）、转置的输入（列步长不为 1）、β = 1 的累加、最后一块不满。
+    /// 按行切（m ≥ n）与按列切（m < n）、转置的输入（列步长不为 1）、α ≠ 1、β = 1 的累加、最后一块不满。
     #[test]
     fn par_gemm_equals_one_single_threaded_gemm() {
         use cpu::{par_gemm, Gemm};
@@ -559,9 +588,9 @@ mod tests {
                     // SAFETY：三个矩阵都在各自的缓冲区之内，C 不与 A、B 重叠
                     unsafe {
                         if par {
-                            par_gemm(m, k, n, args.0, args.1, 1.0, args.2)
+                            par_gemm(m, k, n, 0.5, args.0, args.1, 1.0, args.2)
                         } else {
-                            f64::gemm(m, k, n, args.0, args.1, 1.0, args.2)
+                            f64::gemm(m, k, n, 0.5, args.0, args.1, 1.0, args.2)
                         }
                     }
                 });
@@ -572,10 +601,64 @@ mod tests {
             let naive: Vec<f64> = (0..m * n)
                 .map(|ij| {
                     let (i, j) = (ij / n, ij % n);
-                    c0[ij] + (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum::<f64>()
+                    c0[ij] + 0.5 * (0..k).map(|p| a[i * k + p] * b[j * k + p]).sum::<f64>()
                 })
                 .collect();
             assert!(max_diff(&par, &naive) < 1e-12, "m={m} k={k} n={n}");
+        }
+    }
+
+    /// 融合的多头注意力与组合写法（拆头 → 缩放点积注意力 → 拼回）：输出、注意力权重、对 q、k、v 的梯度。
+    /// 损失 Σ out ⊙ w + Σ q ⊙ w₂：q 在注意力之后又用了一次，注意力的反向要累加进已有的梯度。
+    fn attention_case(seq_q: usize, seq_k: usize, lengths: &[usize]) -> [f64; 5] {
+        type X = Tensor<(usize, usize, Const<12>), f64, Cpu>;
+        let dev = Cpu::seed_from_u64(11);
+        let b = lengths.len();
+        let (q, k, v): (X, X, X) = (
+            dev.sample_normal_like(&(b, seq_q, Const)),
+            dev.sample_normal_like(&(b, seq_k, Const)),
+            dev.sample_normal_like(&(b, seq_k, Const)),
+        );
+        let (w, w2): (X, X) = (
+            dev.sample_normal_like(&(b, seq_q, Const)),
+            dev.sample_normal_like(&(b, seq_q, Const)),
+        );
+        let mask = PaddingMask::<f64, Cpu>::from_lengths(&dev, lengths, seq_k).unwrap();
+        let run = |fused: bool| {
+            let qt = q.leaky_trace();
+            let q_again = qt.retaped::<OwnedTape<f64, Cpu>>();
+            let (kt, vt) = (k.leaky_trace(), v.leaky_trace());
+            let (out, weights) = if fused {
+                Cpu::attention(qt, kt, vt, 3, Some(&mask))
+            } else {
+                attention_heads_composite(qt, kt, vt, 3, Some(&mask))
+            };
+            let y = out.retaped::<NoneTape>().as_vec();
+            let g = ((out * w.clone()).sum() + (q_again * w2.clone()).sum()).backward();
+            let grads = [&q, &k, &v].map(|t| g.get(t).as_vec());
+            (y, weights.as_vec(), grads)
+        };
+        let (y1, p1, g1) = run(true);
+        let (y2, p2, g2) = run(false);
+        assert_eq!(p1.len(), b * 3 * seq_q * seq_k);
+        [
+            max_diff(&y1, &y2),
+            max_diff(&p1, &p2),
+            max_diff(&g1[0], &g2[0]),
+            max_diff(&g1[1], &g2[1]),
+            max_diff(&g1[2], &g2[2]),
+        ]
+    }
+
+    #[test]
+    fn fused_attention_matches_composite() {
+        // 自注意力（带填充）与查询、键长度不同的情形
+        for (sq, sk, lengths) in [(5, 5, &[5, 3][..]), (4, 6, &[6, 2][..])] {
+            let errs = attention_case(sq, sk, lengths);
+            assert!(
+                errs.iter().all(|&e| e < 1e-13),
+                "seq_q={sq} seq_k={sk}：输出、权重、dq、dk、dv 的误差 {errs:?}"
+            );
         }
     }
 }

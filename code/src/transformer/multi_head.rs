@@ -59,25 +59,18 @@ impl<const M: usize, const H: usize, E: Dtype, D: Kernels<E>> MultiHeadAttention
         Tensor<(usize, usize, Const<M>), E, D, T>,
         Tensor<(usize, usize, usize, usize), E, D>,
     ) {
-        let (batch, seq, _) = *x.shape();
-        let heads = (batch, seq, H, Self::D_HEAD);
-        // x 要用多次：tape 跟着 q 走，其余用 retaped 复制出带空 tape 的副本，乘法时 tape 合并
+        // x 要用多次：tape 跟着 q 走，其余用 retaped 复制出带空 tape 的副本，之后各路的 tape 在注意力里合并
         let (x, tape) = x.split_tape();
-        let split = |t: Tensor<(usize, usize, Const<M>), E, D, T>| {
-            // (batch, seq, M) -> (batch, seq, H, d_head) -> (batch, H, seq, d_head)
-            t.reshape_like(&heads).permute::<_, Axes4<0, 2, 1, 3>>()
-        };
         // 投影由设备的 Kernels::linear 计算：原投影冻结时（LoRA），CPU 上不算 W、b 的梯度
         let train = !hooks.base_frozen();
         let proj = |l: &Linear<M, M, E, D>, t| D::linear(t, &l.weight, &l.bias, train);
         let q = hooks.query(x.retaped::<T>(), proj(&self.w_q, x.clone().put_tape(tape)));
         let k = hooks.key(x.retaped::<T>(), proj(&self.w_k, x.retaped::<T>()));
         let v = hooks.value(x.retaped::<T>(), proj(&self.w_v, x.retaped::<T>()));
-        let (out, weights) = scaled_dot_product_attention(split(q), split(k), split(v), mask);
-        // (batch, H, seq, d_head) -> (batch, seq, H, d_head) -> (batch, seq, M)
-        let out = out
-            .permute::<_, Axes4<0, 2, 1, 3>>()
-            .reshape_like(&(batch, seq, Const::<M>));
+        // 拆成 H 个头、各自做缩放点积注意力、再拼回：设备的 Kernels::attention，
+        // 默认是下面的 attention_heads_composite（CPU 上是附录 B 的融合算子，结果相同）
+        let _ = Self::D_HEAD; // H 不整除 M 时编译不过（0.3 节）
+        let (out, weights) = D::attention(q, k, v, H, mask);
         (
             hooks.output(out.retaped::<T>(), proj(&self.w_o, out)),
             weights,
@@ -85,6 +78,43 @@ impl<const M: usize, const H: usize, E: Dtype, D: Kernels<E>> MultiHeadAttention
     }
 }
 // ANCHOR_END: mha_forward
+
+// ANCHOR: heads
+/// 多头注意力的组合写法：把投影后的 `q`、`k`、`v` 拆成 `heads` 个头，各自做缩放点积注意力，再拼回。
+///
+/// # 形状
+/// - `q`: `(batch, seq_q, Const<M>)`；`k`、`v`: `(batch, seq_k, Const<M>)`
+/// - 返回：输出 `(batch, seq_q, Const<M>)`，注意力权重 `(batch, heads, seq_q, seq_k)`
+pub fn attention_heads_composite<const M: usize, E, D, T>(
+    q: Tensor<(usize, usize, Const<M>), E, D, T>,
+    k: Tensor<(usize, usize, Const<M>), E, D, T>,
+    v: Tensor<(usize, usize, Const<M>), E, D, T>,
+    heads: usize,
+    mask: Option<&PaddingMask<E, D>>,
+) -> (
+    Tensor<(usize, usize, Const<M>), E, D, T>,
+    Tensor<(usize, usize, usize, usize), E, D>,
+)
+where
+    E: Dtype,
+    D: Kernels<E>,
+    T: Tape<E, D>,
+{
+    let (batch, seq_q, _) = *q.shape();
+    let split = |t: Tensor<(usize, usize, Const<M>), E, D, T>| {
+        let (batch, seq, _) = *t.shape();
+        // (batch, seq, M) -> (batch, seq, heads, d_head) -> (batch, heads, seq, d_head)
+        t.reshape_like(&(batch, seq, heads, M / heads))
+            .permute::<_, Axes4<0, 2, 1, 3>>()
+    };
+    let (out, weights) = scaled_dot_product_attention(split(q), split(k), split(v), mask);
+    // (batch, heads, seq_q, d_head) -> (batch, seq_q, heads, d_head) -> (batch, seq_q, M)
+    let out = out
+        .permute::<_, Axes4<0, 2, 1, 3>>()
+        .reshape_like(&(batch, seq_q, Const::<M>));
+    (out, weights)
+}
+// ANCHOR_END: heads
 
 impl<const M: usize, const H: usize, E, D> TensorCollection<E, D> for MultiHeadAttention<M, H, E, D>
 where

@@ -26,7 +26,7 @@ pub fn join_thread_pool() -> bool {
 }
 
 /// 每个并行块大约处理这么多个元素：块太小，线程调度的开销占比大；太大，两个核分不匀。
-const BLOCK_ELEMS: usize = 16 * 1024;
+pub(super) const BLOCK_ELEMS: usize = 16 * 1024;
 
 /// 每块的行数（至少 1 行）。
 fn rows_per_block(row_len: usize) -> usize {
@@ -127,7 +127,11 @@ fn max<F: FastMath, const K: usize>(rows: [&[F]; K], f: impl Fn([F; K]) -> F) ->
 /// 不用 `vec![0; len]` 分配：复用的内存上那是调用线程里一次单线程的 memset，大张量上与算子本身一样慢。
 /// 而是 `Vec::with_capacity(len)`，每块先由处理它的线程清零（这一块马上就要被写，还在缓存里），再交给内核，
 /// 最后 `set_len(len)`。
-fn par_new<F: Unit>(len: usize, block: usize, kernel: impl Fn(usize, &mut [F]) + Sync) -> Vec<F> {
+pub(super) fn par_new<F: Unit>(
+    len: usize,
+    block: usize,
+    kernel: impl Fn(usize, &mut [F]) + Sync,
+) -> Vec<F> {
     par_new_map(len, block, kernel).0
 }
 
@@ -208,7 +212,7 @@ pub(super) fn insert_or_add_grad<S: Shape, F: Dtype>(
 }
 
 /// 与 `par_new` 的第 `i` 块对应的输入：`x[i·block ..]` 的前 `len` 个元素。
-fn block_of<F>(x: &[F], i: usize, block: usize, len: usize) -> &[F] {
+pub(super) fn block_of<F>(x: &[F], i: usize, block: usize, len: usize) -> &[F] {
     &x[i * block..][..len]
 }
 

@@ -23,13 +23,14 @@ use crate::transformer::norm::layer_norm_composite;
 
 pub mod attention;
 pub mod cpu;
+pub mod lora;
 pub mod math;
 
 /// 注意力分数的形状：(batch, heads, seq_q, seq_k)。
 pub type Shape4 = (usize, usize, usize, usize);
 
 // ANCHOR: kernels
-/// 有融合算子的设备：dfdx 的 [`Device`] 加上六个 Transformer 常用的算子。
+/// 有融合算子的设备：dfdx 的 [`Device`] 加上七个 Transformer 常用的算子。
 ///
 /// 默认实现是组合算子（任何设备都能用）；`Cpu` 覆盖为融合内核。两者在测试里逐元素对照，前向与梯度都一致。
 pub trait Kernels<E: Dtype>: Device<E> {
@@ -69,6 +70,17 @@ pub trait Kernels<E: Dtype>: Device<E> {
         Tensor<Shape4, E, Self>,
     ) {
         attention_heads_composite(q, k, v, heads, mask)
+    }
+
+    /// LoRA 分支加到原线性层的输出上：out + s·B(A·x)，A `(R, I)`、B `(O, R)`。
+    fn lora_add<const I: usize, const O: usize, const R: usize, T: Tape<E, Self> + Merge<T>>(
+        out: Tensor<(usize, usize, Const<O>), E, Self, T>,
+        x: Tensor<(usize, usize, Const<I>), E, Self, T>,
+        a: &Tensor<Rank2<R, I>, E, Self>,
+        b: &Tensor<Rank2<O, R>, E, Self>,
+        scaling: f64,
+    ) -> Tensor<(usize, usize, Const<O>), E, Self, T> {
+        out + crate::lora::layer::low_rank(x, a, b, scaling)
     }
 
     /// 精确 GELU：x·Φ(x)。
@@ -161,6 +173,16 @@ macro_rules! cpu_kernels {
                 mask: Option<&PaddingMask<$e, Self>>,
             ) -> (Tensor<(usize, usize, Const<M>), $e, Self, T>, Tensor<Shape4, $e, Self>) {
                 attention::attention(q, k, v, heads, mask)
+            }
+
+            fn lora_add<const I: usize, const O: usize, const R: usize, T: Tape<$e, Self> + Merge<T>>(
+                out: Tensor<(usize, usize, Const<O>), $e, Self, T>,
+                x: Tensor<(usize, usize, Const<I>), $e, Self, T>,
+                a: &Tensor<Rank2<R, I>, $e, Self>,
+                b: &Tensor<Rank2<O, R>, $e, Self>,
+                scaling: f64,
+            ) -> Tensor<(usize, usize, Const<O>), $e, Self, T> {
+                lora::lora_add(out, x, a, b, scaling)
             }
 
             fn gelu<S: Shape, T: Tape<$e, Self>>(x: Tensor<S, $e, Self, T>) -> Tensor<S, $e, Self, T> {
@@ -659,6 +681,52 @@ mod tests {
                 errs.iter().all(|&e| e < 1e-13),
                 "seq_q={sq} seq_k={sk}：输出、权重、dq、dk、dv 的误差 {errs:?}"
             );
+        }
+    }
+
+    /// 融合的 LoRA 分支与组合写法 out + low_rank(x)：输出与对 out、x、A、B 的梯度（x 之后又用了一次，要累加）。
+    #[test]
+    fn fused_lora_add_matches_composite() {
+        type X<const N: usize> = Tensor<(usize, usize, Const<N>), f64, Cpu>;
+        let dev = Cpu::seed_from_u64(12);
+        let (out, x): (X<5>, X<6>) = (
+            dev.sample_normal_like(&(2, 3, Const)),
+            dev.sample_normal_like(&(2, 3, Const)),
+        );
+        let (w, w2): (X<5>, X<6>) = (
+            dev.sample_normal_like(&(2, 3, Const)),
+            dev.sample_normal_like(&(2, 3, Const)),
+        );
+        let a: Tensor<Rank2<2, 6>, f64, Cpu> = dev.sample_normal();
+        let b: Tensor<Rank2<5, 2>, f64, Cpu> = dev.sample_normal();
+        let run = |fused: bool| {
+            let (ot, xt) = (out.leaky_trace(), x.leaky_trace());
+            let x_again = xt.retaped::<OwnedTape<f64, Cpu>>();
+            let h = if fused {
+                Cpu::lora_add(ot, xt, &a, &b, 0.7)
+            } else {
+                ot + crate::lora::layer::low_rank(xt, &a, &b, 0.7)
+            };
+            let y = h.retaped::<NoneTape>().as_vec();
+            let g = ((h * w.clone()).sum() + (x_again * w2.clone()).sum()).backward();
+            let grads = [
+                g.get(&out).as_vec(),
+                g.get(&x).as_vec(),
+                g.get(&a).as_vec(),
+                g.get(&b).as_vec(),
+            ];
+            (y, grads)
+        };
+        let (y1, g1) = run(true);
+        let (y2, g2) = run(false);
+        assert!(max_diff(&y1, &y2) < 1e-14);
+        for (i, name) in ["out", "x", "A", "B"].iter().enumerate() {
+            assert!(
+                max_diff(&g1[i], &g2[i]) < 1e-13,
+                "∂{name}：{:e}",
+                max_diff(&g1[i], &g2[i])
+            );
+            assert!(g1[i].iter().any(|&v| v != 0.0), "∂{name} 全为 0");
         }
     }
 }

@@ -13,7 +13,7 @@ use dfdx::nn::modules::{Linear, Module, ModuleVisitor, Repeated, TensorCollectio
 use dfdx::nn::BuildModule;
 use dfdx::prelude::*;
 
-use super::layer::{lora_branch, LoraOptions};
+use super::layer::LoraOptions;
 use super::rank::RankBound;
 use crate::basics::tensors::Real;
 use crate::transformer::attention::PaddingMask;
@@ -85,14 +85,12 @@ impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>> Ada
     where
         D: Kernels<E>,
     {
-        out + lora_branch(
-            x,
-            &self.lora_a,
-            &self.lora_b,
-            opts.alpha / R as f64,
-            opts.dropout,
-            mode,
-        )
+        // out + (α/r)·B(A·dropout(x))：dropout 之后交给设备的 Kernels::lora_add（默认是 out + low_rank，CPU 上是一个融合算子）
+        let x = match mode {
+            Mode::Train if opts.dropout > 0.0 => D::dropout(x, opts.dropout),
+            _ => x,
+        };
+        D::lora_add(out, x, &self.lora_a, &self.lora_b, opts.alpha / R as f64)
     }
     fn merge_into(&self, linear: &mut Linear<I, O, E, D>, opts: &LoraOptions)
     where

@@ -125,6 +125,25 @@ where
         Mode::Train if dropout > 0.0 => D::dropout(x, dropout),
         _ => x,
     };
+    low_rank(x, a, b, scaling)
+}
+
+/// 低秩更新 s·B(A·x)（不含 dropout）：先降到 r 维，再升回 OUT 维。
+///
+/// # 形状
+/// - `x`: `(batch, seq, Const<IN>)`，`a`: `(R, IN)`，`b`: `(OUT, R)`
+/// - 返回：`(batch, seq, Const<OUT>)`
+pub fn low_rank<const IN: usize, const OUT: usize, const R: usize, E, D, T>(
+    x: Tensor<(usize, usize, Const<IN>), E, D, T>,
+    a: &Tensor<Rank2<R, IN>, E, D>,
+    b: &Tensor<Rank2<OUT, R>, E, D>,
+    scaling: f64,
+) -> Tensor<(usize, usize, Const<OUT>), E, D, T>
+where
+    E: Dtype,
+    D: Device<E>,
+    T: Tape<E, D> + Merge<T>,
+{
     // (batch, seq, IN) → (batch, seq, r) → (batch, seq, OUT)
     let down = x.matmul(a.retaped::<T>().permute::<Rank2<IN, R>, _>());
     let up = down.matmul(b.retaped::<T>().permute::<Rank2<R, OUT>, _>());

@@ -1,0 +1,164 @@
+//! CPU 上融合的 LoRA 分支（附录 B）：h = out + s·B(A·x)，一个算子。
+//!
+//! 组合写法（2.2 节的 [`low_rank`]）是两次 dfdx 的 matmul、一次乘 s、一次加法，各自遍历内存、各自分配，
+//! 反向里四个算子各自复制一遍梯度；dfdx 的 matmul 还用另一个库的内核。这里把它们收成三次
+//! [`par_gemm`]（前向）与四次（反向），缩放系数 s 并进 gemm 的 α：
+//!
+//! - 前向：down = x·Aᵀ `(rows, r)`（留给反向），h = out + s·down·Bᵀ（先复制 out，再以 β = 1 累加）；
+//! - 反向，上游梯度 g：∂out = g，gB = s·g·B `(rows, r)`，∂B += s·gᵀ·down，∂A += gBᵀ·x，∂x += gB·A。
+//!
+//! [`low_rank`]: crate::lora::layer::low_rank
+
+use dfdx::prelude::*;
+
+use super::cpu::{
+    block_of, buf_mut, data, insert_or_add_grad, is_contiguous, par_gemm, par_new, Gemm,
+    BLOCK_ELEMS,
+};
+use super::math::FastMath;
+use crate::transformer::hooks::Hidden;
+
+/// 行优先的 `len` 个元素并行复制一份。
+fn par_copy<F: Dtype>(x: &[F]) -> Vec<F> {
+    par_new(x.len(), BLOCK_ELEMS, |i, o| {
+        o.copy_from_slice(block_of(x, i, BLOCK_ELEMS, o.len()))
+    })
+}
+
+/// 矩阵的（起点, 行步长, 列步长）：行优先存放的 `rows × cols`。
+fn rm<F>(p: *const F, cols: usize) -> (*const F, isize, isize) {
+    (p, cols as isize, 1)
+}
+
+/// 同 [`rm`]，但按转置读：行优先的 `rows × cols` 当作 `cols × rows`。
+fn tr<F>(p: *const F, cols: usize) -> (*const F, isize, isize) {
+    (p, 1, cols as isize)
+}
+
+/// h = out + s·B(A·x)，`out` 是原线性层的输出，A `(R, I)`、B `(O, R)` 可训练。
+pub fn lora_add<const I: usize, const O: usize, const R: usize, F, T>(
+    out: Hidden<O, F, Cpu, T>,
+    x: Hidden<I, F, Cpu, T>,
+    a: &Tensor<Rank2<R, I>, F, Cpu>,
+    b: &Tensor<Rank2<O, R>, F, Cpu>,
+    scaling: f64,
+) -> Hidden<O, F, Cpu, T>
+where
+    F: FastMath + Dtype + Gemm,
+    Cpu: super::Kernels<F>,
+    T: Tape<F, Cpu> + Merge<T>,
+{
+    let contiguous = [is_contiguous(&out), is_contiguous(&x)];
+    if contiguous.contains(&false) || !is_contiguous(a) || !is_contiguous(b) {
+        return out + crate::lora::layer::low_rank(x, a, b, scaling);
+    }
+    let (batch, seq, _) = *x.shape();
+    assert_eq!(
+        *out.shape(),
+        (batch, seq, Const::<O>),
+        "out 与 x 的批、序列长度应相同"
+    );
+    let rows = batch * seq;
+    let s = F::c(scaling);
+    let (out, t_out) = out.split_tape();
+    let (x, t_x) = x.split_tape();
+    let mut tape = t_out.merge(t_x);
+    let (xd, ad, bd) = (data(&x), data(a), data(b));
+    let mut down = Vec::with_capacity(rows * R);
+    let mut h = par_copy(data(&out));
+    // SAFETY：x 为 rows×I、Aᵀ 为 I×R、down 为 rows×R，Bᵀ 为 R×O、h 为 rows×O，都在各自的缓冲区之内；
+    // β = 0 时不读 down，gemm 写满它
+    unsafe {
+        par_gemm(
+            rows,
+            I,
+            R,
+            F::one(),
+            rm(xd.as_ptr(), I),
+            tr(ad.as_ptr(), I),
+            F::zero(),
+            (down.as_mut_ptr(), R as isize, 1),
+        );
+        down.set_len(rows * R);
+        par_gemm(
+            rows,
+            R,
+            O,
+            s,
+            rm(down.as_ptr(), R),
+            tr(bd.as_ptr(), R),
+            F::one(),
+            (h.as_mut_ptr(), O as isize, 1),
+        );
+    }
+    let h = x.device().tensor_from_vec(h, (batch, seq, Const::<O>));
+    if T::OWNS_TAPE {
+        let (h_ghost, out_ghost, a, b) = (h.ghost(), out.ghost(), a.clone(), b.clone());
+        drop(out);
+        tape.add_backward_op(move |grads| {
+            grads.try_alloc_for(&h_ghost)?;
+            // ∂out = g：复制一份（g 借自 grads，下面还要可写地借 ∂A、∂B）
+            let g = par_copy(super::cpu::buf(grads.get_ref(&h_ghost)));
+            let (xd, ad, bd) = (data(&x), data(&a), data(&b));
+            let mut gb = Vec::with_capacity(rows * R);
+            let mut dx = Vec::with_capacity(rows * I);
+            grads.try_alloc_for(&a)?;
+            grads.try_alloc_for(&b)?;
+            // SAFETY：各矩阵都在各自的缓冲区之内（形状见模块说明）；β = 0 的 gemm 写满 gb 与 dx
+            unsafe {
+                // gB = s·g·B
+                par_gemm(
+                    rows,
+                    O,
+                    R,
+                    s,
+                    rm(g.as_ptr(), O),
+                    rm(bd.as_ptr(), R),
+                    F::zero(),
+                    (gb.as_mut_ptr(), R as isize, 1),
+                );
+                gb.set_len(rows * R);
+                // ∂x = gB·A
+                par_gemm(
+                    rows,
+                    R,
+                    I,
+                    F::one(),
+                    rm(gb.as_ptr(), R),
+                    rm(ad.as_ptr(), I),
+                    F::zero(),
+                    (dx.as_mut_ptr(), I as isize, 1),
+                );
+                dx.set_len(rows * I);
+                // ∂B += s·gᵀ·down
+                let db = buf_mut::<F>(grads.get_mut(&b));
+                par_gemm(
+                    O,
+                    rows,
+                    R,
+                    s,
+                    tr(g.as_ptr(), O),
+                    rm(down.as_ptr(), R),
+                    F::one(),
+                    (db.as_mut_ptr(), R as isize, 1),
+                );
+                // ∂A += gBᵀ·x
+                let da = buf_mut::<F>(grads.get_mut(&a));
+                par_gemm(
+                    R,
+                    rows,
+                    I,
+                    F::one(),
+                    tr(gb.as_ptr(), R),
+                    rm(xd.as_ptr(), I),
+                    F::one(),
+                    (da.as_mut_ptr(), I as isize, 1),
+                );
+            }
+            insert_or_add_grad(grads, &x, dx);
+            insert_or_add_grad(grads, &out_ghost, g);
+            Ok(())
+        });
+    }
+    h.put_tape(tape)
+}

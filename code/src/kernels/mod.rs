@@ -2,12 +2,13 @@
 //!
 //! Transformer 里最常用的几个逐元素/逐行算子——注意力的（带掩码的）softmax、精确 GELU、LayerNorm、dropout——
 //! 在 dfdx 里或者由多个基本算子组合而成（每个基本算子各遍历一次内存、各分配一个中间张量），或者只用一个线程；
-//! 线性层的反向则总是算出冻结权重的梯度。[`Kernels`] 把它们各自变成**一个**算子：
+//! 线性层的反向则总是算出冻结权重的梯度；多头注意力的拆头、拼回与 LoRA 分支也各是好几个算子。
+//! [`Kernels`] 把它们各自变成**一个**算子：
 //!
-//! - 默认实现就是书中第 1 部分的组合写法（[`masked_softmax_composite`]、[`crate::transformer::gelu::gelu`]、
-//!   [`crate::transformer::norm::layer_norm_composite`]），CUDA 等其他设备用它；
-//! - `Cpu` 上换成 [`cpu`] 里的融合内核：一次遍历算完前向，用 `Tape::add_backward_op` 登记手写的反向，
-//!   按行分块交给 rayon 的线程池，块内按 CPU 的指令集向量化。
+//! - 默认实现就是书中的组合写法（[`masked_softmax_composite`]、[`crate::transformer::gelu::gelu`]、
+//!   [`crate::transformer::norm::layer_norm_composite`]、[`attention_heads_composite`]、[`low_rank`]），CUDA 等其他设备用它；
+//! - `Cpu` 上换成 [`cpu`]、[`attention`]、[`lora`] 里的融合内核：一次遍历算完前向，用 `Tape::add_backward_op` 登记手写的反向，
+//!   按行（或按头）分块交给 rayon 的线程池，块内按 CPU 的指令集向量化，矩阵乘法由 matrixmultiply 单线程地算每一块。
 //!
 //! 模型代码只写 `D: Kernels<E>` 与 `D::gelu(x)` 这样的调用，不关心设备。融合内核读写张量缓冲区用到的
 //! 几个 dfdx 接口原本是 crate 私有的，见 `code/vendor/README.md` 里的补丁。
@@ -16,6 +17,7 @@ use std::borrow::Cow;
 
 use dfdx::prelude::*;
 
+use crate::lora::layer::low_rank;
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::gelu::gelu as gelu_composite;
 use crate::transformer::multi_head::attention_heads_composite;
@@ -80,7 +82,7 @@ pub trait Kernels<E: Dtype>: Device<E> {
         b: &Tensor<Rank2<O, R>, E, Self>,
         scaling: f64,
     ) -> Tensor<(usize, usize, Const<O>), E, Self, T> {
-        out + crate::lora::layer::low_rank(x, a, b, scaling)
+        out + low_rank(x, a, b, scaling)
     }
 
     /// 精确 GELU：x·Φ(x)。

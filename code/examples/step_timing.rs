@@ -1,0 +1,117 @@
+//! 附录 B：bert-base 大小的分类模型训练一步（前向 + 反向，[8,128]），三种训练轮流计时：
+//! 全量微调（`full`）、LoRA r = 16 q/v（`lora`）、只训练分类头（`head`，线性探测：基座全部冻结、没有 LoRA 分支）。
+//!
+//! 与 `benches/train_step.rs` 测的是同一个函数；这里三种轮流跑、每种取中位数，用来比较两个提交（各编译一份、交替运行），
+//! 也用来把 LoRA 一步拆成“冻结基座的一步”（`head`）与 LoRA 分支本身的开销。
+//!
+//! 用法：`cargo run --release --example step_timing -- full lora head`（环境变量 `ROUNDS` 是每种计时的步数，默认 6；
+//! 先空跑一轮）。
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use dfdx::losses::cross_entropy_with_logits_loss;
+use dfdx::nn::ZeroGrads;
+use dfdx::prelude::*;
+use llm_book::bert::model::{bert_config, BertBaseChinese, BertClassifier};
+use llm_book::lora::encoder::{HeadOnly, LayerAdapters, LoraAdapters, QueryValue};
+use llm_book::peft::config::LoraConfig;
+use llm_book::peft::model::PeftBert;
+use llm_book::train::SequenceClassifier;
+use llm_book::transformer::attention::PaddingMask;
+use llm_book::transformer::encoder::Mode;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// 一步的毫秒数（与 `benches/train_step.rs` 的 `classifier_step` 相同，梯度缓冲区每步清零后复用）。
+fn step<Mo: SequenceClassifier<2, f32, Cpu>>(
+    model: &Mo,
+    grads: &mut Option<Gradients<f32, Cpu>>,
+    tokens: &Tensor<(usize, usize), usize, Cpu>,
+    mask: &PaddingMask<f32, Cpu>,
+    labels: &Tensor<(usize, Const<2>), f32, Cpu>,
+) -> f64 {
+    let t = Instant::now();
+    let mut g = grads.take().unwrap_or_else(|| model.params().alloc_grads());
+    model.params().zero_grads(&mut g);
+    let logits = model
+        .logits(tokens.clone().traced(g), mask, Mode::Train)
+        .unwrap();
+    *grads = Some(cross_entropy_with_logits_loss(logits, labels.clone()).backward());
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+type Peft<Tg> = PeftBert<21128, 768, 12, 3072, 12, 512, 2, 2, 16, Tg, f32, Cpu>;
+
+fn main() {
+    llm_book::alloc::keep_freed_memory();
+    llm_book::kernels::cpu::join_thread_pool();
+    let which: Vec<String> = std::env::args().skip(1).collect();
+    if which.is_empty()
+        || which
+            .iter()
+            .any(|w| !["full", "lora", "head"].contains(&w.as_str()))
+    {
+        eprintln!("用法：cargo run --release --example step_timing -- full lora head（任选几种）");
+        std::process::exit(2);
+    }
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(6);
+    let dev = Cpu::seed_from_u64(0);
+    let config = bert_config(1e-12, 0.1, 512);
+    let ids: Vec<usize> = (0..8 * 128).map(|i| (i * 7919 + 13) % 21128).collect();
+    let tokens = dev.tensor_from_vec(ids, (8, 128));
+    let mask = PaddingMask::from_lengths(&dev, &[128; 8], 128).unwrap();
+    let labels = dev.tensor_from_vec(
+        (0..8)
+            .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
+            .collect(),
+        (8, Const::<2>),
+    );
+    let full = BertClassifier {
+        params: BertBaseChinese::<f32, Cpu>::random(&dev),
+        config,
+    };
+    let lora_config = LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0);
+    let lora = Peft::<QueryValue>::get_peft_model(full.params.clone(), config, lora_config.clone())
+        .unwrap();
+    // 线性探测：每层都没有适配器（HeadOnly），只有分类头可训练
+    let head = Peft::<HeadOnly> {
+        base: full.params.clone(),
+        adapters: LoraAdapters {
+            layers: dfdx::nn::modules::Repeated {
+                modules: (0..12).map(|_| LayerAdapters::init(&dev)).collect(),
+            },
+            head: full.params.classifier.clone(),
+        },
+        lora: lora_config,
+        config,
+    };
+    let (mut gf, mut gl, mut gh) = (None, None, None);
+    let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    for r in 0..=rounds {
+        for w in &which {
+            let (name, ms) = match w.as_str() {
+                "full" => ("full", step(&full, &mut gf, &tokens, &mask, &labels)),
+                "lora" => ("lora", step(&lora, &mut gl, &tokens, &mask, &labels)),
+                _ => ("head", step(&head, &mut gh, &tokens, &mask, &labels)),
+            };
+            if r > 0 {
+                times.entry(name).or_default().push(ms);
+            }
+        }
+    }
+    for (name, mut v) in times {
+        v.sort_by(f64::total_cmp);
+        println!(
+            "{name}：中位数 {:.0} 毫秒（{} 步，最快 {:.0}，最慢 {:.0}）",
+            v[v.len() / 2],
+            v.len(),
+            v[0],
+            v[v.len() - 1]
+        );
+    }
+}

@@ -705,34 +705,28 @@ pub unsafe fn par_gemm<F: Gemm>(
             (pb as *const F, sb.0, sb.1),
             (pc as *mut F, sc.0, sc.1),
         );
-        let (a0, b0, c0) = (a.0, b.0, c.0);
+        let off = start as isize;
         // SAFETY：每块是原矩阵的子矩阵（同样的步长、更小的范围），都在原缓冲区之内；各块的 C 互不重叠
         unsafe {
-            if by_rows {
-                let off = start as isize;
-                F::gemm(
+            // 按行切：A 与 C 从第 start 行起；按列切：B 与 C 从第 start 列起
+            let (rows, cols, a, b, c) = if by_rows {
+                (
                     size,
-                    k,
                     n,
-                    alpha,
-                    (a0.offset(off * a.1), a.1, a.2),
+                    (a.0.offset(off * a.1), a.1, a.2),
                     b,
-                    beta,
-                    (c0.offset(off * c.1), c.1, c.2),
-                );
+                    (c.0.offset(off * c.1), c.1, c.2),
+                )
             } else {
-                let off = start as isize;
-                F::gemm(
+                (
                     m,
-                    k,
                     size,
-                    alpha,
                     a,
-                    (b0.offset(off * b.2), b.1, b.2),
-                    beta,
-                    (c0.offset(off * c.2), c.1, c.2),
-                );
-            }
+                    (b.0.offset(off * b.2), b.1, b.2),
+                    (c.0.offset(off * c.2), c.1, c.2),
+                )
+            };
+            F::gemm(rows, k, cols, alpha, a, b, beta, c);
         }
     });
 }

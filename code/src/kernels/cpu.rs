@@ -200,15 +200,43 @@ pub(super) fn insert_or_add_grad<S: Shape, F: Dtype>(
     d: Vec<F>,
 ) {
     if let Err(d) = grads.try_insert_cpu(t, d) {
-        buf_mut::<F>(grads.get_mut(t))
-            .par_chunks_mut(BLOCK_ELEMS)
-            .zip(d.par_chunks(BLOCK_ELEMS))
-            .for_each(|(g, d)| {
-                for (g, &v) in g.iter_mut().zip(d) {
-                    *g += v;
-                }
-            });
+        accumulate_grad(grads, t, &d);
     }
+}
+
+/// `t` 已有的梯度并行地加上 `d`。
+fn accumulate_grad<S: Shape, F: Dtype>(
+    grads: &mut Gradients<F, Cpu>,
+    t: &impl Tensorlike<S, F, Cpu>,
+    d: &[F],
+) {
+    buf_mut::<F>(grads.get_mut(t))
+        .par_chunks_mut(BLOCK_ELEMS)
+        .zip(d.par_chunks(BLOCK_ELEMS))
+        .for_each(|(g, d)| {
+            for (g, &v) in g.iter_mut().zip(d) {
+                *g += v;
+            }
+        });
+}
+
+/// 行优先的 `x` 并行复制一份。
+pub(super) fn par_copy<F: Unit>(x: &[F]) -> Vec<F> {
+    par_new(x.len(), BLOCK_ELEMS, |i, o| {
+        o.copy_from_slice(block_of(x, i, BLOCK_ELEMS, o.len()))
+    })
+}
+
+/// 反向里算子输出 `out` 的梯度，交出所有权：能取走就取走（见补丁里的 `take_non_leaf`），否则复制一份。
+pub(super) fn take_grad<S: Shape, F: Dtype>(
+    grads: &mut Gradients<F, Cpu>,
+    out: &impl Tensorlike<S, F, Cpu>,
+) -> Result<Vec<F>, CpuError> {
+    grads.try_alloc_for(out)?;
+    Ok(match grads.take_non_leaf(out) {
+        Some(g) => g,
+        None => par_copy(buf(grads.get_ref(out))),
+    })
 }
 
 /// 与 `par_new` 的第 `i` 块对应的输入：`x[i·block ..]` 的前 `len` 个元素。
@@ -355,6 +383,54 @@ where
             add_to_grad(grads, &x, &out_ghost, BLOCK_ELEMS, |i, g, d| {
                 gelu_back_block_mv(block_of(xd, i, BLOCK_ELEMS, d.len()), g, d)
             })?;
+            Ok(())
+        });
+    }
+    out.put_tape(tape)
+}
+
+// ---------------------------------------------------------------- add
+
+/// 逐元素的 x + y（残差连接）。
+///
+/// dfdx 的加法在一个线程里逐个元素地走 `NdIndex`，反向先把两块全 0 的梯度清零再累加；这里前向分块并行，
+/// 反向把上游梯度本身交给 x（取不走时复制），给 y 复制一份——x、y 已经有梯度时才原地累加。
+pub fn add<S, F, T>(x: Tensor<S, F, Cpu, T>, y: Tensor<S, F, Cpu, T>) -> Tensor<S, F, Cpu, T>
+where
+    S: Shape,
+    F: FastMath + Dtype,
+    Cpu: Device<F>,
+    T: Tape<F, Cpu> + Merge<T>,
+{
+    if !is_contiguous(&x) || !is_contiguous(&y) || x.shape() != y.shape() {
+        return x + y;
+    }
+    let shape = *x.shape();
+    let (x, tx) = x.split_tape();
+    let (y, ty) = y.split_tape();
+    let mut tape = tx.merge(ty);
+    let (xd, yd) = (data(&x), data(&y));
+    let out = par_new(xd.len(), BLOCK_ELEMS, |i, o| {
+        let (a, b) = (
+            block_of(xd, i, BLOCK_ELEMS, o.len()),
+            block_of(yd, i, BLOCK_ELEMS, o.len()),
+        );
+        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+            *o = a + b;
+        }
+    });
+    let out = x.device().tensor_from_vec(out, shape);
+    if T::OWNS_TAPE {
+        // 反向只要三者的 id 与形状，不留数据
+        let (out_ghost, x, y) = (out.ghost(), x.ghost(), y.ghost());
+        tape.add_backward_op(move |grads| {
+            let g = take_grad(grads, &out_ghost)?;
+            if grads.contains(&y) {
+                accumulate_grad(grads, &y, &g);
+            } else {
+                insert_or_add_grad(grads, &y, par_copy(&g));
+            }
+            insert_or_add_grad(grads, &x, g);
             Ok(())
         });
     }

@@ -12,18 +12,10 @@
 use dfdx::prelude::*;
 
 use super::cpu::{
-    block_of, buf_mut, data, insert_or_add_grad, is_contiguous, par_gemm, par_new, Gemm,
-    BLOCK_ELEMS,
+    buf_mut, data, insert_or_add_grad, is_contiguous, par_copy, par_gemm, take_grad, Gemm,
 };
 use super::math::FastMath;
 use crate::transformer::hooks::Hidden;
-
-/// 行优先的 `len` 个元素并行复制一份。
-fn par_copy<F: Dtype>(x: &[F]) -> Vec<F> {
-    par_new(x.len(), BLOCK_ELEMS, |i, o| {
-        o.copy_from_slice(block_of(x, i, BLOCK_ELEMS, o.len()))
-    })
-}
 
 /// 矩阵的（起点, 行步长, 列步长）：行优先存放的 `rows × cols`。
 fn rm<F>(p: *const F, cols: usize) -> (*const F, isize, isize) {
@@ -96,9 +88,8 @@ where
         let (h_ghost, out_ghost, a, b) = (h.ghost(), out.ghost(), a.clone(), b.clone());
         drop(out);
         tape.add_backward_op(move |grads| {
-            grads.try_alloc_for(&h_ghost)?;
-            // ∂out = g：复制一份（g 借自 grads，下面还要可写地借 ∂A、∂B）
-            let g = par_copy(super::cpu::buf(grads.get_ref(&h_ghost)));
+            // ∂out = g：取走 h 的梯度（下面还要可写地借 ∂A、∂B，不能一直借着 grads 里的 g）
+            let g = take_grad(grads, &h_ghost)?;
             let (xd, ad, bd) = (data(&x), data(&a), data(&b));
             let mut gb = Vec::with_capacity(rows * R);
             let mut dx = Vec::with_capacity(rows * I);

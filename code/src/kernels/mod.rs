@@ -32,7 +32,7 @@ pub mod math;
 pub type Shape4 = (usize, usize, usize, usize);
 
 // ANCHOR: kernels
-/// 有融合算子的设备：dfdx 的 [`Device`] 加上七个 Transformer 常用的算子。
+/// 有融合算子的设备：dfdx 的 [`Device`] 加上八个 Transformer 常用的算子。
 ///
 /// 默认实现是组合算子（任何设备都能用）；`Cpu` 覆盖为融合内核。两者在测试里逐元素对照，前向与梯度都一致。
 pub trait Kernels<E: Dtype>: Device<E> {
@@ -83,6 +83,14 @@ pub trait Kernels<E: Dtype>: Device<E> {
         scaling: f64,
     ) -> Tensor<(usize, usize, Const<O>), E, Self, T> {
         out + low_rank(x, a, b, scaling)
+    }
+
+    /// 逐元素的 x + y（残差连接；两者形状相同）。
+    fn add<S: Shape, T: Tape<E, Self> + Merge<T>>(
+        x: Tensor<S, E, Self, T>,
+        y: Tensor<S, E, Self, T>,
+    ) -> Tensor<S, E, Self, T> {
+        x + y
     }
 
     /// 精确 GELU：x·Φ(x)。
@@ -185,6 +193,13 @@ macro_rules! cpu_kernels {
                 scaling: f64,
             ) -> Tensor<(usize, usize, Const<O>), $e, Self, T> {
                 lora::lora_add(out, x, a, b, scaling)
+            }
+
+            fn add<S: Shape, T: Tape<$e, Self> + Merge<T>>(
+                x: Tensor<S, $e, Self, T>,
+                y: Tensor<S, $e, Self, T>,
+            ) -> Tensor<S, $e, Self, T> {
+                cpu::add(x, y)
             }
 
             fn gelu<S: Shape, T: Tape<$e, Self>>(x: Tensor<S, $e, Self, T>) -> Tensor<S, $e, Self, T> {
@@ -686,6 +701,68 @@ mod tests {
         }
     }
 
+    /// 反向用的梯度表。`mark_leafs` 为 `true` 时像 `model.alloc_grads()` 那样只把 `leafs` 标为叶子
+    /// （融合算子可以取走中间张量的梯度，见 `cpu::take_grad`），否则像 `leaky_trace` 那样保留全部梯度（只能复制）。
+    fn grads_with_leafs(leafs: &[dfdx::tensor::UniqueId], mark_leafs: bool) -> Gradients<f64, Cpu> {
+        let mut g = Gradients::leaky();
+        if mark_leafs {
+            g.retain_leafs(leafs);
+        }
+        g
+    }
+
+    /// 融合的加法与 dfdx 的 x + y：输出与两个梯度。x 之后又用了一次（累加），也测 x + x；
+    /// 梯度表标记叶子与不标记两种（上游梯度取走或复制）。
+    #[test]
+    fn fused_add_matches_composite() {
+        type X = Tensor<(usize, usize, Const<5>), f64, Cpu>;
+        let dev = Cpu::seed_from_u64(13);
+        let (x, y, w, w2): (X, X, X, X) = (
+            dev.sample_normal_like(&(2, 3, Const)),
+            dev.sample_normal_like(&(2, 3, Const)),
+            dev.sample_normal_like(&(2, 3, Const)),
+            dev.sample_normal_like(&(2, 3, Const)),
+        );
+        for mark_leafs in [false, true] {
+            let run = |fused: bool, same: bool| {
+                let leafs = [x.id(), y.id()];
+                let xt = x.clone().traced(grads_with_leafs(&leafs, mark_leafs));
+                let yt = if same {
+                    xt.retaped::<OwnedTape<f64, Cpu>>()
+                } else {
+                    y.retaped::<OwnedTape<f64, Cpu>>()
+                };
+                let x_again = xt.retaped::<OwnedTape<f64, Cpu>>();
+                let h = if fused { Cpu::add(xt, yt) } else { xt + yt };
+                let out = h.retaped::<NoneTape>().as_vec();
+                let g = ((h * w.clone()).sum() + (x_again * w2.clone()).sum()).backward();
+                let gy = if same { vec![] } else { g.get(&y).as_vec() };
+                (out, g.get(&x).as_vec(), gy)
+            };
+            let (o1, gx1, gy1) = run(true, false);
+            let (o2, gx2, gy2) = run(false, false);
+            assert!(max_diff(&o1, &o2) < 1e-15);
+            assert!(
+                max_diff(&gx1, &gx2) < 1e-14,
+                "∂x：{:e}",
+                max_diff(&gx1, &gx2)
+            );
+            assert!(
+                max_diff(&gy1, &gy2) < 1e-14,
+                "∂y：{:e}",
+                max_diff(&gy1, &gy2)
+            );
+            // x + x：∂x = 2w + w2（dfdx 的加法在两个操作数同一 id 时反向会 panic，只能对照公式）
+            let (o, gx, _) = run(true, true);
+            let xs = x.as_vec();
+            let (ws, w2s) = (w.as_vec(), w2.as_vec());
+            for i in 0..xs.len() {
+                assert!((o[i] - 2.0 * xs[i]).abs() < 1e-15);
+                assert!((gx[i] - (2.0 * ws[i] + w2s[i])).abs() < 1e-14);
+            }
+        }
+    }
+
     /// 融合的 LoRA 分支与组合写法 out + low_rank(x)：输出与对 out、x、A、B 的梯度（x 之后又用了一次，要累加）。
     #[test]
     fn fused_lora_add_matches_composite() {
@@ -701,8 +778,10 @@ mod tests {
         );
         let a: Tensor<Rank2<2, 6>, f64, Cpu> = dev.sample_normal();
         let b: Tensor<Rank2<5, 2>, f64, Cpu> = dev.sample_normal();
-        let run = |fused: bool| {
-            let (ot, xt) = (out.leaky_trace(), x.leaky_trace());
+        let run = |fused: bool, mark_leafs: bool| {
+            let leafs = [out.id(), x.id(), a.id(), b.id()];
+            let ot = out.clone().traced(grads_with_leafs(&leafs, mark_leafs));
+            let xt = x.retaped::<OwnedTape<f64, Cpu>>();
             let x_again = xt.retaped::<OwnedTape<f64, Cpu>>();
             let h = if fused {
                 Cpu::lora_add(ot, xt, &a, &b, 0.7)
@@ -719,16 +798,19 @@ mod tests {
             ];
             (y, grads)
         };
-        let (y1, g1) = run(true);
-        let (y2, g2) = run(false);
-        assert!(max_diff(&y1, &y2) < 1e-14);
-        for (i, name) in ["out", "x", "A", "B"].iter().enumerate() {
-            assert!(
-                max_diff(&g1[i], &g2[i]) < 1e-13,
-                "∂{name}：{:e}",
-                max_diff(&g1[i], &g2[i])
-            );
-            assert!(g1[i].iter().any(|&v| v != 0.0), "∂{name} 全为 0");
+        // 梯度表标记叶子时，融合算子取走 h 的梯度作 ∂out；不标记时复制一份
+        for mark_leafs in [false, true] {
+            let (y1, g1) = run(true, mark_leafs);
+            let (y2, g2) = run(false, mark_leafs);
+            assert!(max_diff(&y1, &y2) < 1e-14);
+            for (i, name) in ["out", "x", "A", "B"].iter().enumerate() {
+                assert!(
+                    max_diff(&g1[i], &g2[i]) < 1e-13,
+                    "∂{name}：{:e}",
+                    max_diff(&g1[i], &g2[i])
+                );
+                assert!(g1[i].iter().any(|&v| v != 0.0), "∂{name} 全为 0");
+            }
         }
     }
 }

@@ -125,21 +125,21 @@ impl<const M: usize, const H: usize, const F: usize, E: Dtype, D: Kernels<E>>
                 // x = x + Dropout(MHA(LN₁(x)))；x = x + Dropout(FFN(LN₂(x)))
                 let normed = self.norm1.forward(x.retaped::<T>(), eps);
                 let (attn, weights) = self.attention.forward_with(normed, mask, hooks);
-                let x = x + drop(attn);
+                let x = D::add(x, drop(attn));
                 let normed = self.norm2.forward(x.retaped::<T>(), eps);
                 let ffn = self
                     .feed_forward
                     .forward_with(normed, cfg.activation, hooks);
-                (x + drop(ffn), weights)
+                (D::add(x, drop(ffn)), weights)
             }
             NormPosition::Post => {
                 // x = LN₁(x + Dropout(MHA(x)))；x = LN₂(x + Dropout(FFN(x)))
                 let (attn, weights) = self.attention.forward_with(x.retaped::<T>(), mask, hooks);
-                let x = self.norm1.forward(x + drop(attn), eps);
+                let x = self.norm1.forward(D::add(x, drop(attn)), eps);
                 let ffn = self
                     .feed_forward
                     .forward_with(x.retaped::<T>(), cfg.activation, hooks);
-                (self.norm2.forward(x + drop(ffn), eps), weights)
+                (self.norm2.forward(D::add(x, drop(ffn)), eps), weights)
             }
         }
     }

@@ -69,6 +69,21 @@ impl<E: crate::shapes::Unit> Gradients<E, crate::tensor::Cpu> {
             std::collections::btree_map::Entry::Occupied(_) => Err(data),
         }
     }
+
+    /// 取走非叶子张量 `t` 的梯度（之后 `t` 没有梯度）：反向结束时 [Gradients::drop_non_leafs] 本来也会丢掉它。
+    /// 只在产生 `t` 的算子的反向里调用——那时 `t` 的梯度已经累加完，之后不会再有算子读它。
+    /// 没有标记过叶子（例如 `leaky_trace`，调用者可能还要读中间张量的梯度）或 `t` 是叶子时返回 `None`，什么也不改。
+    pub fn take_non_leaf<S: Shape>(
+        &mut self,
+        t: &impl Tensorlike<S, E, crate::tensor::Cpu>,
+    ) -> Option<Vec<E>> {
+        match &self.leaf_ids {
+            Some(leafs) if !leafs.contains(&t.id()) => {
+                self.gradient_by_id.remove(&t.id()).map(|mut v| std::mem::take(&mut v.data))
+            }
+            _ => None,
+        }
+    }
 }
 
 impl<E, D: Storage<E>> Gradients<E, D> {

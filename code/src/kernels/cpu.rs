@@ -829,11 +829,12 @@ where
     let rows = batch * seq;
     let (x, mut tape) = x.split_tape();
     let (xd, wd, bd) = (data(&x), data(w), data(b));
-    // 先把偏置写进每一行，再以 β = 1 累加 x·Wᵀ：偏置不用再单独遍历一遍
-    let mut out: Vec<F> = Vec::with_capacity(rows * O);
-    for _ in 0..rows {
-        out.extend_from_slice(bd);
-    }
+    // 先把偏置（并行地）写进每一行，再以 β = 1 累加 x·Wᵀ：偏置不用再单独遍历一遍
+    let mut out: Vec<F> = par_new(rows * O, rows_per_block(O) * O, |_, o| {
+        for row in o.chunks_exact_mut(O) {
+            row.copy_from_slice(bd);
+        }
+    });
     // SAFETY：x 是 rows×I（行步长 I），Wᵀ 是 I×O（W 的转置：行步长 1、列步长 I），out 是 rows×O，都在各自缓冲区内。
     unsafe {
         par_gemm(

@@ -200,6 +200,29 @@ where
                 mask: *mask.bias.shape(),
             });
         }
+        let mut x = if AttentionHooks::base_frozen(&hooks(0)) {
+            // 基座冻结（LoRA）时嵌入层里没有要训练的参数：不带 tape 算完再挂上 tape，反向停在第 0 层的输入，
+            // 不给 2 万多行的词嵌入表分配、累加梯度（附录 B）
+            let (tokens, tape) = tokens.split_tape();
+            self.embed(cfg, tokens, token_types, mode).put_tape(tape)
+        } else {
+            self.embed(cfg, tokens, token_types, mode)
+        };
+        for (i, layer) in self.layers.modules.iter().enumerate() {
+            x = layer.forward_with(x, Some(mask), cfg, mode, &hooks(i)).0;
+        }
+        Ok(x)
+    }
+
+    /// 嵌入层：词、位置、句子类型三种嵌入相加，再做 LayerNorm 与（训练时的）dropout。
+    fn embed<T: Tape<E, D> + Merge<T>>(
+        &self,
+        cfg: &EncoderConfig,
+        tokens: Tensor<(usize, usize), usize, D, T>,
+        token_types: Option<Tensor<(usize, usize), usize, D>>,
+        mode: Mode,
+    ) -> Tensor<(usize, usize, Const<M>), E, D, T> {
+        let (batch, seq) = *tokens.shape();
         let dev = tokens.device().clone();
         let shape = (batch, seq, Const::<M>);
         // 三种嵌入：位置与句子类型的 id 不带 tape，挂一条新的空 tape，让它们的嵌入也能得到梯度
@@ -217,14 +240,11 @@ where
             .token_type_embeddings
             .forward(types.put_tape(T::default()));
         let x = words + positions.broadcast_like::<_, Axis<0>>(&shape) + types;
-        let mut x = self.embeddings.layer_norm.forward(x, cfg.layer_norm_eps);
+        let x = self.embeddings.layer_norm.forward(x, cfg.layer_norm_eps);
         if mode == Mode::Train && cfg.dropout > 0.0 {
-            x = D::dropout(x, cfg.dropout);
+            return D::dropout(x, cfg.dropout);
         }
-        for (i, layer) in self.layers.modules.iter().enumerate() {
-            x = layer.forward_with(x, Some(mask), cfg, mode, &hooks(i)).0;
-        }
-        Ok(x)
+        x
     }
 }
 // ANCHOR_END: forward

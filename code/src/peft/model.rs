@@ -707,6 +707,93 @@ mod train_tests {
     use crate::train::finetune::{finetune, FinetuneConfig};
     use std::ops::ControlFlow;
 
+    /// 基座冻结时嵌入不带 tape、W₀ 不算梯度（附录 B）：适配器的梯度仍与中心差分一致，
+    /// 包括第 0 层的 A（它的梯度要用到嵌入层的输出）与分类头。
+    #[test]
+    fn adapter_gradients_match_finite_differences() {
+        use dfdx::nn::ZeroGrads;
+        type Tiny = PeftBert<64, 32, 4, 48, 2, 24, 2, 3, 4, QueryValue, f64, Cpu>;
+        let dev = Cpu::seed_from_u64(5);
+        let base = crate::bert::model::TinyBert::<f64, Cpu>::random(&dev);
+        let config = crate::bert::model::bert_config(1e-12, 0.0, 24);
+        let mut model = Tiny::get_peft_model(
+            base,
+            config,
+            LoraConfig::seq_cls(4, 8.0, &["query", "value"], 0.0),
+        )
+        .unwrap();
+        // B 初始化为 0 时 A 的梯度恒为 0：换成随机值
+        for layer in model.adapters.layers.modules.iter_mut() {
+            layer.w_q.lora_b = dev.sample_normal();
+            layer.w_v.lora_b = dev.sample_normal();
+        }
+        let tokens: Tensor<(usize, usize), usize, Cpu> =
+            dev.tensor_from_vec(vec![2, 17, 33, 5, 3, 2, 8, 60, 3, 0], (2, 5));
+        let mask = PaddingMask::from_lengths(&dev, &[5, 4], 5).unwrap();
+        let w: Tensor<(usize, Const<3>), f64, Cpu> = dev.sample_normal_like(&(2, Const::<3>));
+        let loss_of = |m: &Tiny| -> f64 {
+            let out = m.forward(tokens.clone(), None, &mask, Mode::Eval).unwrap();
+            (out.logits * w.clone()).sum::<(), _>().array()
+        };
+        let grads = {
+            let g = model.adapters.alloc_grads();
+            let out = model
+                .forward(tokens.clone().traced(g), None, &mask, Mode::Eval)
+                .unwrap();
+            (out.logits * w.clone()).sum::<(), _>().backward()
+        };
+        type Pick = fn(&mut Tiny) -> Vec<f64>;
+        type Put = fn(&mut Tiny, &[f64]);
+        let cases: [(&str, Pick, Put); 3] = [
+            (
+                "第 0 层 query 的 A",
+                |m| m.adapters.layers.modules[0].w_q.lora_a.as_vec(),
+                |m, v| m.adapters.layers.modules[0].w_q.lora_a.copy_from(v),
+            ),
+            (
+                "第 1 层 value 的 B",
+                |m| m.adapters.layers.modules[1].w_v.lora_b.as_vec(),
+                |m, v| m.adapters.layers.modules[1].w_v.lora_b.copy_from(v),
+            ),
+            (
+                "分类头",
+                |m| m.adapters.head.weight.as_vec(),
+                |m, v| m.adapters.head.weight.copy_from(v),
+            ),
+        ];
+        let analytic = [
+            grads
+                .get(&model.adapters.layers.modules[0].w_q.lora_a)
+                .as_vec(),
+            grads
+                .get(&model.adapters.layers.modules[1].w_v.lora_b)
+                .as_vec(),
+            grads.get(&model.adapters.head.weight).as_vec(),
+        ];
+        for ((name, pick, put), analytic) in cases.into_iter().zip(analytic) {
+            for idx in [0, 7, 29, 60] {
+                let h = 1e-6;
+                let shifted = |delta: f64| {
+                    let mut m = model.clone();
+                    let mut v = pick(&mut m);
+                    v[idx] += delta;
+                    put(&mut m, &v);
+                    loss_of(&m)
+                };
+                let numeric = (shifted(h) - shifted(-h)) / (2.0 * h);
+                assert!(
+                    (numeric - analytic[idx]).abs() < 1e-6,
+                    "{name}[{idx}]：反向 {} vs 差分 {numeric}",
+                    analytic[idx]
+                );
+            }
+            assert!(
+                analytic.iter().any(|g| g.abs() > 1e-8),
+                "{name} 的梯度全为 0"
+            );
+        }
+    }
+
     #[test]
     fn a_peft_model_trains_only_its_adapters() {
         let dev = Cpu::seed_from_u64(0);

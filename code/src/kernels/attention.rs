@@ -15,7 +15,8 @@ use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::cpu::{
-    buf, data, insert_or_add_grad, is_contiguous, softmax_back_block_mv, softmax_block_mv, Gemm,
+    buf, data, insert_or_add_grad, is_contiguous, par_zeros, softmax_back_block_mv,
+    softmax_block_mv, Gemm,
 };
 use super::math::FastMath;
 use super::Shape4;
@@ -90,11 +91,6 @@ impl Addr {
     }
 }
 
-/// 未初始化的 `len` 个元素的缓冲区；调用者保证在 `set_len` 之前写满。
-fn uninit<F>(len: usize) -> Vec<F> {
-    Vec::with_capacity(len)
-}
-
 /// 多头的缩放点积注意力，`q` 为 `(batch, seq_q, M)`，`k`、`v` 为 `(batch, seq_k, M)`，按头切成 `heads` 份。
 /// 返回拼回的输出 `(batch, seq_q, M)` 与注意力权重 `(batch, heads, seq_q, seq_k)`（不带 tape）。
 pub fn attention<const M: usize, F, T>(
@@ -144,9 +140,9 @@ where
         Addr::of(data(&v).as_ptr()),
     );
     let pp = seq_q * seq_k;
-    let mut out = uninit::<F>(batch * seq_q * M);
-    let mut p = uninit::<F>(hd.tasks() * pp);
-    let (oa, pa) = (Addr::of(out.as_ptr()), Addr::of(p.as_ptr()));
+    let mut out = par_zeros::<F>(batch * seq_q * M);
+    let mut p = par_zeros::<F>(hd.tasks() * pp);
+    let (oa, pa) = (Addr::of(out.as_mut_ptr()), Addr::of(p.as_mut_ptr()));
     (0..hd.tasks())
         .into_par_iter()
         .for_each_init(Vec::new, |scores: &mut Vec<F>, t| {
@@ -184,11 +180,6 @@ where
                 );
             }
         });
-    // SAFETY：每个任务写满了 P 的一块（softmax）与输出的一个头（β = 0 的 gemm），所有任务覆盖了两个缓冲区
-    unsafe {
-        out.set_len(batch * seq_q * M);
-        p.set_len(hd.tasks() * pp);
-    }
     let dev = q.device().clone();
     let out = dev.tensor_from_vec(out, (batch, seq_q, Const::<M>));
     let weights = dev.tensor_from_vec(p, (batch, heads, seq_q, seq_k));
@@ -223,9 +214,9 @@ where
     let (seq_q, seq_k, d_k) = (hd.seq_q, hd.seq_k, hd.d_k);
     let pp = seq_q * seq_k;
     let (mut dq, mut dk, mut dv) = (
-        uninit::<F>(q.len()),
-        uninit::<F>(k.len()),
-        uninit::<F>(v.len()),
+        par_zeros::<F>(q.len()),
+        par_zeros::<F>(k.len()),
+        par_zeros::<F>(v.len()),
     );
     let (ga, qa, ka, va) = (
         Addr::of(g.as_ptr()),
@@ -234,9 +225,9 @@ where
         Addr::of(data(v).as_ptr()),
     );
     let (dqa, dka, dva) = (
-        Addr::of(dq.as_ptr()),
-        Addr::of(dk.as_ptr()),
-        Addr::of(dv.as_ptr()),
+        Addr::of(dq.as_mut_ptr()),
+        Addr::of(dk.as_mut_ptr()),
+        Addr::of(dv.as_mut_ptr()),
     );
     (0..hd.tasks()).into_par_iter().for_each_init(
         || (Vec::new(), Vec::new()),
@@ -292,11 +283,5 @@ where
             }
         },
     );
-    // SAFETY：每个任务以 β = 0 写满了 dQ、dK、dV 的一个 (b, h) 块，所有任务覆盖了三个缓冲区
-    unsafe {
-        dq.set_len(q.len());
-        dk.set_len(k.len());
-        dv.set_len(v.len());
-    }
     [dq, dk, dv]
 }

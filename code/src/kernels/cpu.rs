@@ -220,6 +220,11 @@ fn accumulate_grad<S: Shape, F: Dtype>(
         });
 }
 
+/// 全 0 的 `len` 个元素，并行清零（给 β = 0 的 gemm 作输出：见 [`Gemm::gemm`]）。
+pub(super) fn par_zeros<F: Unit>(len: usize) -> Vec<F> {
+    par_new(len, BLOCK_ELEMS, |_, _| {})
+}
+
 /// 行优先的 `x` 并行复制一份。
 pub(super) fn par_copy<F: Unit>(x: &[F]) -> Vec<F> {
     par_new(x.len(), BLOCK_ELEMS, |i, o| {
@@ -697,10 +702,11 @@ where
 
 // ---------------------------------------------------------------- 线性层
 
-/// 矩阵乘法 C ← α·A·B + β·C（行、列步长任意，转置不需要复制）：matrixmultiply 的单线程 gemm，
+/// 矩阵乘法 C ← α·A·B + β·C（行、列步长任意，转置不需要复制）：gemm 库的单线程内核，
 /// 由 [`par_gemm`] 切块后交给 rayon 的线程池。
-pub trait Gemm: Sized + Copy + Send + Sync {
-    /// 单线程的 C ← α·A·B + β·C。
+pub trait Gemm: Sized + Copy + Send + Sync + 'static {
+    /// 单线程的 C ← α·A·B + β·C。β = 0 时 C 原来的值不影响结果，但 C 必须已初始化
+    /// （gemm 库在边缘的小块上会先把 C 读进临时缓冲区）。
     ///
     /// # Safety
     /// 指针与步长描述的 m×k、k×n、m×n 三个矩阵都必须在各自的缓冲区之内，且 C 不与 A、B 重叠。
@@ -718,7 +724,7 @@ pub trait Gemm: Sized + Copy + Send + Sync {
 }
 
 macro_rules! gemm_impl {
-    ($e:ty, $f:path) => {
+    ($($e:ty),*) => {$(
         impl Gemm for $e {
             unsafe fn gemm(
                 m: usize,
@@ -730,13 +736,19 @@ macro_rules! gemm_impl {
                 beta: $e,
                 c: (*mut $e, isize, isize),
             ) {
-                $f(m, k, n, alpha, a.0, a.1, a.2, b.0, b.1, b.2, beta, c.0, c.1, c.2)
+                // gemm 库的约定：dst ← α′·dst + β′·lhs·rhs，步长先列后行；read_dst 为 false 时 α′ 当作 0
+                // SAFETY：由调用者保证（见 trait 的说明）
+                unsafe {
+                    gemm::gemm(
+                        m, n, k, c.0, c.2, c.1, beta != 0.0, a.0, a.2, a.1, b.0, b.2, b.1, beta, alpha,
+                        false, false, false, gemm::Parallelism::None,
+                    )
+                }
             }
         }
-    };
+    )*};
 }
-gemm_impl!(f32, matrixmultiply::sgemm);
-gemm_impl!(f64, matrixmultiply::dgemm);
+gemm_impl!(f32, f64);
 
 /// matrixmultiply 内核一次算的行数与列数（AVX-512 上 f32 是 16×16）：切块的边界取它的倍数，块内没有不满的小块。
 const GEMM_TILE: usize = 16;
@@ -853,8 +865,8 @@ where
         let (out_ghost, w, b) = (out.ghost(), w.clone(), b.clone());
         tape.add_backward_op(move |grads| {
             grads.try_alloc_for(&out_ghost)?;
-            // dx (+)= g·W，g 是 rows×O，W 是 O×I，dx 是 rows×I。x 还没有梯度时直接写进新的缓冲区（β = 0：
-            // matrixmultiply 不读 C，C 可以未初始化），不必先清零再累加。
+            // dx (+)= g·W，g 是 rows×O，W 是 O×I，dx 是 rows×I。x 还没有梯度时以 β = 0 写进新的缓冲区
+            // （并行清零，不经过 dfdx 的单线程清零）。
             let dx_gemm = |g: &[F], beta: F, dx: *mut F| {
                 // SAFETY：三个矩阵都在各自的缓冲区之内（dx 的容量至少 rows×I），dx 不与 g、W 重叠。
                 unsafe {
@@ -875,10 +887,8 @@ where
                 dx_gemm(buf(g), F::one(), buf_mut::<F>(dx).as_mut_ptr());
             } else {
                 let g = buf(grads.get_ref(&out_ghost));
-                let mut dx = Vec::with_capacity(rows * I);
+                let mut dx = par_zeros(rows * I);
                 dx_gemm(g, F::zero(), dx.as_mut_ptr());
-                // SAFETY：β = 0 的 gemm 写满了 rows×I 个元素
-                unsafe { dx.set_len(rows * I) };
                 grads
                     .try_insert_cpu(&x, dx)
                     .unwrap_or_else(|_| unreachable!("刚检查过没有梯度"));

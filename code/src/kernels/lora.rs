@@ -12,7 +12,8 @@
 use dfdx::prelude::*;
 
 use super::cpu::{
-    buf_mut, data, insert_or_add_grad, is_contiguous, par_copy, par_gemm, take_grad, Gemm,
+    buf_mut, data, insert_or_add_grad, is_contiguous, par_copy, par_gemm, par_zeros, take_grad,
+    Gemm,
 };
 use super::math::FastMath;
 use crate::transformer::hooks::Hidden;
@@ -56,10 +57,9 @@ where
     let (x, t_x) = x.split_tape();
     let mut tape = t_out.merge(t_x);
     let (xd, ad, bd) = (data(&x), data(a), data(b));
-    let mut down = Vec::with_capacity(rows * R);
+    let mut down = par_zeros(rows * R);
     let mut h = par_copy(data(&out));
-    // SAFETY：x 为 rows×I、Aᵀ 为 I×R、down 为 rows×R，Bᵀ 为 R×O、h 为 rows×O，都在各自的缓冲区之内；
-    // β = 0 时不读 down，gemm 写满它
+    // SAFETY：x 为 rows×I、Aᵀ 为 I×R、down 为 rows×R，Bᵀ 为 R×O、h 为 rows×O，都在各自的缓冲区之内
     unsafe {
         par_gemm(
             rows,
@@ -71,7 +71,6 @@ where
             F::zero(),
             (down.as_mut_ptr(), R as isize, 1),
         );
-        down.set_len(rows * R);
         par_gemm(
             rows,
             R,
@@ -91,11 +90,11 @@ where
             // ∂out = g：取走 h 的梯度（下面还要可写地借 ∂A、∂B，不能一直借着 grads 里的 g）
             let g = take_grad(grads, &h_ghost)?;
             let (xd, ad, bd) = (data(&x), data(&a), data(&b));
-            let mut gb = Vec::with_capacity(rows * R);
-            let mut dx = Vec::with_capacity(rows * I);
+            let mut gb = par_zeros(rows * R);
+            let mut dx = par_zeros(rows * I);
             grads.try_alloc_for(&a)?;
             grads.try_alloc_for(&b)?;
-            // SAFETY：各矩阵都在各自的缓冲区之内（形状见模块说明）；β = 0 的 gemm 写满 gb 与 dx
+            // SAFETY：各矩阵都在各自的缓冲区之内（形状见模块说明），gb 与 dx 已清零
             unsafe {
                 // gB = s·g·B
                 par_gemm(
@@ -108,7 +107,6 @@ where
                     F::zero(),
                     (gb.as_mut_ptr(), R as isize, 1),
                 );
-                gb.set_len(rows * R);
                 // ∂x = gB·A
                 par_gemm(
                     rows,
@@ -120,7 +118,6 @@ where
                     F::zero(),
                     (dx.as_mut_ptr(), I as isize, 1),
                 );
-                dx.set_len(rows * I);
                 // ∂B += s·gᵀ·down
                 let db = buf_mut::<F>(grads.get_mut(&b));
                 par_gemm(

@@ -5,7 +5,7 @@
 //! [`par_gemm`]（前向）与四次（反向），缩放系数 s 并进 gemm 的 α：
 //!
 //! - 前向：down = x·Aᵀ `(rows, r)`（留给反向），h = out + s·down·Bᵀ（先复制 out，再以 β = 1 累加）；
-//! - 反向，上游梯度 g：∂out = g，gB = s·g·B `(rows, r)`，∂B += s·gᵀ·down，∂A += gBᵀ·x，∂x += gB·A。
+//! - 反向，上游梯度 g：∂out = g（取走 h 的梯度），gB = s·g·B `(rows, r)`，∂B += s·gᵀ·down，∂A += gBᵀ·x，∂x += gB·A。
 //!
 //! [`low_rank`]: crate::lora::layer::low_rank
 
@@ -91,10 +91,9 @@ where
             let g = take_grad(grads, &h_ghost)?;
             let (xd, ad, bd) = (data(&x), data(&a), data(&b));
             let mut gb = par_zeros(rows * R);
-            let mut dx = par_zeros(rows * I);
             grads.try_alloc_for(&a)?;
             grads.try_alloc_for(&b)?;
-            // SAFETY：各矩阵都在各自的缓冲区之内（形状见模块说明），gb 与 dx 已清零
+            // SAFETY：各矩阵都在各自的缓冲区之内（形状见模块说明），gb 已清零
             unsafe {
                 // gB = s·g·B
                 par_gemm(
@@ -107,28 +106,18 @@ where
                     F::zero(),
                     (gb.as_mut_ptr(), R as isize, 1),
                 );
-                // ∂x = gB·A
-                par_gemm(
-                    rows,
-                    R,
-                    I,
-                    F::one(),
-                    rm(gb.as_ptr(), R),
-                    rm(ad.as_ptr(), I),
-                    F::zero(),
-                    (dx.as_mut_ptr(), I as isize, 1),
-                );
-                // ∂B += s·gᵀ·down
+                // ∂B += s·gᵀ·down，按 ∂Bᵀ += s·downᵀ·g 算（C 按转置写进 ∂B）：
+                // r 行 × O 列的结果让 gemm 沿 O 切块、整行读 g，比 O 行 × r 列快一倍
                 let db = buf_mut::<F>(grads.get_mut(&b));
                 par_gemm(
-                    O,
-                    rows,
                     R,
+                    rows,
+                    O,
                     s,
-                    tr(g.as_ptr(), O),
-                    rm(down.as_ptr(), R),
+                    tr(down.as_ptr(), R),
+                    rm(g.as_ptr(), O),
                     F::one(),
-                    (db.as_mut_ptr(), R as isize, 1),
+                    (db.as_mut_ptr(), 1, R as isize),
                 );
                 // ∂A += gBᵀ·x
                 let da = buf_mut::<F>(grads.get_mut(&a));
@@ -143,7 +132,29 @@ where
                     (da.as_mut_ptr(), I as isize, 1),
                 );
             }
-            insert_or_add_grad(grads, &x, dx);
+            // ∂x (+)= gB·A：x 已有梯度时直接累加进去（β = 1），否则写进新的缓冲区
+            let dx_gemm = |beta: F, dx: &mut [F]| {
+                // SAFETY：gB 为 rows×r、A 为 r×I、dx 为 rows×I，都在各自的缓冲区之内
+                unsafe {
+                    par_gemm(
+                        rows,
+                        R,
+                        I,
+                        F::one(),
+                        rm(gb.as_ptr(), R),
+                        rm(ad.as_ptr(), I),
+                        beta,
+                        (dx.as_mut_ptr(), I as isize, 1),
+                    )
+                }
+            };
+            if grads.contains(&x) {
+                dx_gemm(F::one(), buf_mut::<F>(grads.get_mut(&x)));
+            } else {
+                let mut dx = par_zeros(rows * I);
+                dx_gemm(F::zero(), &mut dx);
+                insert_or_add_grad(grads, &x, dx);
+            }
             insert_or_add_grad(grads, &out_ghost, g);
             Ok(())
         });

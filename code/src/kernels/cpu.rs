@@ -152,6 +152,26 @@ fn par_new_map<F: Unit, R: Send>(
     (out, results)
 }
 
+/// 同 [`par_new`]，但不先清零：`kernel(块号, 这一块)` 要用 `MaybeUninit::write` 写满这一块。
+/// 只写一遍的内核（GELU、dropout 的前向、加法、复制）用它，省掉一遍写。
+///
+/// # Safety
+/// `kernel` 必须写过交给它的每一块里的每一个元素，否则返回的 `Vec` 含未初始化的值。
+pub(super) unsafe fn par_new_uninit<F: Unit>(
+    len: usize,
+    block: usize,
+    kernel: impl Fn(usize, &mut [std::mem::MaybeUninit<F>]) + Sync,
+) -> Vec<F> {
+    let mut out = Vec::with_capacity(len);
+    out.spare_capacity_mut()[..len]
+        .par_chunks_mut(block)
+        .enumerate()
+        .for_each(|(i, o)| kernel(i, o));
+    // SAFETY：并行循环按块覆盖了 [0, len)，调用者保证每块都被写满
+    unsafe { out.set_len(len) };
+    out
+}
+
 /// 把未初始化的一块清零，交出 `&mut [F]`。
 fn zeroed<F: Unit>(block: &mut [std::mem::MaybeUninit<F>]) -> &mut [F] {
     for v in block.iter_mut() {
@@ -227,9 +247,15 @@ pub(super) fn par_zeros<F: Unit>(len: usize) -> Vec<F> {
 
 /// 行优先的 `x` 并行复制一份。
 pub(super) fn par_copy<F: Unit>(x: &[F]) -> Vec<F> {
-    par_new(x.len(), BLOCK_ELEMS, |i, o| {
-        o.copy_from_slice(block_of(x, i, BLOCK_ELEMS, o.len()))
-    })
+    // SAFETY：每块与 x 的对应一块等长，逐个写满
+    unsafe {
+        par_new_uninit(x.len(), BLOCK_ELEMS, |i, o| {
+            let xb = block_of(x, i, BLOCK_ELEMS, o.len());
+            for (o, &v) in o.iter_mut().zip(xb) {
+                o.write(v);
+            }
+        })
+    }
 }
 
 /// 反向里算子输出 `out` 的梯度，交出所有权：能取走就取走（见补丁里的 `take_non_leaf`），否则复制一份。
@@ -345,13 +371,13 @@ where
 // ---------------------------------------------------------------- GELU
 
 #[inline(always)]
-fn gelu_block<F: FastMath>(x: &[F], out: &mut [F]) {
+fn gelu_block<F: FastMath>(x: &[F], out: &mut [std::mem::MaybeUninit<F>]) {
     for (y, &v) in out.iter_mut().zip(x) {
-        *y = v * v.normal_cdf();
+        y.write(v * v.normal_cdf());
     }
 }
 
-multiversion!(fn gelu_block_mv<F>(x: &[F], out: &mut [F]) => gelu_block);
+multiversion!(fn gelu_block_mv<F>(x: &[F], out: &mut [std::mem::MaybeUninit<F>]) => gelu_block);
 
 /// dx += g·(Φ(x) + x·φ(x))。
 #[inline(always)]
@@ -360,6 +386,16 @@ fn gelu_back_block<F: FastMath>(x: &[F], g: &[F], dx: &mut [F]) {
         *d += gv * (v.normal_cdf() + v * v.normal_pdf());
     }
 }
+
+/// 同 [`gelu_back_block`]，x 还没有梯度时用：dx = g·(Φ(x) + x·φ(x))，写进未初始化的新缓冲区。
+#[inline(always)]
+fn gelu_grad_block<F: FastMath>(x: &[F], g: &[F], dx: &mut [std::mem::MaybeUninit<F>]) {
+    for ((d, &v), &gv) in dx.iter_mut().zip(x).zip(g) {
+        d.write(gv * (v.normal_cdf() + v * v.normal_pdf()));
+    }
+}
+
+multiversion!(fn gelu_grad_block_mv<F>(x: &[F], g: &[F], dx: &mut [std::mem::MaybeUninit<F>]) => gelu_grad_block);
 
 multiversion!(fn gelu_back_block_mv<F>(x: &[F], g: &[F], dx: &mut [F]) => gelu_back_block);
 
@@ -377,17 +413,39 @@ where
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
     let xd = data(&x);
-    let out = par_new(xd.len(), BLOCK_ELEMS, |i, o| {
-        gelu_block_mv(block_of(xd, i, BLOCK_ELEMS, o.len()), o)
-    });
+    // SAFETY：gelu_block 写满与输入等长的每一块
+    let out = unsafe {
+        par_new_uninit(xd.len(), BLOCK_ELEMS, |i, o| {
+            gelu_block_mv(block_of(xd, i, BLOCK_ELEMS, o.len()), o)
+        })
+    };
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         let out_ghost = out.ghost();
         tape.add_backward_op(move |grads| {
             let xd = data(&x);
-            add_to_grad(grads, &x, &out_ghost, BLOCK_ELEMS, |i, g, d| {
-                gelu_back_block_mv(block_of(xd, i, BLOCK_ELEMS, d.len()), g, d)
-            })?;
+            if grads.contains(&x) {
+                add_to_grad(grads, &x, &out_ghost, BLOCK_ELEMS, |i, g, d| {
+                    gelu_back_block_mv(block_of(xd, i, BLOCK_ELEMS, d.len()), g, d)
+                })?;
+                return Ok(());
+            }
+            // x 还没有梯度（FFN 里通常如此）：直接写进新的缓冲区，不先清零
+            grads.try_alloc_for(&out_ghost)?;
+            let g = buf(grads.get_ref(&out_ghost));
+            // SAFETY：gelu_grad_block 写满与输入等长的每一块
+            let dx = unsafe {
+                par_new_uninit(xd.len(), BLOCK_ELEMS, |i, d| {
+                    let (xb, gb) = (
+                        block_of(xd, i, BLOCK_ELEMS, d.len()),
+                        block_of(g, i, BLOCK_ELEMS, d.len()),
+                    );
+                    gelu_grad_block_mv(xb, gb, d)
+                })
+            };
+            grads
+                .try_insert_cpu(&x, dx)
+                .unwrap_or_else(|_| unreachable!("刚检查过没有梯度"));
             Ok(())
         });
     }
@@ -415,15 +473,18 @@ where
     let (y, ty) = y.split_tape();
     let mut tape = tx.merge(ty);
     let (xd, yd) = (data(&x), data(&y));
-    let out = par_new(xd.len(), BLOCK_ELEMS, |i, o| {
-        let (a, b) = (
-            block_of(xd, i, BLOCK_ELEMS, o.len()),
-            block_of(yd, i, BLOCK_ELEMS, o.len()),
-        );
-        for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
-            *o = a + b;
-        }
-    });
+    // SAFETY：每块与 x、y 的对应一块等长，逐个写满
+    let out = unsafe {
+        par_new_uninit(xd.len(), BLOCK_ELEMS, |i, o| {
+            let (a, b) = (
+                block_of(xd, i, BLOCK_ELEMS, o.len()),
+                block_of(yd, i, BLOCK_ELEMS, o.len()),
+            );
+            for ((o, &a), &b) in o.iter_mut().zip(a).zip(b) {
+                o.write(a + b);
+            }
+        })
+    };
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         // 反向只要三者的 id 与形状，不留数据
@@ -464,22 +525,22 @@ fn keeps(seed: u64, i: usize, threshold: u32) -> bool {
 #[inline(always)]
 fn dropout_block<F: FastMath>(
     x: &[F],
-    out: &mut [F],
+    out: &mut [std::mem::MaybeUninit<F>],
     first: usize,
     seed: u64,
     threshold: u32,
     scale: F,
 ) {
     for (j, (y, &v)) in out.iter_mut().zip(x).enumerate() {
-        *y = if keeps(seed, first + j, threshold) {
+        y.write(if keeps(seed, first + j, threshold) {
             v * scale
         } else {
             F::zero()
-        };
+        });
     }
 }
 
-multiversion!(fn dropout_block_mv<F>(x: &[F], out: &mut [F], first: usize, seed: u64, threshold: u32, scale: F) => dropout_block);
+multiversion!(fn dropout_block_mv<F>(x: &[F], out: &mut [std::mem::MaybeUninit<F>], first: usize, seed: u64, threshold: u32, scale: F) => dropout_block);
 
 /// dx += g·scale（保留的位置）。
 #[inline(always)]
@@ -528,10 +589,13 @@ where
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
     let xd = data(&x);
-    let out = par_new(xd.len(), BLOCK_ELEMS, |i, o| {
-        let xb = block_of(xd, i, BLOCK_ELEMS, o.len());
-        dropout_block_mv(xb, o, i * BLOCK_ELEMS, seed, threshold, scale)
-    });
+    // SAFETY：dropout_block 写满与输入等长的每一块
+    let out = unsafe {
+        par_new_uninit(xd.len(), BLOCK_ELEMS, |i, o| {
+            let xb = block_of(xd, i, BLOCK_ELEMS, o.len());
+            dropout_block_mv(xb, o, i * BLOCK_ELEMS, seed, threshold, scale)
+        })
+    };
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         let (x_ghost, out_ghost) = (x.ghost(), out.ghost());
@@ -690,10 +754,7 @@ where
     tape.add_backward_op(move |grads| {
         // y 的梯度是 g 的一份并行复制（y 只被这个种子用到，通常还没有梯度）
         let gd = data(&g);
-        let copy = par_new(gd.len(), BLOCK_ELEMS, |i, o| {
-            o.copy_from_slice(block_of(gd, i, BLOCK_ELEMS, o.len()))
-        });
-        insert_or_add_grad(grads, &y_ghost, copy);
+        insert_or_add_grad(grads, &y_ghost, par_copy(gd));
         Ok(())
     });
     let seed: Tensor<(), F, Cpu> = y.device().zeros();
@@ -842,11 +903,16 @@ where
     let (x, mut tape) = x.split_tape();
     let (xd, wd, bd) = (data(&x), data(w), data(b));
     // 先把偏置（并行地）写进每一行，再以 β = 1 累加 x·Wᵀ：偏置不用再单独遍历一遍
-    let mut out: Vec<F> = par_new(rows * O, rows_per_block(O) * O, |_, o| {
-        for row in o.chunks_exact_mut(O) {
-            row.copy_from_slice(bd);
-        }
-    });
+    // SAFETY：块长是 O 的整数倍，每一行都整行写了偏置
+    let mut out: Vec<F> = unsafe {
+        par_new_uninit(rows * O, rows_per_block(O) * O, |_, o| {
+            for row in o.chunks_exact_mut(O) {
+                for (o, &v) in row.iter_mut().zip(bd) {
+                    o.write(v);
+                }
+            }
+        })
+    };
     // SAFETY：x 是 rows×I（行步长 I），Wᵀ 是 I×O（W 的转置：行步长 1、列步长 I），out 是 rows×O，都在各自缓冲区内。
     unsafe {
         par_gemm(

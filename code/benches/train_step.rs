@@ -11,10 +11,9 @@
 //! 不含优化器的更新（AdamW 的耗时与参数量成正比，另行报告）。运行：`bash code/scripts/bench.sh`。
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use dfdx::losses::cross_entropy_with_logits_loss;
-use dfdx::nn::ZeroGrads;
 use dfdx::prelude::*;
 use llm_book::bert::model::{bert_config, BertBaseChinese, BertClassifier};
+use llm_book::experiments::perf::classifier_step;
 use llm_book::kernels::cpu::backward_from;
 use llm_book::lora::encoder::QueryValue;
 use llm_book::peft::config::LoraConfig;
@@ -56,22 +55,6 @@ fn encoder(c: &mut Criterion) {
         });
     }
     group.finish();
-}
-
-/// 分类模型的一步：前向到 logits、交叉熵、反向。梯度缓冲区每步清零后复用（与 3.6 节的训练循环相同）。
-fn classifier_step<Mo: SequenceClassifier<2, f32, Cpu>>(
-    model: &Mo,
-    grads: &mut Option<Gradients<f32, Cpu>>,
-    tokens: &Tensor<(usize, usize), usize, Cpu>,
-    mask: &PaddingMask<f32, Cpu>,
-    labels: &Tensor<(usize, Const<2>), f32, Cpu>,
-) {
-    let mut g = grads.take().unwrap_or_else(|| model.params().alloc_grads());
-    model.params().zero_grads(&mut g);
-    let logits = model
-        .logits(tokens.clone().traced(g), mask, Mode::Train)
-        .unwrap();
-    *grads = Some(cross_entropy_with_logits_loss(logits, labels.clone()).backward());
 }
 
 fn bert_base(c: &mut Criterion) {

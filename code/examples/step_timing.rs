@@ -10,21 +10,19 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use dfdx::losses::cross_entropy_with_logits_loss;
-use dfdx::nn::ZeroGrads;
 use dfdx::prelude::*;
 use llm_book::bert::model::{bert_config, BertBaseChinese, BertClassifier};
+use llm_book::experiments::perf::classifier_step;
 use llm_book::lora::encoder::{HeadOnly, LayerAdapters, LoraAdapters, QueryValue};
 use llm_book::peft::config::LoraConfig;
 use llm_book::peft::model::PeftBert;
 use llm_book::train::SequenceClassifier;
 use llm_book::transformer::attention::PaddingMask;
-use llm_book::transformer::encoder::Mode;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// 一步的毫秒数（与 `benches/train_step.rs` 的 `classifier_step` 相同，梯度缓冲区每步清零后复用）。
+/// 一步的毫秒数（`classifier_step` 与 `benches/train_step.rs` 测的是同一个函数）。
 fn step<Mo: SequenceClassifier<2, f32, Cpu>>(
     model: &Mo,
     grads: &mut Option<Gradients<f32, Cpu>>,
@@ -33,12 +31,7 @@ fn step<Mo: SequenceClassifier<2, f32, Cpu>>(
     labels: &Tensor<(usize, Const<2>), f32, Cpu>,
 ) -> f64 {
     let t = Instant::now();
-    let mut g = grads.take().unwrap_or_else(|| model.params().alloc_grads());
-    model.params().zero_grads(&mut g);
-    let logits = model
-        .logits(tokens.clone().traced(g), mask, Mode::Train)
-        .unwrap();
-    *grads = Some(cross_entropy_with_logits_loss(logits, labels.clone()).backward());
+    classifier_step(model, grads, tokens, mask, labels);
     t.elapsed().as_secs_f64() * 1e3
 }
 

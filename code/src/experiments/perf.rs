@@ -11,6 +11,31 @@ use anyhow::Context;
 use super::median;
 use serde::{Deserialize, Serialize};
 
+use dfdx::losses::cross_entropy_with_logits_loss;
+use dfdx::nn::ZeroGrads;
+use dfdx::prelude::*;
+
+use crate::train::SequenceClassifier;
+use crate::transformer::attention::PaddingMask;
+use crate::transformer::encoder::Mode;
+
+/// 分类模型训练一步（criterion 的 `train_step_bert_base` 与 `examples/step_timing.rs` 测的就是它）：
+/// 前向到 logits、交叉熵、反向。梯度缓冲区第一次分配、之后每步清零后复用（与 3.6 节的训练循环相同）。
+pub fn classifier_step<Mo: SequenceClassifier<2, f32, Cpu>>(
+    model: &Mo,
+    grads: &mut Option<Gradients<f32, Cpu>>,
+    tokens: &Tensor<(usize, usize), usize, Cpu>,
+    mask: &PaddingMask<f32, Cpu>,
+    labels: &Tensor<(usize, Const<2>), f32, Cpu>,
+) {
+    let mut g = grads.take().unwrap_or_else(|| model.params().alloc_grads());
+    model.params().zero_grads(&mut g);
+    let logits = model
+        .logits(tokens.clone().traced(g), mask, Mode::Train)
+        .expect("基准的输入形状是固定的、合法的");
+    *grads = Some(cross_entropy_with_logits_loss(logits, labels.clone()).backward());
+}
+
 /// 表中的一行。
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PerfRow {

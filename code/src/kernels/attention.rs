@@ -3,7 +3,7 @@
 //! 组合写法（1.2 节的 [`attention_heads_composite`]）先 reshape + permute 成 `(batch, heads, seq, d_k)` 的视图，
 //! 再由 dfdx 的批量矩阵乘法逐个头相乘，乘 1/√d_k 另走一遍内存，最后 permute + reshape 拼回时复制一份。
 //! 这里不做任何重排：第 h 个头就是 `(batch, seq, M)` 里第 h·d_k 列起的 d_k 列（行步长 M），
-//! matrixmultiply 按步长直接读写它；每个 (样本, 头) 是一个独立的任务，交给 rayon。
+//! gemm 按步长直接读写它；每个 (样本, 头) 是一个独立的任务，交给 rayon。
 //!
 //! 前向，对每个 (b, h)：S = (1/√d_k)·Q Kᵀ，P = softmax(S + 掩码)，O = P V（写进输出的第 h 个头的列）。
 //! 反向，上游梯度 G（同样按头看）：dV = Pᵀ G，dP = G Vᵀ，dS = P ⊙ (dP − rowsum(dP ⊙ P))，

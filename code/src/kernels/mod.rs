@@ -8,7 +8,7 @@
 //! - 默认实现就是书中的组合写法（[`masked_softmax_composite`]、[`crate::transformer::gelu::gelu`]、
 //!   [`crate::transformer::norm::layer_norm_composite`]、[`attention_heads_composite`]、[`low_rank`]），CUDA 等其他设备用它；
 //! - `Cpu` 上换成 [`cpu`]、[`attention`]、[`lora`] 里的融合内核：一次遍历算完前向，用 `Tape::add_backward_op` 登记手写的反向，
-//!   按行（或按头）分块交给 rayon 的线程池，块内按 CPU 的指令集向量化，矩阵乘法由 matrixmultiply 单线程地算每一块。
+//!   按行（或按头）分块交给 rayon 的线程池，块内按 CPU 的指令集向量化，矩阵乘法由 gemm 库单线程地算每一块。
 //!
 //! 模型代码只写 `D: Kernels<E>` 与 `D::gelu(x)` 这样的调用，不关心设备。融合内核读写张量缓冲区用到的
 //! 几个 dfdx 接口原本是 crate 私有的，见 `code/vendor/README.md` 里的补丁。
@@ -445,7 +445,7 @@ mod tests {
     #[test]
     fn fused_linear_matches_composite_and_skips_frozen_weights() {
         let dev = Cpu::seed_from_u64(6);
-        // 15 行与 160 行（matrixmultiply 在较大的矩阵上才分给多个线程）
+        // 15 行与 160 行（par_gemm 在较大的矩阵上才切块、分给多个线程）
         for rows in [(3, 5), (4, 40)] {
             for train in [true, false] {
                 let d = linear_case::<f64>(&dev, train, rows);

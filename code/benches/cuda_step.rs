@@ -3,10 +3,9 @@
 //! 在 GPU 机器上由 `run-gpu.sh` 运行。GPU 上的算子是异步的：每一步结束时 `synchronize()`，计的是真正算完的时间。
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use dfdx::losses::cross_entropy_with_logits_loss;
-use dfdx::nn::ZeroGrads;
 use dfdx::prelude::*;
 use llm_book::bert::model::{bert_config, BertBaseChinese, BertClassifier};
+use llm_book::experiments::perf::classifier_step;
 use llm_book::lora::encoder::QueryValue;
 use llm_book::peft::config::LoraConfig;
 use llm_book::peft::model::PeftBert;
@@ -55,6 +54,7 @@ fn encoder(c: &mut Criterion) {
     group.finish();
 }
 
+/// 训练一步（与 CPU 的基准同一个函数），再等 GPU 算完。
 fn step<Mo: SequenceClassifier<2, f32, Cuda>>(
     dev: &Cuda,
     model: &Mo,
@@ -63,12 +63,7 @@ fn step<Mo: SequenceClassifier<2, f32, Cuda>>(
     mask: &PaddingMask<f32, Cuda>,
     labels: &Tensor<(usize, Const<2>), f32, Cuda>,
 ) {
-    let mut g = grads.take().unwrap_or_else(|| model.params().alloc_grads());
-    model.params().zero_grads(&mut g);
-    let logits = model
-        .logits(tokens.clone().traced(g), mask, Mode::Train)
-        .unwrap();
-    *grads = Some(cross_entropy_with_logits_loss(logits, labels.clone()).backward());
+    classifier_step(model, grads, tokens, mask, labels);
     dev.synchronize();
 }
 

@@ -19,15 +19,20 @@ use crate::train::SequenceClassifier;
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::encoder::Mode;
 
-/// 分类模型训练一步（criterion 的 `train_step_bert_base` 与 `examples/step_timing.rs` 测的就是它）：
+/// 分类模型训练一步（criterion 的 `train_step_bert_base`、GPU 上的 `cuda_step` 与 `examples/step_timing.rs` 测的就是它）：
 /// 前向到 logits、交叉熵、反向。梯度缓冲区第一次分配、之后每步清零后复用（与 3.6 节的训练循环相同）。
-pub fn classifier_step<Mo: SequenceClassifier<2, f32, Cpu>>(
+/// GPU 上它只是把内核排进队列，计时前要由调用者同步设备。
+pub fn classifier_step<E, D, Mo>(
     model: &Mo,
-    grads: &mut Option<Gradients<f32, Cpu>>,
-    tokens: &Tensor<(usize, usize), usize, Cpu>,
-    mask: &PaddingMask<f32, Cpu>,
-    labels: &Tensor<(usize, Const<2>), f32, Cpu>,
-) {
+    grads: &mut Option<Gradients<E, D>>,
+    tokens: &Tensor<(usize, usize), usize, D>,
+    mask: &PaddingMask<E, D>,
+    labels: &Tensor<(usize, Const<2>), E, D>,
+) where
+    E: Dtype,
+    D: Device<E>,
+    Mo: SequenceClassifier<2, E, D>,
+{
     let mut g = grads.take().unwrap_or_else(|| model.params().alloc_grads());
     model.params().zero_grads(&mut g);
     let logits = model

@@ -213,6 +213,36 @@ fn add_to_grad<S: Shape, O: Shape, F: Dtype, R: Send>(
     Ok(results)
 }
 
+/// 同 [`add_to_grad`]，但 `t` 还没有梯度时不先清零：由 `write(块号, 上游梯度的这一块, 未初始化的一块)` 直接写满新的缓冲区
+/// （只给逐元素、一次写完的反向用，例如 GELU），已经有了时由 `add` 原地累加。
+///
+/// # Safety
+/// `write` 必须写过交给它的每一块里的每一个元素。
+unsafe fn add_or_write_grad<S: Shape, O: Shape, F: Dtype>(
+    grads: &mut Gradients<F, Cpu>,
+    t: &impl Tensorlike<S, F, Cpu>,
+    upstream: &impl Tensorlike<O, F, Cpu>,
+    block: usize,
+    add: impl Fn(usize, &[F], &mut [F]) + Sync,
+    write: impl Fn(usize, &[F], &mut [std::mem::MaybeUninit<F>]) + Sync,
+) -> Result<(), CpuError> {
+    if grads.contains(t) {
+        return add_to_grad(grads, t, upstream, block, add).map(|_| ());
+    }
+    grads.try_alloc_for(upstream)?;
+    let g = buf(grads.get_ref(upstream));
+    // SAFETY：调用者保证 write 写满每一块
+    let dx = unsafe {
+        par_new_uninit(t.len(), block, |i, d| {
+            write(i, block_of(g, i, block, d.len()), d)
+        })
+    };
+    grads
+        .try_insert_cpu(t, dx)
+        .unwrap_or_else(|_| unreachable!("刚检查过没有梯度"));
+    Ok(())
+}
+
 /// 反向里把算好的一整块梯度 `d` 交给 `t`：`t` 还没有梯度时直接放进去（不复制），已经有了时并行地加上去。
 pub(super) fn insert_or_add_grad<S: Shape, F: Dtype>(
     grads: &mut Gradients<F, Cpu>,
@@ -424,28 +454,18 @@ where
         let out_ghost = out.ghost();
         tape.add_backward_op(move |grads| {
             let xd = data(&x);
-            if grads.contains(&x) {
-                add_to_grad(grads, &x, &out_ghost, BLOCK_ELEMS, |i, g, d| {
-                    gelu_back_block_mv(block_of(xd, i, BLOCK_ELEMS, d.len()), g, d)
-                })?;
-                return Ok(());
-            }
-            // x 还没有梯度（FFN 里通常如此）：直接写进新的缓冲区，不先清零
-            grads.try_alloc_for(&out_ghost)?;
-            let g = buf(grads.get_ref(&out_ghost));
+            // x 还没有梯度时（FFN 里通常如此）直接写进新的缓冲区，不先清零
             // SAFETY：gelu_grad_block 写满与输入等长的每一块
-            let dx = unsafe {
-                par_new_uninit(xd.len(), BLOCK_ELEMS, |i, d| {
-                    let (xb, gb) = (
-                        block_of(xd, i, BLOCK_ELEMS, d.len()),
-                        block_of(g, i, BLOCK_ELEMS, d.len()),
-                    );
-                    gelu_grad_block_mv(xb, gb, d)
-                })
-            };
-            grads
-                .try_insert_cpu(&x, dx)
-                .unwrap_or_else(|_| unreachable!("刚检查过没有梯度"));
+            unsafe {
+                add_or_write_grad(
+                    grads,
+                    &x,
+                    &out_ghost,
+                    BLOCK_ELEMS,
+                    |i, g, d| gelu_back_block_mv(block_of(xd, i, BLOCK_ELEMS, d.len()), g, d),
+                    |i, g, d| gelu_grad_block_mv(block_of(xd, i, BLOCK_ELEMS, d.len()), g, d),
+                )?;
+            }
             Ok(())
         });
     }
@@ -819,9 +839,10 @@ const GEMM_PAR_MIN: usize = 1 << 21;
 
 /// 并行的 C ← α·A·B + β·C：把 C 按行（m）或按列（n）切成与线程数一样多的块，每块一次单线程的 gemm。
 ///
-/// matrixmultiply 自己的多线程（`threading`）用另一个线程池；与融合算子的 rayon 池一起，2 个核上有 4 个忙等的线程，
-/// 上下文切换占了训练一步的一成多（附录 B，当时用的是 matrixmultiply）。这里只用 rayon 的池，每块调用 gemm 库的单线程版本。切哪一维：每块都要把另一维的整个操作数重新打包一遍，
-/// 所以切较长的那一维——m ≥ n 时按行切（B 被每块各打包一次），否则按列切（A 被各打包一次）。
+/// 矩阵乘法库自己的多线程另有一个线程池（当时用的 matrixmultiply 的 `threading`）：与融合算子的 rayon 池一起，
+/// 2 个核上有 4 个忙等的线程，上下文切换占了训练一步的一成多（附录 B）。这里只用 rayon 的池，每块调用 gemm 库的单线程版本。
+/// 切哪一维：每块都要把另一维的整个操作数重新打包一遍，所以切较长的那一维——m ≥ n 时按行切（B 被每块各打包一次），
+/// 否则按列切（A 被各打包一次）。
 ///
 /// # Safety
 /// 同 [`Gemm::gemm`]。

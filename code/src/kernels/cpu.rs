@@ -8,7 +8,7 @@ use dfdx::dtypes::Unit;
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-use super::math::{multiversion, FastMath};
+use super::math::{multiversion, FastMath, MulAdd};
 
 use super::Shape4;
 
@@ -309,7 +309,7 @@ pub(super) fn block_of<F>(x: &[F], i: usize, block: usize, len: usize) -> &[F] {
 
 /// 一块行的 softmax(x + bias)：`bias` 为空表示没有掩码，否则第 g 行用 `bias[(g / rows_per_bias) * n..][..n]`。
 #[inline(always)]
-fn softmax_block<F: FastMath>(
+fn softmax_block<F: FastMath, M: MulAdd>(
     x: &[F],
     out: &mut [F],
     n: usize,
@@ -322,13 +322,13 @@ fn softmax_block<F: FastMath>(
         if bias.is_empty() {
             let m = max([xr], |[v]| v);
             for (y, &v) in yr.iter_mut().zip(xr) {
-                *y = (v - m).exp_fast();
+                *y = (v - m).exp_fast::<M>();
             }
         } else {
             let b = &bias[(first_row + r) / rows_per_bias * n..][..n];
             let m = max([xr, b], |[v, bv]| v + bv);
             for ((y, &v), &bv) in yr.iter_mut().zip(xr).zip(b) {
-                *y = (v + bv - m).exp_fast();
+                *y = (v + bv - m).exp_fast::<M>();
             }
         }
         let inv = F::one() / sum([&*yr], |[v]| v);
@@ -342,7 +342,7 @@ multiversion!(pub(super) fn softmax_block_mv<F>(x: &[F], out: &mut [F], n: usize
 
 /// 一块行的 softmax 反向：dx += y ⊙ (g − Σⱼ gⱼyⱼ)。
 #[inline(always)]
-fn softmax_back_block<F: FastMath>(y: &[F], g: &[F], dx: &mut [F], n: usize) {
+fn softmax_back_block<F: FastMath, M: MulAdd>(y: &[F], g: &[F], dx: &mut [F], n: usize) {
     for ((yr, gr), dr) in y
         .chunks_exact(n)
         .zip(g.chunks_exact(n))
@@ -350,7 +350,7 @@ fn softmax_back_block<F: FastMath>(y: &[F], g: &[F], dx: &mut [F], n: usize) {
     {
         let dot = sum([gr, yr], |[g, y]| g * y);
         for ((d, &y), &g) in dr.iter_mut().zip(yr).zip(gr) {
-            *d += y * (g - dot);
+            *d = M::mul_add(y, g - dot, *d);
         }
     }
 }
@@ -401,9 +401,9 @@ where
 // ---------------------------------------------------------------- GELU
 
 #[inline(always)]
-fn gelu_block<F: FastMath>(x: &[F], out: &mut [std::mem::MaybeUninit<F>]) {
+fn gelu_block<F: FastMath, M: MulAdd>(x: &[F], out: &mut [std::mem::MaybeUninit<F>]) {
     for (y, &v) in out.iter_mut().zip(x) {
-        y.write(v * v.normal_cdf());
+        y.write(v * v.normal_cdf::<M>());
     }
 }
 
@@ -411,17 +411,17 @@ multiversion!(fn gelu_block_mv<F>(x: &[F], out: &mut [std::mem::MaybeUninit<F>])
 
 /// dx += g·(Φ(x) + x·φ(x))。
 #[inline(always)]
-fn gelu_back_block<F: FastMath>(x: &[F], g: &[F], dx: &mut [F]) {
+fn gelu_back_block<F: FastMath, M: MulAdd>(x: &[F], g: &[F], dx: &mut [F]) {
     for ((d, &v), &gv) in dx.iter_mut().zip(x).zip(g) {
-        *d += gv * (v.normal_cdf() + v * v.normal_pdf());
+        *d = M::mul_add(gv, M::mul_add(v, v.normal_pdf::<M>(), v.normal_cdf::<M>()), *d);
     }
 }
 
 /// 同 [`gelu_back_block`]，x 还没有梯度时用：dx = g·(Φ(x) + x·φ(x))，写进未初始化的新缓冲区。
 #[inline(always)]
-fn gelu_grad_block<F: FastMath>(x: &[F], g: &[F], dx: &mut [std::mem::MaybeUninit<F>]) {
+fn gelu_grad_block<F: FastMath, M: MulAdd>(x: &[F], g: &[F], dx: &mut [std::mem::MaybeUninit<F>]) {
     for ((d, &v), &gv) in dx.iter_mut().zip(x).zip(g) {
-        d.write(gv * (v.normal_cdf() + v * v.normal_pdf()));
+        d.write(gv * M::mul_add(v, v.normal_pdf::<M>(), v.normal_cdf::<M>()));
     }
 }
 
@@ -543,7 +543,8 @@ fn keeps(seed: u64, i: usize, threshold: u32) -> bool {
 
 /// y = x·scale（保留）或 0。`first` 是这一块第一个元素的下标。
 #[inline(always)]
-fn dropout_block<F: FastMath>(
+#[allow(clippy::extra_unused_type_parameters)] // multiversion! 要求的形状；这里没有乘加
+fn dropout_block<F: FastMath, M: MulAdd>(
     x: &[F],
     out: &mut [std::mem::MaybeUninit<F>],
     first: usize,
@@ -564,7 +565,7 @@ multiversion!(fn dropout_block_mv<F>(x: &[F], out: &mut [std::mem::MaybeUninit<F
 
 /// dx += g·scale（保留的位置）。
 #[inline(always)]
-fn dropout_back_block<F: FastMath>(
+fn dropout_back_block<F: FastMath, M: MulAdd>(
     g: &[F],
     dx: &mut [F],
     first: usize,
@@ -574,7 +575,7 @@ fn dropout_back_block<F: FastMath>(
 ) {
     for (j, (d, &gv)) in dx.iter_mut().zip(g).enumerate() {
         if keeps(seed, first + j, threshold) {
-            *d += gv * scale;
+            *d = M::mul_add(gv, scale, *d);
         }
     }
 }
@@ -634,7 +635,7 @@ where
 
 /// 一块行的 LayerNorm：y = (x − μ)·rstd·w + b，同时记下每行的 μ 与 rstd = 1/√(σ² + ε)。
 #[inline(always)]
-fn layer_norm_block<F: FastMath>(
+fn layer_norm_block<F: FastMath, M: MulAdd>(
     x: &[F],
     w: &[F],
     b: &[F],
@@ -654,7 +655,7 @@ fn layer_norm_block<F: FastMath>(
         let var = sum([xr], |[v]| (v - mean) * (v - mean)) * inv_m;
         let rstd = F::one() / (var + eps).sqrt();
         for (((y, &v), &wj), &bj) in yr.iter_mut().zip(xr).zip(w).zip(b) {
-            *y = (v - mean) * rstd * wj + bj;
+            *y = M::mul_add((v - mean) * rstd, wj, bj);
         }
         st[0] = mean;
         st[1] = rstd;
@@ -666,7 +667,7 @@ multiversion!(fn layer_norm_block_mv<F>(x: &[F], w: &[F], b: &[F], eps: F, out: 
 /// 一块行的 LayerNorm 反向。x̂ = (x − μ)·rstd，ĝ = g ⊙ w：
 /// dx += rstd·(ĝ − mean(ĝ) − x̂·mean(ĝ ⊙ x̂))，dw += g ⊙ x̂，db += g（dw、db 累加到这一块自己的部分和里）。
 #[inline(always)]
-fn layer_norm_back_block<F: FastMath>(
+fn layer_norm_back_block<F: FastMath, M: MulAdd>(
     x: &[F],
     g: &[F],
     w: &[F],
@@ -688,8 +689,8 @@ fn layer_norm_back_block<F: FastMath>(
         let c = sum([gr, w, xr], |[g, wj, v]| g * wj * ((v - mean) * rstd)) * inv_m;
         for j in 0..m {
             let xh = (xr[j] - mean) * rstd;
-            dr[j] += rstd * (gr[j] * w[j] - a - xh * c);
-            dw[j] += gr[j] * xh;
+            dr[j] = M::mul_add(rstd, gr[j] * w[j] - a - xh * c, dr[j]);
+            dw[j] = M::mul_add(gr[j], xh, dw[j]);
             db[j] += gr[j];
         }
     }

@@ -413,7 +413,8 @@ multiversion!(fn gelu_block_mv<F>(x: &[F], out: &mut [std::mem::MaybeUninit<F>])
 #[inline(always)]
 fn gelu_back_block<F: FastMath, M: MulAdd>(x: &[F], g: &[F], dx: &mut [F]) {
     for ((d, &v), &gv) in dx.iter_mut().zip(x).zip(g) {
-        *d = M::mul_add(gv, M::mul_add(v, v.normal_pdf::<M>(), v.normal_cdf::<M>()), *d);
+        let slope = M::mul_add(v, v.normal_pdf::<M>(), v.normal_cdf::<M>());
+        *d = M::mul_add(gv, slope, *d);
     }
 }
 

@@ -67,7 +67,8 @@ pub trait FastMath:
     #[inline(always)]
     fn normal_cdf<M: MulAdd>(self) -> Self {
         let half = Self::c(0.5);
-        M::mul_add(half, (self * Self::c(std::f64::consts::FRAC_1_SQRT_2)).erf_fast::<M>(), half)
+        let erf = (self * Self::c(std::f64::consts::FRAC_1_SQRT_2)).erf_fast::<M>();
+        M::mul_add(half, erf, half)
     }
     /// 标准正态分布的密度 φ(x) = e^{−x²/2}/√(2π)（GELU 的反向要 Φ + x·φ）。
     #[inline(always)]

@@ -10,13 +10,14 @@
 //!
 //! 没有找到在稳定版 Rust 上做这件事、又有人维护的库（`wide` 等只在编译期选指令集），所以自己写，测试逐点对照 f64。
 //!
-//! 多项式按 Horner 法则一步一个乘加：有 FMA 指令的版本每步一条融合乘加（[`Fused`]），基线版本先乘后加（[`Separate`]），
-//! 由 [`multiversion!`] 按指令集选（附录 B 的“第五轮”）。
+//! 多项式按 Horner 法则一步一个乘加：有 FMA 指令的版本每步一条融合乘加（[`Fused`]），基线版本用 [`Baseline`]
+//! （默认编译时是先乘后加，[`Separate`]），由 [`multiversion!`] 按指令集选（附录 B 的“第五轮”）。
 
 /// a·b + c 的算法：多项式近似的每一步都是它。
 ///
-/// Rust 不会把 `a * b + c` 自动合成一条 FMA 指令（结果的舍入不同，不开 fast-math 就不许改），要写 `mul_add`；
-/// 可 `f32::mul_add` 在没有 FMA 指令的 CPU 上调用 libm 的软件实现（`fmaf`），比先乘后加慢二十倍。
+/// Rust 不会把 `a * b + c` 自动合成一条 FMA 指令（结果的舍入不同；Rust 没有 fast-math 开关），要写 `mul_add`；
+/// 可在没有以 `fma` 指令集编译的代码里，`f32::mul_add` 是对 libm 的 `fmaf` 的一次调用（即使 CPU 有 FMA）：
+/// 一次只算一个数，循环不能向量化，比先乘后加慢二十倍；CPU 没有 FMA 时 `fmaf` 还是软件模拟。
 /// 所以由 [`multiversion!`] 按指令集选：AVX2、AVX-512 两档用 [`Fused`]，基线一档用 [`Baseline`]。
 pub trait MulAdd: 'static {
     /// a·b + c。
@@ -44,7 +45,7 @@ impl MulAdd for Separate {
 }
 
 /// 不按指令集重新编译的那一份（x86-64 的 SSE2 基线、其他架构）用的乘加：编译时就确定有 FMA 指令
-/// （aarch64 总有；x86-64 上如 `-C target-cpu=native`）才融合。
+/// （aarch64 总有；x86-64 上如 `-C target-feature=+fma`，或 `-C target-cpu` 指向有 FMA 的 CPU）才融合。
 #[cfg(any(target_feature = "fma", target_arch = "aarch64"))]
 pub type Baseline = Fused;
 /// 见上。

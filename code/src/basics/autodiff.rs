@@ -102,6 +102,31 @@ pub trait ScalarFn<S: Shape, D: Device<f64>> {
 }
 // ANCHOR_END: check_gradient
 
+/// 测试用的抽查：整个模型的参数太多，逐个差分太慢，只在下标 `idxs` 上把反向给出的梯度 `analytic`
+/// 与中心差分比较（步长 1e-6，差 < 1e-6），并确认 `analytic` 不全为 0（全 0 的梯度会让比较白白通过）。
+/// `loss_at(i, δ)` 是第 i 个参数加上 δ 之后的损失（f64）。
+#[cfg(test)]
+pub(crate) fn assert_spot_gradients(
+    name: &str,
+    analytic: &[f64],
+    idxs: &[usize],
+    loss_at: impl Fn(usize, f64) -> f64,
+) {
+    let h = 1e-6;
+    for &i in idxs {
+        let numeric = (loss_at(i, h) - loss_at(i, -h)) / (2.0 * h);
+        assert!(
+            (numeric - analytic[i]).abs() < 1e-6,
+            "{name}[{i}]：反向 {} vs 差分 {numeric}",
+            analytic[i]
+        );
+    }
+    assert!(
+        analytic.iter().any(|g| g.abs() > 1e-8),
+        "{name} 的梯度全为 0"
+    );
+}
+
 // ANCHOR: gelu_exact
 /// 标准正态分布的累积分布函数 Φ(x) = ½(1 + erf(x/√2))。
 pub fn normal_cdf(x: f64) -> f64 {

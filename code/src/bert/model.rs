@@ -538,6 +538,7 @@ pub type MiniChineseBert<E, D> = BertParams<4096, 256, 4, 1024, 4, 128, 2, 2, E,
 #[cfg(test)]
 mod grad_tests {
     use super::*;
+    use crate::basics::autodiff::assert_spot_gradients;
     use dfdx::nn::ZeroGrads;
 
     /// 反向传播必须沿 logits 一直回到嵌入：对几类参数各取几个元素，与中心差分比较（f64）。
@@ -575,27 +576,13 @@ mod grad_tests {
         ];
         for (name, pick) in picks {
             let analytic = grads.get(&*pick(&mut bert.clone())).as_vec();
-            for idx in [0, 33, 517, 1023] {
-                let h = 1e-6;
-                let mut plus = bert.clone();
-                let mut v = pick(&mut plus).as_vec();
-                v[idx] += h;
-                pick(&mut plus).copy_from(&v);
-                let mut minus = bert.clone();
-                let mut v = pick(&mut minus).as_vec();
-                v[idx] -= h;
-                pick(&mut minus).copy_from(&v);
-                let numeric = (loss_of(&plus) - loss_of(&minus)) / (2.0 * h);
-                assert!(
-                    (numeric - analytic[idx]).abs() < 1e-6,
-                    "{name}[{idx}]：反向 {} vs 差分 {numeric}",
-                    analytic[idx]
-                );
-            }
-            assert!(
-                analytic.iter().any(|g| g.abs() > 1e-8),
-                "{name} 的梯度全为 0"
-            );
+            assert_spot_gradients(name, &analytic, &[0, 33, 517, 1023], |idx, delta| {
+                let mut b = bert.clone();
+                let mut v = pick(&mut b).as_vec();
+                v[idx] += delta;
+                pick(&mut b).copy_from(&v);
+                loss_of(&b)
+            });
         }
         // 词嵌入：用到的词（id 17）那一行有梯度
         let emb = grads.get(&bert.embeddings.word_embeddings.weight).as_vec();

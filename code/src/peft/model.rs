@@ -702,6 +702,7 @@ mod tests {
 #[cfg(test)]
 mod train_tests {
     use super::*;
+    use crate::basics::autodiff::assert_spot_gradients;
     use crate::bert::hf::{fixtures_dir, load_dir};
     use crate::lora::encoder::QueryValue;
     use crate::train::finetune::{finetune, FinetuneConfig};
@@ -771,26 +772,13 @@ mod train_tests {
             grads.get(&model.adapters.head.weight).as_vec(),
         ];
         for ((name, pick, put), analytic) in cases.into_iter().zip(analytic) {
-            for idx in [0, 7, 29, 60] {
-                let h = 1e-6;
-                let shifted = |delta: f64| {
-                    let mut m = model.clone();
-                    let mut v = pick(&mut m);
-                    v[idx] += delta;
-                    put(&mut m, &v);
-                    loss_of(&m)
-                };
-                let numeric = (shifted(h) - shifted(-h)) / (2.0 * h);
-                assert!(
-                    (numeric - analytic[idx]).abs() < 1e-6,
-                    "{name}[{idx}]：反向 {} vs 差分 {numeric}",
-                    analytic[idx]
-                );
-            }
-            assert!(
-                analytic.iter().any(|g| g.abs() > 1e-8),
-                "{name} 的梯度全为 0"
-            );
+            assert_spot_gradients(name, &analytic, &[0, 7, 29, 60], |idx, delta| {
+                let mut m = model.clone();
+                let mut v = pick(&mut m);
+                v[idx] += delta;
+                put(&mut m, &v);
+                loss_of(&m)
+            });
         }
     }
 

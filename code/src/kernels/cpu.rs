@@ -413,8 +413,7 @@ multiversion!(fn gelu_block_mv<F>(x: &[F], out: &mut [std::mem::MaybeUninit<F>])
 #[inline(always)]
 fn gelu_back_block<F: FastMath, M: MulAdd>(x: &[F], g: &[F], dx: &mut [F]) {
     for ((d, &v), &gv) in dx.iter_mut().zip(x).zip(g) {
-        let slope = M::mul_add(v, v.normal_pdf::<M>(), v.normal_cdf::<M>());
-        *d = M::mul_add(gv, slope, *d);
+        *d = M::mul_add(gv, v.gelu_slope::<M>(), *d);
     }
 }
 
@@ -422,7 +421,7 @@ fn gelu_back_block<F: FastMath, M: MulAdd>(x: &[F], g: &[F], dx: &mut [F]) {
 #[inline(always)]
 fn gelu_grad_block<F: FastMath, M: MulAdd>(x: &[F], g: &[F], dx: &mut [std::mem::MaybeUninit<F>]) {
     for ((d, &v), &gv) in dx.iter_mut().zip(x).zip(g) {
-        d.write(gv * M::mul_add(v, v.normal_pdf::<M>(), v.normal_cdf::<M>()));
+        d.write(gv * v.gelu_slope::<M>());
     }
 }
 

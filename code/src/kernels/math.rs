@@ -71,11 +71,16 @@ pub trait FastMath:
         let erf = (self * Self::c(std::f64::consts::FRAC_1_SQRT_2)).erf_fast::<M>();
         M::mul_add(half, erf, half)
     }
-    /// 标准正态分布的密度 φ(x) = e^{−x²/2}/√(2π)（GELU 的反向要 Φ + x·φ）。
+    /// 标准正态分布的密度 φ(x) = e^{−x²/2}/√(2π)。
     #[inline(always)]
     fn normal_pdf<M: MulAdd>(self) -> Self {
         (Self::c(-0.5) * self * self).exp_fast::<M>()
             * Self::c(1.0 / (2.0 * std::f64::consts::PI).sqrt())
+    }
+    /// GELU 的导数 d(x·Φ(x))/dx = Φ(x) + x·φ(x)（GELU 的反向）。
+    #[inline(always)]
+    fn gelu_slope<M: MulAdd>(self) -> Self {
+        M::mul_add(self, self.normal_pdf::<M>(), self.normal_cdf::<M>())
     }
 }
 

@@ -4,9 +4,8 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use dfdx::prelude::*;
-use llm_book::bert::model::{bert_config, BertBaseChinese, BertClassifier};
+use llm_book::bert::model::{bert_config, BertBase, BertClassifier, BERT_BASE_CHINESE_DIMS};
 use llm_book::experiments::perf::classifier_step;
-use llm_book::lora::encoder::QueryValue;
 use llm_book::peft::config::LoraConfig;
 use llm_book::peft::model::PeftBert;
 use llm_book::train::SequenceClassifier;
@@ -55,13 +54,13 @@ fn encoder(c: &mut Criterion) {
 }
 
 /// 训练一步（与 CPU 的基准同一个函数），再等 GPU 算完。
-fn step<Mo: SequenceClassifier<2, f32, Cuda>>(
+fn step<Mo: SequenceClassifier<f32, Cuda>>(
     dev: &Cuda,
     model: &Mo,
     grads: &mut Option<Gradients<f32, Cuda>>,
     tokens: &Tensor<(usize, usize), usize, Cuda>,
     mask: &PaddingMask<f32, Cuda>,
-    labels: &Tensor<(usize, Const<2>), f32, Cuda>,
+    labels: &Tensor<(usize, usize), f32, Cuda>,
 ) {
     classifier_step(model, grads, tokens, mask, labels);
     dev.synchronize();
@@ -75,12 +74,12 @@ fn bert_base(c: &mut Criterion) {
         (0..8)
             .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
             .collect(),
-        (8, Const::<2>),
+        (8, 2),
     );
     let mut group = c.benchmark_group("cuda_train_step_bert_base");
     group.sample_size(20);
     let full = BertClassifier {
-        params: BertBaseChinese::<f32, Cuda>::random(&dev),
+        params: BertBase::<f32, Cuda>::new(&dev, &BERT_BASE_CHINESE_DIMS),
         config,
     };
     let mut grads = None;
@@ -88,13 +87,12 @@ fn bert_base(c: &mut Criterion) {
         b.iter(|| step(&dev, &full, &mut grads, &tokens, &mask, &labels))
     });
     drop(grads);
-    let lora =
-        PeftBert::<21128, 768, 12, 3072, 12, 512, 2, 2, 16, QueryValue, f32, Cuda>::get_peft_model(
-            full.params,
-            config,
-            LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
-        )
-        .unwrap();
+    let lora = PeftBert::get_peft_model(
+        full.params,
+        config,
+        LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
+    )
+    .unwrap();
     let mut grads = None;
     group.bench_function("lora_8x128", |b| {
         b.iter(|| step(&dev, &lora, &mut grads, &tokens, &mask, &labels))

@@ -12,10 +12,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use dfdx::prelude::*;
-use llm_book::bert::model::{bert_config, BertBaseChinese, BertClassifier};
+use llm_book::bert::model::{bert_config, BertBase, BertClassifier, BERT_BASE_CHINESE_DIMS};
 use llm_book::experiments::perf::classifier_step;
 use llm_book::kernels::cpu::backward_from;
-use llm_book::lora::encoder::QueryValue;
 use llm_book::peft::config::LoraConfig;
 use llm_book::peft::model::PeftBert;
 use llm_book::train::SequenceClassifier;
@@ -65,12 +64,12 @@ fn bert_base(c: &mut Criterion) {
         (0..8)
             .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
             .collect(),
-        (8, Const::<2>),
+        (8, 2),
     );
     let mut group = c.benchmark_group("train_step_bert_base");
     group.sample_size(10);
     let full = BertClassifier {
-        params: BertBaseChinese::<f32, Cpu>::random(&dev),
+        params: BertBase::<f32, Cpu>::new(&dev, &BERT_BASE_CHINESE_DIMS),
         config,
     };
     let mut grads = None;
@@ -78,13 +77,12 @@ fn bert_base(c: &mut Criterion) {
         bench.iter(|| classifier_step(&full, &mut grads, &tokens, &mask, &labels))
     });
     drop(grads);
-    let lora =
-        PeftBert::<21128, 768, 12, 3072, 12, 512, 2, 2, 16, QueryValue, f32, Cpu>::get_peft_model(
-            full.params,
-            config,
-            LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
-        )
-        .unwrap();
+    let lora = PeftBert::get_peft_model(
+        full.params,
+        config,
+        LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
+    )
+    .unwrap();
     let mut grads = None;
     group.bench_function("lora_8x128", |bench| {
         bench.iter(|| classifier_step(&lora, &mut grads, &tokens, &mask, &labels))
@@ -102,12 +100,12 @@ fn optimizer(c: &mut Criterion) {
         (0..8)
             .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
             .collect(),
-        (8, Const::<2>),
+        (8, 2),
     );
     let mut group = c.benchmark_group("optimizer_bert_base");
     group.sample_size(10);
     let mut full = BertClassifier {
-        params: BertBaseChinese::<f32, Cpu>::random(&dev),
+        params: BertBase::<f32, Cpu>::new(&dev, &BERT_BASE_CHINESE_DIMS),
         config,
     };
     let mut grads = None;
@@ -118,13 +116,12 @@ fn optimizer(c: &mut Criterion) {
         bench.iter(|| opt.step(full.params_mut(), &grads, 1.0))
     });
     drop(opt);
-    let mut lora =
-        PeftBert::<21128, 768, 12, 3072, 12, 512, 2, 2, 16, QueryValue, f32, Cpu>::get_peft_model(
-            full.params,
-            config,
-            LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
-        )
-        .unwrap();
+    let mut lora = PeftBert::get_peft_model(
+        full.params,
+        config,
+        LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
+    )
+    .unwrap();
     let mut grads = None;
     classifier_step(&lora, &mut grads, &tokens, &mask, &labels);
     let grads = grads.unwrap();
@@ -143,28 +140,37 @@ fn bert_inference(c: &mut Criterion) {
     let mut group = c.benchmark_group("inference_bert_base");
     group.sample_size(10);
     let base = BertClassifier {
-        params: BertBaseChinese::<f32, Cpu>::random(&dev),
+        params: BertBase::<f32, Cpu>::new(&dev, &BERT_BASE_CHINESE_DIMS),
         config,
     };
-    let lora =
-        PeftBert::<21128, 768, 12, 3072, 12, 512, 2, 2, 16, QueryValue, f32, Cpu>::get_peft_model(
-            base.params.clone(),
-            config,
-            LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
-        )
-        .unwrap();
+    let lora = PeftBert::get_peft_model(
+        base.params.clone(),
+        config,
+        LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0),
+    )
+    .unwrap();
     group.bench_function("lora_8x128", |bench| {
-        bench.iter(|| lora.logits(tokens.clone(), &mask, Mode::Eval).unwrap())
+        bench.iter(|| {
+            lora.logits(tokens.clone(), None, &mask, Mode::Eval)
+                .unwrap()
+        })
     });
     let merged = BertClassifier {
         params: lora.merge_and_unload(),
         config,
     };
     group.bench_function("merged_8x128", |bench| {
-        bench.iter(|| merged.logits(tokens.clone(), &mask, Mode::Eval).unwrap())
+        bench.iter(|| {
+            merged
+                .logits(tokens.clone(), None, &mask, Mode::Eval)
+                .unwrap()
+        })
     });
     group.bench_function("base_8x128", |bench| {
-        bench.iter(|| base.logits(tokens.clone(), &mask, Mode::Eval).unwrap())
+        bench.iter(|| {
+            base.logits(tokens.clone(), None, &mask, Mode::Eval)
+                .unwrap()
+        })
     });
     group.finish();
 }

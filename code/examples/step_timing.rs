@@ -11,10 +11,11 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use dfdx::prelude::*;
-use llm_book::bert::model::{bert_config, BertBaseChinese, BertClassifier};
+use llm_book::bert::model::{bert_config, BertBase, BertClassifier, BERT_BASE_CHINESE_DIMS};
+use llm_book::bert::runtime::LayerStack;
 use llm_book::experiments::perf::classifier_step;
-use llm_book::lora::encoder::{HeadOnly, LayerAdapters, LoraAdapters, QueryValue};
-use llm_book::peft::config::LoraConfig;
+use llm_book::peft::adapter::{PeftAdapters, PeftLayer, SiteLora};
+use llm_book::peft::config::{AdapterPlan, LoraConfig};
 use llm_book::peft::model::PeftBert;
 use llm_book::train::SequenceClassifier;
 use llm_book::transformer::attention::PaddingMask;
@@ -23,19 +24,17 @@ use llm_book::transformer::attention::PaddingMask;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// 一步的毫秒数（`classifier_step` 与 `benches/train_step.rs` 测的是同一个函数）。
-fn step<Mo: SequenceClassifier<2, f32, Cpu>>(
+fn step<Mo: SequenceClassifier<f32, Cpu>>(
     model: &Mo,
     grads: &mut Option<Gradients<f32, Cpu>>,
     tokens: &Tensor<(usize, usize), usize, Cpu>,
     mask: &PaddingMask<f32, Cpu>,
-    labels: &Tensor<(usize, Const<2>), f32, Cpu>,
+    labels: &Tensor<(usize, usize), f32, Cpu>,
 ) -> f64 {
     let t = Instant::now();
     classifier_step(model, grads, tokens, mask, labels);
     t.elapsed().as_secs_f64() * 1e3
 }
-
-type Peft<Tg> = PeftBert<21128, 768, 12, 3072, 12, 512, 2, 2, 16, Tg, f32, Cpu>;
 
 fn main() {
     llm_book::alloc::keep_freed_memory();
@@ -62,25 +61,30 @@ fn main() {
         (0..8)
             .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
             .collect(),
-        (8, Const::<2>),
+        (8, 2),
     );
     let full = BertClassifier {
-        params: BertBaseChinese::<f32, Cpu>::random(&dev),
+        params: BertBase::<f32, Cpu>::new(&dev, &BERT_BASE_CHINESE_DIMS),
         config,
     };
     let lora_config = LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.0);
-    let lora = Peft::<QueryValue>::get_peft_model(full.params.clone(), config, lora_config.clone())
-        .unwrap();
-    // 线性探测：每层都没有适配器（HeadOnly），只有分类头可训练
-    let head = Peft::<HeadOnly> {
+    let lora = PeftBert::get_peft_model(full.params.clone(), config, lora_config.clone()).unwrap();
+    // 线性探测：每层都没有适配器，只有分类头可训练（基座照样冻结）
+    let head = PeftBert {
         base: full.params.clone(),
-        adapters: LoraAdapters {
-            layers: dfdx::nn::modules::Repeated {
-                modules: (0..12).map(|_| LayerAdapters::init(&dev)).collect(),
+        adapters: PeftAdapters {
+            layers: LayerStack {
+                modules: (0..12).map(|_| PeftLayer::init(&dev, &[None; 6])).collect(),
             },
+            pooler: SiteLora::init(&dev, None),
             head: full.params.classifier.clone(),
         },
         lora: lora_config,
+        plan: AdapterPlan {
+            layers: vec![[None; 6]; 12],
+            pooler: None,
+            unmatched: Vec::new(),
+        },
         config,
     };
     let (mut gf, mut gl, mut gh) = (None, None, None);

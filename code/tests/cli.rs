@@ -144,7 +144,7 @@ fn bad_inputs_get_chinese_errors_without_panics() {
         "求句向量不需要分类头：{}",
         stderr(&out)
     );
-    // 适配器的秩没有编译进来
+    // 适配器的配置说秩 3，文件里的张量是秩 4
     let bad = temp("bad-adapter");
     std::fs::create_dir_all(&bad).unwrap();
     let cfg =
@@ -153,6 +153,11 @@ fn bad_inputs_get_chinese_errors_without_panics() {
     std::fs::write(
         bad.join("adapter_config.json"),
         cfg.replace("\"r\": 4", "\"r\": 3"),
+    )
+    .unwrap();
+    std::fs::copy(
+        fixtures().join("tiny-bert-rust-adapter/adapter_model.safetensors"),
+        bad.join("adapter_model.safetensors"),
     )
     .unwrap();
     let out = run(&[
@@ -164,7 +169,29 @@ fn bad_inputs_get_chinese_errors_without_panics() {
         "好",
     ]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("字段 r = 3"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("query.lora_A.weight：文件中为 [4, 32]，模型要求 [3, 32]"),
+        "{}",
+        stderr(&out)
+    );
+    // --max-len 超出 1..=max_position_embeddings（tiny-bert 是 24）
+    for bad_len in ["0", "4096"] {
+        let out = run(&[
+            "classify",
+            "--model",
+            fixtures().join("tiny-bert").to_str().unwrap(),
+            "--max-len",
+            bad_len,
+            "好",
+        ]);
+        assert!(!out.status.success());
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("--max-len = {bad_len}：须在 1 到 24"))
+                && err.contains("max_position_embeddings"),
+            "{err}"
+        );
+    }
     // 宽度没有编译进来的模型
     let odd = temp("odd-model");
     std::fs::create_dir_all(&odd).unwrap();
@@ -177,7 +204,7 @@ fn bad_inputs_get_chinese_errors_without_panics() {
     let out = run(&["embed", "--model", odd.to_str().unwrap(), "好"]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("没有编译进本程序。可用的预设"),
+        stderr(&out).contains("的宽度没有编译进本程序：字段 hidden_size = 40"),
         "{}",
         stderr(&out)
     );
@@ -231,6 +258,8 @@ fn finetune_writes_an_adapter_that_classify_can_use() {
         "4",
         "--alpha",
         "8",
+        "--max-len",
+        "24",
         "--max-steps",
         "6",
         "--batch-size",
@@ -242,17 +271,23 @@ fn finetune_writes_an_adapter_that_classify_can_use() {
     let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let text = stdout(&o);
+    // 语料是两类（负面、正面），tiny-bert 的分类头是 3 类：新建 2 类的分类头。
+    // q、v 上秩 4 的 LoRA：2 层 × 2 处 × 4 × (32 + 32) = 1,024，加分类头 2 × 32 + 2 = 66；
+    // 全部 = 2 类的基座 20,230 − 1,123（3 类的基座里没有 LoRA 与头的副本）− 99 + 66，再加可训练的 1,090
     assert!(
-        text.contains("可训练参数：1,123 || 全部参数：20,230"),
+        text.contains("可训练参数：1,090 || 全部参数：20,164"),
         "{text}"
     );
+    assert!(text.contains("2 类：负面、正面"), "{text}");
     for f in [
         "metrics.csv",
         "curves.svg",
         "summary.json",
         "adapter/adapter_config.json",
         "adapter/adapter_model.safetensors",
+        "adapter/config.json",
         "merged/model.safetensors",
+        "merged/config.json",
     ] {
         assert!(out.join(f).exists(), "缺少 {f}");
     }
@@ -266,7 +301,15 @@ fn finetune_writes_an_adapter_that_classify_can_use() {
         "书很好",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    // 不合法的 LoRA 参数：中文错误，不留检查点
+    let label = stdout(&o).split('\t').next().unwrap().to_string();
+    assert!(["负面", "正面"].contains(&label.as_str()), "{}", stdout(&o));
+    // 合并后的模型目录带着类别名
+    let merged: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("merged/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(merged["id2label"]["1"], "正面");
+    assert_eq!(merged["label2id"]["负面"], 0);
+    // 不合法的 LoRA 参数：中文错误，不建输出目录
     let o = run(&[
         "finetune",
         "--model",
@@ -284,7 +327,7 @@ fn finetune_writes_an_adapter_that_classify_can_use() {
         "{}",
         stderr(&o)
     );
-    assert!(!out.join("x").join("checkpoint").exists());
+    assert!(!out.join("x").exists(), "配置不合法时不应建输出目录");
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_dir_all(&data).unwrap();
 }
@@ -331,7 +374,11 @@ fn probe_and_scratch_train_what_they_say() {
     let data = temp("data-probe");
     toy_corpus(&data);
     let base = fixtures().join("tiny-bert");
-    for (flag, trainable) in [("--probe", 32 * 3 + 3), ("--scratch", 20_230 - 1_123)] {
+    // 两类的语料：分类头 2 × 32 + 2 = 66 个参数；从零训练是 tiny-bert 的全部参数（3 类的头换成 2 类）
+    for (flag, trainable) in [
+        ("--probe", 32 * 2 + 2),
+        ("--scratch", 20_230 - 1_123 - 99 + 66),
+    ] {
         let out = temp(&format!("method{flag}"));
         let o = run(&[
             "finetune",
@@ -342,6 +389,8 @@ fn probe_and_scratch_train_what_they_say() {
             out.to_str().unwrap(),
             "--data",
             data.to_str().unwrap(),
+            "--max-len",
+            "24",
             "--max-steps",
             "3",
             "--batch-size",
@@ -363,4 +412,98 @@ fn probe_and_scratch_train_what_they_say() {
         std::fs::remove_dir_all(&out).unwrap();
     }
     std::fs::remove_dir_all(&data).unwrap();
+}
+
+/// 读者自己的数据：3 类、字符串标签、句子对的 CSV；坏数据行给出文件、行号与列名，不建输出目录。
+#[test]
+fn finetune_on_a_three_class_csv_with_sentence_pairs() {
+    let dir = temp("csv");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut csv = String::from("question,answer,label\n");
+    let rows = [
+        ("书好吗", "很好", "正面"),
+        ("书好吗", "一般", "中性"),
+        ("书好吗", "很差", "负面"),
+    ];
+    for i in 0..20 {
+        for (q, a, l) in rows {
+            csv.push_str(&format!("\"{q}{}\",{a},{l}\n", "？".repeat(i % 3)));
+        }
+    }
+    let train = dir.join("train.csv");
+    std::fs::write(&train, &csv).unwrap();
+    let out = dir.join("run");
+    let base = fixtures().join("tiny-bert");
+    let args = |train: &Path, out: &Path| -> Vec<String> {
+        [
+            "finetune",
+            "--model",
+            base.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--train",
+            train.to_str().unwrap(),
+            "--text-column",
+            "question",
+            "--text-pair-column",
+            "answer",
+            "--targets",
+            "query,key,value,dense",
+            "--r",
+            "2",
+            "--max-len",
+            "24",
+            "--max-steps",
+            "4",
+            "--batch-size",
+            "8",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let a = args(&train, &out);
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    // 字符串标签按字典序（Unicode 码位），与 transformers 的 run_glue.py 相同
+    assert!(text.contains("3 类：中性、正面、负面"), "{text}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        summary["labels"],
+        serde_json::json!(["中性", "正面", "负面"])
+    );
+    assert_eq!(summary["report"]["confusion"].as_array().unwrap().len(), 3);
+    // q、k、v、dense（含池化层）上秩 2 的 LoRA：13 处，每处 2 × (输入 + 输出)，加 3 类的分类头
+    let lora = 2 * (2 * (4 * 64 + 2 * 80) + 64) + 3 * 32 + 3;
+    assert_eq!(summary["trainable"].as_u64().unwrap() as usize, lora);
+    let adapter: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("adapter/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(adapter["id2label"]["2"], "负面");
+    let o = run(&[
+        "classify",
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        out.join("adapter").to_str().unwrap(),
+        "书好吗",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(probabilities(stdout(&o).lines().next().unwrap()).len(), 3);
+
+    // 坏的一行：第 5 行的标签为空
+    let mut broken: Vec<&str> = csv.lines().collect();
+    broken[4] = "书好吗,很好,";
+    let bad = dir.join("bad.csv");
+    std::fs::write(&bad, broken.join("\n") + "\n").unwrap();
+    let bad_out = dir.join("bad-run");
+    let a = args(&bad, &bad_out);
+    let o = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("bad.csv 第 5 行，列 label"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(!bad_out.exists(), "数据有错时不应建输出目录");
+    std::fs::remove_dir_all(&dir).unwrap();
 }

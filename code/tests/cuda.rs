@@ -39,7 +39,7 @@ fn transformer_matches_pytorch_on_gpu() {
 #[test]
 fn tiny_bert_matches_transformers_on_gpu() {
     let dev = gpu();
-    let mut bert = TinyBert::<f32, Cuda>::random(&dev);
+    let mut bert = TinyBert::<f32, Cuda>::new(&dev, &llm_book::bert::model::TINY_DIMS);
     load_bert(
         &mut bert,
         &fixtures_dir().join("tiny-bert/model.safetensors"),

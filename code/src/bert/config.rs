@@ -1,14 +1,15 @@
-//! 3.2 节：`config.json` 与预设的核对。
+//! 3.2 节：`config.json` 的读取与核对。
 //!
-//! 模型宽度是类型参数，所以一个 HF 模型目录只能读进宽度相同的预设；`config.json` 的任何宽度字段
-//! 与预设不一致，都在读权重之前报出字段名与两边的值。
+//! 宽度（hidden_size、num_attention_heads、intermediate_size）选出编译好的类型（[`super::presets`]）；
+//! 其余的大小是运行期的数（[`BertDims`]）。本书的 BERT 做不到的配置（别的激活函数、相对位置编码、
+//! 别的模型类型）在读权重之前就报出字段名与值。
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use super::model::bert_config;
+use super::model::{bert_config, BertDims};
 use crate::transformer::encoder::EncoderConfig;
 
 /// `config.json` 中本书用到的字段（其余字段忽略）。
@@ -38,6 +39,12 @@ pub struct HfBertConfig {
     /// 类别 id → 名字（分类模型才有；没有时与 transformers 一样按 2 类）。
     #[serde(default)]
     pub id2label: Option<std::collections::BTreeMap<String, String>>,
+    /// 模型类型：须为 `bert`（没有这个字段时不核对）。
+    #[serde(default)]
+    pub model_type: Option<String>,
+    /// 位置编码的类型：须为 `absolute`（没有时即是）。
+    #[serde(default)]
+    pub position_embedding_type: Option<String>,
 }
 
 fn default_dropout() -> f64 {
@@ -86,40 +93,60 @@ impl HfBertConfig {
 
 // ANCHOR: validate
 impl HfBertConfig {
-    /// 与预设的宽度 `(V, M, H, F, L, P, TT)` 逐项核对；全部一致时给出编码器的超参数。
-    pub fn check(&self, path: &Path, preset: [usize; 7]) -> Result<EncoderConfig, ConfigError> {
-        let fields = [
-            ("vocab_size", self.vocab_size),
-            ("hidden_size", self.hidden_size),
-            ("num_attention_heads", self.num_attention_heads),
-            ("intermediate_size", self.intermediate_size),
-            ("num_hidden_layers", self.num_hidden_layers),
-            ("max_position_embeddings", self.max_position_embeddings),
-            ("type_vocab_size", self.type_vocab_size),
-        ];
-        let mismatches: Vec<(String, usize, usize)> = fields
-            .iter()
-            .zip(preset)
-            .filter(|((_, found), expected)| found != expected)
-            .map(|((name, found), expected)| (name.to_string(), *found, expected))
-            .collect();
-        if !mismatches.is_empty() {
-            return Err(ConfigError::Mismatch {
-                path: path.into(),
-                mismatches,
-            });
-        }
+    /// 核对本书的 BERT 能否按这份配置计算，给出编码器的超参数与运行期的大小（类别数取 `id2label` 的项数）。
+    /// 宽度在分派时核对（[`super::presets::dispatch_dir`]）。
+    pub fn check(&self, path: &Path) -> Result<(EncoderConfig, BertDims), ConfigError> {
+        let bad = |field: &str, found: String, expected: &str| ConfigError::Unsupported {
+            path: path.into(),
+            field: field.into(),
+            found,
+            expected: expected.into(),
+        };
         if self.hidden_act != "gelu" {
-            return Err(ConfigError::Activation {
-                path: path.into(),
-                found: self.hidden_act.clone(),
-            });
+            return Err(bad(
+                "hidden_act",
+                self.hidden_act.clone(),
+                "\"gelu\"（精确 GELU）",
+            ));
         }
-        Ok(bert_config(
+        if let Some(t) = self.model_type.as_deref().filter(|t| *t != "bert") {
+            return Err(bad("model_type", t.into(), "\"bert\""));
+        }
+        if let Some(t) = self
+            .position_embedding_type
+            .as_deref()
+            .filter(|t| *t != "absolute")
+        {
+            return Err(bad(
+                "position_embedding_type",
+                t.into(),
+                "\"absolute\"（学习的绝对位置嵌入）",
+            ));
+        }
+        let dims = BertDims {
+            vocab_size: self.vocab_size,
+            num_layers: self.num_hidden_layers,
+            max_positions: self.max_position_embeddings,
+            type_vocab_size: self.type_vocab_size,
+            num_labels: self.num_labels(),
+        };
+        for (field, value) in [
+            ("vocab_size", dims.vocab_size),
+            ("num_hidden_layers", dims.num_layers),
+            ("max_position_embeddings", dims.max_positions),
+            ("type_vocab_size", dims.type_vocab_size),
+            ("id2label 的项数", dims.num_labels),
+        ] {
+            if value == 0 {
+                return Err(bad(field, "0".into(), "至少为 1"));
+            }
+        }
+        let config = bert_config(
             self.layer_norm_eps,
             self.hidden_dropout_prob,
             self.max_position_embeddings,
-        ))
+        );
+        Ok((config, dims))
     }
 }
 // ANCHOR_END: validate
@@ -141,19 +168,16 @@ pub enum ConfigError {
         /// 原因（含缺少的字段名）。
         error: String,
     },
-    /// 宽度与预设不一致：(字段, 文件中的值, 预设的值)。
-    Mismatch {
+    /// 本书的 BERT 做不到的配置。
+    Unsupported {
         /// 文件。
         path: PathBuf,
-        /// 不一致的字段。
-        mismatches: Vec<(String, usize, usize)>,
-    },
-    /// 激活函数不是精确 GELU。
-    Activation {
-        /// 文件。
-        path: PathBuf,
+        /// 字段。
+        field: String,
         /// 文件中的值。
         found: String,
+        /// 支持的值。
+        expected: String,
     },
 }
 
@@ -164,20 +188,16 @@ impl fmt::Display for ConfigError {
             ConfigError::Parse { path, error } => {
                 write!(f, "{} 不是有效的 BERT 配置：{error}", path.display())
             }
-            ConfigError::Mismatch { path, mismatches } => {
-                write!(f, "{} 与所选的模型预设不一致：", path.display())?;
-                for (name, found, expected) in mismatches {
-                    write!(f, "\n  字段 {name}：文件中为 {found}，预设为 {expected}")?;
-                }
-                Ok(())
-            }
-            ConfigError::Activation { path, found } => {
-                write!(
-                    f,
-                    "{} 的字段 hidden_act 为 \"{found}\"，本书的 BERT 只支持精确 GELU（\"gelu\"）",
-                    path.display()
-                )
-            }
+            ConfigError::Unsupported {
+                path,
+                field,
+                found,
+                expected,
+            } => write!(
+                f,
+                "{} 的字段 {field} 为 {found}，本书的 BERT 要求 {expected}",
+                path.display()
+            ),
         }
     }
 }
@@ -193,26 +213,13 @@ mod tests {
     }
 
     #[test]
-    fn accepts_the_matching_preset_and_names_every_mismatch() {
+    fn reads_the_runtime_sizes() {
         let cfg = HfBertConfig::read(&tiny()).unwrap();
-        let enc = cfg.check(&tiny(), [64, 32, 4, 48, 2, 24, 2]).unwrap();
+        let (enc, dims) = cfg.check(&tiny()).unwrap();
         assert_eq!(enc.layer_norm_eps, 1e-12);
-        let err = cfg
-            .check(&tiny(), [21128, 768, 12, 3072, 12, 512, 2])
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("字段 vocab_size：文件中为 64，预设为 21128"),
-            "{err}"
-        );
-        assert!(
-            err.contains("字段 num_hidden_layers：文件中为 2，预设为 12"),
-            "{err}"
-        );
-        assert!(
-            !err.contains("type_vocab_size"),
-            "一致的字段不应列出：{err}"
-        );
+        assert_eq!(enc.max_len, 24);
+        assert_eq!(dims, crate::bert::model::TINY_DIMS);
+        assert_eq!(cfg.label_name(2), "LABEL_2");
     }
 
     #[test]
@@ -226,13 +233,27 @@ mod tests {
             err.contains("不是有效的 BERT 配置：缺少字段 num_attention_heads"),
             "{err}"
         );
-        let mut cfg = HfBertConfig::read(&tiny()).unwrap();
-        cfg.hidden_act = "gelu_new".into();
-        assert!(cfg
-            .check(&tiny(), [64, 32, 4, 48, 2, 24, 2])
-            .unwrap_err()
-            .to_string()
-            .contains("hidden_act"));
+        let cfg = HfBertConfig::read(&tiny()).unwrap();
+        let cases: [(&str, fn(&mut HfBertConfig)); 4] = [
+            ("字段 hidden_act 为 gelu_new", |c| {
+                c.hidden_act = "gelu_new".into()
+            }),
+            ("字段 model_type 为 roberta", |c| {
+                c.model_type = Some("roberta".into())
+            }),
+            ("字段 position_embedding_type 为 relative_key", |c| {
+                c.position_embedding_type = Some("relative_key".into())
+            }),
+            ("字段 num_hidden_layers 为 0", |c| {
+                c.num_hidden_layers = 0
+            }),
+        ];
+        for (expected, change) in cases {
+            let mut bad = cfg.clone();
+            change(&mut bad);
+            let err = bad.check(&tiny()).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -9,8 +9,9 @@ use std::path::Path;
 use crate::kernels::Kernels;
 use dfdx::prelude::*;
 
-use super::config::HfBertConfig;
+use super::config::{ConfigError, HfBertConfig};
 use super::model::BertParams;
+use super::runtime::Head;
 use super::tokenizer::BertTokenizer;
 use crate::basics::tensors::Real;
 use crate::checkpoint::{Checkpoint, CheckpointError};
@@ -77,19 +78,8 @@ pub enum HeadSource {
 
 /// 从 `model.safetensors` 读入全部参数。除任务头（分类头、池化层）以外，缺少任何张量都是错误；
 /// 只缺任务头时新建（[`HeadSource::New`]），与 transformers 的 `from_pretrained` 相同。
-pub fn load_bert<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E,
-    D,
->(
-    params: &mut BertParams<V, M, H, F, L, P, TT, C, E, D>,
+pub fn load_bert<const M: usize, const H: usize, const F: usize, E, D>(
+    params: &mut BertParams<M, H, F, E, D>,
     path: &Path,
 ) -> Result<HeadSource, CheckpointError>
 where
@@ -115,8 +105,7 @@ where
             let bound = E::from_f64(0.02 * 3f64.sqrt()).unwrap();
             let uniform = || rand_distr::Uniform::new(-bound, bound);
             if missing.iter().any(|k| k.starts_with("classifier.")) {
-                params.classifier.weight = dev.sample(uniform());
-                params.classifier.bias = dev.zeros();
+                params.classifier = Head::new(&dev, params.classifier.outputs());
             }
             if missing.iter().any(|k| k.starts_with("bert.pooler.")) {
                 params.pooler.weight = dev.sample(uniform());
@@ -174,7 +163,7 @@ pub fn max_error(ours: &[f32], reference: &Checkpoint, key: &str) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bert::model::{bert_config, TinyBert};
+    use crate::bert::model::{bert_config, TinyBert, TINY_DIMS};
     use crate::transformer::encoder::Mode;
 
     fn fixtures() -> std::path::PathBuf {
@@ -203,7 +192,7 @@ mod tests {
     #[test]
     fn tiny_bert_matches_transformers() {
         let dev: Cpu = Default::default();
-        let mut bert = TinyBert::<f32, Cpu>::random(&dev);
+        let mut bert = TinyBert::<f32, Cpu>::new(&dev, &TINY_DIMS);
         load_bert(&mut bert, &fixtures().join("tiny-bert/model.safetensors"))
             .unwrap_or_else(|e| panic!("{e}"));
         let reference =
@@ -240,8 +229,11 @@ mod tests {
     fn missing_and_unexpected_keys_are_listed() {
         let dev: Cpu = Default::default();
         // 形状不同的模型（3 层）读 2 层的文件：第 3 层的键缺失
-        let mut bigger =
-            crate::bert::model::BertParams::<64, 32, 4, 48, 3, 24, 2, 3, f32, Cpu>::random(&dev);
+        let dims = crate::bert::model::BertDims {
+            num_layers: 3,
+            ..TINY_DIMS
+        };
+        let mut bigger = TinyBert::<f32, Cpu>::new(&dev, &dims);
         let err = load_bert(&mut bigger, &fixtures().join("tiny-bert/model.safetensors"))
             .unwrap_err()
             .to_string();
@@ -253,60 +245,61 @@ mod tests {
 }
 
 /// 一个读进来的 Hugging Face BERT 模型目录。
-pub struct BertDir<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
+pub struct BertDir<const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>> {
     /// 参数。
-    pub params: BertParams<V, M, H, F, L, P, TT, C, E, D>,
+    pub params: BertParams<M, H, F, E, D>,
     /// 由 `config.json` 得到的超参数（ε、dropout、最大位置）。
     pub config: crate::transformer::encoder::EncoderConfig,
     /// 分词器。
     pub tokenizer: BertTokenizer,
     /// 分类头是读进来的，还是新建的。
     pub head: HeadSource,
+    /// 类别名（`id2label`；没有时为 `LABEL_0`、`LABEL_1`）。
+    pub labels: Vec<String>,
 }
 
 // ANCHOR: load_dir
-/// 读一个模型目录：先核对 `config.json` 与预设的宽度，再读 `model.safetensors`，最后读分词器。
+/// 读一个模型目录：先读 `config.json`，核对本书能否计算、宽度是否就是类型里的 (M, H, F)，
+/// 按其中的大小建好模型，再读 `model.safetensors`，最后读分词器（词表不能比 `vocab_size` 大）。
 /// 任何一步出错都返回指明文件与字段的错误。
-pub fn load_dir<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E,
-    D,
->(
+pub fn load_dir<const M: usize, const H: usize, const F: usize, E, D>(
     dev: &D,
     dir: &Path,
-) -> Result<BertDir<V, M, H, F, L, P, TT, C, E, D>, LoadError>
+) -> Result<BertDir<M, H, F, E, D>, LoadError>
 where
     E: Real,
     D: Kernels<E>,
 {
     let config_path = dir.join("config.json");
-    let config = HfBertConfig::read(&config_path)?.check(&config_path, [V, M, H, F, L, P, TT])?;
-    let mut params = BertParams::random(dev);
+    let hf = HfBertConfig::read(&config_path)?;
+    let (config, dims) = hf.check(&config_path)?;
+    let widths = (hf.hidden_size, hf.num_attention_heads, hf.intermediate_size);
+    if widths != (M, H, F) {
+        return Err(LoadError::Config(ConfigError::Unsupported {
+            path: config_path,
+            field: "hidden_size / num_attention_heads / intermediate_size".into(),
+            found: format!("{} / {} / {}", widths.0, widths.1, widths.2),
+            expected: format!("{M} / {H} / {F}（调用者选的类型）"),
+        }));
+    }
+    let mut params = BertParams::to_load(dev, &dims);
     let head = load_bert(&mut params, &dir.join("model.safetensors"))?;
     let tokenizer = BertTokenizer::from_dir(dir)?;
+    if tokenizer.vocab_size() > dims.vocab_size {
+        return Err(LoadError::Config(ConfigError::Unsupported {
+            path: config_path,
+            field: "vocab_size".into(),
+            found: dims.vocab_size.to_string(),
+            expected: format!("不小于分词器的词表（{} 个记号）", tokenizer.vocab_size()),
+        }));
+    }
+    let labels = (0..dims.num_labels).map(|i| hf.label_name(i)).collect();
     Ok(BertDir {
         params,
         config,
         tokenizer,
         head,
+        labels,
     })
 }
 // ANCHOR_END: load_dir
@@ -358,21 +351,20 @@ mod dir_tests {
     fn loads_the_tiny_model_directory() {
         let dev: Cpu = Default::default();
         let dir = fixtures_dir().join("tiny-bert");
-        let model = load_dir::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>(&dev, &dir).unwrap();
+        let model = load_dir::<32, 4, 48, f32, Cpu>(&dev, &dir).unwrap();
         assert_eq!(model.config.layer_norm_eps, 1e-12);
         assert_eq!(
             model.tokenizer.encode("书很好", None, 16).unwrap().ids,
             vec![2, 12, 10, 11, 3]
         );
-        // 选错了预设：在读权重之前就指出不一致的字段
-        let err = load_dir::<64, 32, 4, 48, 3, 24, 2, 3, f32, Cpu>(&dev, &dir)
+        assert_eq!(model.params.dims(), crate::bert::model::TINY_DIMS);
+        assert_eq!(model.labels, ["LABEL_0", "LABEL_1", "LABEL_2"]);
+        // 选错了类型：在读权重之前就指出不一致的字段
+        let err = load_dir::<32, 4, 64, f32, Cpu>(&dev, &dir)
             .err()
             .unwrap()
             .to_string();
-        assert!(
-            err.contains("字段 num_hidden_layers：文件中为 2，预设为 3"),
-            "{err}"
-        );
+        assert!(err.contains("intermediate_size 为 32 / 4 / 48"), "{err}");
     }
 
     #[test]
@@ -386,7 +378,7 @@ mod dir_tests {
         }
         let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
         std::fs::write(dir.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
-        let err = load_dir::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>(&dev, &dir)
+        let err = load_dir::<32, 4, 48, f32, Cpu>(&dev, &dir)
             .err()
             .unwrap()
             .to_string();

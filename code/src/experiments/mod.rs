@@ -114,3 +114,11 @@ pub fn machine_description() -> String {
         .unwrap_or(1);
     format!("{cpu}，{cores} 核")
 }
+
+/// 一行 logits 的 softmax（f64，先减去最大值，不会溢出）：命令行打印概率用。
+pub fn softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f64> = row.iter().map(|&z| ((z - max) as f64).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    exp.iter().map(|e| e / sum).collect()
+}

@@ -27,16 +27,16 @@ pub fn classifier_step<E, D, Mo>(
     grads: &mut Option<Gradients<E, D>>,
     tokens: &Tensor<(usize, usize), usize, D>,
     mask: &PaddingMask<E, D>,
-    labels: &Tensor<(usize, Const<2>), E, D>,
+    labels: &Tensor<(usize, usize), E, D>,
 ) where
     E: Dtype,
     D: Device<E>,
-    Mo: SequenceClassifier<2, E, D>,
+    Mo: SequenceClassifier<E, D>,
 {
     let mut g = grads.take().unwrap_or_else(|| model.params().alloc_grads());
     model.params().zero_grads(&mut g);
     let logits = model
-        .logits(tokens.clone().traced(g), mask, Mode::Train)
+        .logits(tokens.clone().traced(g), None, mask, Mode::Train)
         .expect("基准的输入形状是固定的、合法的");
     *grads = Some(cross_entropy_with_logits_loss(logits, labels.clone()).backward());
 }

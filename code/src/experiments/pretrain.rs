@@ -87,7 +87,14 @@ impl DeviceTask for PretrainJob<'_> {
         let unk_ratio = super::classify::unk_ratio(&tokenizer, &data);
         (self.on_start)(train.len(), valid.len(), unk_ratio);
         let enc = bert_config(1e-12, DROPOUT, 128);
-        let mut model = BertMlm::<VOCAB_SIZE, 256, 4, 1024, 4, 128, 2, 2, f32, D>::init(&dev);
+        let dims = crate::bert::model::BertDims {
+            vocab_size: VOCAB_SIZE,
+            num_layers: 4,
+            max_positions: 128,
+            type_vocab_size: 2,
+            num_labels: 2,
+        };
+        let mut model = BertMlm::<256, 4, 1024, f32, D>::init(&dev, &dims);
         // 池化层与分类头不参加预训练，不算
         let params = dfdx::nn::NumParams::num_trainable_params(&model)
             - dfdx::nn::NumParams::num_trainable_params(&model.bert.pooler)
@@ -142,7 +149,7 @@ impl DeviceTask for FillMaskJob {
     type Output = anyhow::Result<Vec<FillMask>>;
     fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> Self::Output {
         let dir = self.model_dir.clone();
-        crate::bert::presets::dispatch_preset(
+        crate::bert::presets::dispatch_dir(
             &dir,
             FillOn {
                 job: self,
@@ -157,25 +164,14 @@ struct FillOn<'a, D> {
     dev: &'a D,
 }
 
-impl<D: Kernels<f32>> crate::bert::presets::PresetTask for FillOn<'_, D> {
+impl<D: Kernels<f32>> crate::bert::presets::WidthTask for FillOn<'_, D> {
     type Output = anyhow::Result<Vec<FillMask>>;
-    fn run<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-    >(
-        self,
-    ) -> Self::Output {
+    fn run<const M: usize, const H: usize, const F: usize>(self) -> Self::Output {
         let job = self.job;
         let config_path = job.model_dir.join("config.json");
-        let enc = crate::bert::config::HfBertConfig::read(&config_path)?
-            .check(&config_path, [V, M, H, F, L, P, TT])?;
-        let mut model = BertMlm::<V, M, H, F, L, P, TT, C, f32, D>::init(self.dev);
+        let (enc, dims) =
+            crate::bert::config::HfBertConfig::read(&config_path)?.check(&config_path)?;
+        let mut model = BertMlm::<M, H, F, f32, D>::init(self.dev, &dims);
         let weights = job.model_dir.join("model.safetensors");
         // 池化层与分类头不是掩码语言模型的参数：缺了不算错；缺了 cls.predictions 就不是 BertForMaskedLM
         match crate::checkpoint::Checkpoint::read(&weights)?.load_into_with(
@@ -200,12 +196,12 @@ impl<D: Kernels<f32>> crate::bert::presets::PresetTask for FillOn<'_, D> {
         let mask_id = tokenizer
             .token_id("[MASK]")
             .context("分词器的词表里没有 [MASK]")?;
-        let vocab: Vec<String> = (0..V)
+        let vocab: Vec<String> = (0..dims.vocab_size)
             .map(|i| tokenizer.token(i).unwrap_or_else(|| format!("#{i}")))
             .collect();
         let mut out = Vec::new();
         for text in &job.texts {
-            let ids = tokenizer.encode(text, None, P)?.ids;
+            let ids = tokenizer.encode(text, None, dims.max_positions)?.ids;
             let positions: Vec<(usize, usize)> = ids
                 .iter()
                 .enumerate()
@@ -227,19 +223,17 @@ impl<D: Kernels<f32>> crate::bert::presets::PresetTask for FillOn<'_, D> {
                     crate::transformer::encoder::Mode::Eval,
                 )?
                 .as_vec();
-            for (index, row) in logits.chunks(V).enumerate() {
-                let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let exp: Vec<f64> = row.iter().map(|&z| ((z - max) as f64).exp()).collect();
-                let sum: f64 = exp.iter().sum();
-                let mut order: Vec<usize> = (0..V).collect();
-                order.sort_by(|&a, &b| exp[b].total_cmp(&exp[a]));
+            for (index, row) in logits.chunks(dims.vocab_size).enumerate() {
+                let p = super::softmax(row);
+                let mut order: Vec<usize> = (0..p.len()).collect();
+                order.sort_by(|&a, &b| p[b].total_cmp(&p[a]));
                 out.push(FillMask {
                     text: text.clone(),
                     index,
                     top: order
                         .iter()
                         .take(job.k)
-                        .map(|&i| (vocab[i].clone(), exp[i] / sum))
+                        .map(|&i| (vocab[i].clone(), p[i]))
                         .collect(),
                 });
             }

@@ -93,6 +93,8 @@ pub fn prepare() -> anyhow::Result<(EncodedData, CharVocab, CorpusStats)> {
         train: encode(&splits.train),
         valid: encode(&splits.valid),
         test: encode(&splits.test),
+        pair_sep: None,
+        labels: Vec::new(),
     };
     Ok((data, vocab, stats))
 }

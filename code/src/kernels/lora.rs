@@ -28,12 +28,13 @@ fn tr<F>(p: *const F, cols: usize) -> (*const F, isize, isize) {
     (p, 1, cols as isize)
 }
 
-/// h = out + s·B(A·x)，`out` 是原线性层的输出，A `(R, I)`、B `(O, R)` 可训练。
-pub fn lora_add<const I: usize, const O: usize, const R: usize, F, T>(
+/// h = out + s·B(A·x)，`out` 是原线性层的输出，A `(R, I)`、B `(O, R)` 可训练（秩 R 可以是编译期的
+/// `Const<R>`，也可以是运行期的 `usize`）。
+pub fn lora_add<const I: usize, const O: usize, R: Dim, F, T>(
     out: Hidden<O, F, Cpu, T>,
     x: Hidden<I, F, Cpu, T>,
-    a: &Tensor<Rank2<R, I>, F, Cpu>,
-    b: &Tensor<Rank2<O, R>, F, Cpu>,
+    a: &Tensor<(R, Const<I>), F, Cpu>,
+    b: &Tensor<(Const<O>, R), F, Cpu>,
     scaling: f64,
 ) -> Hidden<O, F, Cpu, T>
 where
@@ -52,32 +53,34 @@ where
         "out 与 x 的批、序列长度应相同"
     );
     let rows = batch * seq;
+    let r = a.shape().0.size();
+    assert_eq!(b.shape().1.size(), r, "A、B 的秩应相同");
     let s = F::c(scaling);
     let (out, t_out) = out.split_tape();
     let (x, t_x) = x.split_tape();
     let mut tape = t_out.merge(t_x);
     let (xd, ad, bd) = (data(&x), data(a), data(b));
-    let mut down = par_zeros(rows * R);
+    let mut down = par_zeros(rows * r);
     let mut h = par_copy(data(&out));
-    // SAFETY：x 为 rows×I、Aᵀ 为 I×R、down 为 rows×R，Bᵀ 为 R×O、h 为 rows×O，都在各自的缓冲区之内
+    // SAFETY：x 为 rows×I、Aᵀ 为 I×r、down 为 rows×r，Bᵀ 为 r×O、h 为 rows×O，都在各自的缓冲区之内
     unsafe {
         par_gemm(
             rows,
             I,
-            R,
+            r,
             F::one(),
             rm(xd.as_ptr(), I),
             tr(ad.as_ptr(), I),
             F::zero(),
-            (down.as_mut_ptr(), R as isize, 1),
+            (down.as_mut_ptr(), r as isize, 1),
         );
         par_gemm(
             rows,
-            R,
+            r,
             O,
             s,
-            rm(down.as_ptr(), R),
-            tr(bd.as_ptr(), R),
+            rm(down.as_ptr(), r),
+            tr(bd.as_ptr(), r),
             F::one(),
             (h.as_mut_ptr(), O as isize, 1),
         );
@@ -90,7 +93,7 @@ where
             // ∂out = g：取走 h 的梯度（下面还要可写地借 ∂A、∂B，不能一直借着 grads 里的 g）
             let g = take_grad(grads, &h_ghost)?;
             let (xd, ad, bd) = (data(&x), data(&a), data(&b));
-            let mut gb = par_zeros(rows * R);
+            let mut gb = par_zeros(rows * r);
             grads.try_alloc_for(&a)?;
             grads.try_alloc_for(&b)?;
             // SAFETY：各矩阵都在各自的缓冲区之内（形状见模块说明），gb 已清零
@@ -99,34 +102,34 @@ where
                 par_gemm(
                     rows,
                     O,
-                    R,
+                    r,
                     s,
                     rm(g.as_ptr(), O),
-                    rm(bd.as_ptr(), R),
+                    rm(bd.as_ptr(), r),
                     F::zero(),
-                    (gb.as_mut_ptr(), R as isize, 1),
+                    (gb.as_mut_ptr(), r as isize, 1),
                 );
                 // ∂B += s·gᵀ·down，按 ∂Bᵀ += s·downᵀ·g 算（C 按转置写进 ∂B）：
                 // r 行 × O 列的结果让 gemm 沿 O 切块、整行读 g，比 O 行 × r 列快一倍
                 let db = buf_mut::<F>(grads.get_mut(&b));
                 par_gemm(
-                    R,
+                    r,
                     rows,
                     O,
                     s,
-                    tr(down.as_ptr(), R),
+                    tr(down.as_ptr(), r),
                     rm(g.as_ptr(), O),
                     F::one(),
-                    (db.as_mut_ptr(), 1, R as isize),
+                    (db.as_mut_ptr(), 1, r as isize),
                 );
                 // ∂A += gBᵀ·x
                 let da = buf_mut::<F>(grads.get_mut(&a));
                 par_gemm(
-                    R,
+                    r,
                     rows,
                     I,
                     F::one(),
-                    tr(gb.as_ptr(), R),
+                    tr(gb.as_ptr(), r),
                     rm(xd.as_ptr(), I),
                     F::one(),
                     (da.as_mut_ptr(), I as isize, 1),
@@ -138,10 +141,10 @@ where
                 unsafe {
                     par_gemm(
                         rows,
-                        R,
+                        r,
                         I,
                         F::one(),
-                        rm(gb.as_ptr(), R),
+                        rm(gb.as_ptr(), r),
                         rm(ad.as_ptr(), I),
                         beta,
                         (dx.as_mut_ptr(), I as isize, 1),

@@ -75,11 +75,11 @@ pub trait Kernels<E: Dtype>: Device<E> {
     }
 
     /// LoRA 分支加到原线性层的输出上：out + s·B(A·x)，A `(R, I)`、B `(O, R)`。
-    fn lora_add<const I: usize, const O: usize, const R: usize, T: Tape<E, Self> + Merge<T>>(
+    fn lora_add<const I: usize, const O: usize, R: Dim, T: Tape<E, Self> + Merge<T>>(
         out: Tensor<(usize, usize, Const<O>), E, Self, T>,
         x: Tensor<(usize, usize, Const<I>), E, Self, T>,
-        a: &Tensor<Rank2<R, I>, E, Self>,
-        b: &Tensor<Rank2<O, R>, E, Self>,
+        a: &Tensor<(R, Const<I>), E, Self>,
+        b: &Tensor<(Const<O>, R), E, Self>,
         scaling: f64,
     ) -> Tensor<(usize, usize, Const<O>), E, Self, T> {
         out + low_rank(x, a, b, scaling)
@@ -185,11 +185,11 @@ macro_rules! cpu_kernels {
                 attention::attention(q, k, v, heads, mask)
             }
 
-            fn lora_add<const I: usize, const O: usize, const R: usize, T: Tape<$e, Self> + Merge<T>>(
+            fn lora_add<const I: usize, const O: usize, R: Dim, T: Tape<$e, Self> + Merge<T>>(
                 out: Tensor<(usize, usize, Const<O>), $e, Self, T>,
                 x: Tensor<(usize, usize, Const<I>), $e, Self, T>,
-                a: &Tensor<Rank2<R, I>, $e, Self>,
-                b: &Tensor<Rank2<O, R>, $e, Self>,
+                a: &Tensor<(R, Const<I>), $e, Self>,
+                b: &Tensor<(Const<O>, R), $e, Self>,
                 scaling: f64,
             ) -> Tensor<(usize, usize, Const<O>), $e, Self, T> {
                 lora::lora_add(out, x, a, b, scaling)

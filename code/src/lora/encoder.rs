@@ -590,7 +590,7 @@ impl<
         Tg,
         E,
         D,
-    > crate::train::SequenceClassifier<C, E, D> for LoraClassifier<V, M, H, F, L, C, R, Tg, E, D>
+    > crate::train::SequenceClassifier<E, D> for LoraClassifier<V, M, H, F, L, C, R, Tg, E, D>
 where
     Tg: Targets,
     E: Real,
@@ -603,13 +603,19 @@ where
     fn params_mut(&mut self) -> &mut Self::Params {
         &mut self.adapters
     }
+    fn num_labels(&self) -> usize {
+        C
+    }
     fn logits<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         tokens: Tensor<(usize, usize), usize, D, T>,
+        _token_types: Option<Tensor<(usize, usize), usize, D>>,
         mask: &PaddingMask<E, D>,
         mode: Mode,
-    ) -> Result<Tensor<(usize, Const<C>), E, D, T>, InputError> {
-        self.forward(tokens, mask, mode)
+    ) -> Result<Tensor<(usize, usize), E, D, T>, InputError> {
+        Ok(crate::train::to_runtime_labels(
+            self.forward(tokens, mask, mode)?,
+        ))
     }
 }
 
@@ -715,6 +721,8 @@ mod tests {
             train: data.clone(),
             valid: data.clone(),
             test: data,
+            pair_sep: None,
+            labels: Vec::new(),
         };
         let cfg = TrainConfig {
             epochs: 8,

@@ -108,10 +108,10 @@ impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Kernels<E>>
 /// # 形状
 /// - `x`: `(batch, seq, Const<IN>)`，`a`: `(R, IN)`，`b`: `(OUT, R)`
 /// - 返回：`(batch, seq, Const<OUT>)`
-pub fn lora_branch<const IN: usize, const OUT: usize, const R: usize, E, D, T>(
+pub fn lora_branch<const IN: usize, const OUT: usize, R: Dim, E, D, T>(
     x: Tensor<(usize, usize, Const<IN>), E, D, T>,
-    a: &Tensor<Rank2<R, IN>, E, D>,
-    b: &Tensor<Rank2<OUT, R>, E, D>,
+    a: &Tensor<(R, Const<IN>), E, D>,
+    b: &Tensor<(Const<OUT>, R), E, D>,
     scaling: f64,
     dropout: f64,
     mode: Mode,
@@ -130,13 +130,16 @@ where
 
 /// 低秩更新 s·B(A·x)（不含 dropout）：先降到 r 维，再升回 OUT 维。
 ///
+/// 秩 R 是一个维度类型：本章的 [`LoraLinear`] 用 `Const<R>`（编译期的秩，写错了编译不过），
+/// 3.4 节的 PEFT 适配器用 `usize`（秩在 `adapter_config.json` 里，读到文件才知道）。同一份代码。
+///
 /// # 形状
 /// - `x`: `(batch, seq, Const<IN>)`，`a`: `(R, IN)`，`b`: `(OUT, R)`
 /// - 返回：`(batch, seq, Const<OUT>)`
-pub fn low_rank<const IN: usize, const OUT: usize, const R: usize, E, D, T>(
+pub fn low_rank<const IN: usize, const OUT: usize, R: Dim, E, D, T>(
     x: Tensor<(usize, usize, Const<IN>), E, D, T>,
-    a: &Tensor<Rank2<R, IN>, E, D>,
-    b: &Tensor<Rank2<OUT, R>, E, D>,
+    a: &Tensor<(R, Const<IN>), E, D>,
+    b: &Tensor<(Const<OUT>, R), E, D>,
     scaling: f64,
 ) -> Tensor<(usize, usize, Const<OUT>), E, D, T>
 where
@@ -145,8 +148,8 @@ where
     T: Tape<E, D> + Merge<T>,
 {
     // (batch, seq, IN) → (batch, seq, r) → (batch, seq, OUT)
-    let down = x.matmul(a.retaped::<T>().permute::<Rank2<IN, R>, _>());
-    let up = down.matmul(b.retaped::<T>().permute::<Rank2<R, OUT>, _>());
+    let down = x.matmul(a.retaped::<T>().permute::<(Const<IN>, R), _>());
+    let up = down.matmul(b.retaped::<T>().permute::<(R, Const<OUT>), _>());
     up * E::from_f64(scaling).unwrap()
 }
 // ANCHOR_END: forward

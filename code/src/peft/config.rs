@@ -1,9 +1,13 @@
 //! 3.4 节：PEFT 的 `adapter_config.json`。
 //!
 //! [`LoraConfig`] 的 JSON 就是 PEFT 保存的 `adapter_config.json`：本书读得懂 PEFT 写的文件，PEFT 也读得懂本书写的。
-//! 本书实现了其中的 LoRA 核心（r、lora_alpha、target_modules、lora_dropout、use_rslora、modules_to_save）；
-//! 其余会改变模型行为的选项（DoRA、每层不同的秩、偏置训练……）只要取了非默认值，就给出指明字段的错误，
+//! 本书实现了其中的 LoRA 核心（r、lora_alpha、target_modules、lora_dropout、use_rslora、modules_to_save）
+//! 与按模块的变化（rank_pattern、alpha_pattern、layers_to_transform、layers_pattern）；
+//! 其余会改变模型行为的选项（DoRA、偏置训练……）只要取了非默认值，就给出指明字段的错误，
 //! 而不是悄悄忽略。纯说明性的字段（peft_version、revision……）原样保留，保存时写回。
+//!
+//! [`LoraConfig::plan`] 按 PEFT 的规则把配置解析成“哪一层的哪个线性层、秩多少、缩放多少”：
+//! 读权重、分词、建输出目录之前，配置与模型（`config.json` 的层数与宽度）就核对完了。
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -43,6 +47,18 @@ pub struct LoraConfig {
     /// rsLoRA：缩放系数取 α/√r。
     #[serde(default)]
     pub use_rslora: bool,
+    /// 按模块的秩：键按 PEFT 的 `get_pattern_key` 与模块名匹配（模块名的后缀，或正则），没匹配到的用 r。
+    #[serde(default)]
+    pub rank_pattern: Pattern<usize>,
+    /// 按模块的 α（同上）。
+    #[serde(default)]
+    pub alpha_pattern: Pattern<f64>,
+    /// 只给这些层加 LoRA（一个编号或编号的列表；`None` 为全部层）。
+    #[serde(default)]
+    pub layers_to_transform: Option<OneOrMany<usize>>,
+    /// 从模块名里找层号时用的名字（BERT 是 `layer`；`None` 时取模块名里的第一个编号）。
+    #[serde(default)]
+    pub layers_pattern: Option<OneOrMany<String>>,
     /// 基座模型的名字或目录（只作记录）。
     #[serde(default)]
     pub base_model_name_or_path: Option<String>,
@@ -52,6 +68,110 @@ pub struct LoraConfig {
     /// 其余字段：原样保留。会改变模型行为的几个须取默认值，见 [`LoraConfig::validate`]。
     #[serde(flatten)]
     pub other: BTreeMap<String, Value>,
+}
+
+/// 按模块名匹配的表（`rank_pattern`、`alpha_pattern`），保持文件里的顺序：PEFT 取第一个匹配的键。
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Pattern<T>(pub Vec<(String, T)>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Pattern<T> {
+    fn deserialize<De: serde::Deserializer<'de>>(d: De) -> Result<Self, De::Error> {
+        struct Entries<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Entries<T> {
+            type Value = Pattern<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("模块名到取值的表")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Pattern(entries))
+            }
+            fn visit_unit<Er: serde::de::Error>(self) -> Result<Self::Value, Er> {
+                Ok(Pattern(Vec::new()))
+            }
+        }
+        d.deserialize_any(Entries(std::marker::PhantomData))
+    }
+}
+
+/// `rank_pattern`（整数）与 `alpha_pattern`（数）的取值。
+pub trait PatternValue: Copy {
+    /// 写成 JSON 时的数值。
+    fn as_f64(self) -> f64;
+}
+impl PatternValue for usize {
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+}
+impl PatternValue for f64 {
+    fn as_f64(self) -> f64 {
+        self
+    }
+}
+
+impl<T: PatternValue> Serialize for Pattern<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in &self.0 {
+            map.serialize_entry(k, &Whole(v.as_f64()))?;
+        }
+        map.end()
+    }
+}
+
+/// 整数写成整数（PEFT 写的 `16`），否则写小数。
+struct Whole(f64);
+impl Serialize for Whole {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        integer_if_whole(&self.0, s)
+    }
+}
+
+impl<T: Copy> Pattern<T> {
+    /// PEFT 的 `get_pattern_key`：第一个与模块名匹配的键（`^(.*\.)?(键)$`）的取值。
+    fn lookup(&self, field: &str, module: &str) -> Result<Option<T>, PeftError> {
+        for (key, value) in &self.0 {
+            let re = regex::Regex::new(&format!("^(?:.*\\.)?(?:{key})$")).map_err(|e| {
+                PeftError::Field {
+                    path: None,
+                    field: field.into(),
+                    value: format!("{key:?}"),
+                    reason: format!("不是合法的正则表达式：{e}"),
+                }
+            })?;
+            if re.is_match(module) {
+                return Ok(Some(*value));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// 一个值或一个列表（PEFT 的 `Union[int, List[int]]`、`Union[str, List[str]]`）。
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany<T> {
+    /// 一个。
+    One(T),
+    /// 多个。
+    Many(Vec<T>),
+}
+
+impl<T> OneOrMany<T> {
+    fn as_slice(&self) -> &[T] {
+        match self {
+            OneOrMany::One(v) => std::slice::from_ref(v),
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 /// `target_modules` 的两种写法。
@@ -92,16 +212,12 @@ fn integer_if_whole<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Err
 }
 
 /// 会改变模型行为、本书没有实现的 PEFT 选项：文件里出现时必须是默认值（null、false、空表）。
-const UNSUPPORTED: [(&str, &str); 13] = [
+const UNSUPPORTED: [(&str, &str); 9] = [
     ("use_dora", "DoRA（把权重拆成方向与长度）"),
     (
         "fan_in_fan_out",
         "按 (in, out) 存放的权重（GPT-2 的 Conv1D）",
     ),
-    ("rank_pattern", "每个模块不同的秩"),
-    ("alpha_pattern", "每个模块不同的 α"),
-    ("layers_to_transform", "只给部分层加 LoRA"),
-    ("layers_pattern", "只给部分层加 LoRA"),
     ("layer_replication", "层的复制"),
     ("exclude_modules", "排除的模块"),
     ("lora_bias", "LoRA 分支的偏置"),
@@ -126,6 +242,10 @@ impl LoraConfig {
             bias: default_bias(),
             modules_to_save: None,
             use_rslora: false,
+            rank_pattern: Pattern::default(),
+            alpha_pattern: Pattern::default(),
+            layers_to_transform: None,
+            layers_pattern: None,
             base_model_name_or_path: None,
             inference_mode: false,
             other: BTreeMap::new(),
@@ -165,12 +285,17 @@ impl LoraConfig {
     }
 
     // ANCHOR: scaling
-    /// LoRA 分支的缩放系数：α/r，rsLoRA 时 α/√r。
+    /// LoRA 分支的缩放系数：α/r，rsLoRA 时 α/√r（没有按模块改秩与 α 的模块）。
     pub fn scaling(&self) -> f64 {
+        self.scaling_for(self.r, self.lora_alpha)
+    }
+
+    /// 秩 r、α 的模块的缩放系数。
+    pub fn scaling_for(&self, r: usize, alpha: f64) -> f64 {
         if self.use_rslora {
-            self.lora_alpha / (self.r as f64).sqrt()
+            alpha / (r as f64).sqrt()
         } else {
-            self.lora_alpha / self.r as f64
+            alpha / r as f64
         }
     }
     // ANCHOR_END: scaling
@@ -239,6 +364,27 @@ impl LoraConfig {
                 "分类模型要训练分类头：task_type 应为 \"SEQ_CLS\"，或 modules_to_save 含 \"classifier\"",
             );
         }
+        if let Some((k, _)) = self.rank_pattern.0.iter().find(|(_, r)| *r == 0) {
+            return bad("rank_pattern", format!("{{{k:?}: 0}}"), "秩必须 ≥ 1");
+        }
+        if let Some((k, a)) = self
+            .alpha_pattern
+            .0
+            .iter()
+            .find(|(_, a)| !(a.is_finite() && *a > 0.0))
+        {
+            return bad("alpha_pattern", format!("{{{k:?}: {a}}}"), "必须是正数");
+        }
+        if matches!(self.target_modules, TargetModules::Regex(_)) {
+            // 与 PEFT 的 LoraConfig.__post_init__ 相同
+            if let Some(l) = &self.layers_to_transform {
+                return bad(
+                    "layers_to_transform",
+                    format!("{l:?}"),
+                    "target_modules 是正则表达式时不能再用 layers_to_transform（PEFT 同样拒绝）",
+                );
+            }
+        }
         for (field, what) in UNSUPPORTED {
             if let Some(v) = self.other.get(field) {
                 let default = match v {
@@ -261,8 +407,7 @@ impl LoraConfig {
 }
 
 // ANCHOR: resolve
-/// BERT 编码器层里六个可加 LoRA 的线性层在 PEFT（即 HF 模型）中的模块名，顺序与
-/// [`Targets::SITES`](crate::lora::encoder::Targets::SITES) 相同。
+/// BERT 编码器层里六个可加 LoRA 的线性层在 PEFT（即 HF 模型）中的模块名（相对 `bert.encoder.layer.i`）。
 pub const LAYER_LINEARS: [&str; 6] = [
     "attention.self.query",
     "attention.self.key",
@@ -272,8 +417,11 @@ pub const LAYER_LINEARS: [&str; 6] = [
     "output.dense",
 ];
 
-/// `BertForSequenceClassification` 中编码器层以外的模块名（PEFT 按全部模块名匹配 `target_modules`）。
-const OTHER_MODULES: [&str; 16] = [
+/// 池化层的线性层：`target_modules` 里的 `dense` 也匹配它。
+pub const POOLER_DENSE: &str = "bert.pooler.dense";
+
+/// `BertForSequenceClassification` 中编码器层以外、不是线性层的模块名（PEFT 按全部模块名匹配 `target_modules`）。
+const OTHER_MODULES: [&str; 12] = [
     "bert",
     "bert.embeddings",
     "bert.embeddings.word_embeddings",
@@ -284,12 +432,8 @@ const OTHER_MODULES: [&str; 16] = [
     "bert.encoder",
     "bert.encoder.layer",
     "bert.pooler",
-    "bert.pooler.dense",
     "bert.pooler.activation",
     "dropout",
-    "classifier",
-    "classifier.modules_to_save",
-    "classifier.original_module",
 ];
 
 /// 编码器第 i 层里线性层以外的模块名（相对 `bert.encoder.layer.i`；线性层见 [`LAYER_LINEARS`]）。
@@ -308,106 +452,227 @@ const LAYER_MODULES: [&str; 12] = [
     "output.dropout",
 ];
 
-impl TargetModules {
-    fn matches(&self, module: &str, regex: Option<&regex::Regex>) -> Vec<usize> {
-        match self {
-            TargetModules::Names(names) => names
-                .iter()
-                .enumerate()
-                .filter(|(_, t)| module == t.as_str() || module.ends_with(&format!(".{t}")))
-                .map(|(i, _)| i)
-                .collect(),
-            TargetModules::Regex(_) => match regex {
-                Some(re) if re.is_match(module) => vec![0],
-                _ => vec![],
-            },
+/// 一个被选中的线性层：秩、α 与缩放系数。
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SiteSpec {
+    /// 秩 r。
+    pub r: usize,
+    /// α。
+    pub lora_alpha: f64,
+    /// 缩放系数 α/r（rsLoRA 时 α/√r）。
+    pub scaling: f64,
+}
+
+/// 解析好的适配器：每层六个位置（顺序同 [`LAYER_LINEARS`]）与池化层，选中的有 [`SiteSpec`]。
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterPlan {
+    /// 每层。
+    pub layers: Vec<[Option<SiteSpec>; 6]>,
+    /// 池化层。
+    pub pooler: Option<SiteSpec>,
+    /// `target_modules` 里没有匹配到任何模块的名字（PEFT 不报错；命令行提示一句）。
+    pub unmatched: Vec<String>,
+}
+
+impl AdapterPlan {
+    /// 选中的模块名（PEFT 的写法，按模型里的顺序）与它们的 [`SiteSpec`]。
+    pub fn modules(&self) -> Vec<(String, SiteSpec)> {
+        let mut out = Vec::new();
+        for (i, layer) in self.layers.iter().enumerate() {
+            for (name, spec) in LAYER_LINEARS.iter().zip(layer) {
+                if let Some(spec) = spec {
+                    out.push((format!("bert.encoder.layer.{i}.{name}"), *spec));
+                }
+            }
         }
+        if let Some(spec) = self.pooler {
+            out.push((POOLER_DENSE.to_string(), spec));
+        }
+        out
     }
 }
 
-/// 按 PEFT 的规则把 `target_modules` 解析成编码器层里的六个位置（各层须相同）。
-///
-/// 匹配规则与 PEFT 相同：列表里的名字与模块名相等或是它的后缀（以 `.` 分隔），正则表达式与整个模块名匹配。
-/// 匹配到线性层以外的模块（如 `pooler.dense`、层归一化）、某个名字什么也没匹配到、各层不同，都是错误。
-pub fn resolve_targets(targets: &TargetModules, layers: usize) -> Result<[bool; 6], PeftError> {
-    let regex = match targets {
-        TargetModules::Regex(pattern) => Some(
-            regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| PeftError::Field {
-                path: None,
-                field: "target_modules".into(),
-                value: format!("{pattern:?}"),
-                reason: format!("不是合法的正则表达式：{e}"),
-            })?,
-        ),
-        TargetModules::Names(_) => None,
+/// 模块名里的层号：PEFT 的 `check_target_module_exists` 的写法（找第一个编号）。
+fn layer_index(module: &str, patterns: Option<&OneOrMany<String>>) -> Option<usize> {
+    let res: Vec<String> = match patterns.map(|p| p.as_slice()).filter(|p| !p.is_empty()) {
+        None => vec![r"^.*?\.[^.]*\.(\d+)\.".into()],
+        Some(ps) => ps
+            .iter()
+            .map(|p| format!(r"^(?:.*?\.)?{p}\.(\d+)\."))
+            .collect(),
     };
-    let n_entries = match targets {
-        TargetModules::Names(n) => n.len(),
-        TargetModules::Regex(_) => 1,
-    };
-    let mut used = vec![false; n_entries];
-    let mut per_layer = vec![[false; 6]; layers];
-    let mut unsupported = Vec::new();
-    let mut visit = |name: String, site: Option<(usize, usize)>| {
-        let hits = targets.matches(&name, regex.as_ref());
-        if hits.is_empty() {
-            return;
+    res.iter().find_map(|re| {
+        let caps = regex::Regex::new(re).ok()?.captures(module)?;
+        caps[1].parse().ok()
+    })
+}
+
+impl LoraConfig {
+    /// 按 PEFT 的规则解析出每个被选中的线性层与它的秩、α：
+    /// - `target_modules` 是列表时，模块名等于其中某项或以 `.某项` 结尾；是字符串时按正则与整个模块名匹配；
+    /// - `modules_to_save` 里的模块（分类头）不加 LoRA；
+    /// - 列表写法下，`layers_to_transform` 只留下这些层（层号按 `layers_pattern` 从模块名里找）；
+    /// - `rank_pattern`、`alpha_pattern` 取第一个匹配的键，没有匹配的用 r、lora_alpha。
+    ///
+    /// 匹配到线性层以外的模块（层归一化、嵌入……）、什么也没匹配到、秩超过 min(输入, 输出)，都是指明字段的错误。
+    /// `hidden`、`intermediate` 是模型的 hidden_size、intermediate_size。
+    pub fn plan(
+        &self,
+        num_layers: usize,
+        hidden: usize,
+        intermediate: usize,
+    ) -> Result<AdapterPlan, PeftError> {
+        self.validate()?;
+        let field = |name: &str, value: String, reason: String| PeftError::Field {
+            path: None,
+            field: name.into(),
+            value,
+            reason,
+        };
+        let regex = match &self.target_modules {
+            TargetModules::Regex(pattern) => {
+                Some(regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| {
+                    field(
+                        "target_modules",
+                        format!("{pattern:?}"),
+                        format!("不是合法的正则表达式：{e}"),
+                    )
+                })?)
+            }
+            TargetModules::Names(_) => None,
+        };
+        let mut used = match &self.target_modules {
+            TargetModules::Names(n) => vec![false; n.len()],
+            TargetModules::Regex(_) => vec![false],
+        };
+        let layers_filter = self
+            .layers_to_transform
+            .as_ref()
+            .map(|l| l.as_slice())
+            .filter(|l| !l.is_empty());
+        // 这个模块是否被选中（PEFT 的 check_target_module_exists）
+        let mut targeted = |module: &str| -> bool {
+            if module.starts_with("classifier") {
+                return false; // modules_to_save：分类头整个训练，不加 LoRA
+            }
+            match (&self.target_modules, &regex) {
+                (TargetModules::Regex(_), Some(re)) => {
+                    let hit = re.is_match(module);
+                    used[0] |= hit;
+                    hit
+                }
+                (TargetModules::Names(names), _) => {
+                    let (mut exact, mut suffix) = (false, false);
+                    for (i, t) in names.iter().enumerate() {
+                        if module == t {
+                            exact = true;
+                            used[i] = true;
+                        } else if module.ends_with(&format!(".{t}")) {
+                            suffix = true;
+                            used[i] = true;
+                        }
+                    }
+                    if exact {
+                        return true;
+                    }
+                    match layers_filter {
+                        Some(keep) if suffix => layer_index(module, self.layers_pattern.as_ref())
+                            .is_some_and(|i| keep.contains(&i)),
+                        _ => suffix,
+                    }
+                }
+                _ => false,
+            }
+        };
+        let mut unsupported = None;
+        for m in OTHER_MODULES {
+            if targeted(m) {
+                unsupported.get_or_insert(m.to_string());
+            }
         }
-        for h in hits {
-            used[h] = true;
+        // (模块名, (层, 位置) 或池化层, 输入与输出较小的一维)
+        let mut sites: Vec<(String, Option<(usize, usize)>, usize)> = Vec::new();
+        for layer in 0..num_layers {
+            for m in LAYER_MODULES {
+                let name = format!("bert.encoder.layer.{layer}.{m}");
+                let name = name.trim_end_matches('.');
+                if targeted(name) {
+                    unsupported.get_or_insert(name.to_string());
+                }
+            }
+            for (s, m) in LAYER_LINEARS.iter().enumerate() {
+                let name = format!("bert.encoder.layer.{layer}.{m}");
+                if targeted(&name) {
+                    let fan = if s >= 4 {
+                        hidden.min(intermediate)
+                    } else {
+                        hidden
+                    };
+                    sites.push((name, Some((layer, s)), fan));
+                }
+            }
         }
-        match site {
-            Some((layer, s)) => per_layer[layer][s] = true,
-            None => unsupported.push(name),
+        if targeted(POOLER_DENSE) {
+            sites.push((POOLER_DENSE.into(), None, hidden));
         }
-    };
-    for m in OTHER_MODULES {
-        visit(m.to_string(), None);
-    }
-    for layer in 0..layers {
-        for m in LAYER_MODULES {
-            let name = if m.is_empty() {
-                format!("bert.encoder.layer.{layer}")
-            } else {
-                format!("bert.encoder.layer.{layer}.{m}")
-            };
-            visit(name, None);
-        }
-        for (s, m) in LAYER_LINEARS.iter().enumerate() {
-            visit(format!("bert.encoder.layer.{layer}.{m}"), Some((layer, s)));
-        }
-    }
-    let field = |value: String, reason: String| PeftError::Field {
-        path: None,
-        field: "target_modules".into(),
-        value,
-        reason,
-    };
-    if let Some(m) = unsupported.first() {
-        return Err(field(
-            format!("{targets:?}"),
-            format!("匹配到了模块 {m}；本书的 BERT 只能给编码器层里的线性层加 LoRA（query、key、value、attention.output.dense、intermediate.dense、output.dense）"),
-        ));
-    }
-    if let TargetModules::Names(names) = targets {
-        if let Some(i) = used.iter().position(|u| !u) {
+        if let Some(m) = unsupported {
             return Err(field(
-                format!("{:?}", names[i]),
-                "没有匹配到模型中的任何模块（可用的名字：query、key、value、attention.output.dense、intermediate.dense、output.dense）".into(),
+                "target_modules",
+                format!("{:?}", self.target_modules),
+                format!("匹配到了模块 {m}；本书的 BERT 只能给线性层加 LoRA（query、key、value、attention.output.dense、intermediate.dense、output.dense、bert.pooler.dense）"),
             ));
         }
+        if sites.is_empty() {
+            return Err(field(
+                "target_modules",
+                format!("{:?}", self.target_modules),
+                "没有匹配到任何线性层（可用的名字：query、key、value、dense、attention.output.dense、intermediate.dense、output.dense）".into(),
+            ));
+        }
+        let unmatched = match &self.target_modules {
+            TargetModules::Names(names) => names
+                .iter()
+                .zip(&used)
+                .filter(|(_, u)| !**u)
+                .map(|(n, _)| n.clone())
+                .collect(),
+            TargetModules::Regex(_) => Vec::new(),
+        };
+        let mut plan = AdapterPlan {
+            layers: vec![[None; 6]; num_layers],
+            pooler: None,
+            unmatched,
+        };
+        for (name, site, fan) in sites {
+            let pattern_r = self.rank_pattern.lookup("rank_pattern", &name)?;
+            let r = pattern_r.unwrap_or(self.r);
+            let alpha = self
+                .alpha_pattern
+                .lookup("alpha_pattern", &name)?
+                .unwrap_or(self.lora_alpha);
+            if r > fan {
+                return Err(field(
+                    if pattern_r.is_some() {
+                        "rank_pattern"
+                    } else {
+                        "r"
+                    },
+                    r.to_string(),
+                    format!("模块 {name} 的输入、输出较小的一维只有 {fan}，秩不能超过它"),
+                ));
+            }
+            let spec = SiteSpec {
+                r,
+                lora_alpha: alpha,
+                scaling: self.scaling_for(r, alpha),
+            };
+            match site {
+                Some((layer, s)) => plan.layers[layer][s] = Some(spec),
+                None => plan.pooler = Some(spec),
+            }
+        }
+        Ok(plan)
     }
-    let first = per_layer.first().copied().unwrap_or_default();
-    if let Some(i) = per_layer.iter().position(|l| *l != first) {
-        return Err(field(
-            format!("{targets:?}"),
-            format!("第 0 层与第 {i} 层选中的线性层不同；本书要求每层相同"),
-        ));
-    }
-    if !first.contains(&true) {
-        return Err(field(format!("{targets:?}"), "没有匹配到任何线性层".into()));
-    }
-    Ok(first)
 }
 // ANCHOR_END: resolve
 
@@ -441,15 +706,6 @@ pub enum PeftError {
     },
     /// 适配器或模型的权重文件的问题。
     Checkpoint(crate::checkpoint::CheckpointError),
-    /// 配置与编译好的模型类型（秩、目标层）不一致。
-    Mismatch {
-        /// 字段名。
-        field: String,
-        /// 配置中的值。
-        config: String,
-        /// 模型类型中的值。
-        model: String,
-    },
 }
 
 impl PeftError {
@@ -476,7 +732,11 @@ impl fmt::Display for PeftError {
         match self {
             PeftError::Io { path, error } => write!(f, "无法读取 {}：{error}", path.display()),
             PeftError::Json { path, error } => {
-                write!(f, "{} 不是有效的 adapter_config.json：{error}", path.display())
+                write!(
+                    f,
+                    "{} 不是有效的 adapter_config.json：{error}",
+                    path.display()
+                )
             }
             PeftError::Field {
                 path,
@@ -490,14 +750,6 @@ impl fmt::Display for PeftError {
                 write!(f, "LoRA 配置的字段 {field} = {value}：{reason}")
             }
             PeftError::Checkpoint(e) => e.fmt(f),
-            PeftError::Mismatch {
-                field,
-                config,
-                model,
-            } => write!(
-                f,
-                "LoRA 配置与模型类型不一致：字段 {field} 在配置中为 {config}，编译好的模型为 {model}"
-            ),
         }
     }
 }
@@ -514,58 +766,159 @@ impl From<crate::checkpoint::CheckpointError> for PeftError {
 mod tests {
     use super::*;
 
+    fn cfg(targets: TargetModules) -> LoraConfig {
+        let mut c = LoraConfig::seq_cls(4, 8.0, &[], 0.0);
+        c.target_modules = targets;
+        c
+    }
+
     fn names(v: &[&str]) -> TargetModules {
         TargetModules::Names(v.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// 每层选中的位置（true/false）与池化层。
+    fn sites(plan: &AdapterPlan) -> (Vec<[bool; 6]>, bool) {
+        let layers = plan.layers.iter().map(|l| l.map(|s| s.is_some())).collect();
+        (layers, plan.pooler.is_some())
     }
 
     #[test]
     fn resolves_names_like_peft() {
         let q_v = [true, false, true, false, false, false];
-        assert_eq!(resolve_targets(&names(&["query", "value"]), 2), Ok(q_v));
-        assert_eq!(
-            resolve_targets(&names(&["self.query", "attention.self.value"]), 2),
-            Ok(q_v)
-        );
+        let plan = cfg(names(&["query", "value"])).plan(2, 32, 48).unwrap();
+        assert_eq!(sites(&plan), (vec![q_v; 2], false));
+        let plan = cfg(names(&["self.query", "attention.self.value"]))
+            .plan(2, 32, 48)
+            .unwrap();
+        assert_eq!(sites(&plan), (vec![q_v; 2], false));
         // "output.dense" 是 attention.output.dense 与 output.dense 两者的后缀
+        let plan = cfg(names(&["output.dense"])).plan(2, 32, 48).unwrap();
         assert_eq!(
-            resolve_targets(&names(&["output.dense"]), 2),
-            Ok([false, false, false, true, false, true])
+            sites(&plan).0,
+            vec![[false, false, false, true, false, true]; 2]
         );
+        let plan = cfg(TargetModules::Regex(r".*\.(query|key|value)".into()))
+            .plan(3, 32, 48)
+            .unwrap();
         assert_eq!(
-            resolve_targets(&TargetModules::Regex(r".*\.(query|key|value)".into()), 3),
-            Ok([true, true, true, false, false, false])
+            sites(&plan).0,
+            vec![[true, true, true, false, false, false]; 3]
+        );
+        // PEFT 常用的 ["query", "key", "value", "dense"]：dense 匹配三种 dense，连池化层也在内
+        let plan = cfg(names(&["query", "key", "value", "dense"]))
+            .plan(2, 32, 48)
+            .unwrap();
+        assert_eq!(sites(&plan), (vec![[true; 6]; 2], true));
+        assert_eq!(plan.modules().len(), 13);
+        assert_eq!(plan.modules()[12].0, "bert.pooler.dense");
+        // 一个正则只选第 0 层的 query：各层可以不同
+        let plan = cfg(TargetModules::Regex(
+            r"bert\.encoder\.layer\.0\.attention\.self\.query".into(),
+        ))
+        .plan(2, 32, 48)
+        .unwrap();
+        assert_eq!(
+            sites(&plan).0,
+            vec![[true, false, false, false, false, false], [false; 6]]
         );
     }
 
     #[test]
+    fn patterns_and_layers_follow_peft() {
+        // 与 tests/fixtures/make_peft_pattern_fixtures.py 的 pattern 适配器相同的配置（PEFT 解析出的秩与 α 见那里）
+        let mut c = cfg(names(&["query", "value", "intermediate.dense"]));
+        c.rank_pattern = Pattern(vec![
+            ("value".into(), 2),
+            ("layer.1.attention.self.query".into(), 6),
+        ]);
+        c.alpha_pattern = Pattern(vec![("intermediate.dense".into(), 16.0)]);
+        let plan = c.plan(2, 32, 48).unwrap();
+        let got: Vec<(String, usize, f64)> = plan
+            .modules()
+            .into_iter()
+            .map(|(n, s)| (n.replace("bert.encoder.layer.", ""), s.r, s.scaling))
+            .collect();
+        let expected = [
+            ("0.attention.self.query", 4, 2.0),
+            ("0.attention.self.value", 2, 4.0),
+            ("0.intermediate.dense", 4, 4.0),
+            ("1.attention.self.query", 6, 8.0 / 6.0),
+            ("1.attention.self.value", 2, 4.0),
+            ("1.intermediate.dense", 4, 4.0),
+        ];
+        assert_eq!(got.len(), expected.len());
+        for ((n, r, s), (en, er, es)) in got.iter().zip(expected) {
+            assert_eq!((n.as_str(), *r), (en, er));
+            assert!((s - es).abs() < 1e-12, "{n}: {s} vs {es}");
+        }
+        // layers_to_transform + layers_pattern + rsLoRA（tiny-bert-peft-layers）
+        let mut c = cfg(names(&["query", "value"]));
+        c.r = 2;
+        c.lora_alpha = 4.0;
+        c.use_rslora = true;
+        c.layers_to_transform = Some(OneOrMany::Many(vec![1]));
+        c.layers_pattern = Some(OneOrMany::One("layer".into()));
+        let plan = c.plan(2, 32, 48).unwrap();
+        assert_eq!(
+            sites(&plan).0,
+            vec![[false; 6], [true, false, true, false, false, false]]
+        );
+        assert!((plan.layers[1][0].unwrap().scaling - 4.0 / 2f64.sqrt()).abs() < 1e-12);
+        // 层号按第一个编号找（不给 layers_pattern 时也是第 1 层）
+        c.layers_pattern = None;
+        assert_eq!(c.plan(2, 32, 48).unwrap(), plan);
+    }
+
+    #[test]
     fn unsupported_targets_name_the_field() {
-        let err = resolve_targets(&names(&["query", "quer"]), 2)
+        // 有一个名字没匹配到：与 PEFT 一样不报错，记在 unmatched 里
+        let plan = cfg(names(&["query", "quer"])).plan(2, 32, 48).unwrap();
+        assert_eq!(plan.unmatched, ["quer"]);
+        let err = cfg(names(&["quer"]))
+            .plan(2, 32, 48)
             .unwrap_err()
             .to_string();
         assert!(
-            err.starts_with("LoRA 配置的字段 target_modules = \"quer\"：没有匹配到"),
+            err.starts_with("LoRA 配置的字段 target_modules = "),
             "{err}"
         );
-        // "dense" 也匹配 bert.pooler.dense
-        let err = resolve_targets(&names(&["dense"]), 2)
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("匹配到了模块 bert.pooler.dense"), "{err}");
-        let err = resolve_targets(&names(&["LayerNorm"]), 2)
+        assert!(err.contains("没有匹配到任何线性层"), "{err}");
+        let err = cfg(names(&["LayerNorm"]))
+            .plan(2, 32, 48)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("匹配到了模块 bert.embeddings.LayerNorm"),
             "{err}"
         );
-        // 只选第 0 层
-        let err = resolve_targets(
-            &TargetModules::Regex(r"bert\.encoder\.layer\.0\.attention\.self\.query".into()),
-            2,
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(err.contains("第 0 层与第 1 层选中的线性层不同"), "{err}");
+        let err = cfg(names(&["attention"]))
+            .plan(2, 32, 48)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("匹配到了模块 bert.encoder.layer.0.attention"),
+            "{err}"
+        );
+        // 秩超过 min(输入, 输出)
+        let mut c = cfg(names(&["query"]));
+        c.r = 33;
+        let err = c.plan(2, 32, 48).unwrap_err().to_string();
+        assert!(err.starts_with("LoRA 配置的字段 r = 33："), "{err}");
+        c.r = 4;
+        c.rank_pattern = Pattern(vec![("query".into(), 40)]);
+        let err = c.plan(2, 32, 48).unwrap_err().to_string();
+        assert!(
+            err.starts_with("LoRA 配置的字段 rank_pattern = 40："),
+            "{err}"
+        );
+        // 正则写法的 target_modules 不能再配 layers_to_transform（PEFT 同样拒绝）
+        let mut c = cfg(TargetModules::Regex(".*query".into()));
+        c.layers_to_transform = Some(OneOrMany::One(0));
+        let err = c.plan(2, 32, 48).unwrap_err().to_string();
+        assert!(
+            err.starts_with("LoRA 配置的字段 layers_to_transform"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -588,7 +941,8 @@ mod tests {
         for (patch, field) in [
             (r#""use_dora": true"#, "use_dora"),
             (r#""bias": "all""#, "bias"),
-            (r#""rank_pattern": {"query": 4}"#, "rank_pattern"),
+            (r#""rank_pattern": {"query": 0}"#, "rank_pattern"),
+            (r#""alpha_pattern": {"query": -1}"#, "alpha_pattern"),
             (r#""r": 0"#, "r"),
             (r#""lora_dropout": 1.0"#, "lora_dropout"),
             (r#""peft_type": "IA3""#, "peft_type"),

@@ -9,17 +9,16 @@ use std::fmt;
 use std::path::Path;
 
 use crate::kernels::Kernels;
-use dfdx::nn::modules::Linear;
 use dfdx::nn::NumParams;
 use dfdx::prelude::*;
 
-use super::config::{resolve_targets, LoraConfig, PeftError, LAYER_LINEARS};
+use super::adapter::{PeftAdapters, PeftHooks, PeftLayer, SiteLora};
+use super::config::{AdapterPlan, LoraConfig, PeftError, LAYER_LINEARS};
 use crate::basics::tensors::Real;
 use crate::bert::hf::hf_candidates;
 use crate::bert::model::{BertOutput, BertParams};
+use crate::bert::runtime::LayerStack;
 use crate::checkpoint::{save_params_with, Checkpoint};
-use crate::lora::encoder::{AdapterHooks, LayerAdapters, LoraAdapters, Targets};
-use crate::lora::layer::LoraOptions;
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::encoder::{EncoderConfig, InputError, Mode};
 
@@ -31,26 +30,15 @@ pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 // ANCHOR: struct
 /// 加了 LoRA 的 BERT 分类模型（PEFT 的 `PeftModelForSequenceClassification`）。
 #[derive(Clone, Debug)]
-pub struct PeftBert<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    const R: usize,
-    Tg: Targets,
-    E: Dtype,
-    D: Device<E>,
-> {
+pub struct PeftBert<const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>> {
     /// 冻结的基座（优化器看不到它）。
-    pub base: BertParams<V, M, H, F, L, P, TT, C, E, D>,
+    pub base: BertParams<M, H, F, E, D>,
     /// 可训练的部分：LoRA 的 A、B 与分类头的副本。
-    pub adapters: LoraAdapters<M, F, L, C, R, Tg, E, D>,
+    pub adapters: PeftAdapters<M, F, E, D>,
     /// PEFT 的配置（保存时写成 `adapter_config.json`）。
     pub lora: LoraConfig,
+    /// 由配置解析出的选中模块与各自的秩、缩放系数。
+    pub plan: AdapterPlan,
     /// BERT 的超参数（来自 `config.json`）。
     pub config: EncoderConfig,
 }
@@ -91,37 +79,13 @@ pub fn thousands(n: usize) -> String {
 }
 
 // ANCHOR: check
-/// 运行期的配置与编译期的类型核对：字段合法（[`LoraConfig::validate`]），秩 r 等于类型里的 R，
-/// `target_modules` 按 PEFT 的规则解析出的线性层等于类型里的 `Tg`。
-pub fn check_against_types<const R: usize, const L: usize, Tg: Targets>(
+/// 读权重、分词、建输出目录之前先核对：配置的字段合法，`target_modules`、`rank_pattern`…… 在这个模型
+/// （层数 `num_layers`、宽度 M、F）上按 PEFT 的规则解析得出（[`LoraConfig::plan`]）。命令行在读权重之前调用它。
+pub fn check_config<const M: usize, const F: usize>(
     lora: &LoraConfig,
-) -> Result<(), PeftError> {
-    lora.validate()?;
-    if lora.r != R {
-        return Err(PeftError::Mismatch {
-            field: "r".into(),
-            config: lora.r.to_string(),
-            model: R.to_string(),
-        });
-    }
-    let sites = resolve_targets(&lora.target_modules, L)?;
-    if sites != Tg::SITES {
-        let names = |s: [bool; 6]| {
-            LAYER_LINEARS
-                .iter()
-                .zip(s)
-                .filter(|(_, on)| *on)
-                .map(|(n, _)| *n)
-                .collect::<Vec<_>>()
-                .join("、")
-        };
-        return Err(PeftError::Mismatch {
-            field: "target_modules".into(),
-            config: names(sites),
-            model: names(Tg::SITES),
-        });
-    }
-    Ok(())
+    num_layers: usize,
+) -> Result<AdapterPlan, PeftError> {
+    lora.plan(num_layers, M, F)
 }
 // ANCHOR_END: check
 
@@ -129,10 +93,19 @@ pub fn check_against_types<const R: usize, const L: usize, Tg: Targets>(
 /// 适配器的字段路径 → PEFT 保存的键名。
 ///
 /// `layers.3.w_q.lora_a` → `base_model.model.bert.encoder.layer.3.attention.self.query.lora_A.weight`，
+/// `pooler.lora_b` → `base_model.model.bert.pooler.dense.lora_B.weight`，
 /// `head.weight` → `base_model.model.classifier.weight`（`modules_to_save` 的副本存为原模块的名字）。
 pub fn peft_key(path: &str) -> String {
     if let Some(rest) = path.strip_prefix("head.") {
         return format!("base_model.model.classifier.{rest}");
+    }
+    let ab_name = |ab: &str| match ab {
+        "lora_a" => Some("lora_A"),
+        "lora_b" => Some("lora_B"),
+        _ => None,
+    };
+    if let Some(ab) = path.strip_prefix("pooler.").and_then(ab_name) {
+        return format!("base_model.model.bert.pooler.dense.{ab}.weight");
     }
     const SITES: [&str; 6] = ["w_q", "w_k", "w_v", "w_o", "linear1", "linear2"];
     let parse = || {
@@ -140,11 +113,7 @@ pub fn peft_key(path: &str) -> String {
         let (layer, rest) = rest.split_once('.')?;
         let (site, ab) = rest.split_once('.')?;
         let module = LAYER_LINEARS[SITES.iter().position(|s| *s == site)?];
-        let ab = match ab {
-            "lora_a" => "lora_A",
-            "lora_b" => "lora_B",
-            _ => return None,
-        };
+        let ab = ab_name(ab)?;
         Some(format!(
             "base_model.model.bert.encoder.layer.{layer}.{module}.{ab}.weight"
         ))
@@ -153,67 +122,57 @@ pub fn peft_key(path: &str) -> String {
 }
 // ANCHOR_END: peft_key
 
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        const R: usize,
-        Tg,
-        E,
-        D,
-    > PeftBert<V, M, H, F, L, P, TT, C, R, Tg, E, D>
+impl<const M: usize, const H: usize, const F: usize, E, D> PeftBert<M, H, F, E, D>
 where
-    Tg: Targets,
     E: Real,
     D: Kernels<E>,
 {
     // ANCHOR: get_peft_model
-    /// PEFT 的 `get_peft_model(model, config)`：核对配置与类型，新建适配器（A 随机、B = 0），
-    /// 分类头复制一份来训练。基座原样保留。
+    /// PEFT 的 `get_peft_model(model, config)`：按配置解析出选中的模块（[`check_config`]），在每个选中的线性层上
+    /// 新建 A（随机）、B（= 0），分类头复制一份来训练。基座原样保留。
     pub fn get_peft_model(
-        base: BertParams<V, M, H, F, L, P, TT, C, E, D>,
+        base: BertParams<M, H, F, E, D>,
         config: EncoderConfig,
         lora: LoraConfig,
     ) -> Result<Self, PeftError> {
-        check_against_types::<R, L, Tg>(&lora)?;
+        let plan = check_config::<M, F>(&lora, base.layers.modules.len())?;
         let dev = base.classifier.weight.device().clone();
-        let layers = (0..L).map(|_| LayerAdapters::init(&dev)).collect();
-        let head = base.classifier.clone();
+        let layers = plan.layers.iter().map(|specs| PeftLayer::init(&dev, specs));
+        let adapters = PeftAdapters {
+            layers: LayerStack {
+                modules: layers.collect(),
+            },
+            pooler: SiteLora::init(&dev, plan.pooler),
+            head: base.classifier.clone(),
+        };
         Ok(Self {
             base,
-            adapters: LoraAdapters {
-                layers: dfdx::nn::modules::Repeated { modules: layers },
-                head,
-            },
+            adapters,
             lora,
+            plan,
             config,
         })
     }
-
     // ANCHOR_END: get_peft_model
 
-    /// 第 2 部分的 LoRA 选项：缩放系数 α/r（rsLoRA 时 α/√r）写成等价的 α。
-    pub fn options(&self) -> LoraOptions {
-        LoraOptions {
-            alpha: self.lora.scaling() * R as f64,
+    /// 第 i 层（`None` 为池化层）的钩子。
+    fn hooks(&self, layer: Option<usize>, mode: Mode) -> PeftHooks<'_, M, F, E, D> {
+        PeftHooks {
+            layer: layer.map(|i| &self.adapters.layers.modules[i]),
+            pooler: &self.adapters.pooler,
             dropout: self.lora.lora_dropout,
+            mode,
         }
     }
 
-    /// 前向：BERT 的前向，每层经钩子加上 LoRA 分支，分类头用可训练的副本。
+    /// 前向：BERT 的前向，每层与池化层经钩子加上 LoRA 分支，分类头用可训练的副本。
     pub fn forward<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         tokens: Tensor<(usize, usize), usize, D, T>,
         token_types: Option<Tensor<(usize, usize), usize, D>>,
         mask: &PaddingMask<E, D>,
         mode: Mode,
-    ) -> Result<BertOutput<M, C, E, D, T>, InputError> {
-        let opts = self.options();
+    ) -> Result<BertOutput<M, E, D, T>, InputError> {
         self.base.forward_with_head(
             &self.adapters.head,
             &self.config,
@@ -221,11 +180,8 @@ where
             token_types,
             mask,
             mode,
-            |i| AdapterHooks {
-                layer: &self.adapters.layers.modules[i],
-                opts,
-                mode,
-            },
+            |i| self.hooks(Some(i), mode),
+            &self.hooks(None, mode),
         )
     }
 
@@ -241,51 +197,35 @@ where
     // ANCHOR_END: trainable
 
     // ANCHOR: merge
-    /// PEFT 的 `merge_and_unload`：把 (α/r)·BA 合并进基座的权重，分类头换成训练后的副本，
+    /// PEFT 的 `merge_and_unload`：把 s·BA 合并进基座的权重，分类头换成训练后的副本，
     /// 得到一个普通的 BERT（推理时与基座一样快，可存成 Hugging Face 的模型目录）。
-    pub fn merge_and_unload(&self) -> BertParams<V, M, H, F, L, P, TT, C, E, D> {
+    pub fn merge_and_unload(&self) -> BertParams<M, H, F, E, D> {
         let mut merged = self.base.clone();
-        let opts = self.options();
         for (layer, adapters) in merged
             .layers
             .modules
             .iter_mut()
             .zip(&self.adapters.layers.modules)
         {
-            adapters.merge_into(layer, &opts);
+            adapters.merge_into(layer);
         }
-        merged.classifier = Linear {
-            weight: self.adapters.head.weight.clone(),
-            bias: self.adapters.head.bias.clone(),
-        };
+        self.adapters.pooler.merge_into(&mut merged.pooler);
+        merged.classifier = self.adapters.head.clone();
         merged
     }
     // ANCHOR_END: merge
 }
 
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        const R: usize,
-        Tg,
-        E,
-        D,
-    > PeftBert<V, M, H, F, L, P, TT, C, R, Tg, E, D>
+impl<const M: usize, const H: usize, const F: usize, E, D> PeftBert<M, H, F, E, D>
 where
-    Tg: Targets,
     E: Real + dfdx::tensor::safetensors::SafeDtype,
     D: Kernels<E>,
 {
     // ANCHOR: save
     /// PEFT 的 `save_pretrained`：目录里写 `adapter_config.json` 与 `adapter_model.safetensors`（PEFT 的键名）。
-    /// 整个目录原子地写入。
-    pub fn save_pretrained(&self, dir: &Path) -> Result<(), PeftError> {
+    /// `config_json` 给出时另写一个 `config.json`（[`classifier_config_json`]：类别名 `id2label`、`label2id`）：
+    /// PEFT 的文件里没有类别名，Python 一侧用 `AutoConfig.from_pretrained(目录)` 读它。整个目录原子地写入。
+    pub fn save_pretrained(&self, dir: &Path, config_json: Option<&str>) -> Result<(), PeftError> {
         let mut lora = self.lora.clone();
         lora.inference_mode = true;
         crate::io::write_dir_atomic(dir, |tmp| {
@@ -293,6 +233,9 @@ where
                 Some(peft_key(p))
             })
             .map_err(|e| std::io::Error::other(e.to_string()))?;
+            if let Some(json) = config_json {
+                std::fs::write(tmp.join("config.json"), json)?;
+            }
             std::fs::write(tmp.join(ADAPTER_CONFIG), lora.to_json() + "\n")
         })
         .map_err(|e| PeftError::Io {
@@ -302,8 +245,9 @@ where
     }
 
     /// PEFT 的 `PeftModel.from_pretrained(base, dir)`：读适配器目录，装到基座上。
+    /// 文件里每个张量的形状（秩）都须与配置解析出的一致，缺的、多的、形状不符的键一并列出。
     pub fn from_pretrained(
-        base: BertParams<V, M, H, F, L, P, TT, C, E, D>,
+        base: BertParams<M, H, F, E, D>,
         config: EncoderConfig,
         dir: &Path,
     ) -> Result<Self, PeftError> {
@@ -316,39 +260,23 @@ where
                 error: "只找到 PyTorch 的 adapter_model.bin；请用 PEFT 以 safetensors 格式保存（save_pretrained 的默认）".into(),
             });
         }
-        Checkpoint::read(&weights)?.load_into_with(
-            &mut model.adapters,
-            &|path| vec![peft_key(path)],
-            &|_| true,
-        )?;
+        let file = Checkpoint::read(&weights)?;
+        // 类别数以适配器里分类头的副本为准（基座的 config.json 可能仍是预训练时的 2 类）
+        if let Ok(head) = file.get("base_model.model.classifier.weight") {
+            if head.shape.len() == 2 && head.shape[0] != model.adapters.head.outputs() {
+                let dev = model.base.classifier.weight.device().clone();
+                model.adapters.head = crate::bert::runtime::Head::new(&dev, head.shape[0]);
+            }
+        }
+        file.load_into_with(&mut model.adapters, &|path| vec![peft_key(path)], &|_| true)?;
         Ok(model)
     }
     // ANCHOR_END: save
 }
 
-/// 把一个 BERT 存成 Hugging Face 的模型目录：`model.safetensors`（HF 的键名）、`config.json`
-/// （取自 `config_from`，架构写成 `BertForSequenceClassification`、类别数写成 C）、分词器文件（从 `config_from` 复制）。
-/// 整个目录原子地写入。
-pub fn save_hf_dir<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E,
-    D,
->(
-    params: &BertParams<V, M, H, F, L, P, TT, C, E, D>,
-    config_from: &Path,
-    dir: &Path,
-) -> Result<(), PeftError>
-where
-    E: Real + dfdx::tensor::safetensors::SafeDtype,
-    D: Kernels<E>,
-{
+/// 模型目录的 `config.json`：取自 `config_from/config.json`，架构写成 `BertForSequenceClassification`，
+/// `id2label`、`label2id` 写成 `labels`（与 transformers 写的一样：键是字符串形式的 id）。
+pub fn classifier_config_json(config_from: &Path, labels: &[String]) -> Result<String, PeftError> {
     let config_path = config_from.join("config.json");
     let text = std::fs::read_to_string(&config_path).map_err(|e| PeftError::Io {
         path: config_path.clone(),
@@ -363,28 +291,48 @@ where
         "architectures".into(),
         serde_json::json!(["BertForSequenceClassification"]),
     );
-    let labels = config
-        .get("id2label")
-        .and_then(|v| v.as_object())
-        .map_or(0, |m| m.len());
-    if labels != C {
-        let id2label: serde_json::Map<_, _> = (0..C)
-            .map(|i| (i.to_string(), serde_json::json!(format!("LABEL_{i}"))))
-            .collect();
-        let label2id: serde_json::Map<_, _> = (0..C)
-            .map(|i| (format!("LABEL_{i}"), serde_json::json!(i)))
-            .collect();
-        config.insert("id2label".into(), id2label.into());
-        config.insert("label2id".into(), label2id.into());
-    }
+    let id2label: serde_json::Map<_, _> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), serde_json::json!(l)))
+        .collect();
+    let label2id: serde_json::Map<_, _> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.clone(), serde_json::json!(i)))
+        .collect();
+    config.insert("id2label".into(), id2label.into());
+    config.insert("label2id".into(), label2id.into());
+    let json = serde_json::to_string_pretty(&serde_json::Value::Object(config))
+        .expect("JSON 总能写成文本");
+    Ok(json + "\n")
+}
+
+/// 把一个 BERT 存成 Hugging Face 的模型目录：`model.safetensors`（HF 的键名）、`config.json`
+/// （[`classifier_config_json`]：类别名 `labels`，个数须等于分类头的输出个数）、分词器文件（从 `config_from` 复制）。
+/// 整个目录原子地写入。
+pub fn save_hf_dir<const M: usize, const H: usize, const F: usize, E, D>(
+    params: &BertParams<M, H, F, E, D>,
+    config_from: &Path,
+    labels: &[String],
+    dir: &Path,
+) -> Result<(), PeftError>
+where
+    E: Real + dfdx::tensor::safetensors::SafeDtype,
+    D: Kernels<E>,
+{
+    assert_eq!(
+        labels.len(),
+        params.classifier.outputs(),
+        "类别名的个数须等于分类头的输出个数"
+    );
+    let config = classifier_config_json(config_from, labels)?;
     crate::io::write_dir_atomic(dir, |tmp| {
         save_params_with(params, &tmp.join("model.safetensors"), &|path| {
             Some(hf_candidates(path).remove(0))
         })
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let json = serde_json::to_string_pretty(&serde_json::Value::Object(config))
-            .map_err(std::io::Error::other)?;
-        std::fs::write(tmp.join("config.json"), json + "\n")?;
+        std::fs::write(tmp.join("config.json"), &config)?;
         for f in [
             "vocab.txt",
             "tokenizer.json",
@@ -403,39 +351,30 @@ where
     })
 }
 
-impl<
-        const V: usize,
-        const M: usize,
-        const H: usize,
-        const F: usize,
-        const L: usize,
-        const P: usize,
-        const TT: usize,
-        const C: usize,
-        const R: usize,
-        Tg,
-        E,
-        D,
-    > crate::train::SequenceClassifier<C, E, D> for PeftBert<V, M, H, F, L, P, TT, C, R, Tg, E, D>
+impl<const M: usize, const H: usize, const F: usize, E, D> crate::train::SequenceClassifier<E, D>
+    for PeftBert<M, H, F, E, D>
 where
-    Tg: Targets,
     E: Real,
     D: Kernels<E>,
 {
-    type Params = LoraAdapters<M, F, L, C, R, Tg, E, D>;
+    type Params = PeftAdapters<M, F, E, D>;
     fn params(&self) -> &Self::Params {
         &self.adapters
     }
     fn params_mut(&mut self) -> &mut Self::Params {
         &mut self.adapters
     }
+    fn num_labels(&self) -> usize {
+        self.adapters.head.outputs()
+    }
     fn logits<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         tokens: Tensor<(usize, usize), usize, D, T>,
+        token_types: Option<Tensor<(usize, usize), usize, D>>,
         mask: &PaddingMask<E, D>,
         mode: Mode,
-    ) -> Result<Tensor<(usize, Const<C>), E, D, T>, InputError> {
-        Ok(self.forward(tokens, None, mask, mode)?.logits)
+    ) -> Result<Tensor<(usize, usize), E, D, T>, InputError> {
+        Ok(self.forward(tokens, token_types, mask, mode)?.logits)
     }
 }
 
@@ -443,25 +382,21 @@ where
 mod tests {
     use super::*;
     use crate::bert::hf::{fixtures_dir, load_dir, max_error, reference_batch};
-    use crate::bert::model::{BertBaseChinese, TinyBert};
-    use crate::lora::encoder::{AllLinear, QueryValue};
+    use crate::bert::model::{BertBase, TinyBert};
 
-    type TinyPeft<const R: usize, Tg> = PeftBert<64, 32, 4, 48, 2, 24, 2, 3, R, Tg, f32, Cpu>;
+    type TinyPeft = PeftBert<32, 4, 48, f32, Cpu>;
 
-    fn tiny_base(dev: &Cpu) -> (TinyBert<f32, Cpu>, EncoderConfig) {
-        let dir = load_dir::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>(
-            dev,
-            &fixtures_dir().join("tiny-bert"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
+    fn tiny_base(dev: &Cpu, dir: &str) -> (TinyBert<f32, Cpu>, EncoderConfig) {
+        let dir = load_dir::<32, 4, 48, f32, Cpu>(dev, &fixtures_dir().join(dir))
+            .unwrap_or_else(|e| panic!("{e}"));
         (dir.params, dir.config)
     }
 
     #[test]
     fn trainable_parameters_equal_pefts_count() {
         let dev: Cpu = Default::default();
-        let (base, config) = tiny_base(&dev);
-        let tiny = TinyPeft::<4, QueryValue>::get_peft_model(
+        let (base, config) = tiny_base(&dev, "tiny-bert");
+        let tiny = TinyPeft::get_peft_model(
             base,
             config,
             LoraConfig::seq_cls(4, 8.0, &["query", "value"], 0.1),
@@ -476,8 +411,8 @@ mod tests {
             }
         );
         // bert-base-chinese，r = 16，query/value，2 类：PEFT 打印 591,362 / 102,860,548
-        let base = BertBaseChinese::<f32, Cpu>::random(&dev);
-        let big = PeftBert::<21128, 768, 12, 3072, 12, 512, 2, 2, 16, QueryValue, f32, Cpu>::get_peft_model(
+        let base = BertBase::<f32, Cpu>::new(&dev, &crate::bert::model::BERT_BASE_CHINESE_DIMS);
+        let big = PeftBert::get_peft_model(
             base,
             EncoderConfig::default(),
             LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.1),
@@ -497,110 +432,125 @@ mod tests {
         );
     }
 
+    // ANCHOR: python_fixtures
+    /// Python 的 PEFT 0.21.2 保存的四个适配器（`make_peft_fixtures.py`、`make_peft_pattern_fixtures.py`）：
+    /// query/value；q、k、v 与三种 dense（含池化层）在 3 类的模型上；rank_pattern 与 alpha_pattern；
+    /// layers_to_transform 与 rsLoRA。读进来的 logits 与 PEFT 的相差不超过 1e-5，合并后也一样。
     #[test]
-    fn a_config_that_does_not_fit_the_type_is_refused() {
+    fn loads_adapters_saved_by_python_peft() {
         let dev: Cpu = Default::default();
-        let (base, config) = tiny_base(&dev);
-        let err = TinyPeft::<4, QueryValue>::get_peft_model(
-            base.clone(),
-            config,
-            LoraConfig::seq_cls(8, 16.0, &["query", "value"], 0.1),
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "LoRA 配置与模型类型不一致：字段 r 在配置中为 8，编译好的模型为 4"
-        );
-        let err = TinyPeft::<4, QueryValue>::get_peft_model(
-            base,
-            config,
-            LoraConfig::seq_cls(4, 8.0, &["query", "key", "value"], 0.1),
-        )
-        .unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "LoRA 配置与模型类型不一致：字段 target_modules 在配置中为 attention.self.query、attention.self.key、attention.self.value，编译好的模型为 attention.self.query、attention.self.value"
-        );
+        for (base_dir, adapter, modules) in [
+            ("tiny-bert", "tiny-bert-peft", 4),
+            ("tiny-bert-3label", "tiny-bert-peft-qkvd", 13),
+            ("tiny-bert-3label", "tiny-bert-peft-pattern", 6),
+            ("tiny-bert-3label", "tiny-bert-peft-layers", 2),
+        ] {
+            let (base, config) = tiny_base(&dev, base_dir);
+            let model = TinyPeft::from_pretrained(base, config, &fixtures_dir().join(adapter))
+                .unwrap_or_else(|e| panic!("{adapter}：{e}"));
+            assert_eq!(model.plan.modules().len(), modules, "{adapter}");
+            let reference =
+                Checkpoint::read(&fixtures_dir().join(format!("{adapter}-reference.safetensors")))
+                    .unwrap();
+            let (tokens, types, mask) = reference_batch(&reference, &dev);
+            let logits = model
+                .forward(tokens.clone(), Some(types.clone()), &mask, Mode::Eval)
+                .unwrap()
+                .logits
+                .as_vec();
+            let err = max_error(&logits, &reference, "logits");
+            let merged = model.merge_and_unload();
+            let merged_logits = merged
+                .forward(&model.config, tokens, Some(types), &mask, Mode::Eval)
+                .unwrap()
+                .logits
+                .as_vec();
+            let merged_err = max_error(&merged_logits, &reference, "merged_logits");
+            println!("{adapter}：logits 最大误差 {err:.2e}，合并后 {merged_err:.2e}");
+            assert!(
+                err <= 1e-5 && merged_err <= 1e-5,
+                "{adapter}：{err} / {merged_err}"
+            );
+        }
     }
+    // ANCHOR_END: python_fixtures
 
     #[test]
-    fn loads_an_adapter_saved_by_python_peft() {
+    fn a_missing_or_misshapen_adapter_tensor_is_named() {
         let dev: Cpu = Default::default();
-        let (base, config) = tiny_base(&dev);
-        let model = TinyPeft::<4, QueryValue>::from_pretrained(
-            base,
-            config,
-            &fixtures_dir().join("tiny-bert-peft"),
-        )
-        .unwrap_or_else(|e| panic!("{e}"));
-        let reference =
-            Checkpoint::read(&fixtures_dir().join("tiny-bert-peft-reference.safetensors")).unwrap();
-        let (tokens, types, mask) = reference_batch(&reference, &dev);
-        let logits = model
-            .forward(tokens.clone(), Some(types.clone()), &mask, Mode::Eval)
-            .unwrap()
-            .logits
-            .as_vec();
-        let err = max_error(&logits, &reference, "logits");
-        println!("PEFT 保存的适配器：logits 最大误差 {err:.2e}");
-        assert!(err <= 1e-4, "{err}");
-        // merge_and_unload 之后是一个普通的 BERT
-        let merged = model.merge_and_unload();
-        let merged_logits = merged
-            .forward(&model.config, tokens, Some(types), &mask, Mode::Eval)
-            .unwrap()
-            .logits
-            .as_vec();
-        let err = max_error(&merged_logits, &reference, "merged_logits");
-        println!("合并后：logits 最大误差 {err:.2e}");
-        assert!(err <= 1e-4, "{err}");
-    }
-
-    #[test]
-    fn a_missing_adapter_tensor_is_named() {
-        let dev: Cpu = Default::default();
-        let (base, config) = tiny_base(&dev);
-        // 目标层多了 key：文件里没有 key 的 A、B
+        let src = fixtures_dir().join("tiny-bert-peft");
         let dir = std::env::temp_dir().join(format!("llm-book-peft-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let src = fixtures_dir().join("tiny-bert-peft");
         std::fs::copy(src.join(ADAPTER_WEIGHTS), dir.join(ADAPTER_WEIGHTS)).unwrap();
-        let mut lora = LoraConfig::read(&src.join(ADAPTER_CONFIG)).unwrap();
+        let original = LoraConfig::read(&src.join(ADAPTER_CONFIG)).unwrap();
+        // 目标层多了 key：文件里没有 key 的 A、B
+        let mut lora = original.clone();
         lora.target_modules = super::super::config::TargetModules::Names(
-            [
-                "query",
-                "key",
-                "value",
-                "attention.output.dense",
-                "intermediate.dense",
-                "output.dense",
-            ]
-            .map(String::from)
-            .to_vec(),
+            ["query", "key", "value"].map(String::from).to_vec(),
         );
         std::fs::write(dir.join(ADAPTER_CONFIG), lora.to_json()).unwrap();
-        let err = TinyPeft::<4, AllLinear>::from_pretrained(base, config, &dir)
+        let (base, config) = tiny_base(&dev, "tiny-bert");
+        let err = TinyPeft::from_pretrained(base.clone(), config, &dir)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("缺少的张量：base_model.model.bert.encoder.layer.0.attention.self.key.lora_A.weight"),
             "{err}"
         );
+        // 配置说秩 8，文件里是秩 4
+        let mut lora = original;
+        lora.r = 8;
+        std::fs::write(dir.join(ADAPTER_CONFIG), lora.to_json()).unwrap();
+        let err = TinyPeft::from_pretrained(base, config, &dir)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight：文件中为 [4, 32]，模型要求 [8, 32]"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
-    /// 一个确定的、“训练过”的 Rust 适配器：A 照常随机，B 与分类头的副本也取随机值。
-    fn rust_adapter(dev: &Cpu) -> TinyPeft<4, QueryValue> {
-        let (base, config) = tiny_base(dev);
+    /// 把每个 B 与分类头的副本换成随机值（相当于“训练过”；B = 0 时什么也测不出）。
+    fn randomize(model: &mut TinyPeft, dev: &Cpu) {
+        fn b<const I: usize, const O: usize>(site: &mut SiteLora<I, O, f32, Cpu>, dev: &Cpu) {
+            if let Some(l) = &mut site.lora {
+                l.lora_b = dev.sample_normal_like(l.lora_b.shape()) * 0.2;
+            }
+        }
+        for layer in model.adapters.layers.modules.iter_mut() {
+            b(&mut layer.w_q, dev);
+            b(&mut layer.w_k, dev);
+            b(&mut layer.w_v, dev);
+            b(&mut layer.w_o, dev);
+            b(&mut layer.linear1, dev);
+            b(&mut layer.linear2, dev);
+        }
+        b(&mut model.adapters.pooler, dev);
+        let head = &mut model.adapters.head;
+        head.weight = dev.sample_normal_like(head.weight.shape()) * 0.2;
+        head.bias = dev.sample_normal_like(head.bias.shape()) * 0.2;
+    }
+
+    /// 一个确定的、“训练过”的 Rust 适配器：query、value 上秩 4。
+    fn rust_adapter(dev: &Cpu) -> TinyPeft {
+        let (base, config) = tiny_base(dev, "tiny-bert");
         let mut lora = LoraConfig::seq_cls(4, 8.0, &["query", "value"], 0.1);
         lora.base_model_name_or_path = Some("tiny-bert".into());
-        let mut model = TinyPeft::<4, QueryValue>::get_peft_model(base, config, lora).unwrap();
-        for layer in model.adapters.layers.modules.iter_mut() {
-            layer.w_q.lora_b = dev.sample_normal::<Rank2<32, 4>>() * 0.2;
-            layer.w_v.lora_b = dev.sample_normal::<Rank2<32, 4>>() * 0.2;
-        }
-        model.adapters.head.weight = dev.sample_normal() * 0.2;
-        model.adapters.head.bias = dev.sample_normal() * 0.2;
+        let mut model = TinyPeft::get_peft_model(base, config, lora).unwrap();
+        randomize(&mut model, dev);
+        model
+    }
+
+    /// 第二个 Rust 适配器：3 类的模型，q、k、v 与三种 dense（含池化层），value 的秩 2、dense 的 α 16。
+    fn rust_adapter_qkvd(dev: &Cpu) -> TinyPeft {
+        let (base, config) = tiny_base(dev, "tiny-bert-3label");
+        let mut lora = LoraConfig::seq_cls(4, 8.0, &["query", "key", "value", "dense"], 0.0);
+        lora.rank_pattern = super::super::config::Pattern(vec![("value".into(), 2)]);
+        lora.alpha_pattern = super::super::config::Pattern(vec![("dense".into(), 16.0)]);
+        lora.base_model_name_or_path = Some("tiny-bert-3label".into());
+        let mut model = TinyPeft::get_peft_model(base, config, lora).unwrap();
+        randomize(&mut model, dev);
         model
     }
 
@@ -615,7 +565,7 @@ mod tests {
         let reference =
             Checkpoint::read(&fixtures_dir().join("tiny-bert-peft-reference.safetensors")).unwrap();
         let (tokens, types, mask) = reference_batch(&reference, &dev);
-        let logits = |m: &TinyPeft<4, QueryValue>| {
+        let logits = |m: &TinyPeft| {
             m.forward(tokens.clone(), Some(types.clone()), &mask, Mode::Eval)
                 .unwrap()
                 .logits
@@ -633,27 +583,45 @@ mod tests {
         } else {
             (tmp.join("adapter"), tmp.join("merged"))
         };
-        model.save_pretrained(&adapter_dir).unwrap();
+        let labels: Vec<String> = ["LABEL_0", "LABEL_1", "LABEL_2"].map(String::from).to_vec();
+        model.save_pretrained(&adapter_dir, None).unwrap();
         save_hf_dir(
             &model.merge_and_unload(),
             &fixtures_dir().join("tiny-bert"),
+            &labels,
             &merged_dir,
         )
         .unwrap();
+        // 第二个适配器（池化层、rank_pattern、alpha_pattern；类别名写进目录里的 config.json）
+        let qkvd = rust_adapter_qkvd(&dev);
+        let ours_qkvd = logits(&qkvd);
+        let qkvd_dir = adapter_dir.with_file_name("tiny-bert-rust-adapter-qkvd");
+        let labels3: Vec<String> = ["负面", "中性", "正面"].map(String::from).to_vec();
+        let json =
+            classifier_config_json(&fixtures_dir().join("tiny-bert-3label"), &labels3).unwrap();
+        qkvd.save_pretrained(&qkvd_dir, Some(&json)).unwrap();
         if adapter_dir.starts_with(fixtures_dir()) {
             crate::checkpoint::save_tensors(
                 &fixtures_dir().join("tiny-bert-rust-reference.safetensors"),
-                &[("logits", vec![2, 3], ours.clone())],
+                &[
+                    ("logits", vec![2, 3], ours.clone()),
+                    ("logits_qkvd", vec![2, 3], ours_qkvd.clone()),
+                ],
             )
             .unwrap();
         }
+        let (base, config) = tiny_base(&dev, "tiny-bert-3label");
+        let back = TinyPeft::from_pretrained(base, config, &qkvd_dir).unwrap();
+        assert_eq!(back.plan, qkvd.plan);
+        assert_eq!(logits(&back), ours_qkvd, "保存再读回，logits 必须逐位相同");
 
         // 读回来：PEFT 格式的适配器
-        let (base, config) = tiny_base(&dev);
-        let back = TinyPeft::<4, QueryValue>::from_pretrained(base, config, &adapter_dir).unwrap();
+        let (base, config) = tiny_base(&dev, "tiny-bert");
+        let back = TinyPeft::from_pretrained(base, config, &adapter_dir).unwrap();
         assert_eq!(logits(&back), ours, "保存再读回，logits 必须逐位相同");
         // 读回来：合并后的 HF 模型目录
-        let merged = load_dir::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>(&dev, &merged_dir).unwrap();
+        let merged = load_dir::<32, 4, 48, f32, Cpu>(&dev, &merged_dir).unwrap();
+        assert_eq!(merged.labels, labels);
         let merged_logits = merged
             .params
             .forward(
@@ -691,12 +659,42 @@ mod tests {
             )
             .unwrap()
         );
+        assert_eq!(
+            Checkpoint::read(&qkvd_dir.join(ADAPTER_WEIGHTS))
+                .unwrap()
+                .tensors,
+            committed("tiny-bert-rust-adapter-qkvd", ADAPTER_WEIGHTS).tensors
+        );
         let reference =
             Checkpoint::read(&fixtures_dir().join("tiny-bert-rust-reference.safetensors")).unwrap();
         assert!(max_error(&ours, &reference, "logits") <= 1e-6);
+        assert!(max_error(&ours_qkvd, &reference, "logits_qkvd") <= 1e-6);
         let _ = std::fs::remove_dir_all(&tmp);
     }
     // ANCHOR_END: rust_to_python
+
+    /// 适配器的分类头与基座的类别数不同（基座 2 类、任务 3 类）：读适配器时按文件里的分类头建。
+    #[test]
+    fn the_adapter_decides_the_number_of_labels() {
+        let dev = Cpu::seed_from_u64(3);
+        let (base, config) = tiny_base(&dev, "tiny-bert");
+        let mut two = base.clone();
+        two.classifier = crate::bert::runtime::Head::new(&dev, 2);
+        let model = rust_adapter(&dev);
+        let dir = std::env::temp_dir().join(format!("llm-book-peft-labels-{}", std::process::id()));
+        let labels: Vec<String> = ["负面", "中性", "正面"].map(String::from).to_vec();
+        let json = classifier_config_json(&fixtures_dir().join("tiny-bert"), &labels).unwrap();
+        model.save_pretrained(&dir, Some(&json)).unwrap();
+        let back = TinyPeft::from_pretrained(two, config, &dir).unwrap();
+        assert_eq!(back.adapters.head.outputs(), 3);
+        assert_eq!(
+            back.adapters.head.weight.as_vec(),
+            model.adapters.head.weight.as_vec()
+        );
+        let cfg = crate::bert::config::HfBertConfig::read(&dir.join("config.json")).unwrap();
+        assert_eq!(cfg.label_name(1), "中性");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
 
 #[cfg(test)]
@@ -704,34 +702,36 @@ mod train_tests {
     use super::*;
     use crate::basics::autodiff::assert_spot_gradients;
     use crate::bert::hf::{fixtures_dir, load_dir};
-    use crate::lora::encoder::QueryValue;
     use crate::train::finetune::{finetune, FinetuneConfig};
     use std::ops::ControlFlow;
 
     /// 基座冻结时嵌入不带 tape、W₀ 不算梯度（附录 B）：适配器的梯度仍与中心差分一致，
-    /// 包括第 0 层的 A（它的梯度要用到嵌入层的输出）与分类头。
+    /// 包括第 0 层的 A（它的梯度要用到嵌入层的输出）、池化层上的 LoRA 与分类头。
     #[test]
     fn adapter_gradients_match_finite_differences() {
         use dfdx::nn::ZeroGrads;
-        type Tiny = PeftBert<64, 32, 4, 48, 2, 24, 2, 3, 4, QueryValue, f64, Cpu>;
+        type Tiny = PeftBert<32, 4, 48, f64, Cpu>;
         let dev = Cpu::seed_from_u64(5);
-        let base = crate::bert::model::TinyBert::<f64, Cpu>::random(&dev);
+        let base =
+            crate::bert::model::TinyBert::<f64, Cpu>::new(&dev, &crate::bert::model::TINY_DIMS);
         let config = crate::bert::model::bert_config(1e-12, 0.0, 24);
         let mut model = Tiny::get_peft_model(
             base,
             config,
-            LoraConfig::seq_cls(4, 8.0, &["query", "value"], 0.0),
+            LoraConfig::seq_cls(4, 8.0, &["query", "value", "pooler.dense"], 0.0),
         )
         .unwrap();
         // B 初始化为 0 时 A 的梯度恒为 0：换成随机值
         for layer in model.adapters.layers.modules.iter_mut() {
-            layer.w_q.lora_b = dev.sample_normal();
-            layer.w_v.lora_b = dev.sample_normal();
+            for site in [&mut layer.w_q, &mut layer.w_v] {
+                site.lora.as_mut().unwrap().lora_b = dev.sample_normal_like(&(Const, 4));
+            }
         }
+        model.adapters.pooler.lora.as_mut().unwrap().lora_b = dev.sample_normal_like(&(Const, 4));
         let tokens: Tensor<(usize, usize), usize, Cpu> =
             dev.tensor_from_vec(vec![2, 17, 33, 5, 3, 2, 8, 60, 3, 0], (2, 5));
         let mask = PaddingMask::from_lengths(&dev, &[5, 4], 5).unwrap();
-        let w: Tensor<(usize, Const<3>), f64, Cpu> = dev.sample_normal_like(&(2, Const::<3>));
+        let w: Tensor<(usize, usize), f64, Cpu> = dev.sample_normal_like(&(2, 3));
         let loss_of = |m: &Tiny| -> f64 {
             let out = m.forward(tokens.clone(), None, &mask, Mode::Eval).unwrap();
             (out.logits * w.clone()).sum::<(), _>().array()
@@ -743,18 +743,56 @@ mod train_tests {
                 .unwrap();
             (out.logits * w.clone()).sum::<(), _>().backward()
         };
+        let l = |m: &Tiny, i: usize| m.adapters.layers.modules[i].clone();
         type Pick = fn(&mut Tiny) -> Vec<f64>;
         type Put = fn(&mut Tiny, &[f64]);
-        let cases: [(&str, Pick, Put); 3] = [
+        let cases: [(&str, Pick, Put); 4] = [
             (
                 "第 0 层 query 的 A",
-                |m| m.adapters.layers.modules[0].w_q.lora_a.as_vec(),
-                |m, v| m.adapters.layers.modules[0].w_q.lora_a.copy_from(v),
+                |m| {
+                    m.adapters.layers.modules[0]
+                        .w_q
+                        .lora
+                        .as_ref()
+                        .unwrap()
+                        .lora_a
+                        .as_vec()
+                },
+                |m, v| {
+                    m.adapters.layers.modules[0]
+                        .w_q
+                        .lora
+                        .as_mut()
+                        .unwrap()
+                        .lora_a
+                        .copy_from(v)
+                },
             ),
             (
                 "第 1 层 value 的 B",
-                |m| m.adapters.layers.modules[1].w_v.lora_b.as_vec(),
-                |m, v| m.adapters.layers.modules[1].w_v.lora_b.copy_from(v),
+                |m| {
+                    m.adapters.layers.modules[1]
+                        .w_v
+                        .lora
+                        .as_ref()
+                        .unwrap()
+                        .lora_b
+                        .as_vec()
+                },
+                |m, v| {
+                    m.adapters.layers.modules[1]
+                        .w_v
+                        .lora
+                        .as_mut()
+                        .unwrap()
+                        .lora_b
+                        .copy_from(v)
+                },
+            ),
+            (
+                "池化层的 A",
+                |m| m.adapters.pooler.lora.as_ref().unwrap().lora_a.as_vec(),
+                |m, v| m.adapters.pooler.lora.as_mut().unwrap().lora_a.copy_from(v),
             ),
             (
                 "分类头",
@@ -763,11 +801,10 @@ mod train_tests {
             ),
         ];
         let analytic = [
+            grads.get(&l(&model, 0).w_q.lora.unwrap().lora_a).as_vec(),
+            grads.get(&l(&model, 1).w_v.lora.unwrap().lora_b).as_vec(),
             grads
-                .get(&model.adapters.layers.modules[0].w_q.lora_a)
-                .as_vec(),
-            grads
-                .get(&model.adapters.layers.modules[1].w_v.lora_b)
+                .get(&model.adapters.pooler.lora.as_ref().unwrap().lora_a)
                 .as_vec(),
             grads.get(&model.adapters.head.weight).as_vec(),
         ];
@@ -785,19 +822,22 @@ mod train_tests {
     #[test]
     fn a_peft_model_trains_only_its_adapters() {
         let dev = Cpu::seed_from_u64(0);
-        let dir = load_dir::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>(
-            &dev,
-            &fixtures_dir().join("tiny-bert"),
+        let dir = load_dir::<32, 4, 48, f32, Cpu>(&dev, &fixtures_dir().join("tiny-bert")).unwrap();
+        let mut model = PeftBert::get_peft_model(
+            dir.params,
+            dir.config,
+            LoraConfig::seq_cls(4, 8.0, &["query", "value"], 0.1),
         )
         .unwrap();
-        let mut model =
-            PeftBert::<64, 32, 4, 48, 2, 24, 2, 3, 4, QueryValue, f32, Cpu>::get_peft_model(
-                dir.params,
-                dir.config,
-                LoraConfig::seq_cls(4, 8.0, &["query", "value"], 0.1),
-            )
-            .unwrap();
         let frozen = model.base.layers.modules[0].attention.w_q.weight.as_vec();
+        let b_before = model.adapters.layers.modules[1]
+            .w_v
+            .lora
+            .as_ref()
+            .unwrap()
+            .lora_b
+            .as_vec();
+        let head_before = model.adapters.head.weight.as_vec();
         let data = crate::train::tests::toy_data();
         let out = std::env::temp_dir().join(format!("llm-book-peft-train-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&out);
@@ -817,6 +857,17 @@ mod train_tests {
             frozen,
             "基座不变"
         );
+        // 适配器与分类头的副本确实被更新了（一个什么也不做的优化器过不了这两条）
+        let b_after = model.adapters.layers.modules[1]
+            .w_v
+            .lora
+            .as_ref()
+            .unwrap()
+            .lora_b
+            .as_vec();
+        assert!(b_after.iter().any(|v| *v != 0.0), "B 应当离开 0");
+        assert_ne!(b_after, b_before);
+        assert_ne!(model.adapters.head.weight.as_vec(), head_before);
         assert!(report.rows.len() >= 3);
         std::fs::remove_dir_all(&out).unwrap();
     }

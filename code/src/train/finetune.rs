@@ -21,7 +21,7 @@ use super::adamw::{linear_schedule, AdamW, AdamWConfig};
 use super::{evaluate_detailed, EncodedData, Metrics, SequenceClassifier};
 use crate::basics::tensors::Real;
 use crate::checkpoint::{save_params, Checkpoint, CheckpointError};
-use crate::data::batch::make_batch;
+use crate::data::batch::make_pair_batch;
 use crate::transformer::encoder::{InputError, Mode};
 
 // ANCHOR: config
@@ -99,6 +99,18 @@ pub struct FinetuneState {
     pub window: (f64, f64, usize),
     /// 累计训练秒数。
     pub train_seconds: f64,
+    /// 类别 id → 名字（与 transformers 的 `config.json` 写法相同；早于这个字段的检查点里没有它）。
+    #[serde(default)]
+    pub id2label: std::collections::BTreeMap<String, String>,
+}
+
+/// transformers 的写法：键是字符串形式的 id。
+pub fn id2label(labels: &[String]) -> std::collections::BTreeMap<String, String> {
+    labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (i.to_string(), l.clone()))
+        .collect()
 }
 
 /// 训练结束时的报告（也写成 `report.json`）。
@@ -173,6 +185,13 @@ pub enum FinetuneError {
     CheckpointExists(PathBuf),
     /// 数据为空。
     EmptyData(&'static str),
+    /// 检查点的类别与这次数据的不同。
+    LabelsChanged {
+        /// 检查点里的类别名。
+        checkpoint: Vec<String>,
+        /// 这次数据的类别名。
+        data: Vec<String>,
+    },
 }
 
 impl std::fmt::Display for FinetuneError {
@@ -191,6 +210,10 @@ impl std::fmt::Display for FinetuneError {
                 p.display()
             ),
             FinetuneError::EmptyData(which) => write!(f, "{which}为空"),
+            FinetuneError::LabelsChanged { checkpoint, data } => write!(
+                f,
+                "检查点的类别（id2label）为 {checkpoint:?}，这次的数据为 {data:?}：接着训练必须用同样的类别"
+            ),
         }
     }
 }
@@ -245,7 +268,7 @@ pub(crate) const STATE: &str = "state.json";
 /// 微调 `model`，结果写到 `out`：`metrics.csv`、`best.safetensors`（验证准确率最好时的可训练参数）、
 /// `checkpoint/`（接着训练用）、`report.json`。`resume` 为真且 `out/checkpoint` 存在时从那里接着训练。
 /// 结束时模型里是最好的参数。
-pub fn finetune<const C: usize, E, D, Mo>(
+pub fn finetune<E, D, Mo>(
     model: &mut Mo,
     dev: &D,
     data: &EncodedData,
@@ -257,7 +280,7 @@ pub fn finetune<const C: usize, E, D, Mo>(
 where
     E: Real + dfdx::tensor::safetensors::SafeDtype,
     D: Kernels<E>,
-    Mo: SequenceClassifier<C, E, D>,
+    Mo: SequenceClassifier<E, D>,
 {
     if data.train.is_empty() {
         return Err(FinetuneError::EmptyData("训练集"));
@@ -281,6 +304,12 @@ where
         }
         let state: FinetuneState = read_state(&ckpt_dir.join(STATE))?;
         check_same_config(&state.config, cfg)?;
+        if state.id2label != id2label(&data.labels) {
+            return Err(FinetuneError::LabelsChanged {
+                checkpoint: state.id2label.values().cloned().collect(),
+                data: data.labels.clone(),
+            });
+        }
         Checkpoint::read(&ckpt_dir.join(PARAMS))?.load_into(model.params_mut(), "")?;
         let opt = AdamW::load(cfg.optim, &ckpt_dir.join(OPTIMIZER))?;
         let _ = on_event(FinetuneEvent::Resumed { step: state.step });
@@ -293,6 +322,7 @@ where
             best: None,
             window: (0.0, 0.0, 0),
             train_seconds: 0.0,
+            id2label: id2label(&data.labels),
         };
         (AdamW::new(cfg.optim), state)
     };
@@ -314,13 +344,18 @@ where
             .map(|&i| (&data.train[i].0[..], data.train[i].1))
             .collect();
         let started = Instant::now();
-        let batch = make_batch::<E, D>(dev, &examples);
+        let batch = make_pair_batch::<E, D>(dev, &examples, data.pair_sep);
         let (b, s) = *batch.tokens.shape();
         positions += b * s;
         padded += b * s - batch.mask.lengths.iter().sum::<usize>();
-        let logits = model.logits(batch.tokens.traced(grads), &batch.mask, Mode::Train)?;
-        let loss =
-            cross_entropy_with_logits_loss(logits, super::one_hot::<C, E, D>(dev, &batch.labels));
+        let logits = model.logits(
+            batch.tokens.traced(grads),
+            batch.token_types,
+            &batch.mask,
+            Mode::Train,
+        )?;
+        let onehot = super::one_hot(dev, &batch.labels, model.num_labels());
+        let loss = cross_entropy_with_logits_loss(logits, onehot);
         let value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
         grads = loss.backward();
         let info = opt.step(
@@ -347,7 +382,8 @@ where
 
         let end_of_epoch = state.step % per_epoch == 0 || state.step == total;
         if state.step % cfg.eval_every.max(1) == 0 || end_of_epoch {
-            let (valid, _) = evaluate_detailed(&*model, dev, &data.valid, cfg.batch_size)?;
+            let (valid, _) =
+                evaluate_detailed(&*model, dev, &data.valid, data.pair_sep, cfg.batch_size)?;
             let n = state.window.2.max(1) as f64;
             let row = MetricsRow {
                 step: state.step,
@@ -377,7 +413,8 @@ where
 
     // 用最好的参数评估测试集
     Checkpoint::read(&out.join("best.safetensors"))?.load_into(model.params_mut(), "")?;
-    let (test, confusion) = evaluate_detailed(&*model, dev, &data.test, cfg.batch_size)?;
+    let (test, confusion) =
+        evaluate_detailed(&*model, dev, &data.test, data.pair_sep, cfg.batch_size)?;
     let report = FinetuneReport {
         rows: state.rows.clone(),
         best_step: state.best.map_or(0, |(s, _)| s),

@@ -20,26 +20,32 @@ use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use crate::basics::tensors::Real;
-use crate::data::batch::make_batch;
+use crate::data::batch::make_pair_batch;
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::classifier::Classifier;
 use crate::transformer::encoder::{InputError, Mode};
 
-/// 一个 C 类的序列分类模型：参数可由优化器更新，前向给出 logits。
-pub trait SequenceClassifier<const C: usize, E: Dtype, D: Device<E>> {
+/// 一个序列分类模型：参数可由优化器更新，前向给出 logits。
+///
+/// 类别数在运行期：第 1、2 部分的模型把它写在类型里（`Const<C>`，经 `realize` 交给训练循环），
+/// 第 3 部分的 BERT 从 `config.json` 或数据里读到。
+pub trait SequenceClassifier<E: Dtype, D: Device<E>> {
     /// 参数（优化器更新的对象）。
     type Params: TensorCollection<E, D>;
     /// 参数。
     fn params(&self) -> &Self::Params;
     /// 参数（可变）。
     fn params_mut(&mut self) -> &mut Self::Params;
-    /// logits `(batch, Const<C>)`。
+    /// 类别数。
+    fn num_labels(&self) -> usize;
+    /// logits `(batch, num_labels)`。`token_types` 是句子对的句子类型 id（没有时全为 0）。
     fn logits<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         tokens: Tensor<(usize, usize), usize, D, T>,
+        token_types: Option<Tensor<(usize, usize), usize, D>>,
         mask: &PaddingMask<E, D>,
         mode: Mode,
-    ) -> Result<Tensor<(usize, Const<C>), E, D, T>, InputError>;
+    ) -> Result<Tensor<(usize, usize), E, D, T>, InputError>;
 }
 
 impl<
@@ -51,7 +57,7 @@ impl<
         const C: usize,
         E: Real,
         D: Kernels<E>,
-    > SequenceClassifier<C, E, D> for Classifier<V, M, H, F, L, C, E, D>
+    > SequenceClassifier<E, D> for Classifier<V, M, H, F, L, C, E, D>
 {
     type Params = crate::transformer::classifier::ClassifierParams<V, M, H, F, L, C, E, D>;
     fn params(&self) -> &Self::Params {
@@ -60,13 +66,28 @@ impl<
     fn params_mut(&mut self) -> &mut Self::Params {
         &mut self.params
     }
+    fn num_labels(&self) -> usize {
+        C
+    }
     fn logits<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         tokens: Tensor<(usize, usize), usize, D, T>,
+        _token_types: Option<Tensor<(usize, usize), usize, D>>,
         mask: &PaddingMask<E, D>,
         mode: Mode,
-    ) -> Result<Tensor<(usize, Const<C>), E, D, T>, InputError> {
-        self.forward(tokens, mask, mode).map(|(logits, _)| logits)
+    ) -> Result<Tensor<(usize, usize), E, D, T>, InputError> {
+        let (logits, _) = self.forward(tokens, mask, mode)?;
+        Ok(to_runtime_labels(logits))
+    }
+}
+
+/// 类别数在类型里的 logits `(batch, Const<C>)` 换成训练循环用的 `(batch, C)`：只改形状的类型，不复制数据、不动 tape。
+pub fn to_runtime_labels<const C: usize, E: Dtype, D: Device<E>, T: Tape<E, D>>(
+    logits: Tensor<(usize, Const<C>), E, D, T>,
+) -> Tensor<(usize, usize), E, D, T> {
+    match logits.try_realize() {
+        Ok(t) => t,
+        Err(_) => unreachable!("(usize, Const<C>) 总能看作 (usize, usize)"),
     }
 }
 
@@ -79,6 +100,10 @@ pub struct EncodedData {
     pub valid: Vec<(Vec<usize>, usize)>,
     /// 测试集。
     pub test: Vec<(Vec<usize>, usize)>,
+    /// 样本是句子对时，`[SEP]` 的 id：句子类型由它得出（见 [`token_types`](crate::data::batch::make_pair_batch)）。
+    pub pair_sep: Option<usize>,
+    /// 类别名，按 id 的顺序（可以为空：第 1、2 部分的实验不需要名字）。微调的检查点记下它，接着训练时核对。
+    pub labels: Vec<String>,
 }
 
 /// 训练的超参数。
@@ -103,7 +128,7 @@ pub struct TrainConfig {
 pub struct Metrics {
     /// 准确率。
     pub accuracy: f64,
-    /// 正类（标签 1）的 F1。
+    /// F1：两类时是正类（标签 1）的 F1，多类时是 macro-F1（见 [`f1_score`]）。
     pub f1: f64,
     /// 平均交叉熵。
     pub loss: f64,
@@ -139,7 +164,7 @@ pub struct StepEvent {
 
 // ANCHOR: train
 /// 用 Adam 训练 `model`，每轮结束评估验证集，最后评估测试集。
-pub fn train_classifier<const C: usize, E: Real, D: Kernels<E>, Mo: SequenceClassifier<C, E, D>>(
+pub fn train_classifier<E: Real, D: Kernels<E>, Mo: SequenceClassifier<E, D>>(
     model: &mut Mo,
     dev: &D,
     data: &EncodedData,
@@ -170,10 +195,14 @@ pub fn train_classifier<const C: usize, E: Real, D: Kernels<E>, Mo: SequenceClas
                 .iter()
                 .map(|&i| (&data.train[i].0[..], data.train[i].1))
                 .collect();
-            let batch = make_batch::<E, D>(dev, &examples);
-            let logits = model.logits(batch.tokens.traced(grads), &batch.mask, Mode::Train)?;
-            let loss =
-                cross_entropy_with_logits_loss(logits, one_hot::<C, E, D>(dev, &batch.labels));
+            let batch = make_pair_batch::<E, D>(dev, &examples, data.pair_sep);
+            let types = batch.token_types;
+            let logits =
+                model.logits(batch.tokens.traced(grads), types, &batch.mask, Mode::Train)?;
+            let loss = cross_entropy_with_logits_loss(
+                logits,
+                one_hot(dev, &batch.labels, model.num_labels()),
+            );
             let value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
             grads = loss.backward();
             opt.update(model.params_mut(), &grads)
@@ -198,98 +227,110 @@ pub fn train_classifier<const C: usize, E: Real, D: Kernels<E>, Mo: SequenceClas
             }
         }
         // 每轮（或提前停下的最后一轮）结束时评估验证集
-        report
-            .valid
-            .push(evaluate(model, dev, &data.valid, cfg.batch_size)?);
+        report.valid.push(evaluate(
+            model,
+            dev,
+            &data.valid,
+            data.pair_sep,
+            cfg.batch_size,
+        )?);
         if step >= total {
             break;
         }
     }
     report.steps = step;
     report.seconds_per_step = started.elapsed().as_secs_f64() / step.max(1) as f64;
-    report.test = evaluate(model, dev, &data.test, cfg.batch_size)?;
+    report.test = evaluate(model, dev, &data.test, data.pair_sep, cfg.batch_size)?;
     Ok(report)
 }
 // ANCHOR_END: train
 
-/// 在 `examples` 上评估（推理模式，不带 tape）。
-pub fn evaluate<const C: usize, E: Real, D: Kernels<E>, Mo: SequenceClassifier<C, E, D>>(
+/// 在 `examples` 上评估（推理模式，不带 tape）。`pair_sep` 见 [`EncodedData::pair_sep`]。
+pub fn evaluate<E: Real, D: Kernels<E>, Mo: SequenceClassifier<E, D>>(
     model: &Mo,
     dev: &D,
     examples: &[(Vec<usize>, usize)],
+    pair_sep: Option<usize>,
     batch_size: usize,
 ) -> Result<Metrics, InputError> {
-    evaluate_detailed(model, dev, examples, batch_size).map(|(m, _)| m)
+    evaluate_detailed(model, dev, examples, pair_sep, batch_size).map(|(m, _)| m)
 }
 
 /// 同 [`evaluate`]，另给出混淆矩阵：第 i 行第 j 列 = 真实标签 i、预测为 j 的条数。
-pub fn evaluate_detailed<
-    const C: usize,
-    E: Real,
-    D: Kernels<E>,
-    Mo: SequenceClassifier<C, E, D>,
->(
+pub fn evaluate_detailed<E: Real, D: Kernels<E>, Mo: SequenceClassifier<E, D>>(
     model: &Mo,
     dev: &D,
     examples: &[(Vec<usize>, usize)],
+    pair_sep: Option<usize>,
     batch_size: usize,
 ) -> Result<(Metrics, Vec<Vec<usize>>), InputError> {
-    let mut confusion = vec![vec![0usize; C]; C];
+    let c = model.num_labels();
+    let mut confusion = vec![vec![0usize; c]; c];
     let mut loss_sum = 0.0f64;
     for chunk in examples.chunks(batch_size.max(1)) {
         let refs: Vec<(&[usize], usize)> = chunk.iter().map(|(ids, y)| (&ids[..], *y)).collect();
-        let batch = make_batch::<E, D>(dev, &refs);
-        let logits = model.logits(batch.tokens, &batch.mask, Mode::Eval)?;
-        let loss =
-            cross_entropy_with_logits_loss(logits.clone(), one_hot::<C, E, D>(dev, &batch.labels));
+        let batch = make_pair_batch::<E, D>(dev, &refs, pair_sep);
+        let logits = model.logits(batch.tokens, batch.token_types, &batch.mask, Mode::Eval)?;
+        let loss = cross_entropy_with_logits_loss(logits.clone(), one_hot(dev, &batch.labels, c));
         loss_sum += loss.as_vec()[0].to_f64().unwrap_or(f64::NAN) * chunk.len() as f64;
-        for (row, &y) in logits.as_vec().chunks(C).zip(&batch.labels) {
-            let pred = (0..C)
-                .max_by(|&a, &b| {
-                    row[a]
-                        .partial_cmp(&row[b])
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                })
-                .unwrap_or(0);
-            confusion[y][pred] += 1;
+        for (row, &y) in logits.as_vec().chunks(c).zip(&batch.labels) {
+            confusion[y][argmax(row)] += 1;
         }
     }
     let n = examples.len().max(1) as f64;
-    let correct: usize = (0..C).map(|i| confusion[i][i]).sum();
-    // 正类（标签 1）的 F1
-    let (tp, fp, fn_) = if C > 1 {
-        let tp = confusion[1][1];
-        let predicted_1: usize = (0..C).map(|i| confusion[i][1]).sum();
-        let actual_1: usize = confusion[1].iter().sum();
-        (tp, predicted_1 - tp, actual_1 - tp)
-    } else {
-        (0, 0, 0)
-    };
-    let f1 = if tp == 0 {
-        0.0
-    } else {
-        2.0 * tp as f64 / (2 * tp + fp + fn_) as f64
-    };
+    let correct: usize = (0..c).map(|i| confusion[i][i]).sum();
     Ok((
         Metrics {
             accuracy: correct as f64 / n,
-            f1,
+            f1: f1_score(&confusion),
             loss: loss_sum / n,
         },
         confusion,
     ))
 }
 
-/// 标签 → one-hot 概率 `(batch, Const<C>)`。
-fn one_hot<const C: usize, E: Dtype, D: Kernels<E>>(
+/// 一行 logits 里最大的下标（并列时取后一个，与 `Iterator::max_by` 相同）。
+pub fn argmax<E: PartialOrd>(row: &[E]) -> usize {
+    (0..row.len())
+        .max_by(|&a, &b| {
+            row[a]
+                .partial_cmp(&row[b])
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+        .unwrap_or(0)
+}
+
+/// F1：两类时是正类（标签 1）的 F1，多类时是各类 F1 的平均（macro-F1，scikit-learn 的 `average="macro"`）。
+pub fn f1_score(confusion: &[Vec<usize>]) -> f64 {
+    let c = confusion.len();
+    let f1_of = |k: usize| {
+        let tp = confusion[k][k];
+        let predicted: usize = (0..c).map(|i| confusion[i][k]).sum();
+        let actual: usize = confusion[k].iter().sum();
+        if tp == 0 {
+            0.0
+        } else {
+            2.0 * tp as f64 / (predicted + actual) as f64
+        }
+    };
+    match c {
+        0 | 1 => 0.0,
+        2 => f1_of(1),
+        _ => (0..c).map(f1_of).sum::<f64>() / c as f64,
+    }
+}
+
+/// 标签 → one-hot 概率 `(batch, classes)`。
+fn one_hot<E: Dtype, D: Kernels<E>>(
     dev: &D,
     labels: &[usize],
-) -> Tensor<(usize, Const<C>), E, D> {
-    let mut v = vec![E::default(); labels.len() * C];
+    classes: usize,
+) -> Tensor<(usize, usize), E, D> {
+    let mut v = vec![E::default(); labels.len() * classes];
     for (i, &y) in labels.iter().enumerate() {
-        v[i * C + y] = E::ONE;
+        v[i * classes + y] = E::ONE;
     }
-    dev.tensor_from_vec(v, (labels.len(), Const::<C>))
+    dev.tensor_from_vec(v, (labels.len(), classes))
 }
 
 #[cfg(test)]
@@ -320,7 +361,22 @@ pub(crate) mod tests {
             train: make(256),
             valid: make(64),
             test: make(64),
+            pair_sep: None,
+            labels: Vec::new(),
         }
+    }
+
+    #[test]
+    fn f1_is_the_positive_class_for_two_labels_and_macro_otherwise() {
+        // 两类：正类 tp = 3、fp = 1、fn = 2 → 2·3 / (2·3 + 1 + 2) = 6/9
+        let two = vec![vec![5, 1], vec![2, 3]];
+        assert!((f1_score(&two) - 6.0 / 9.0).abs() < 1e-12);
+        // 三类：各类 F1 = 2·tp / (预测为它 + 实际为它)，再平均
+        let three = vec![vec![2, 1, 0], vec![0, 3, 0], vec![1, 0, 1]];
+        let per = [4.0 / 6.0, 6.0 / 7.0, 2.0 / 3.0];
+        let macro_f1 = per.iter().sum::<f64>() / 3.0;
+        assert!((f1_score(&three) - macro_f1).abs() < 1e-12);
+        assert_eq!(argmax(&[0.1, 0.7, 0.2]), 1);
     }
 
     #[test]

@@ -141,19 +141,8 @@ fn step_rng(seed: u64, step: usize) -> StdRng {
 /// 预训练 `model`：`train`、`valid` 是编码好的句子（含 `[CLS]`、`[SEP]`）。检查点写在 `out/checkpoint`，
 /// `resume` 为真时从那里接着训练；结束时写 `out/pretrain-report.json` 并删掉检查点。
 #[allow(clippy::too_many_arguments)]
-pub fn pretrain<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E,
-    D,
->(
-    model: &mut BertMlm<V, M, H, F, L, P, TT, C, E, D>,
+pub fn pretrain<const M: usize, const H: usize, const F: usize, E, D>(
+    model: &mut BertMlm<M, H, F, E, D>,
     enc: &EncoderConfig,
     dev: &D,
     train: &[Vec<usize>],
@@ -214,7 +203,7 @@ where
             cfg.mask_rate,
             MASK_ID,
             SPECIAL_TOKENS.len(),
-            V,
+            model.bert.embeddings.word_embeddings.rows(),
         );
         let (loss, _) = mlm_loss(model, enc, dev, &masked, |t| t.traced(grads), Mode::Train)?;
         let value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
@@ -267,19 +256,14 @@ where
 
 /// 一批掩码后的输入上的 MLM 损失，以及预测对的个数。`trace` 给输入挂上 tape（训练）或原样返回（评估，不分配梯度）。
 fn mlm_loss<
-    const V: usize,
     const M: usize,
     const H: usize,
     const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
     E: Real,
     D: Kernels<E>,
     T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
 >(
-    model: &BertMlm<V, M, H, F, L, P, TT, C, E, D>,
+    model: &BertMlm<M, H, F, E, D>,
     enc: &EncoderConfig,
     dev: &D,
     masked: &Masked,
@@ -291,45 +275,26 @@ fn mlm_loss<
     let batch = make_batch::<E, D>(dev, &examples);
     let positions: Vec<(usize, usize)> = masked.targets.iter().map(|&(i, j, _)| (i, j)).collect();
     let n = positions.len();
-    let mut onehot = vec![E::default(); n * V];
+    let vocab = model.bert.embeddings.word_embeddings.rows();
+    let mut onehot = vec![E::default(); n * vocab];
     for (k, &(_, _, id)) in masked.targets.iter().enumerate() {
-        onehot[k * V + id] = E::ONE;
+        onehot[k * vocab + id] = E::ONE;
     }
-    let target = dev.tensor_from_vec(onehot, (n, Const::<V>));
+    let target = dev.tensor_from_vec(onehot, (n, vocab));
     let tokens = trace(batch.tokens);
     let logits = model.logits(enc, tokens, &batch.mask, &positions, mode)?;
     let rows = logits.retaped::<NoneTape>().as_vec();
     let correct = rows
-        .chunks(V)
+        .chunks(vocab)
         .zip(&masked.targets)
-        .filter(|(row, &(_, _, id))| {
-            let best = (0..V)
-                .max_by(|&a, &b| {
-                    row[a]
-                        .partial_cmp(&row[b])
-                        .unwrap_or(std::cmp::Ordering::Equal)
-                })
-                .unwrap_or(0);
-            best == id
-        })
+        .filter(|(row, &(_, _, id))| crate::train::argmax(row) == id)
         .count();
     Ok((cross_entropy_with_logits_loss(logits, target), correct))
 }
 
 /// 在留出的文本上评估：掩码用固定的种子，每次评估的题目相同，数字可以前后比较。
-pub fn evaluate_mlm<
-    const V: usize,
-    const M: usize,
-    const H: usize,
-    const F: usize,
-    const L: usize,
-    const P: usize,
-    const TT: usize,
-    const C: usize,
-    E: Real,
-    D: Kernels<E>,
->(
-    model: &BertMlm<V, M, H, F, L, P, TT, C, E, D>,
+pub fn evaluate_mlm<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>(
+    model: &BertMlm<M, H, F, E, D>,
     enc: &EncoderConfig,
     dev: &D,
     valid: &[Vec<usize>],
@@ -344,7 +309,7 @@ pub fn evaluate_mlm<
             cfg.mask_rate,
             MASK_ID,
             SPECIAL_TOKENS.len(),
-            V,
+            model.bert.embeddings.word_embeddings.rows(),
         );
         let (loss, ok) = mlm_loss(model, enc, dev, &masked, |t| t, Mode::Eval)?;
         let n = masked.targets.len();
@@ -367,7 +332,8 @@ mod tests {
     use crate::bert::model::bert_config;
     use crate::transformer::attention::PaddingMask;
 
-    type Tiny = BertMlm<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>;
+    type Tiny = BertMlm<32, 4, 48, f32, Cpu>;
+    use crate::bert::model::TINY_DIMS;
 
     fn corpus() -> Vec<Vec<usize>> {
         (0..96)
@@ -402,7 +368,7 @@ mod tests {
         let data = corpus();
         let run = |stop_at: Option<usize>, seed: u64, out: &std::path::Path, resume: bool| {
             let dev = Cpu::seed_from_u64(seed);
-            let mut model = Tiny::init(&dev);
+            let mut model = Tiny::init(&dev, &TINY_DIMS);
             let rows = pretrain(
                 &mut model,
                 &enc,
@@ -450,7 +416,7 @@ mod tests {
     #[test]
     fn the_exported_directory_reads_back_as_mlm_and_as_a_classifier() {
         let dev = Cpu::seed_from_u64(5);
-        let model = Tiny::init(&dev);
+        let model = Tiny::init(&dev, &TINY_DIMS);
         let enc = bert_config(1e-12, 0.1, 24);
         let dir = out_dir("export");
         save_mlm_dir(
@@ -461,7 +427,7 @@ mod tests {
         )
         .unwrap();
         // 作为掩码语言模型读回：logits 逐位相同
-        let mut back = Tiny::init(&Cpu::seed_from_u64(6));
+        let mut back = Tiny::init(&Cpu::seed_from_u64(6), &TINY_DIMS);
         let file = Checkpoint::read(&dir.join("model.safetensors")).unwrap();
         assert!(!file
             .tensors
@@ -484,7 +450,7 @@ mod tests {
         };
         assert_eq!(logits(&back), logits(&model));
         // 作为分类模型读：配置核对通过，池化层与分类头是新建的
-        let classifier = load_dir::<64, 32, 4, 48, 2, 24, 2, 3, f32, Cpu>(&dev, &dir).unwrap();
+        let classifier = load_dir::<32, 4, 48, f32, Cpu>(&dev, &dir).unwrap();
         assert_eq!(classifier.head, HeadSource::New);
         assert_eq!(
             classifier.params.embeddings.word_embeddings.weight.as_vec(),

@@ -304,6 +304,15 @@ pub enum InputError {
         /// 最大长度。
         max_len: usize,
     },
+    /// id 超出了嵌入表（如词 id ≥ vocab_size：分词器与 `config.json` 不配套）。
+    IdOutOfRange {
+        /// 哪种 id（`input_ids`、`token_type_ids`）。
+        field: &'static str,
+        /// 越界的 id。
+        id: usize,
+        /// 表的行数。
+        rows: usize,
+    },
     /// 填充掩码与词 id 的形状不同。
     MaskShape {
         /// 词 id 的 (batch, seq)。
@@ -320,6 +329,12 @@ impl fmt::Display for InputError {
                 write!(
                     f,
                     "序列长度 {seq} 超过了编码器的最大长度 max_len = {max_len}"
+                )
+            }
+            InputError::IdOutOfRange { field, id, rows } => {
+                write!(
+                    f,
+                    "{field} 里有 id {id}，超出了嵌入表的 {rows} 行（分词器与模型的 config.json 不配套？）"
                 )
             }
             InputError::MaskShape { tokens, mask } => {

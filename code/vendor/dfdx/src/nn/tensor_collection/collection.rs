@@ -173,6 +173,13 @@ pub trait ModuleVisitor<T: TensorCollection<E, D>, E: Dtype, D: Device<E>>: Size
         GetRef: FnMut(&T) -> &N,
         GetMut: FnMut(&mut T) -> &mut N;
 
+    /// llm-book 补丁：正在访问的模块经 `f` 的结果；访问者看不到模块时（如建模块）为 `None`。
+    /// 见 [super::TensorViewer::peek]。
+    fn peek<R>(&self, f: &mut dyn FnMut(&T) -> R) -> Option<R> {
+        let _ = f;
+        None
+    }
+
     /// Takes something that implements [ModuleFields] and function that takes
     /// [ModuleFields::Output] and returns an instance of T.
     fn visit_fields<M: ModuleFields<T, E, D>>(
@@ -250,6 +257,16 @@ impl<S: Shape, E: Dtype, D: Device<E>> TensorOptions<S, E, D> {
             do_gradient_update: true,
             reset,
             shape: S::default(),
+        }
+    }
+
+    /// llm-book 补丁：形状在运行期才知道的张量（如词表大小由检查点决定的词嵌入）。`shape` 只在
+    /// `BuildModule` 建模块时用到；这样的模块应当由知道形状的构造函数建出。
+    pub fn runtime(shape: S, reset: fn(&mut Tensor<S, E, D>) -> Result<(), D::Err>) -> Self {
+        TensorOptions {
+            do_gradient_update: true,
+            reset,
+            shape,
         }
     }
 

@@ -106,6 +106,19 @@ pub trait TensorViewer: 'static {
     where
         GetRef: FnMut(&Mod) -> &Field,
         GetMut: FnMut(&mut Mod) -> &mut Field;
+
+    /// llm-book 补丁：看一眼正在访问的模块。运行期长度的集合（层数由检查点决定）要先知道自己有几个元素，
+    /// 才能列出字段。看不到模块的视图（只有名字的 [ViewTensorName]、建模块时的 `()`）返回 `None`。
+    fn peek<'a, Mod: 'a, R>(
+        module: &Self::View<'a, Mod>,
+        f: &mut dyn FnMut(&Mod) -> R,
+    ) -> Option<R>
+    where
+        Self: 'a,
+    {
+        let _ = (module, f);
+        None
+    }
 }
 
 /// A list of a Module's fields. Used in [ModuleVisitor::visit_fields].

@@ -38,6 +38,10 @@ impl<'a, T: TensorCollection<E, D>, E: Dtype, D: Device<E>, F: TensorVisitor<E, 
         Field::iter_tensors(&mut walker)
     }
 
+    fn peek<R>(&self, f: &mut dyn FnMut(&T) -> R) -> Option<R> {
+        F::Viewer::peek(&self.m, f)
+    }
+
     fn visit_tensor<S: Shape, GetRef, GetMut>(
         &mut self,
         name: &str,
@@ -113,6 +117,10 @@ impl TensorViewer for ViewTensorRef {
     {
         get_ref(module)
     }
+
+    fn peek<'a, Mod: 'a, R>(module: &&'a Mod, f: &mut dyn FnMut(&Mod) -> R) -> Option<R> {
+        Some(f(module))
+    }
 }
 
 impl TensorViewer for ViewTensorMut {
@@ -129,6 +137,10 @@ impl TensorViewer for ViewTensorMut {
         GetMut: FnMut(&mut Mod) -> &mut Field,
     {
         get_mut(module)
+    }
+
+    fn peek<'a, Mod: 'a, R>(module: &&'a mut Mod, f: &mut dyn FnMut(&Mod) -> R) -> Option<R> {
+        Some(f(module))
     }
 }
 
@@ -171,6 +183,13 @@ impl<T: TensorViewer> TensorViewer for Vec<T> {
             .map(|x| T::view_field(x, name, get_ref, get_mut))
             .collect()
     }
+
+    fn peek<'a, Mod: 'a, R>(
+        module: &Self::View<'a, Mod>,
+        f: &mut dyn FnMut(&Mod) -> R,
+    ) -> Option<R> {
+        module.iter().find_map(|x| T::peek(x, f))
+    }
 }
 
 impl<T: TensorViewer> TensorViewer for Option<T> {
@@ -189,6 +208,13 @@ impl<T: TensorViewer> TensorViewer for Option<T> {
         module
             .as_mut()
             .map(|x| T::view_field(x, name, get_ref, get_mut))
+    }
+
+    fn peek<'a, Mod: 'a, R>(
+        module: &Self::View<'a, Mod>,
+        f: &mut dyn FnMut(&Mod) -> R,
+    ) -> Option<R> {
+        module.as_ref().and_then(|x| T::peek(x, f))
     }
 }
 
@@ -325,6 +351,16 @@ macro_rules! tuple_impls {
                 GetMut: FnMut(&mut Mod) -> &mut Field,
             {
                 ($($name::view_field(&mut visitor.$idx, name, get_ref, get_mut),)+)
+            }
+
+            fn peek<'a, Mod: 'a, R>(
+                module: &Self::View<'a, Mod>,
+                f: &mut dyn FnMut(&Mod) -> R,
+            ) -> Option<R> {
+                $(if let Some(r) = $name::peek(&module.$idx, f) {
+                    return Some(r);
+                })+
+                None
             }
         }
 

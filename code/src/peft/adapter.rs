@@ -1,0 +1,329 @@
+//! 3.4 节：PEFT 的适配器在本书里的样子——每个被选中的线性层上一对 A、B，秩与缩放系数各自在运行期决定。
+//!
+//! 第 2 部分把秩 R 与目标层写在类型里（[`crate::lora::encoder`]），编译器替我们检查形状；可 PEFT 的一个
+//! `adapter_config.json` 可以给每个模块不同的秩（`rank_pattern`）、不同的 α（`alpha_pattern`）、只改部分层
+//! （`layers_to_transform`），还能给池化层加 LoRA——这些都只在读到文件时才知道。所以这里 A、B 的秩是运行期的
+//! `usize`，而 A 的输入宽度、B 的输出宽度仍是类型里的常量：形状错误的一半仍由编译器挡住，另一半（秩）在读文件时
+//! 核对（[`super::config::AdapterPlan`]）。
+
+use crate::kernels::Kernels;
+use dfdx::nn::modules::{Linear, ModuleVisitor, TensorCollection, TensorOptions};
+use dfdx::prelude::*;
+
+use super::config::SiteSpec;
+use crate::basics::tensors::Real;
+use crate::bert::model::PoolerHook;
+use crate::bert::runtime::{Head, LayerStack};
+use crate::transformer::encoder::{EncoderLayer, Mode};
+use crate::transformer::hooks::{AttentionHooks, FfnHooks, Hidden};
+
+// ANCHOR: site
+/// 一个线性层 `I → O` 上的 LoRA：A `(r, I)`、B `(O, r)`，秩 r 与缩放系数 s 在运行期决定。
+#[derive(Clone, Debug)]
+pub struct LoraWeights<const I: usize, const O: usize, E: Dtype, D: Device<E>> {
+    /// A `(r, Const<I>)`。
+    pub lora_a: Tensor<(usize, Const<I>), E, D>,
+    /// B `(Const<O>, r)`。
+    pub lora_b: Tensor<(Const<O>, usize), E, D>,
+    /// 缩放系数 s = α/r（rsLoRA 时 α/√r）。
+    pub scaling: f64,
+}
+
+/// 一个线性层位置：选中时有 LoRA，否则是 `None`（没有任何参数）。
+#[derive(Clone, Debug)]
+pub struct SiteLora<const I: usize, const O: usize, E: Dtype, D: Device<E>> {
+    /// 这个位置上的 LoRA。
+    pub lora: Option<LoraWeights<I, O, E, D>>,
+}
+// ANCHOR_END: site
+
+impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D> {
+    /// 按计划新建（PEFT 的初始化）：A 取 U(−1/√I, 1/√I)（即 PyTorch 对 `nn.Linear` 的 kaiming_uniform(a=√5)），
+    /// B = 0，所以一开始不改变基座的输出。没有选中时什么也不建。
+    pub fn init(dev: &D, spec: Option<SiteSpec>) -> Self {
+        let lora = spec.map(|s| {
+            let bound = E::from_f64(1.0 / (I as f64).sqrt()).unwrap();
+            LoraWeights {
+                lora_a: dev.sample_like(&(s.r, Const), rand_distr::Uniform::new(-bound, bound)),
+                lora_b: dev.zeros_like(&(Const, s.r)),
+                scaling: s.scaling,
+            }
+        });
+        Self { lora }
+    }
+
+    /// 秩（没有 LoRA 时为 `None`）。
+    pub fn rank(&self) -> Option<usize> {
+        self.lora.as_ref().map(|l| l.lora_a.shape().0)
+    }
+
+    /// 在原线性层的输出 `out` 上加 s·B(A·dropout(x))；没有 LoRA 时原样返回 `out`。
+    ///
+    /// # 形状
+    /// - `x`: `(batch, seq, Const<I>)`，`out` 与返回：`(batch, seq, Const<O>)`
+    pub fn apply<T: Tape<E, D> + Merge<T>>(
+        &self,
+        x: Hidden<I, E, D, T>,
+        out: Hidden<O, E, D, T>,
+        dropout: f64,
+        mode: Mode,
+    ) -> Hidden<O, E, D, T> {
+        let Some(l) = &self.lora else { return out };
+        let x = match mode {
+            Mode::Train if dropout > 0.0 => D::dropout(x, dropout),
+            _ => x,
+        };
+        D::lora_add(out, x, &l.lora_a, &l.lora_b, l.scaling)
+    }
+
+    /// 合并进原线性层：W ← W + s·BA；没有 LoRA 时什么也不做。
+    pub fn merge_into(&self, linear: &mut Linear<I, O, E, D>) {
+        if let Some(l) = &self.lora {
+            let delta = l.lora_b.clone().matmul(l.lora_a.clone()); // (O, I)
+            linear.weight = linear.weight.clone() + delta * E::from_f64(l.scaling).unwrap();
+        }
+    }
+}
+
+/// 适配器只能由 `init` 构造（A 随机、B = 0）；dfdx 的 `reset_params` 走到这里时停下并说明。
+fn no_reset<S: Shape, E: Dtype, D: Device<E>>(_: &mut Tensor<S, E, D>) -> Result<(), D::Err> {
+    panic!("LoRA 适配器请用 PeftBert::get_peft_model 构造（A 随机、B = 0），不能用 reset_params")
+}
+
+impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> TensorCollection<E, D>
+    for SiteLora<I, O, E, D>
+{
+    // 秩与缩放系数不是张量，dfdx 的“重建”类操作（to_device、to_dtype、build）无从得知：不支持，
+    // 在目标设备上用 get_peft_model / from_pretrained 直接构造。优化器、梯度、参数计数、检查点读写不受影响。
+    type To<E2: Dtype, D2: Device<E2>> = ();
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<()>, V::Err> {
+        // 选中了没有，只有看到模块本身才知道（dfdx 补丁的 peek）
+        if !visitor
+            .peek(&mut |s: &Self| s.lora.is_some())
+            .unwrap_or(false)
+        {
+            return visitor.visit_fields((), |()| ());
+        }
+        visitor.visit_fields(
+            (
+                Self::tensor(
+                    "lora_a",
+                    |s| &s.lora.as_ref().expect("已核对选中").lora_a,
+                    |s| &mut s.lora.as_mut().expect("已核对选中").lora_a,
+                    TensorOptions::runtime((0, Const), no_reset),
+                ),
+                Self::tensor(
+                    "lora_b",
+                    |s| &s.lora.as_ref().expect("已核对选中").lora_b,
+                    |s| &mut s.lora.as_mut().expect("已核对选中").lora_b,
+                    TensorOptions::runtime((Const, 0), no_reset),
+                ),
+            ),
+            |_| (),
+        )
+    }
+}
+
+/// 一层编码器的适配器：六个线性层各一个位置，字段名与基座的线性层相同。
+#[derive(Clone, Debug)]
+pub struct PeftLayer<const M: usize, const F: usize, E: Dtype, D: Device<E>> {
+    /// `attention.self.query` 上的。
+    pub w_q: SiteLora<M, M, E, D>,
+    /// `attention.self.key` 上的。
+    pub w_k: SiteLora<M, M, E, D>,
+    /// `attention.self.value` 上的。
+    pub w_v: SiteLora<M, M, E, D>,
+    /// `attention.output.dense` 上的。
+    pub w_o: SiteLora<M, M, E, D>,
+    /// `intermediate.dense` 上的。
+    pub linear1: SiteLora<M, F, E, D>,
+    /// `output.dense` 上的。
+    pub linear2: SiteLora<F, M, E, D>,
+}
+
+impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> PeftLayer<M, F, E, D> {
+    /// 按这一层六个位置的计划新建。
+    pub fn init(dev: &D, specs: &[Option<SiteSpec>; 6]) -> Self {
+        Self {
+            w_q: SiteLora::init(dev, specs[0]),
+            w_k: SiteLora::init(dev, specs[1]),
+            w_v: SiteLora::init(dev, specs[2]),
+            w_o: SiteLora::init(dev, specs[3]),
+            linear1: SiteLora::init(dev, specs[4]),
+            linear2: SiteLora::init(dev, specs[5]),
+        }
+    }
+
+    /// 六个位置的秩（顺序同 [`LAYER_LINEARS`](super::config::LAYER_LINEARS)）。
+    pub fn ranks(&self) -> [Option<usize>; 6] {
+        [
+            self.w_q.rank(),
+            self.w_k.rank(),
+            self.w_v.rank(),
+            self.w_o.rank(),
+            self.linear1.rank(),
+            self.linear2.rank(),
+        ]
+    }
+
+    /// 把这一层的适配器合并进编码器层的六个线性层。
+    pub fn merge_into<const H: usize>(&self, layer: &mut EncoderLayer<M, H, F, E, D>) {
+        self.w_q.merge_into(&mut layer.attention.w_q);
+        self.w_k.merge_into(&mut layer.attention.w_k);
+        self.w_v.merge_into(&mut layer.attention.w_v);
+        self.w_o.merge_into(&mut layer.attention.w_o);
+        self.linear1.merge_into(&mut layer.feed_forward.linear1);
+        self.linear2.merge_into(&mut layer.feed_forward.linear2);
+    }
+}
+
+impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> TensorCollection<E, D>
+    for PeftLayer<M, F, E, D>
+{
+    type To<E2: Dtype, D2: Device<E2>> = ();
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<()>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("w_q", |s| &s.w_q, |s| &mut s.w_q),
+                Self::module("w_k", |s| &s.w_k, |s| &mut s.w_k),
+                Self::module("w_v", |s| &s.w_v, |s| &mut s.w_v),
+                Self::module("w_o", |s| &s.w_o, |s| &mut s.w_o),
+                Self::module("linear1", |s| &s.linear1, |s| &mut s.linear1),
+                Self::module("linear2", |s| &s.linear2, |s| &mut s.linear2),
+            ),
+            |_| (),
+        )
+    }
+}
+
+/// 全部可训练的参数：每层的适配器、池化层上的 LoRA、分类头的副本（PEFT 的 adapter 与 `modules_to_save`）。
+#[derive(Clone, Debug)]
+pub struct PeftAdapters<const M: usize, const F: usize, E: Dtype, D: Device<E>> {
+    /// 每层的适配器。
+    pub layers: LayerStack<PeftLayer<M, F, E, D>>,
+    /// `bert.pooler.dense` 上的（`target_modules` 含 `dense` 时 PEFT 也会选中它）。
+    pub pooler: SiteLora<M, M, E, D>,
+    /// 分类头的副本（整个训练）。
+    pub head: Head<M, E, D>,
+}
+
+impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> TensorCollection<E, D>
+    for PeftAdapters<M, F, E, D>
+{
+    type To<E2: Dtype, D2: Device<E2>> = ();
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<()>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("layers", |s| &s.layers, |s| &mut s.layers),
+                Self::module("pooler", |s| &s.pooler, |s| &mut s.pooler),
+                Self::module("head", |s| &s.head, |s| &mut s.head),
+            ),
+            |_| (),
+        )
+    }
+}
+
+/// 把一层的适配器接进第 1 部分的前向（钩子），以及池化层的钩子。
+pub struct PeftHooks<'a, const M: usize, const F: usize, E: Dtype, D: Device<E>> {
+    /// 这一层的适配器（池化层的钩子不用它）。
+    pub layer: Option<&'a PeftLayer<M, F, E, D>>,
+    /// 池化层上的 LoRA。
+    pub pooler: &'a SiteLora<M, M, E, D>,
+    /// LoRA 分支输入上的 dropout 概率。
+    pub dropout: f64,
+    /// 训练还是推理。
+    pub mode: Mode,
+}
+
+impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> PeftHooks<'_, M, F, E, D> {
+    fn site<const I: usize, const O: usize, T: Tape<E, D> + Merge<T>>(
+        &self,
+        pick: impl Fn(&PeftLayer<M, F, E, D>) -> &SiteLora<I, O, E, D>,
+        x: Hidden<I, E, D, T>,
+        out: Hidden<O, E, D, T>,
+    ) -> Hidden<O, E, D, T> {
+        match self.layer {
+            Some(layer) => pick(layer).apply(x, out, self.dropout, self.mode),
+            None => out,
+        }
+    }
+}
+
+impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> AttentionHooks<M, E, D>
+    for PeftHooks<'_, M, F, E, D>
+{
+    /// 有适配器的模型里，原来的线性层总是冻结的。
+    fn base_frozen(&self) -> bool {
+        true
+    }
+    fn query<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        x: Hidden<M, E, D, T>,
+        out: Hidden<M, E, D, T>,
+    ) -> Hidden<M, E, D, T> {
+        self.site(|l| &l.w_q, x, out)
+    }
+    fn key<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        x: Hidden<M, E, D, T>,
+        out: Hidden<M, E, D, T>,
+    ) -> Hidden<M, E, D, T> {
+        self.site(|l| &l.w_k, x, out)
+    }
+    fn value<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        x: Hidden<M, E, D, T>,
+        out: Hidden<M, E, D, T>,
+    ) -> Hidden<M, E, D, T> {
+        self.site(|l| &l.w_v, x, out)
+    }
+    fn output<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        x: Hidden<M, E, D, T>,
+        out: Hidden<M, E, D, T>,
+    ) -> Hidden<M, E, D, T> {
+        self.site(|l| &l.w_o, x, out)
+    }
+}
+
+impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> FfnHooks<M, F, E, D>
+    for PeftHooks<'_, M, F, E, D>
+{
+    fn base_frozen(&self) -> bool {
+        true
+    }
+    fn up<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        x: Hidden<M, E, D, T>,
+        out: Hidden<F, E, D, T>,
+    ) -> Hidden<F, E, D, T> {
+        self.site(|l| &l.linear1, x, out)
+    }
+    fn down<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        x: Hidden<F, E, D, T>,
+        out: Hidden<M, E, D, T>,
+    ) -> Hidden<M, E, D, T> {
+        self.site(|l| &l.linear2, x, out)
+    }
+}
+
+impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> PoolerHook<M, E, D>
+    for PeftHooks<'_, M, F, E, D>
+{
+    fn pooler<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        x: Tensor<(usize, Const<M>), E, D, T>,
+        out: Tensor<(usize, Const<M>), E, D, T>,
+    ) -> Tensor<(usize, Const<M>), E, D, T> {
+        if self.pooler.lora.is_none() {
+            return out;
+        }
+        // 融合的 LoRA 分支按 (batch, seq, M) 计算：[CLS] 看作长度为 1 的序列
+        let batch = x.shape().0;
+        let x = x.reshape_like(&(batch, 1, Const::<M>));
+        let out = out.reshape_like(&(batch, 1, Const::<M>));
+        let y = self.pooler.apply(x, out, self.dropout, self.mode);
+        y.reshape_like(&(batch, Const::<M>))
+    }
+}

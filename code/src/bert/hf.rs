@@ -367,6 +367,105 @@ mod dir_tests {
         assert!(err.contains("intermediate_size 为 32 / 4 / 48"), "{err}");
     }
 
+    /// 三种布局（`BertForSequenceClassification`、`BertModel`、`BertForMaskedLM`）与任意的运行期大小都读得进来：
+    /// 存一个 3 层、词表 50、3 种句子类型、10 类的模型，再读回来，logits 逐位相同。
+    #[test]
+    fn loads_any_runtime_size_and_every_layout() {
+        use crate::bert::model::{BertDims, TinyBert};
+        use crate::transformer::attention::PaddingMask;
+        use crate::transformer::encoder::Mode;
+        let dev = Cpu::seed_from_u64(9);
+        let dims = BertDims {
+            vocab_size: 50,
+            num_layers: 3,
+            max_positions: 16,
+            type_vocab_size: 3,
+            num_labels: 10,
+        };
+        let model = TinyBert::<f32, Cpu>::new(&dev, &dims);
+        let dir = std::env::temp_dir().join(format!("llm-book-sizes-{}", std::process::id()));
+        let src = std::env::temp_dir().join(format!("llm-book-sizes-src-{}", std::process::id()));
+        std::fs::create_dir_all(&src).unwrap();
+        let config = std::fs::read_to_string(fixtures_dir().join("tiny-bert/config.json"))
+            .unwrap()
+            .replace("\"vocab_size\": 64", "\"vocab_size\": 50")
+            .replace("\"num_hidden_layers\": 2", "\"num_hidden_layers\": 3")
+            .replace(
+                "\"max_position_embeddings\": 24",
+                "\"max_position_embeddings\": 16",
+            )
+            .replace("\"type_vocab_size\": 2", "\"type_vocab_size\": 3");
+        std::fs::write(src.join("config.json"), config).unwrap();
+        // 词表也取前 50 个记号（分词器的记号数不能超过 vocab_size）
+        let vocab = std::fs::read_to_string(fixtures_dir().join("tiny-bert/vocab.txt")).unwrap();
+        let vocab: Vec<&str> = vocab.lines().take(50).collect();
+        std::fs::write(src.join("vocab.txt"), vocab.join("\n") + "\n").unwrap();
+        let labels: Vec<String> = (0..10).map(|i| format!("类{i}")).collect();
+        crate::peft::model::save_hf_dir(&model, &src, &labels, &dir).unwrap();
+        let back = load_dir::<32, 4, 48, f32, Cpu>(&dev, &dir).unwrap();
+        assert_eq!(back.params.dims(), dims);
+        assert_eq!(back.labels, labels);
+        assert_eq!(back.head, HeadSource::Loaded);
+        let tokens = dev.tensor_from_vec(vec![2, 40, 49, 3], (1, 4));
+        let types = dev.tensor_from_vec(vec![0, 1, 2, 2], (1, 4));
+        let mask = PaddingMask::from_lengths(&dev, &[4], 4).unwrap();
+        let logits = |m: &TinyBert<f32, Cpu>| {
+            m.forward(
+                &back.config,
+                tokens.clone(),
+                Some(types.clone()),
+                &mask,
+                Mode::Eval,
+            )
+            .unwrap()
+            .logits
+            .as_vec()
+        };
+        assert_eq!(logits(&back.params), logits(&model));
+        // 越界的 id 是错误，不是 panic
+        let bad = dev.tensor_from_vec(vec![2, 50], (1, 2));
+        let mask2 = PaddingMask::from_lengths(&dev, &[2], 2).unwrap();
+        let err = back
+            .params
+            .forward(&back.config, bad, None, &mask2, Mode::Eval)
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string()
+                .contains("input_ids 里有 id 50，超出了嵌入表的 50 行"),
+            "{err}"
+        );
+
+        // BertModel 的布局：没有 bert. 前缀、没有分类头
+        let weights = Checkpoint::read(&dir.join("model.safetensors")).unwrap();
+        let kept: Vec<(String, Vec<usize>, Vec<f32>)> = weights
+            .tensors
+            .iter()
+            .filter(|(k, _)| !k.starts_with("classifier."))
+            .map(|(k, t)| {
+                let key = k.strip_prefix("bert.").unwrap_or(k).to_string();
+                (
+                    key,
+                    t.shape.clone(),
+                    t.data.iter().map(|&x| x as f32).collect(),
+                )
+            })
+            .collect();
+        crate::checkpoint::save_tensors(&dir.join("model.safetensors"), &kept).unwrap();
+        let bare = load_dir::<32, 4, 48, f32, Cpu>(&dev, &dir).unwrap();
+        assert_eq!(bare.head, HeadSource::New);
+        assert_eq!(
+            bare.params.layers.modules[2].attention.w_q.weight.as_vec(),
+            model.layers.modules[2].attention.w_q.weight.as_vec()
+        );
+        // BertForMaskedLM 的布局（cls.predictions.*，没有池化层与分类头）
+        let mlm =
+            load_dir::<32, 4, 48, f32, Cpu>(&dev, &fixtures_dir().join("tiny-bert-mlm")).unwrap();
+        assert_eq!(mlm.head, HeadSource::New);
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&src).unwrap();
+    }
+
     #[test]
     fn a_truncated_weight_file_is_a_clear_error() {
         let dev: Cpu = Default::default();

@@ -39,11 +39,11 @@ macro_rules! width_table {
 
 // ANCHOR: widths
 width_table! {
-    (32, 4, 48, "本书测试用的 tiny BERT（tests/fixtures/tiny-bert）"),
+    (32, 4, 48, "本书测试用的小 BERT（tests/fixtures/tiny-bert）"),
     (128, 2, 512, "google/bert_uncased_L-2_H-128_A-2（BERT-Tiny）"),
     (256, 4, 1024, "google/bert_uncased_L-4_H-256_A-4（BERT-Mini）、附录 A 的中文迷你 BERT"),
-    (312, 12, 1200, "huawei-noah/TinyBERT_General_4L_312D、ckiplab/albert-tiny-chinese 以外的 312 维 TinyBERT"),
-    (384, 12, 1536, "sentence-transformers/all-MiniLM-L6-v2、BAAI/bge-small-zh-v1.5（512 维的 bge-small-zh 见下）"),
+    (312, 12, 1200, "huawei-noah/TinyBERT_General_4L_312D"),
+    (384, 12, 1536, "sentence-transformers/all-MiniLM-L6-v2、BAAI/bge-small-en-v1.5"),
     (512, 8, 2048, "google/bert_uncased_L-4_H-512_A-8（BERT-Small）、BAAI/bge-small-zh-v1.5"),
     (768, 12, 3072, "bert-base-chinese、hfl/chinese-roberta-wwm-ext、hfl/rbt3、bert-base-uncased"),
     (1024, 16, 4096, "bert-large-uncased、hfl/chinese-roberta-wwm-ext-large"),
@@ -116,6 +116,7 @@ impl From<ConfigError> for PresetError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bert::config::HfBertConfig;
 
     struct Widths;
     impl WidthTask for Widths {
@@ -132,6 +133,111 @@ mod tests {
             assert_eq!(m % h, 0, "{m} 维分不成 {h} 个头");
         }
         assert_eq!(dispatch_widths((768, 12, 3071), Widths), None);
+    }
+
+    /// 公开检查点的 `config.json`（本书关心的字段）：都能解析、都落在宽度表里，运行期的大小照文件。
+    #[test]
+    fn public_checkpoint_configs_dispatch() {
+        // (名字, vocab_size, hidden, heads, intermediate, layers, max_position_embeddings)
+        let public = [
+            ("bert-base-chinese", 21128, 768, 12, 3072, 12, 512),
+            ("hfl/chinese-roberta-wwm-ext", 21128, 768, 12, 3072, 12, 512),
+            ("hfl/rbt3", 21128, 768, 12, 3072, 3, 512),
+            ("bert-base-uncased", 30522, 768, 12, 3072, 12, 512),
+            ("bert-large-uncased", 30522, 1024, 16, 4096, 24, 512),
+            (
+                "huawei-noah/TinyBERT_General_4L_312D",
+                30522,
+                312,
+                12,
+                1200,
+                4,
+                512,
+            ),
+            (
+                "sentence-transformers/all-MiniLM-L6-v2",
+                30522,
+                384,
+                12,
+                1536,
+                6,
+                512,
+            ),
+            ("BAAI/bge-small-zh-v1.5", 21128, 512, 8, 2048, 4, 512),
+            (
+                "google/bert_uncased_L-2_H-128_A-2",
+                30522,
+                128,
+                2,
+                512,
+                2,
+                512,
+            ),
+            (
+                "google/bert_uncased_L-4_H-256_A-4",
+                30522,
+                256,
+                4,
+                1024,
+                4,
+                512,
+            ),
+        ];
+        let dir = std::env::temp_dir().join(format!("llm-book-public-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, vocab, m, h, f, layers, positions) in public {
+            let json = serde_json::json!({
+                "model_type": "bert", "vocab_size": vocab, "hidden_size": m, "num_attention_heads": h,
+                "intermediate_size": f, "num_hidden_layers": layers, "max_position_embeddings": positions,
+                "type_vocab_size": 2, "hidden_act": "gelu", "layer_norm_eps": 1e-12,
+                "position_embedding_type": "absolute",
+            });
+            std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+            assert_eq!(dispatch_dir(&dir, Widths).unwrap(), (m, h, f), "{name}");
+            let cfg = HfBertConfig::read(&dir.join("config.json")).unwrap();
+            let (_, dims) = cfg.check(&dir.join("config.json")).unwrap();
+            assert_eq!(
+                (dims.vocab_size, dims.num_layers, dims.num_labels),
+                (vocab, layers, 2)
+            );
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// 表里的每一组宽度都真的能算：建一个 1 层、小词表的模型，跑一次前向，输出形状对、数值有限。
+    #[test]
+    fn every_width_in_the_table_runs_a_forward_pass() {
+        use crate::bert::model::{bert_config, BertDims, BertParams};
+        use crate::transformer::attention::PaddingMask;
+        use crate::transformer::encoder::Mode;
+        use dfdx::prelude::*;
+        struct Forward;
+        impl WidthTask for Forward {
+            type Output = (usize, Vec<f32>);
+            fn run<const M: usize, const H: usize, const F: usize>(self) -> Self::Output {
+                let dev = Cpu::seed_from_u64(0);
+                let dims = BertDims {
+                    vocab_size: 20,
+                    num_layers: 1,
+                    max_positions: 8,
+                    type_vocab_size: 2,
+                    num_labels: 5,
+                };
+                let bert = BertParams::<M, H, F, f32, Cpu>::new(&dev, &dims);
+                let tokens = dev.tensor_from_vec(vec![2, 7, 9, 3, 2, 5, 3, 0], (2, 4));
+                let mask = PaddingMask::from_lengths(&dev, &[4, 3], 4).unwrap();
+                let out = bert
+                    .forward(&bert_config(1e-12, 0.0, 8), tokens, None, &mask, Mode::Eval)
+                    .unwrap();
+                (out.last_hidden_state.shape().2.size(), out.logits.as_vec())
+            }
+        }
+        for &(m, h, f, _) in WIDTHS {
+            let (width, logits) = dispatch_widths((m, h, f), Forward).unwrap();
+            assert_eq!(width, m);
+            assert_eq!(logits.len(), 2 * 5);
+            assert!(logits.iter().all(|x| x.is_finite()), "{m}/{h}/{f}");
+        }
     }
 
     #[test]

@@ -290,6 +290,7 @@ pub fn resolve_model(arg: &str) -> Result<PathBuf, HubError> {
     resolve_model_with(arg, &HubEnv::from_env()?)
 }
 
+// ANCHOR: resolve
 /// 与 [`resolve_model`] 相同，但环境设置由调用者给出。
 ///
 /// 返回的目录里一定有 `config.json`；从 Hub 来的目录还一定有 `model.safetensors`，
@@ -306,6 +307,7 @@ pub fn resolve_model_with(arg: &str, env: &HubEnv) -> Result<PathBuf, HubError> 
         download(&spec, env)
     }
 }
+// ANCHOR_END: resolve
 
 /// 本地目录：只检查 `config.json` 在不在，其余文件由加载代码报错。
 fn local_model_dir(path: &Path) -> Result<PathBuf, HubError> {

@@ -275,6 +275,7 @@ pub struct LabelSet {
 }
 
 impl LabelSet {
+    // ANCHOR: labels
     /// 由数据里出现的标签建立编号：
     ///
     /// - 全部标签都是非负整数（规范的十进制写法，如 `0`、`12`，不含 `07`）：编号就是这些整数，
@@ -309,6 +310,7 @@ impl LabelSet {
         };
         LabelSet::from_names(names)
     }
+    // ANCHOR_END: labels
 
     /// 由现成的名字表建立（如模型 `config.json` 的 `id2label`，第 `i` 个名字即第 `i` 类）。
     /// 名字不能为空、不能重复，且至少 2 个。

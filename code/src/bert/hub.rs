@@ -131,7 +131,7 @@ impl fmt::Display for HubError {
             ),
             Network { repo, endpoint, detail } => write!(
                 f,
-                "无法从 {endpoint} 获取 {repo}：{detail}。请检查网络或代理；可用 HF_ENDPOINT 指向镜像站；模型已在缓存中时可设 HF_HUB_OFFLINE=1"
+                "本地没有目录 {repo}，按 Hub 仓库名下载，但无法从 {endpoint} 获取 {repo}：{detail}。请检查路径，或检查网络与代理；可用 HF_ENDPOINT 指向镜像站；模型已在缓存中时可设 HF_HUB_OFFLINE=1"
             ),
             Download { repo, file, detail } => write!(f, "下载 {repo} 的 {file} 失败：{detail}"),
         }

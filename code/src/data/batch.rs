@@ -22,7 +22,6 @@ pub struct Batch<E: Dtype, D: Device<E>> {
 pub fn make_batch<E: Dtype, D: Device<E>>(dev: &D, examples: &[(&[usize], usize)]) -> Batch<E, D> {
     make_pair_batch(dev, examples, None)
 }
-// ANCHOR_END: make_batch
 
 /// 同 [`make_batch`]；`pair_sep` 给出 `[SEP]` 的 id 时样本是句子对，另给出句子类型 id：
 /// `[CLS] A [SEP] B [SEP]` 里到第一个 `[SEP]`（含）为止是 0，之后是 1，填充位置为 0（与 HF 的分词器相同）。
@@ -58,6 +57,7 @@ pub fn make_pair_batch<E: Dtype, D: Device<E>>(
         labels: examples.iter().map(|e| e.1).collect(),
     }
 }
+// ANCHOR_END: make_batch
 
 #[cfg(test)]
 mod tests {

@@ -70,6 +70,17 @@ pub struct LoraConfig {
     pub other: BTreeMap<String, Value>,
 }
 
+/// `target_modules` 的两种写法。
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TargetModules {
+    /// 名字的列表：模块名等于它，或以 `.它` 结尾。
+    Names(Vec<String>),
+    /// 一个正则表达式：与整个模块名匹配。
+    Regex(String),
+}
+// ANCHOR_END: config
+
 /// 按模块名匹配的表（`rank_pattern`、`alpha_pattern`），保持文件里的顺序：PEFT 取第一个匹配的键。
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Pattern<T>(pub Vec<(String, T)>);
@@ -173,17 +184,6 @@ impl<T> OneOrMany<T> {
         }
     }
 }
-
-/// `target_modules` 的两种写法。
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum TargetModules {
-    /// 名字的列表：模块名等于它，或以 `.它` 结尾。
-    Names(Vec<String>),
-    /// 一个正则表达式：与整个模块名匹配。
-    Regex(String),
-}
-// ANCHOR_END: config
 
 fn default_peft_type() -> String {
     "LORA".into()

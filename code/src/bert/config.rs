@@ -33,9 +33,12 @@ pub struct HfBertConfig {
     pub hidden_act: String,
     /// 层归一化的 ε。
     pub layer_norm_eps: f64,
-    /// dropout 概率。
+    /// 隐藏层（嵌入、子层输出、池化输出）上的 dropout 概率。
     #[serde(default = "default_dropout")]
     pub hidden_dropout_prob: f64,
+    /// 注意力权重上的 dropout 概率。
+    #[serde(default = "default_dropout")]
+    pub attention_probs_dropout_prob: f64,
     /// 类别 id → 名字（分类模型才有；没有时与 transformers 一样按 2 类）。
     #[serde(default)]
     pub id2label: Option<std::collections::BTreeMap<String, String>>,
@@ -141,11 +144,22 @@ impl HfBertConfig {
                 return Err(bad(field, "0".into(), "至少为 1"));
             }
         }
-        let config = bert_config(
-            self.layer_norm_eps,
-            self.hidden_dropout_prob,
-            self.max_position_embeddings,
-        );
+        for (field, p) in [
+            ("hidden_dropout_prob", self.hidden_dropout_prob),
+            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                return Err(bad(field, p.to_string(), "在 [0, 1) 之内"));
+            }
+        }
+        let config = EncoderConfig {
+            attention_dropout: self.attention_probs_dropout_prob,
+            ..bert_config(
+                self.layer_norm_eps,
+                self.hidden_dropout_prob,
+                self.max_position_embeddings,
+            )
+        };
         Ok((config, dims))
     }
 }

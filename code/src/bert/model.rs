@@ -86,12 +86,14 @@ pub trait PoolerHook<const M: usize, E: Dtype, D: Device<E>> {
 
 impl<const M: usize, E: Dtype, D: Device<E>> PoolerHook<M, E, D> for NoHooks {}
 
-/// BERT 的超参数（宽度在类型里，最大长度取位置嵌入的个数）。
+/// BERT 的超参数（宽度在类型里，最大长度取位置嵌入的个数）。注意力权重上的 dropout 与隐藏层的相同
+/// （BERT 的两个概率都是 0.1；`config.json` 里不同时，读配置的 [`super::config::HfBertConfig::check`] 另设）。
 pub fn bert_config(layer_norm_eps: f64, dropout: f64, max_position: usize) -> EncoderConfig {
     EncoderConfig {
         norm_position: NormPosition::Post,
         activation: Activation::Gelu,
         dropout,
+        attention_dropout: dropout,
         layer_norm_eps,
         max_len: max_position,
     }

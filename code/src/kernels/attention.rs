@@ -9,14 +9,18 @@
 //! 反向，上游梯度 G（同样按头看）：dV = Pᵀ G，dP = G Vᵀ，dS = P ⊙ (dP − rowsum(dP ⊙ P))，
 //! dQ = (1/√d_k)·dS K，dK = (1/√d_k)·dSᵀ Q。P 留给反向用（也作为注意力权重返回，供画图）。
 //!
+//! 训练时对 P 做 dropout（BERT 的 `attention_probs_dropout_prob`）：O = P′V，P′ = P ⊙ 掩码 / (1 − p)。
+//! 掩码由（种子, P 里的下标）的哈希决定（与 [`super::cpu::dropout`] 相同），反向时重新算出 P′ 与掩码，不必存它们：
+//! dV = P′ᵀ G，dP = (G Vᵀ) ⊙ 掩码 / (1 − p)，之后同上。
+//!
 //! [`attention_heads_composite`]: crate::transformer::multi_head::attention_heads_composite
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
 use super::cpu::{
-    buf, data, insert_or_add_grad, is_contiguous, par_zeros, softmax_back_block_mv,
-    softmax_block_mv, Gemm,
+    buf, data, dropout_back_into, dropout_into, dropout_params, insert_or_add_grad, is_contiguous,
+    par_zeros, softmax_back_block_mv, softmax_block_mv, Gemm,
 };
 use super::math::FastMath;
 use super::Shape4;
@@ -91,14 +95,19 @@ impl Addr {
     }
 }
 
-/// 多头的缩放点积注意力，`q` 为 `(batch, seq_q, M)`，`k`、`v` 为 `(batch, seq_k, M)`，按头切成 `heads` 份。
-/// 返回拼回的输出 `(batch, seq_q, M)` 与注意力权重 `(batch, heads, seq_q, seq_k)`（不带 tape）。
+/// 对注意力权重的 dropout：（种子, 阈值与放大倍数）。
+type AttentionDropout<F> = Option<(u64, (u32, F))>;
+
+/// 多头的缩放点积注意力，`q` 为 `(batch, seq_q, M)`，`k`、`v` 为 `(batch, seq_k, M)`，按头切成 `heads` 份；
+/// `dropout` > 0 时对注意力权重做 dropout。返回拼回的输出 `(batch, seq_q, M)` 与注意力权重
+/// `(batch, heads, seq_q, seq_k)`（dropout 之前的，不带 tape）。
 pub fn attention<const M: usize, F, T>(
     q: Hidden<M, F, Cpu, T>,
     k: Hidden<M, F, Cpu, T>,
     v: Hidden<M, F, Cpu, T>,
     heads: usize,
     mask: Option<&PaddingMask<F, Cpu>>,
+    dropout: f64,
 ) -> (Hidden<M, F, Cpu, T>, Tensor<Shape4, F, Cpu>)
 where
     F: FastMath + Dtype + Gemm,
@@ -107,7 +116,9 @@ where
 {
     let contiguous = is_contiguous(&q) && is_contiguous(&k) && is_contiguous(&v);
     if !contiguous || mask.is_some_and(|m| !is_contiguous(&m.bias)) {
-        return crate::transformer::multi_head::attention_heads_composite(q, k, v, heads, mask);
+        return crate::transformer::multi_head::attention_heads_composite(
+            q, k, v, heads, mask, dropout,
+        );
     }
     assert!(heads > 0 && M % heads == 0, "头数 {heads} 应整除 {M}");
     let ((batch, seq_q, _), (batch_k, seq_k, _)) = (*q.shape(), *k.shape());
@@ -128,7 +139,16 @@ where
         d_k: M / heads,
         m: M,
     };
+    assert!(
+        (0.0..1.0).contains(&dropout),
+        "dropout 的概率应在 [0, 1) 之内：{dropout}"
+    );
     let scale = F::c(1.0 / (hd.d_k as f64).sqrt());
+    // 与 cpu::dropout 一样取这一次的种子（训练循环给了钥匙时由（种子, 步数, 位置）决定）
+    let drop: AttentionDropout<F> = (dropout > 0.0).then(|| {
+        let seed = super::step_key::next_seed(|| q.device().random_u64());
+        (seed, dropout_params::<F>(dropout))
+    });
     let (q, tq) = q.split_tape();
     let (k, tk) = k.split_tape();
     let (v, tv) = v.split_tape();
@@ -145,7 +165,9 @@ where
     let (oa, pa) = (Addr::of(out.as_mut_ptr()), Addr::of(p.as_mut_ptr()));
     (0..hd.tasks())
         .into_par_iter()
-        .for_each_init(Vec::new, |scores: &mut Vec<F>, t| {
+        .for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(scores, dropped): &mut (Vec<F>, Vec<F>), t| {
             scores.resize(pp, F::zero());
             let (qo, ko) = (hd.q_offset(t), hd.k_offset(t));
             // SAFETY：Q、K、V 的子矩阵在各自的缓冲区之内；P 的第 t 块与输出的第 (b, h) 块只由这个任务写
@@ -168,13 +190,22 @@ where
                     &bias[t / heads * seq_k..][..seq_k]
                 };
                 softmax_block_mv(scores, pt, seq_k, 0, b, seq_q);
-                // O = P V，写进输出里第 h 个头的列
+                // 训练时 P′ = dropout(P)（P 本身留给反向与画图）
+                let pv: &[F] = match drop {
+                    Some((seed, params)) => {
+                        dropped.resize(pp, F::zero());
+                        dropout_into(pt, dropped, t * pp, seed, params);
+                        dropped
+                    }
+                    None => pt,
+                };
+                // O = P′ V，写进输出里第 h 个头的列
                 mm(
                     seq_q,
                     seq_k,
                     hd.d_k,
                     F::one(),
-                    (pt.as_ptr(), seq_k, 1),
+                    (pv.as_ptr(), seq_k, 1),
                     (va.at(ko), M, 1),
                     (oa.at(qo), M, 1),
                 );
@@ -188,7 +219,7 @@ where
         tape.add_backward_op(move |grads| {
             grads.try_alloc_for(&out_ghost)?;
             let g = buf(grads.get_ref(&out_ghost));
-            let [dq, dk, dv] = attention_backward(hd, scale, g, &q, &k, &v, data(&weights));
+            let [dq, dk, dv] = attention_backward(hd, scale, drop, g, &q, &k, &v, data(&weights));
             insert_or_add_grad(grads, &q, dq);
             insert_or_add_grad(grads, &k, dk);
             insert_or_add_grad(grads, &v, dv);
@@ -198,10 +229,12 @@ where
     (out.put_tape(tape), weights)
 }
 
-/// 反向：由上游梯度 `g` 与前向留下的 P 算出 dQ、dK、dV（新的缓冲区）。
+/// 反向：由上游梯度 `g` 与前向留下的 P 算出 dQ、dK、dV（新的缓冲区）；有 dropout 时重新算出 P′ 与掩码。
+#[allow(clippy::too_many_arguments)]
 fn attention_backward<const M: usize, F>(
     hd: Heads,
     scale: F,
+    drop: AttentionDropout<F>,
     g: &[F],
     q: &Tensor<(usize, usize, Const<M>), F, Cpu>,
     k: &Tensor<(usize, usize, Const<M>), F, Cpu>,
@@ -230,22 +263,31 @@ where
         Addr::of(dv.as_mut_ptr()),
     );
     (0..hd.tasks()).into_par_iter().for_each_init(
-        || (Vec::new(), Vec::new()),
-        |(dp, ds): &mut (Vec<F>, Vec<F>), t| {
+        || (Vec::new(), Vec::new(), Vec::new()),
+        |(dp, ds, dropped): &mut (Vec<F>, Vec<F>, Vec<F>), t| {
             dp.resize(pp, F::zero());
             ds.clear();
             ds.resize(pp, F::zero());
             let (qo, ko) = (hd.q_offset(t), hd.k_offset(t));
             let pt = &p[t * pp..][..pp];
+            // 前向乘 V 的是 P′ = dropout(P)：重新算出来
+            let pv: &[F] = match drop {
+                Some((seed, params)) => {
+                    dropped.resize(pp, F::zero());
+                    dropout_into(pt, dropped, t * pp, seed, params);
+                    dropped
+                }
+                None => pt,
+            };
             // SAFETY：读的子矩阵都在各自的缓冲区之内；dQ、dK、dV 的第 (b, h) 块只由这个任务写
             unsafe {
-                // dV = Pᵀ G（Pᵀ：行步长 1、列步长 seq_k）
+                // dV = P′ᵀ G（P′ᵀ：行步长 1、列步长 seq_k）
                 mm(
                     seq_k,
                     seq_q,
                     d_k,
                     F::one(),
-                    (pt.as_ptr(), 1, seq_k),
+                    (pv.as_ptr(), 1, seq_k),
                     (ga.at(qo), M, 1),
                     (dva.at(ko), M, 1),
                 );
@@ -259,6 +301,12 @@ where
                     (va.at(ko), 1, M),
                     (dp.as_mut_ptr(), seq_k, 1),
                 );
+                // 有 dropout 时 dP = dP′ ⊙ 掩码 / (1 − p)（借 dropped 的缓冲区）
+                if let Some((seed, params)) = drop {
+                    dropped.iter_mut().for_each(|x| *x = F::zero());
+                    dropout_back_into(dp, dropped, t * pp, seed, params);
+                    std::mem::swap(dp, dropped);
+                }
                 // dS = P ⊙ (dP − rowsum(dP ⊙ P))（softmax 的反向，累加进清零的 ds）
                 softmax_back_block_mv(pt, dp, ds, seq_k);
                 // dQ = (1/√d_k)·dS K，dK = (1/√d_k)·dSᵀ Q

@@ -582,10 +582,40 @@ fn dropout_back_block<F: FastMath, M: MulAdd>(
 
 multiversion!(fn dropout_back_block_mv<F>(g: &[F], dx: &mut [F], first: usize, seed: u64, threshold: u32, scale: F) => dropout_back_block);
 
+/// dropout 的（阈值, 放大倍数）：保留的概率是 1 − 阈值 / 2³²，保留的元素乘 1/(1 − p)。
+pub(super) fn dropout_params<F: FastMath>(p: f64) -> (u32, F) {
+    ((p * 4_294_967_296.0) as u32, F::c(1.0 / (1.0 - p)))
+}
+
+/// out = x 按（种子, 下标）丢弃并放大，`first` 是 `x[0]` 的下标（融合的注意力对概率做 dropout 用）。
+pub(super) fn dropout_into<F: FastMath + Dtype>(
+    x: &[F],
+    out: &mut [F],
+    first: usize,
+    seed: u64,
+    (threshold, scale): (u32, F),
+) {
+    // SAFETY：F 与 MaybeUninit<F> 的布局相同；dropout_block 写满 out 的每个元素
+    let out = unsafe { &mut *(out as *mut [F] as *mut [std::mem::MaybeUninit<F>]) };
+    dropout_block_mv(x, out, first, seed, threshold, scale);
+}
+
+/// dx += g 按（种子, 下标）丢弃并放大（dropout 的反向；融合的注意力用）。
+pub(super) fn dropout_back_into<F: FastMath + Dtype>(
+    g: &[F],
+    dx: &mut [F],
+    first: usize,
+    seed: u64,
+    (threshold, scale): (u32, F),
+) {
+    dropout_back_block_mv(g, dx, first, seed, threshold, scale);
+}
+
 /// 训练时的 dropout：以概率 `p` 置零，保留的元素乘 1/(1 − p)。
 ///
-/// 与 dfdx 的 `dropout` 一样，每次调用从设备的随机数取一个 u64 作种子（设备的随机数流前进得完全相同）；
-/// 不同的是每个元素的去留由“种子与下标的哈希”决定：可以并行、可以向量化，反向时重新算一遍而不必存掩码。
+/// 每次调用取一个 u64 作种子：训练循环给了这一步的钥匙时由（种子, 步数, 第几次 dropout）决定
+/// （[`super::step_key`]，接着训练时逐位相同），否则与 dfdx 的 `dropout` 一样从设备的随机数取。
+/// 每个元素的去留由“种子与下标的哈希”决定：可以并行、可以向量化，反向时重新算一遍而不必存掩码。
 pub fn dropout<S, F, T>(x: Tensor<S, F, Cpu, T>, p: f64) -> Tensor<S, F, Cpu, T>
 where
     S: Shape,
@@ -603,10 +633,8 @@ where
     if !is_contiguous(&x) {
         return x.dropout(p);
     }
-    let seed = x.device().random_u64();
-    // 保留的概率是 1 − threshold / 2³²
-    let threshold = (p * 4_294_967_296.0) as u32;
-    let scale = F::c(1.0 / (1.0 - p));
+    let seed = super::step_key::next_seed(|| x.device().random_u64());
+    let (threshold, scale) = dropout_params::<F>(p);
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
     let xd = data(&x);

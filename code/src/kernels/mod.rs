@@ -27,6 +27,7 @@ pub mod attention;
 pub mod cpu;
 pub mod lora;
 pub mod math;
+pub mod step_key;
 
 /// 注意力分数的形状：(batch, heads, seq_q, seq_k)。
 pub type Shape4 = (usize, usize, usize, usize);
@@ -59,7 +60,8 @@ pub trait Kernels<E: Dtype>: Device<E> {
     }
 
     /// 多头的缩放点积注意力：投影后的 `q` `(batch, seq_q, M)`、`k`、`v` `(batch, seq_k, M)` 拆成 `heads` 个头，
-    /// 各自 softmax(QKᵀ/√d_k + 掩码)·V，再拼回 `(batch, seq_q, M)`；另返回注意力权重 `(batch, heads, seq_q, seq_k)`。
+    /// 各自 softmax(QKᵀ/√d_k + 掩码)·V，再拼回 `(batch, seq_q, M)`；另返回注意力权重 `(batch, heads, seq_q, seq_k)`
+    /// （dropout 之前的）。`dropout` > 0 时对注意力权重做 dropout（BERT 的 `attention_probs_dropout_prob`；只在训练时给）。
     #[allow(clippy::type_complexity)]
     fn attention<const M: usize, T: Tape<E, Self> + Merge<T>>(
         q: Tensor<(usize, usize, Const<M>), E, Self, T>,
@@ -67,11 +69,12 @@ pub trait Kernels<E: Dtype>: Device<E> {
         v: Tensor<(usize, usize, Const<M>), E, Self, T>,
         heads: usize,
         mask: Option<&PaddingMask<E, Self>>,
+        dropout: f64,
     ) -> (
         Tensor<(usize, usize, Const<M>), E, Self, T>,
         Tensor<Shape4, E, Self>,
     ) {
-        attention_heads_composite(q, k, v, heads, mask)
+        attention_heads_composite(q, k, v, heads, mask, dropout)
     }
 
     /// LoRA 分支加到原线性层的输出上：out + s·B(A·x)，A `(R, I)`、B `(O, R)`。
@@ -181,8 +184,9 @@ macro_rules! cpu_kernels {
                 v: Tensor<(usize, usize, Const<M>), $e, Self, T>,
                 heads: usize,
                 mask: Option<&PaddingMask<$e, Self>>,
+                dropout: f64,
             ) -> (Tensor<(usize, usize, Const<M>), $e, Self, T>, Tensor<Shape4, $e, Self>) {
-                attention::attention(q, k, v, heads, mask)
+                attention::attention(q, k, v, heads, mask, dropout)
             }
 
             fn lora_add<const I: usize, const O: usize, R: Dim, T: Tape<$e, Self> + Merge<T>>(
@@ -649,7 +653,8 @@ mod tests {
 
     /// 融合的多头注意力与组合写法（拆头 → 缩放点积注意力 → 拼回）：输出、注意力权重、对 q、k、v 的梯度。
     /// 损失 Σ out ⊙ w + Σ q ⊙ w₂：q 在注意力之后又用了一次，注意力的反向要累加进已有的梯度。
-    fn attention_case(seq_q: usize, seq_k: usize, lengths: &[usize]) -> [f64; 5] {
+    /// `dropout` > 0 时两边在同一把钥匙下（同样的种子）对注意力权重做 dropout，掩码应当相同。
+    fn attention_case(seq_q: usize, seq_k: usize, lengths: &[usize], dropout: f64) -> [f64; 5] {
         type X = Tensor<(usize, usize, Const<12>), f64, Cpu>;
         let dev = Cpu::seed_from_u64(11);
         let b = lengths.len();
@@ -667,10 +672,11 @@ mod tests {
             let qt = q.leaky_trace();
             let q_again = qt.retaped::<OwnedTape<f64, Cpu>>();
             let (kt, vt) = (k.leaky_trace(), v.leaky_trace());
+            let _key = step_key::StepKey::enter(5, 17);
             let (out, weights) = if fused {
-                Cpu::attention(qt, kt, vt, 3, Some(&mask))
+                Cpu::attention(qt, kt, vt, 3, Some(&mask), dropout)
             } else {
-                attention_heads_composite(qt, kt, vt, 3, Some(&mask))
+                attention_heads_composite(qt, kt, vt, 3, Some(&mask), dropout)
             };
             let y = out.retaped::<NoneTape>().as_vec();
             let g = ((out * w.clone()).sum() + (q_again * w2.clone()).sum()).backward();
@@ -692,13 +698,26 @@ mod tests {
     #[test]
     fn fused_attention_matches_composite() {
         // 自注意力（带填充）与查询、键长度不同的情形
-        for (sq, sk, lengths) in [(5, 5, &[5, 3][..]), (4, 6, &[6, 2][..])] {
-            let errs = attention_case(sq, sk, lengths);
-            assert!(
-                errs.iter().all(|&e| e < 1e-13),
-                "seq_q={sq} seq_k={sk}：输出、权重、dq、dk、dv 的误差 {errs:?}"
-            );
+        // 训练时对注意力权重做 dropout：融合算子重新算出的掩码与组合写法的 dropout 相同
+        for dropout in [0.0, 0.3] {
+            for (sq, sk, lengths) in [(5, 5, &[5, 3][..]), (4, 6, &[6, 2][..])] {
+                let errs = attention_case(sq, sk, lengths, dropout);
+                assert!(
+                    errs.iter().all(|&e| e < 1e-13),
+                    "dropout={dropout} seq_q={sq} seq_k={sk}：输出、权重、dq、dk、dv 的误差 {errs:?}"
+                );
+            }
         }
+        // dropout 真的改变了输出（否则上面的比较测不出什么）
+        let [changed, ..] = {
+            let dev = Cpu::seed_from_u64(1);
+            let x: Tensor<(usize, usize, Const<12>), f64, Cpu> = dev.sample_normal_like(&(2, 4, Const));
+            let _key = step_key::StepKey::enter(0, 0);
+            let (a, _) = Cpu::attention(x.clone(), x.clone(), x.clone(), 3, None, 0.0);
+            let (b, _) = Cpu::attention(x.clone(), x.clone(), x, 3, None, 0.5);
+            [max_diff(&a.as_vec(), &b.as_vec())]
+        };
+        assert!(changed > 1e-3, "dropout 没有改变输出：{changed}");
     }
 
     /// 反向用的梯度表。`mark_leafs` 为 `true` 时像 `model.alloc_grads()` 那样只把 `leafs` 标为叶子

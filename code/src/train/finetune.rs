@@ -22,6 +22,7 @@ use super::{evaluate_detailed, EncodedData, Metrics, SequenceClassifier};
 use crate::basics::tensors::Real;
 use crate::checkpoint::{save_params, Checkpoint, CheckpointError};
 use crate::data::batch::make_pair_batch;
+use crate::kernels::step_key::StepKey;
 use crate::transformer::encoder::{InputError, Mode};
 
 // ANCHOR: config
@@ -44,7 +45,7 @@ pub struct FinetuneConfig {
     pub checkpoint_every: usize,
     /// 是否按长度分桶组批。
     pub bucket_by_length: bool,
-    /// 随机种子：决定打乱顺序（dropout 由设备的随机数决定，见 3.6 节）。
+    /// 随机种子：与步数一起决定打乱顺序与每一步的 dropout 掩码（[`StepKey`]），接着训练时逐位相同。
     pub seed: u64,
 }
 // ANCHOR_END: config
@@ -344,6 +345,8 @@ where
             .map(|&i| (&data.train[i].0[..], data.train[i].1))
             .collect();
         let started = Instant::now();
+        // 这一步的 dropout 掩码只由（种子, 步数, 第几处）决定
+        let _key = StepKey::enter(cfg.seed, state.step);
         let batch = make_pair_batch::<E, D>(dev, &examples, data.pair_sep);
         let (b, s) = *batch.tokens.shape();
         positions += b * s;
@@ -569,13 +572,79 @@ mod tests {
     type Toy = Classifier<10, 16, 2, 32, 1, 2, f32, Cpu>;
 
     fn toy_model(seed: u64) -> (Toy, Cpu) {
+        toy_model_with(seed, 0.0)
+    }
+
+    /// 子层输出与注意力权重上都有概率为 `dropout` 的 dropout。
+    fn toy_model_with(seed: u64, dropout: f64) -> (Toy, Cpu) {
         let dev = Cpu::seed_from_u64(seed);
         let cfg = EncoderConfig {
-            dropout: 0.0,
+            dropout,
+            attention_dropout: dropout,
             max_len: 16,
             ..Default::default()
         };
         (Toy::new(&dev, cfg), dev)
+    }
+
+    /// 带 dropout（子层输出与注意力权重，p = 0.1）时，在随机的几步“被杀”（检查点之后的几步白做）、
+    /// 每次由一个新进程接着训练，结果与一口气训练完逐位相同：
+    /// 每个 dropout 掩码只由（种子, 步数, 第几处）决定。
+    #[test]
+    fn resumes_exactly_with_dropout_after_several_kills() {
+        use rand::Rng;
+        let run = |out: &Path, kills: &[usize]| {
+            let mut model = None;
+            for (attempt, &kill) in kills.iter().chain(&[usize::MAX]).enumerate() {
+                // 每个“新进程”的设备都从同一个种子开始：接着训练时它的随机数状态与不打断时在这一步的状态不同，
+                // 掩码若取自设备的随机数，结果就会不同
+                let (mut m, dev) = toy_model_with(100, 0.1);
+                let got = finetune(&mut m, &dev, &toy_data(), &config(), out, attempt > 0, &mut |e| {
+                    match e {
+                        FinetuneEvent::Step { step, .. } if step == kill => ControlFlow::Break(()),
+                        _ => ControlFlow::Continue(()),
+                    }
+                })
+                .unwrap();
+                if let Some(report) = got {
+                    model = Some((report, m));
+                }
+            }
+            model.expect("最后一次没有被杀")
+        };
+        let straight_dir = out_dir("dropout-straight");
+        let (want, straight) = run(&straight_dir, &[]);
+        // 随机挑 3 个被杀的步数（共 64 步，每 5 步一个检查点、每 10 步评估一次）
+        let mut rng = StdRng::seed_from_u64(2024);
+        let mut kills: Vec<usize> = (0..3).map(|_| rng.gen_range(1..64)).collect();
+        kills.sort();
+        kills.dedup();
+        let killed_dir = out_dir("dropout-killed");
+        let (got, resumed) = run(&killed_dir, &kills);
+        let strip = |r: &FinetuneReport| {
+            r.rows
+                .iter()
+                .map(|row| (row.step, row.lr, row.train_loss, row.grad_norm, row.valid))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(strip(&got), strip(&want), "被杀于第 {kills:?} 步");
+        assert_eq!((got.test, got.best_step), (want.test, want.best_step));
+        assert_eq!(
+            resumed.params.head.weight.as_vec(),
+            straight.params.head.weight.as_vec()
+        );
+        // dropout 确实起了作用：同样的设置不带 dropout，训练损失不同
+        let plain_dir = out_dir("dropout-plain");
+        let (mut plain, dev) = toy_model_with(100, 0.0);
+        let plain_report = finetune(&mut plain, &dev, &toy_data(), &config(), &plain_dir, false, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
+        assert_ne!(strip(&plain_report), strip(&want));
+        for d in [straight_dir, killed_dir, plain_dir] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
     }
 
     fn config() -> FinetuneConfig {

@@ -7,6 +7,7 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::Instant;
 
+use crate::kernels::step_key::StepKey;
 use crate::kernels::Kernels;
 use dfdx::nn::ZeroGrads;
 use dfdx::prelude::*;
@@ -197,6 +198,8 @@ where
             .map(|&i| train[i].clone())
             .collect();
         let started = Instant::now();
+        // 这一步的 dropout 掩码只由（种子, 步数, 第几处）决定，与掩码语言模型的掩码一样
+        let _key = StepKey::enter(cfg.seed, state.step);
         let masked = mask_tokens(
             &ids,
             &mut step_rng(cfg.seed, state.step),
@@ -364,7 +367,8 @@ mod tests {
 
     #[test]
     fn an_interrupted_pretraining_resumes_to_the_same_model() {
-        let enc = bert_config(1e-12, 0.0, 24);
+        // 带 dropout（隐藏层与注意力权重都是 0.1）：每个掩码只由（种子, 步数, 第几处）决定，接着训练仍逐位相同
+        let enc = bert_config(1e-12, 0.1, 24);
         let data = corpus();
         let run = |stop_at: Option<usize>, seed: u64, out: &std::path::Path, resume: bool| {
             let dev = Cpu::seed_from_u64(seed);

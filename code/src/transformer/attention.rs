@@ -56,17 +56,19 @@ impl<E: Dtype, D: Device<E>> PaddingMask<E, D> {
 // ANCHOR_END: padding_mask
 
 // ANCHOR: attention
-/// 缩放点积注意力，返回输出和注意力权重。
+/// 缩放点积注意力，返回输出和注意力权重。`dropout` > 0 时（训练）对权重做 dropout 再乘 V
+/// （BERT 的 `attention_probs_dropout_prob`，PyTorch 的 `nn.MultiheadAttention(dropout=…)`）；推理时给 0。
 ///
 /// # 形状
 /// - `q`: `(batch, heads, seq_q, d_k)`；`k`: `(batch, heads, seq_k, d_k)`；`v`: `(batch, heads, seq_k, d_v)`
 /// - `mask`: 可选，`bias` 为 `(batch, seq_k)`，对每个头、每个查询位置相同
-/// - 返回：输出 `(batch, heads, seq_q, d_v)`，权重 `(batch, heads, seq_q, seq_k)`（不带 tape 的副本，供画图）
+/// - 返回：输出 `(batch, heads, seq_q, d_v)`，权重 `(batch, heads, seq_q, seq_k)`（dropout 之前、不带 tape 的副本，供画图）
 pub fn scaled_dot_product_attention<E, D, T>(
     q: Tensor<(usize, usize, usize, usize), E, D, T>,
     k: Tensor<(usize, usize, usize, usize), E, D, T>,
     v: Tensor<(usize, usize, usize, usize), E, D, T>,
     mask: Option<&PaddingMask<E, D>>,
+    dropout: f64,
 ) -> (
     Tensor<(usize, usize, usize, usize), E, D, T>,
     Tensor<(usize, usize, usize, usize), E, D>,
@@ -83,6 +85,11 @@ where
     // 掩码在 softmax 之前加到分数上（沿头与查询两维广播）：见下面的 masked_softmax_composite
     let weights = D::masked_softmax(scores, mask.map(|m| &m.bias));
     let weights_copy = weights.retaped::<NoneTape>();
+    let weights = if dropout > 0.0 {
+        D::dropout(weights, dropout)
+    } else {
+        weights
+    };
     (weights.matmul(v), weights_copy)
 }
 // ANCHOR_END: attention
@@ -144,6 +151,7 @@ mod tests {
                 self.k.clone().retaped::<T>(),
                 self.v.clone().retaped::<T>(),
                 Some(&self.mask),
+                0.0,
             );
             (out * self.w.clone()).sum()
         }
@@ -174,7 +182,7 @@ mod tests {
             dev.sample_normal_like(&shape),
         );
         let mask = PaddingMask::<f32, Cpu>::from_lengths(&dev, &[5, 2], 5).unwrap();
-        let (_, w) = scaled_dot_product_attention(q, k, v, Some(&mask));
+        let (_, w) = scaled_dot_product_attention(q, k, v, Some(&mask), 0.0);
         let w = w.as_vec();
         for (row_index, row) in w.chunks(5).enumerate() {
             let b = row_index / (3 * 5);

@@ -47,6 +47,8 @@ pub struct EncoderConfig {
     pub activation: Activation,
     /// 子层输出上的 dropout 概率，默认 0.1。
     pub dropout: f64,
+    /// 注意力权重上的 dropout 概率（BERT 的 `attention_probs_dropout_prob`），默认 0：第 1 部分的参考实现只在子层输出上做 dropout。
+    pub attention_dropout: f64,
     /// 层归一化的 ε，默认 1e-5（PyTorch 的默认值）。
     pub layer_norm_eps: f64,
     /// 位置编码的最大长度，默认 512。
@@ -59,6 +61,7 @@ impl Default for EncoderConfig {
             norm_position: NormPosition::Pre,
             activation: Activation::Relu,
             dropout: 0.1,
+            attention_dropout: 0.0,
             layer_norm_eps: 1e-5,
             max_len: 512,
         }
@@ -120,11 +123,17 @@ impl<const M: usize, const H: usize, const F: usize, E: Dtype, D: Kernels<E>>
             Mode::Train if cfg.dropout > 0.0 => D::dropout(t, cfg.dropout),
             _ => t,
         };
+        let attention_dropout = match mode {
+            Mode::Train => cfg.attention_dropout,
+            Mode::Eval => 0.0,
+        };
         match cfg.norm_position {
             NormPosition::Pre => {
                 // x = x + Dropout(MHA(LN₁(x)))；x = x + Dropout(FFN(LN₂(x)))
                 let normed = self.norm1.forward(x.retaped::<T>(), eps);
-                let (attn, weights) = self.attention.forward_with(normed, mask, hooks);
+                let (attn, weights) =
+                    self.attention
+                        .forward_dropout(normed, mask, hooks, attention_dropout);
                 let x = D::add(x, drop(attn));
                 let normed = self.norm2.forward(x.retaped::<T>(), eps);
                 let ffn = self
@@ -134,7 +143,9 @@ impl<const M: usize, const H: usize, const F: usize, E: Dtype, D: Kernels<E>>
             }
             NormPosition::Post => {
                 // x = LN₁(x + Dropout(MHA(x)))；x = LN₂(x + Dropout(FFN(x)))
-                let (attn, weights) = self.attention.forward_with(x.retaped::<T>(), mask, hooks);
+                let (attn, weights) =
+                    self.attention
+                        .forward_dropout(x.retaped::<T>(), mask, hooks, attention_dropout);
                 let x = self.norm1.forward(D::add(x, drop(attn)), eps);
                 let ffn = self
                     .feed_forward

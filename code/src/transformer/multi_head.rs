@@ -59,6 +59,25 @@ impl<const M: usize, const H: usize, E: Dtype, D: Kernels<E>> MultiHeadAttention
         Tensor<(usize, usize, Const<M>), E, D, T>,
         Tensor<(usize, usize, usize, usize), E, D>,
     ) {
+        self.forward_dropout(x, mask, hooks, 0.0)
+    }
+
+    /// 同 [`forward_with`](Self::forward_with)，训练时对注意力权重做概率为 `dropout` 的 dropout（BERT 的
+    /// `attention_probs_dropout_prob`；推理时给 0）。
+    pub fn forward_dropout<T, Hk>(
+        &self,
+        x: Tensor<(usize, usize, Const<M>), E, D, T>,
+        mask: Option<&PaddingMask<E, D>>,
+        hooks: &Hk,
+        dropout: f64,
+    ) -> (
+        Tensor<(usize, usize, Const<M>), E, D, T>,
+        Tensor<(usize, usize, usize, usize), E, D>,
+    )
+    where
+        T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
+        Hk: AttentionHooks<M, E, D>,
+    {
         // x 要用多次：tape 跟着 q 走，其余用 retaped 复制出带空 tape 的副本，之后各路的 tape 在注意力里合并
         let (x, tape) = x.split_tape();
         // 投影由设备的 Kernels::linear 计算：原投影冻结时（LoRA），CPU 上不算 W、b 的梯度
@@ -70,7 +89,7 @@ impl<const M: usize, const H: usize, E: Dtype, D: Kernels<E>> MultiHeadAttention
         // 拆成 H 个头、各自做缩放点积注意力、再拼回：设备的 Kernels::attention，
         // 默认是下面的 attention_heads_composite（CPU 上是附录 B 的融合算子，结果相同）
         let _ = Self::D_HEAD; // H 不整除 M 时编译不过（0.3 节）
-        let (out, weights) = D::attention(q, k, v, H, mask);
+        let (out, weights) = D::attention(q, k, v, H, mask, dropout);
         (
             hooks.output(out.retaped::<T>(), proj(&self.w_o, out)),
             weights,
@@ -80,7 +99,7 @@ impl<const M: usize, const H: usize, E: Dtype, D: Kernels<E>> MultiHeadAttention
 // ANCHOR_END: mha_forward
 
 // ANCHOR: heads
-/// 多头注意力的组合写法：把投影后的 `q`、`k`、`v` 拆成 `heads` 个头，各自做缩放点积注意力，再拼回。
+/// 多头注意力的组合写法：把投影后的 `q`、`k`、`v` 拆成 `heads` 个头，各自做缩放点积注意力（训练时对权重做 `dropout`），再拼回。
 ///
 /// # 形状
 /// - `q`: `(batch, seq_q, Const<M>)`；`k`、`v`: `(batch, seq_k, Const<M>)`
@@ -91,6 +110,7 @@ pub fn attention_heads_composite<const M: usize, E, D, T>(
     v: Tensor<(usize, usize, Const<M>), E, D, T>,
     heads: usize,
     mask: Option<&PaddingMask<E, D>>,
+    dropout: f64,
 ) -> (
     Tensor<(usize, usize, Const<M>), E, D, T>,
     Tensor<(usize, usize, usize, usize), E, D>,
@@ -107,7 +127,7 @@ where
         t.reshape_like(&(batch, seq, heads, M / heads))
             .permute::<_, Axes4<0, 2, 1, 3>>()
     };
-    let (out, weights) = scaled_dot_product_attention(split(q), split(k), split(v), mask);
+    let (out, weights) = scaled_dot_product_attention(split(q), split(k), split(v), mask, dropout);
     // (batch, heads, seq_q, d_head) -> (batch, seq_q, heads, d_head) -> (batch, seq_q, M)
     let out = out
         .permute::<_, Axes4<0, 2, 1, 3>>()

@@ -146,7 +146,10 @@ impl HfBertConfig {
         }
         for (field, p) in [
             ("hidden_dropout_prob", self.hidden_dropout_prob),
-            ("attention_probs_dropout_prob", self.attention_probs_dropout_prob),
+            (
+                "attention_probs_dropout_prob",
+                self.attention_probs_dropout_prob,
+            ),
         ] {
             if !(0.0..1.0).contains(&p) {
                 return Err(bad(field, p.to_string(), "在 [0, 1) 之内"));

@@ -163,11 +163,9 @@ where
     let mut out = par_zeros::<F>(batch * seq_q * M);
     let mut p = par_zeros::<F>(hd.tasks() * pp);
     let (oa, pa) = (Addr::of(out.as_mut_ptr()), Addr::of(p.as_mut_ptr()));
-    (0..hd.tasks())
-        .into_par_iter()
-        .for_each_init(
-            || (Vec::new(), Vec::new()),
-            |(scores, dropped): &mut (Vec<F>, Vec<F>), t| {
+    (0..hd.tasks()).into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(scores, dropped): &mut (Vec<F>, Vec<F>), t| {
             scores.resize(pp, F::zero());
             let (qo, ko) = (hd.q_offset(t), hd.k_offset(t));
             // SAFETY：Q、K、V 的子矩阵在各自的缓冲区之内；P 的第 t 块与输出的第 (b, h) 块只由这个任务写
@@ -210,7 +208,8 @@ where
                     (oa.at(qo), M, 1),
                 );
             }
-        });
+        },
+    );
     let dev = q.device().clone();
     let out = dev.tensor_from_vec(out, (batch, seq_q, Const::<M>));
     let weights = dev.tensor_from_vec(p, (batch, heads, seq_q, seq_k));

@@ -711,7 +711,8 @@ mod tests {
         // dropout 真的改变了输出（否则上面的比较测不出什么）
         let [changed, ..] = {
             let dev = Cpu::seed_from_u64(1);
-            let x: Tensor<(usize, usize, Const<12>), f64, Cpu> = dev.sample_normal_like(&(2, 4, Const));
+            let x: Tensor<(usize, usize, Const<12>), f64, Cpu> =
+                dev.sample_normal_like(&(2, 4, Const));
             let _key = step_key::StepKey::enter(0, 0);
             let (a, _) = Cpu::attention(x.clone(), x.clone(), x.clone(), 3, None, 0.0);
             let (b, _) = Cpu::attention(x.clone(), x.clone(), x, 3, None, 0.5);

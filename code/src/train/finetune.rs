@@ -599,12 +599,18 @@ mod tests {
                 // 每个“新进程”的设备都从同一个种子开始：接着训练时它的随机数状态与不打断时在这一步的状态不同，
                 // 掩码若取自设备的随机数，结果就会不同
                 let (mut m, dev) = toy_model_with(100, 0.1);
-                let got = finetune(&mut m, &dev, &toy_data(), &config(), out, attempt > 0, &mut |e| {
-                    match e {
+                let got = finetune(
+                    &mut m,
+                    &dev,
+                    &toy_data(),
+                    &config(),
+                    out,
+                    attempt > 0,
+                    &mut |e| match e {
                         FinetuneEvent::Step { step, .. } if step == kill => ControlFlow::Break(()),
                         _ => ControlFlow::Continue(()),
-                    }
-                })
+                    },
+                )
                 .unwrap();
                 if let Some(report) = got {
                     model = Some((report, m));
@@ -636,9 +642,15 @@ mod tests {
         // dropout 确实起了作用：同样的设置不带 dropout，训练损失不同
         let plain_dir = out_dir("dropout-plain");
         let (mut plain, dev) = toy_model_with(100, 0.0);
-        let plain_report = finetune(&mut plain, &dev, &toy_data(), &config(), &plain_dir, false, &mut |_| {
-            ControlFlow::Continue(())
-        })
+        let plain_report = finetune(
+            &mut plain,
+            &dev,
+            &toy_data(),
+            &config(),
+            &plain_dir,
+            false,
+            &mut |_| ControlFlow::Continue(()),
+        )
         .unwrap()
         .unwrap();
         assert_ne!(strip(&plain_report), strip(&want));

@@ -143,9 +143,12 @@ impl<const M: usize, const H: usize, const F: usize, E: Dtype, D: Kernels<E>>
             }
             NormPosition::Post => {
                 // x = LN₁(x + Dropout(MHA(x)))；x = LN₂(x + Dropout(FFN(x)))
-                let (attn, weights) =
-                    self.attention
-                        .forward_dropout(x.retaped::<T>(), mask, hooks, attention_dropout);
+                let (attn, weights) = self.attention.forward_dropout(
+                    x.retaped::<T>(),
+                    mask,
+                    hooks,
+                    attention_dropout,
+                );
                 let x = self.norm1.forward(D::add(x, drop(attn)), eps);
                 let ffn = self
                     .feed_forward

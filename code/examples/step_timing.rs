@@ -13,6 +13,7 @@ use std::time::Instant;
 use dfdx::prelude::*;
 use llm_book::bert::model::{bert_config, BertBase, BertClassifier, BERT_BASE_CHINESE_DIMS};
 use llm_book::bert::runtime::LayerStack;
+use llm_book::bert::runtime::SavedLinear;
 use llm_book::experiments::perf::classifier_step;
 use llm_book::peft::adapter::{PeftAdapters, PeftLayer, SiteLora};
 use llm_book::peft::config::{AdapterPlan, LoraConfig};
@@ -77,6 +78,7 @@ fn main() {
                 modules: (0..12).map(|_| PeftLayer::init(&dev, &[None; 6])).collect(),
             },
             pooler: SiteLora::init(&dev, None),
+            pooler_copy: SavedLinear { module: None },
             head: full.params.classifier.clone(),
         },
         lora: lora_config,

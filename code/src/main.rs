@@ -1008,6 +1008,9 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
             if info.unk_ratio > 0.05 {
                 println!("！这个模型的词表不太覆盖这份语料：[UNK] 越多，模型看到的信息越少");
             }
+            if info.pooler == llm_book::bert::hf::HeadSource::New {
+                println!("池化层：检查点里没有（如 BertForMaskedLM 存的文件），已新建；线性探测与 LoRA 也训练它（LoRA 的 modules_to_save 加上 pooler）");
+            }
             if info.head == llm_book::bert::hf::HeadSource::New {
                 println!(
                     "分类头：模型里没有与这些类别对应的分类头，已新建（标准差 0.02），随任务训练"

@@ -507,3 +507,57 @@ fn finetune_on_a_three_class_csv_with_sentence_pairs() {
     assert!(!bad_out.exists(), "数据有错时不应建输出目录");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// 掩码语言模型的检查点（`BertForMaskedLM` 存的，没有池化层与分类头）：池化层是随机新建的，
+/// 线性探测与 LoRA 也训练它（LoRA 的 `modules_to_save` 加上 pooler，适配器里存着池化层的副本）。
+#[test]
+fn a_checkpoint_without_a_pooler_trains_it_in_every_arm() {
+    let data = temp("data-pooler");
+    toy_corpus(&data);
+    let base = fixtures().join("tiny-bert-mlm");
+    // (参数, 可训练参数)：池化层 32 × 32 + 32 = 1,056，两类的分类头 66；LoRA 另有 q、v 上秩 4 的 1,024
+    for (flag, trainable) in [("--probe", 1_056 + 66), ("--r=4", 1_024 + 1_056 + 66)] {
+        let out = temp(&format!("pooler{flag}"));
+        let o = run(&[
+            "finetune",
+            flag,
+            "--model",
+            base.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--data",
+            data.to_str().unwrap(),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "8",
+        ]);
+        assert!(o.status.success(), "{flag}: {}", stderr(&o));
+        assert!(
+            stdout(&o).contains("池化层：检查点里没有"),
+            "{}",
+            stdout(&o)
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            summary["trainable"].as_u64().unwrap() as usize,
+            trainable,
+            "{flag}"
+        );
+        if flag != "--probe" {
+            let cfg = std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap();
+            assert!(cfg.contains("\"pooler\""), "{cfg}");
+            let weights = llm_book::checkpoint::Checkpoint::read(
+                &out.join("adapter/adapter_model.safetensors"),
+            )
+            .unwrap();
+            assert!(weights
+                .tensors
+                .contains_key("base_model.model.bert.pooler.dense.weight"));
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    std::fs::remove_dir_all(&data).unwrap();
+}

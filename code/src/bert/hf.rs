@@ -76,12 +76,21 @@ pub enum HeadSource {
     New,
 }
 
+/// 两个任务头（池化层与分类头）各自从哪里来。
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TaskHeads {
+    /// 池化层 `bert.pooler.dense`。
+    pub pooler: HeadSource,
+    /// 分类头 `classifier`。
+    pub classifier: HeadSource,
+}
+
 /// 从 `model.safetensors` 读入全部参数。除任务头（分类头、池化层）以外，缺少任何张量都是错误；
-/// 只缺任务头时新建（[`HeadSource::New`]），与 transformers 的 `from_pretrained` 相同。
+/// 缺的任务头新建（[`HeadSource::New`]），与 transformers 的 `from_pretrained` 相同。
 pub fn load_bert<const M: usize, const H: usize, const F: usize, E, D>(
     params: &mut BertParams<M, H, F, E, D>,
     path: &Path,
-) -> Result<HeadSource, CheckpointError>
+) -> Result<TaskHeads, CheckpointError>
 where
     E: Real,
     D: Kernels<E>,
@@ -104,17 +113,31 @@ where
             // 标准差与 transformers 的 N(0, 0.02²) 相同：U(±0.02·√3)
             let bound = E::from_f64(0.02 * 3f64.sqrt()).unwrap();
             let uniform = || rand_distr::Uniform::new(-bound, bound);
-            if missing.iter().any(|k| k.starts_with("classifier.")) {
+            let source = |new: bool| {
+                if new {
+                    HeadSource::New
+                } else {
+                    HeadSource::Loaded
+                }
+            };
+            let heads = TaskHeads {
+                pooler: source(missing.iter().any(|k| k.starts_with("bert.pooler."))),
+                classifier: source(missing.iter().any(|k| k.starts_with("classifier."))),
+            };
+            if heads.classifier == HeadSource::New {
                 params.classifier = Head::new(&dev, params.classifier.outputs());
             }
-            if missing.iter().any(|k| k.starts_with("bert.pooler.")) {
+            if heads.pooler == HeadSource::New {
                 params.pooler.weight = dev.sample(uniform());
                 params.pooler.bias = dev.zeros();
             }
-            Ok(HeadSource::New)
+            Ok(heads)
         }
         Err(e) => Err(e),
-        Ok(()) => Ok(HeadSource::Loaded),
+        Ok(()) => Ok(TaskHeads {
+            pooler: HeadSource::Loaded,
+            classifier: HeadSource::Loaded,
+        }),
     }
 }
 
@@ -254,6 +277,8 @@ pub struct BertDir<const M: usize, const H: usize, const F: usize, E: Dtype, D: 
     pub tokenizer: BertTokenizer,
     /// 分类头是读进来的，还是新建的。
     pub head: HeadSource,
+    /// 池化层是读进来的，还是新建的（`BertForMaskedLM` 存的检查点没有池化层）。
+    pub pooler: HeadSource,
     /// 类别名（`id2label`；没有时为 `LABEL_0`、`LABEL_1`）。
     pub labels: Vec<String>,
 }
@@ -283,7 +308,7 @@ where
         }));
     }
     let mut params = BertParams::to_load(dev, &dims);
-    let head = load_bert(&mut params, &dir.join("model.safetensors"))?;
+    let heads = load_bert(&mut params, &dir.join("model.safetensors"))?;
     let tokenizer = BertTokenizer::from_dir(dir)?;
     if tokenizer.vocab_size() > dims.vocab_size {
         return Err(LoadError::Config(ConfigError::Unsupported {
@@ -298,7 +323,8 @@ where
         params,
         config,
         tokenizer,
-        head,
+        head: heads.classifier,
+        pooler: heads.pooler,
         labels,
     })
 }

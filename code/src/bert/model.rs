@@ -10,7 +10,7 @@ use crate::kernels::Kernels;
 use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection};
 use dfdx::prelude::*;
 
-use super::runtime::{Head, LayerStack, Table};
+use super::runtime::{Head, LayerStack, SavedLinear, Table};
 use crate::basics::tensors::Real;
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::encoder::{EncoderConfig, EncoderLayer, InputError, Mode, NormPosition};
@@ -71,16 +71,17 @@ pub struct BertOutput<const M: usize, E: Dtype, D: Device<E>, T> {
     pub logits: Tensor<(usize, usize), E, D, T>,
 }
 
-/// 池化层的钩子：`x` 是 `[CLS]` 的隐藏状态，`out` 是 dense 的输出（tanh 之前），返回最终的 dense 输出。
-/// PEFT 的 `target_modules` 里的 `dense` 也匹配 `bert.pooler.dense`，LoRA 由此接入；默认原样返回。
+/// 池化层的钩子：由它把 `[CLS]` 的隐藏状态 `x` 送过池化层的 dense（tanh 之前），默认就是基座的 `dense`。
+/// PEFT 由此接入两种改动：`target_modules` 里的 `dense` 也匹配 `bert.pooler.dense`（加 LoRA）；
+/// `modules_to_save` 含 `pooler` 时用训练的副本代替基座的 dense。
 pub trait PoolerHook<const M: usize, E: Dtype, D: Device<E>> {
-    /// dense 之后、tanh 之前。
+    /// 池化层的 dense。
     fn pooler<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
-        _x: Tensor<(usize, Const<M>), E, D, T>,
-        out: Tensor<(usize, Const<M>), E, D, T>,
+        dense: &Linear<M, M, E, D>,
+        x: Tensor<(usize, Const<M>), E, D, T>,
     ) -> Tensor<(usize, Const<M>), E, D, T> {
-        out
+        dense.forward(x)
     }
 }
 
@@ -155,10 +156,7 @@ where
         let last_hidden_state = x.retaped::<NoneTape>();
         // 池化：取每条序列的第一个位置（[CLS]），(batch, 1, M) -> (batch, M)。tape 留在这条路上
         let cls = x.slice((.., 0..1, ..)).reshape_like(&(batch, Const::<M>));
-        // 钩子拿到不带 tape 记录的副本（不用时丢掉它，不会丢掉前面各层的反向），dense 拿着整条 tape
-        let x = cls.retaped::<T>();
-        let dense = self.pooler.forward(cls);
-        let pooled = pooler_hook.pooler(x, dense).tanh();
+        let pooled = pooler_hook.pooler(&self.pooler, cls).tanh();
         let pooler_output = pooled.retaped::<NoneTape>();
         let pooled = match mode {
             Mode::Train if cfg.dropout > 0.0 => D::dropout(pooled, cfg.dropout),
@@ -456,28 +454,53 @@ impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>
 }
 
 /// 线性探测：BERT 全部冻结，只训练池化层之后的分类头（对照 LoRA 与全量微调，附录 A）。
+/// 检查点里没有池化层时（`BertForMaskedLM` 存的文件），池化层是随机新建的，一起训练（否则探测的是一层冻结的随机变换之后的特征）。
 #[derive(Clone, Debug)]
 pub struct LinearProbe<const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>> {
     /// 冻结的 BERT（优化器看不到它）。
     pub base: BertParams<M, H, F, E, D>,
-    /// 可训练的分类头（从基座的分类头复制）。
-    pub head: Head<M, E, D>,
+    /// 可训练的部分。
+    pub trainable: ProbeParams<M, E, D>,
     /// 超参数。
     pub config: EncoderConfig,
+}
+
+/// 线性探测训练的参数：分类头（从基座的分类头复制）与池化层的副本（检查点里没有池化层时）。
+#[derive(Clone, Debug)]
+pub struct ProbeParams<const M: usize, E: Dtype, D: Device<E>> {
+    /// 分类头。
+    pub head: Head<M, E, D>,
+    /// 池化层 dense 的副本（`None`：用基座的、冻结的池化层）。
+    pub pooler: SavedLinear<M, E, D>,
+}
+
+impl<const M: usize, E: Dtype, D: Device<E>> TensorCollection<E, D> for ProbeParams<M, E, D> {
+    type To<E2: Dtype, D2: Device<E2>> = ();
+    fn iter_tensors<Vis: ModuleVisitor<Self, E, D>>(
+        visitor: &mut Vis,
+    ) -> Result<Option<()>, Vis::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("head", |s| &s.head, |s| &mut s.head),
+                Self::module("pooler", |s| &s.pooler, |s| &mut s.pooler),
+            ),
+            |_| (),
+        )
+    }
 }
 
 impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>
     crate::train::SequenceClassifier<E, D> for LinearProbe<M, H, F, E, D>
 {
-    type Params = Head<M, E, D>;
+    type Params = ProbeParams<M, E, D>;
     fn params(&self) -> &Self::Params {
-        &self.head
+        &self.trainable
     }
     fn params_mut(&mut self) -> &mut Self::Params {
-        &mut self.head
+        &mut self.trainable
     }
     fn num_labels(&self) -> usize {
-        self.head.outputs()
+        self.trainable.head.outputs()
     }
     fn logits<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
@@ -486,19 +509,18 @@ impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>
         mask: &PaddingMask<E, D>,
         mode: Mode,
     ) -> Result<Tensor<(usize, usize), E, D, T>, InputError> {
-        let hooks = |_: usize| NoHooks;
-        let cfg = &self.config;
+        let (hooks, cfg, t) = (|_: usize| NoHooks, &self.config, &self.trainable);
         Ok(self
             .base
             .forward_with_head(
-                &self.head,
+                &t.head,
                 cfg,
                 tokens,
                 token_types,
                 mask,
                 mode,
                 hooks,
-                &NoHooks,
+                &t.pooler,
             )?
             .logits)
     }

@@ -9,7 +9,7 @@
 //! 本书给 dfdx 打了一个只加不改的补丁（`code/vendor/README.md`）：访问者可以 `peek` 一眼正在访问的模块，
 //! [`LayerStack`] 由此得知层数；形状在运行期的张量用补丁加的 `TensorOptions::runtime` 登记。
 
-use dfdx::nn::modules::{ModuleVisitor, TensorCollection, TensorOptions};
+use dfdx::nn::modules::{Linear, Module, ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
 
 use crate::basics::tensors::Real;
@@ -168,6 +168,62 @@ impl<const M: usize, E: Dtype, D: Device<E>> TensorCollection<E, D> for Head<M, 
     }
 }
 // ANCHOR_END: head
+
+/// 副本只能从基座复制；dfdx 的 `reset_params` 走到这里时停下并说明。
+const SAVED_RESET: &str =
+    "训练的副本由基座复制而来（如 PeftBert::get_peft_model），不能用 reset_params";
+
+/// 一个也许有的、整个训练的线性层 `M → M`：检查点里没有池化层时训练的池化层副本（线性探测；PEFT 的 `modules_to_save` 含 `pooler`）。
+#[derive(Clone, Debug)]
+pub struct SavedLinear<const M: usize, E: Dtype, D: Device<E>> {
+    /// 训练的副本；没有时为 `None`。
+    pub module: Option<Linear<M, M, E, D>>,
+}
+
+impl<const M: usize, E: Dtype, D: Device<E>> TensorCollection<E, D> for SavedLinear<M, E, D> {
+    type To<E2: Dtype, D2: Device<E2>> = ();
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<()>, V::Err> {
+        if !visitor
+            .peek(&mut |s: &Self| s.module.is_some())
+            .unwrap_or(false)
+        {
+            return visitor.visit_fields((), |()| ());
+        }
+        visitor.visit_fields(
+            (
+                Self::tensor(
+                    "weight",
+                    |s| &s.module.as_ref().expect("已核对存在").weight,
+                    |s| &mut s.module.as_mut().expect("已核对存在").weight,
+                    TensorOptions::reset_with(|_| panic!("{SAVED_RESET}")),
+                ),
+                Self::tensor(
+                    "bias",
+                    |s| &s.module.as_ref().expect("已核对存在").bias,
+                    |s| &mut s.module.as_mut().expect("已核对存在").bias,
+                    TensorOptions::reset_with(|_| panic!("{SAVED_RESET}")),
+                ),
+            ),
+            |_| (),
+        )
+    }
+}
+
+impl<const M: usize, E: Real, D: Device<E>> crate::bert::model::PoolerHook<M, E, D>
+    for SavedLinear<M, E, D>
+{
+    /// 有副本时用副本，否则用基座的 dense。
+    fn pooler<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
+        &self,
+        dense: &Linear<M, M, E, D>,
+        x: Tensor<(usize, Const<M>), E, D, T>,
+    ) -> Tensor<(usize, Const<M>), E, D, T> {
+        match &self.module {
+            Some(copy) => copy.forward(x),
+            None => dense.forward(x),
+        }
+    }
+}
 
 #[cfg(test)]
 mod tests {

@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::basics::device::DeviceTask;
 use crate::bert::config::HfBertConfig;
 use crate::bert::hf::{load_dir, BertDir, HeadSource};
-use crate::bert::model::{sentence_embedding, BertClassifier, BertDims};
+use crate::bert::model::{sentence_embedding, BertClassifier, BertDims, ProbeParams};
 use crate::bert::presets::{dispatch_dir, WidthTask};
-use crate::bert::runtime::Head;
+use crate::bert::runtime::{Head, SavedLinear};
 use crate::bert::tokenizer::BertTokenizer;
 use crate::data::batch::make_batch;
 use crate::data::table::Row;
@@ -168,6 +168,8 @@ pub struct StartInfo {
     pub counts: TrainableParams,
     /// 分类头是读进来的还是新建的。
     pub head: HeadSource,
+    /// 池化层是读进来的还是新建的（新建时线性探测与 LoRA 也训练它）。
+    pub pooler: HeadSource,
     /// 训练集里 [UNK] 的比例。
     pub unk_ratio: f64,
     /// LoRA 的 `target_modules` 里没有匹配到任何模块的名字。
@@ -254,6 +256,7 @@ impl<D: Kernels<f32>> WidthTask for OnDevice<'_, '_, D> {
         let start = |counts| StartInfo {
             counts,
             head: model.head,
+            pooler: model.pooler,
             unk_ratio,
             unmatched_targets: plan
                 .as_ref()
@@ -264,21 +267,31 @@ impl<D: Kernels<f32>> WidthTask for OnDevice<'_, '_, D> {
         let label_config = classifier_config_json(&job.model_dir, &labels)?;
         match job.method.clone() {
             Method::Probe => {
+                // 检查点里没有池化层时它是随机新建的：与分类头一起训练（附录 A 的对比表的每一组都训练池化层）
+                let pooler = SavedLinear {
+                    module: (model.pooler == HeadSource::New).then(|| model.params.pooler.clone()),
+                };
                 let mut probe = crate::bert::model::LinearProbe {
-                    head: model.params.classifier.clone(),
+                    trainable: ProbeParams {
+                        head: model.params.classifier.clone(),
+                        pooler,
+                    },
                     base: model.params,
                     config: model.config,
                 };
                 let all = dfdx::nn::NumParams::num_trainable_params(&probe.base);
                 let counts = TrainableParams {
-                    trainable: dfdx::nn::NumParams::num_trainable_params(&probe.head),
+                    trainable: dfdx::nn::NumParams::num_trainable_params(&probe.trainable),
                     all,
                 };
                 (job.on_start)(start(counts));
                 let report = run_finetune(&mut probe, self.dev, &data, &mut job)?;
                 if report.is_some() {
                     let mut merged = probe.base;
-                    merged.classifier = probe.head;
+                    merged.classifier = probe.trainable.head;
+                    if let Some(pooler) = probe.trainable.pooler.module {
+                        merged.pooler = pooler;
+                    }
                     save_hf_dir(&merged, &job.model_dir, &labels, &job.out.join("model"))?;
                 }
                 Ok(report.map(|r| summary(&job, max_len, counts, unk_ratio, r)))
@@ -310,7 +323,15 @@ impl<D: Kernels<f32>> WidthTask for OnDevice<'_, '_, D> {
                 Ok(report.map(|r| summary(&job, max_len, counts, unk_ratio, r)))
             }
             Method::Lora(lora) => {
-                let mut peft = PeftBert::get_peft_model(model.params, model.config, *lora)?;
+                // 检查点里没有池化层：像线性探测一样训练它（PEFT 的 modules_to_save 加上 pooler，这时池化层不加 LoRA）
+                let mut lora = *lora;
+                if model.pooler == HeadSource::New && !lora.trains_pooler() {
+                    lora.modules_to_save
+                        .get_or_insert_with(Vec::new)
+                        .push("pooler".into());
+                    job.method = Method::Lora(Box::new(lora.clone()));
+                }
+                let mut peft = PeftBert::get_peft_model(model.params, model.config, lora)?;
                 let counts = peft.trainable_parameters();
                 (job.on_start)(start(counts));
                 let report = run_finetune(&mut peft, self.dev, &data, &mut job)?;

@@ -13,7 +13,7 @@ use dfdx::prelude::*;
 use super::config::SiteSpec;
 use crate::basics::tensors::Real;
 use crate::bert::model::PoolerHook;
-use crate::bert::runtime::{Head, LayerStack};
+use crate::bert::runtime::{Head, LayerStack, SavedLinear};
 use crate::transformer::encoder::{EncoderLayer, Mode};
 use crate::transformer::hooks::{AttentionHooks, FfnHooks, Hidden};
 
@@ -203,6 +203,8 @@ pub struct PeftAdapters<const M: usize, const F: usize, E: Dtype, D: Device<E>> 
     pub layers: LayerStack<PeftLayer<M, F, E, D>>,
     /// `bert.pooler.dense` 上的（`target_modules` 含 `dense` 时 PEFT 也会选中它）。
     pub pooler: SiteLora<M, M, E, D>,
+    /// 池化层 dense 的副本（`modules_to_save` 含 `pooler` 时，整个训练）。
+    pub pooler_copy: SavedLinear<M, E, D>,
     /// 分类头的副本（整个训练）。
     pub head: Head<M, E, D>,
 }
@@ -216,6 +218,7 @@ impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> TensorCollection<E,
             (
                 Self::module("layers", |s| &s.layers, |s| &mut s.layers),
                 Self::module("pooler", |s| &s.pooler, |s| &mut s.pooler),
+                Self::module("pooler_copy", |s| &s.pooler_copy, |s| &mut s.pooler_copy),
                 Self::module("head", |s| &s.head, |s| &mut s.head),
             ),
             |_| (),
@@ -229,6 +232,8 @@ pub struct PeftHooks<'a, const M: usize, const F: usize, E: Dtype, D: Device<E>>
     pub layer: Option<&'a PeftLayer<M, F, E, D>>,
     /// 池化层上的 LoRA。
     pub pooler: &'a SiteLora<M, M, E, D>,
+    /// 池化层 dense 的训练副本（`modules_to_save` 含 `pooler` 时）。
+    pub pooler_copy: &'a SavedLinear<M, E, D>,
     /// LoRA 分支输入上的 dropout 概率。
     pub dropout: f64,
     /// 训练还是推理。
@@ -313,12 +318,15 @@ impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> PoolerHook<M, E, D>
 {
     fn pooler<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
+        dense: &Linear<M, M, E, D>,
         x: Tensor<(usize, Const<M>), E, D, T>,
-        out: Tensor<(usize, Const<M>), E, D, T>,
     ) -> Tensor<(usize, Const<M>), E, D, T> {
-        if self.pooler.lora.is_none() {
-            return out;
+        // modules_to_save 含 pooler：训练的副本代替基座的 dense（这时 PEFT 不给它加 LoRA）
+        if self.pooler_copy.module.is_some() || self.pooler.lora.is_none() {
+            return self.pooler_copy.pooler(dense, x);
         }
+        // LoRA 分支拿不带 tape 记录的副本，dense 拿着整条 tape（合并时两路汇合）
+        let out = dense.forward(x.retaped::<T>());
         // 融合的 LoRA 分支按 (batch, seq, M) 计算：[CLS] 看作长度为 1 的序列
         let batch = x.shape().0;
         let x = x.reshape_like(&(batch, 1, Const::<M>));

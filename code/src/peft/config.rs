@@ -41,7 +41,8 @@ pub struct LoraConfig {
     /// 是否训练偏置：本书只支持 `"none"`（与 PEFT 的默认相同）。
     #[serde(default = "default_bias")]
     pub bias: String,
-    /// 整个训练（并随适配器保存）的模块：序列分类时是分类头 `classifier`。
+    /// 整个训练（并随适配器保存）的模块：序列分类时是分类头 `classifier`；还可以加上池化层 `pooler`
+    /// （检查点里没有池化层时——`BertForMaskedLM` 存的文件——它是随机新建的，不训练就是一层冻结的随机变换）。
     #[serde(default)]
     pub modules_to_save: Option<Vec<String>>,
     /// rsLoRA：缩放系数取 α/√r。
@@ -310,6 +311,25 @@ impl LoraConfig {
                 .any(|m| m == "classifier")
     }
 
+    /// 池化层是否整个训练（`modules_to_save` 含 `pooler`）：这时它不加 LoRA，副本随适配器保存。
+    pub fn trains_pooler(&self) -> bool {
+        self.modules_to_save.iter().flatten().any(|m| m == "pooler")
+    }
+
+    /// 整个训练、不加 LoRA 的模块：`modules_to_save`，SEQ_CLS 时另加 `classifier`、`score`（PEFT 的做法）。
+    fn saved_modules(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = self
+            .modules_to_save
+            .iter()
+            .flatten()
+            .map(|s| s.as_str())
+            .collect();
+        if self.task_type.as_deref() == Some("SEQ_CLS") {
+            out.extend(["classifier", "score"]);
+        }
+        out
+    }
+
     /// 检查字段的取值：错误指明字段与原因。
     pub fn validate(&self) -> Result<(), PeftError> {
         let bad = |field: &str, value: String, reason: &str| {
@@ -349,11 +369,11 @@ impl LoraConfig {
         }
         for m in self.modules_to_save.iter().flatten() {
             // PEFT 对 SEQ_CLS 自动加入 ["classifier", "score"]；BERT 里没有 score，PEFT 也是忽略它
-            if m != "classifier" && m != "score" {
+            if !["classifier", "score", "pooler"].contains(&m.as_str()) {
                 return bad(
                     "modules_to_save",
                     format!("{m:?}"),
-                    "本书只支持整个训练分类头 classifier",
+                    "本书只支持整个训练分类头 classifier 与池化层 pooler",
                 );
             }
         }
@@ -510,7 +530,7 @@ fn layer_index(module: &str, patterns: Option<&OneOrMany<String>>) -> Option<usi
 impl LoraConfig {
     /// 按 PEFT 的规则解析出每个被选中的线性层与它的秩、α：
     /// - `target_modules` 是列表时，模块名等于其中某项或以 `.某项` 结尾；是字符串时按正则与整个模块名匹配；
-    /// - `modules_to_save` 里的模块（分类头）不加 LoRA；
+    /// - `modules_to_save` 里的模块（分类头，以及给了时的池化层）与它们里面的模块不加 LoRA；
     /// - 列表写法下，`layers_to_transform` 只留下这些层（层号按 `layers_pattern` 从模块名里找）；
     /// - `rank_pattern`、`alpha_pattern` 取第一个匹配的键，没有匹配的用 r、lora_alpha。
     ///
@@ -550,10 +570,13 @@ impl LoraConfig {
             .as_ref()
             .map(|l| l.as_slice())
             .filter(|l| !l.is_empty());
+        // modules_to_save 里的模块与它们里面的模块（PEFT 的 `(^|.*\.)名字($|\..*)`）：整个训练，不加 LoRA
+        let saved = self.saved_modules();
+        let is_saved = |module: &str| module.split('.').any(|part| saved.contains(&part));
         // 这个模块是否被选中（PEFT 的 check_target_module_exists）
         let mut targeted = |module: &str| -> bool {
-            if module.starts_with("classifier") {
-                return false; // modules_to_save：分类头整个训练，不加 LoRA
+            if is_saved(module) {
+                return false;
             }
             match (&self.target_modules, &regex) {
                 (TargetModules::Regex(_), Some(re)) => {
@@ -867,6 +890,14 @@ mod tests {
         // 层号按第一个编号找（不给 layers_pattern 时也是第 1 层）
         c.layers_pattern = None;
         assert_eq!(c.plan(2, 32, 48).unwrap(), plan);
+        // modules_to_save 含 pooler：池化层整个训练，"dense" 不再选中它（tiny-bert-peft-pooler 里 PEFT 包上的是 10 个模块）
+        let mut c = cfg(names(&["query", "value", "dense"]));
+        assert!(c.plan(2, 32, 48).unwrap().pooler.is_some());
+        c.modules_to_save = Some(vec!["pooler".into()]);
+        c.validate().unwrap();
+        let plan = c.plan(2, 32, 48).unwrap();
+        assert!(plan.pooler.is_none() && c.trains_pooler());
+        assert_eq!(plan.modules().len(), 10);
     }
 
     #[test]

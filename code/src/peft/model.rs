@@ -18,6 +18,7 @@ use crate::basics::tensors::Real;
 use crate::bert::hf::hf_candidates;
 use crate::bert::model::{BertOutput, BertParams};
 use crate::bert::runtime::LayerStack;
+use crate::bert::runtime::SavedLinear;
 use crate::checkpoint::{save_params_with, Checkpoint};
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::encoder::{EncoderConfig, InputError, Mode};
@@ -94,6 +95,7 @@ pub fn check_config<const M: usize, const F: usize>(
 ///
 /// `layers.3.w_q.lora_a` → `base_model.model.bert.encoder.layer.3.attention.self.query.lora_A.weight`，
 /// `pooler.lora_b` → `base_model.model.bert.pooler.dense.lora_B.weight`，
+/// `pooler_copy.weight` → `base_model.model.bert.pooler.dense.weight`（`modules_to_save` 含 `pooler` 时的副本），
 /// `head.weight` → `base_model.model.classifier.weight`（`modules_to_save` 的副本存为原模块的名字）。
 pub fn peft_key(path: &str) -> String {
     if let Some(rest) = path.strip_prefix("head.") {
@@ -106,6 +108,9 @@ pub fn peft_key(path: &str) -> String {
     };
     if let Some(ab) = path.strip_prefix("pooler.").and_then(ab_name) {
         return format!("base_model.model.bert.pooler.dense.{ab}.weight");
+    }
+    if let Some(rest) = path.strip_prefix("pooler_copy.") {
+        return format!("base_model.model.bert.pooler.dense.{rest}");
     }
     const SITES: [&str; 6] = ["w_q", "w_k", "w_v", "w_o", "linear1", "linear2"];
     let parse = || {
@@ -143,6 +148,9 @@ where
                 modules: layers.collect(),
             },
             pooler: SiteLora::init(&dev, plan.pooler),
+            pooler_copy: SavedLinear {
+                module: lora.trains_pooler().then(|| base.pooler.clone()),
+            },
             head: base.classifier.clone(),
         };
         Ok(Self {
@@ -160,6 +168,7 @@ where
         PeftHooks {
             layer: layer.map(|i| &self.adapters.layers.modules[i]),
             pooler: &self.adapters.pooler,
+            pooler_copy: &self.adapters.pooler_copy,
             dropout: self.lora.lora_dropout,
             mode,
         }
@@ -210,6 +219,9 @@ where
             adapters.merge_into(layer);
         }
         self.adapters.pooler.merge_into(&mut merged.pooler);
+        if let Some(copy) = &self.adapters.pooler_copy.module {
+            merged.pooler = copy.clone();
+        }
         merged.classifier = self.adapters.head.clone();
         merged
     }
@@ -435,7 +447,7 @@ mod tests {
     // ANCHOR: python_fixtures
     /// Python 的 PEFT 0.21.2 保存的四个适配器（`make_peft_fixtures.py`、`make_peft_pattern_fixtures.py`）：
     /// query/value；q、k、v 与三种 dense（含池化层）在 3 类的模型上；rank_pattern 与 alpha_pattern；
-    /// layers_to_transform 与 rsLoRA。读进来的 logits 与 PEFT 的相差不超过 1e-5，合并后也一样。
+    /// layers_to_transform 与 rsLoRA；池化层整个训练（`modules_to_save` 含 `pooler`）。读进来的 logits 与 PEFT 的相差不超过 1e-5，合并后也一样。
     #[test]
     fn loads_adapters_saved_by_python_peft() {
         let dev: Cpu = Default::default();
@@ -444,6 +456,7 @@ mod tests {
             ("tiny-bert-3label", "tiny-bert-peft-qkvd", 13),
             ("tiny-bert-3label", "tiny-bert-peft-pattern", 6),
             ("tiny-bert-3label", "tiny-bert-peft-layers", 2),
+            ("tiny-bert-3label", "tiny-bert-peft-pooler", 10),
         ] {
             let (base, config) = tiny_base(&dev, base_dir);
             let model = TinyPeft::from_pretrained(base, config, &fixtures_dir().join(adapter))

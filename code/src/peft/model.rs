@@ -540,6 +540,10 @@ mod tests {
             b(&mut layer.linear2, dev);
         }
         b(&mut model.adapters.pooler, dev);
+        if let Some(p) = &mut model.adapters.pooler_copy.module {
+            p.weight = dev.sample_normal_like(p.weight.shape()) * 0.2;
+            p.bias = dev.sample_normal_like(p.bias.shape()) * 0.2;
+        }
         let head = &mut model.adapters.head;
         head.weight = dev.sample_normal_like(head.weight.shape()) * 0.2;
         head.bias = dev.sample_normal_like(head.bias.shape()) * 0.2;
@@ -561,6 +565,17 @@ mod tests {
         let mut lora = LoraConfig::seq_cls(4, 8.0, &["query", "key", "value", "dense"], 0.0);
         lora.rank_pattern = super::super::config::Pattern(vec![("value".into(), 2)]);
         lora.alpha_pattern = super::super::config::Pattern(vec![("dense".into(), 16.0)]);
+        lora.base_model_name_or_path = Some("tiny-bert-3label".into());
+        let mut model = TinyPeft::get_peft_model(base, config, lora).unwrap();
+        randomize(&mut model, dev);
+        model
+    }
+
+    /// 第三个 Rust 适配器：池化层整个训练（`modules_to_save` 含 `pooler`），query、value 上秩 2。
+    fn rust_adapter_pooler(dev: &Cpu) -> TinyPeft {
+        let (base, config) = tiny_base(dev, "tiny-bert-3label");
+        let mut lora = LoraConfig::seq_cls(2, 4.0, &["query", "value"], 0.0);
+        lora.modules_to_save = Some(vec!["pooler".into()]);
         lora.base_model_name_or_path = Some("tiny-bert-3label".into());
         let mut model = TinyPeft::get_peft_model(base, config, lora).unwrap();
         randomize(&mut model, dev);
@@ -608,17 +623,23 @@ mod tests {
         // 第二个适配器（池化层、rank_pattern、alpha_pattern；类别名写进目录里的 config.json）
         let qkvd = rust_adapter_qkvd(&dev);
         let ours_qkvd = logits(&qkvd);
+        // 第三个适配器：池化层整个训练（modules_to_save 含 pooler）
+        let pooler = rust_adapter_pooler(&dev);
+        let ours_pooler = logits(&pooler);
         let qkvd_dir = adapter_dir.with_file_name("tiny-bert-rust-adapter-qkvd");
+        let pooler_dir = adapter_dir.with_file_name("tiny-bert-rust-adapter-pooler");
         let labels3: Vec<String> = ["负面", "中性", "正面"].map(String::from).to_vec();
         let json =
             classifier_config_json(&fixtures_dir().join("tiny-bert-3label"), &labels3).unwrap();
         qkvd.save_pretrained(&qkvd_dir, Some(&json)).unwrap();
+        pooler.save_pretrained(&pooler_dir, Some(&json)).unwrap();
         if adapter_dir.starts_with(fixtures_dir()) {
             crate::checkpoint::save_tensors(
                 &fixtures_dir().join("tiny-bert-rust-reference.safetensors"),
                 &[
                     ("logits", vec![2, 3], ours.clone()),
                     ("logits_qkvd", vec![2, 3], ours_qkvd.clone()),
+                    ("logits_pooler", vec![2, 3], ours_pooler.clone()),
                 ],
             )
             .unwrap();
@@ -627,6 +648,14 @@ mod tests {
         let back = TinyPeft::from_pretrained(base, config, &qkvd_dir).unwrap();
         assert_eq!(back.plan, qkvd.plan);
         assert_eq!(logits(&back), ours_qkvd, "保存再读回，logits 必须逐位相同");
+        let (base, config) = tiny_base(&dev, "tiny-bert-3label");
+        let back = TinyPeft::from_pretrained(base, config, &pooler_dir).unwrap();
+        assert!(back.adapters.pooler_copy.module.is_some() && back.plan.pooler.is_none());
+        assert_eq!(
+            logits(&back),
+            ours_pooler,
+            "保存再读回，logits 必须逐位相同"
+        );
 
         // 读回来：PEFT 格式的适配器
         let (base, config) = tiny_base(&dev, "tiny-bert");
@@ -678,10 +707,17 @@ mod tests {
                 .tensors,
             committed("tiny-bert-rust-adapter-qkvd", ADAPTER_WEIGHTS).tensors
         );
+        assert_eq!(
+            Checkpoint::read(&pooler_dir.join(ADAPTER_WEIGHTS))
+                .unwrap()
+                .tensors,
+            committed("tiny-bert-rust-adapter-pooler", ADAPTER_WEIGHTS).tensors
+        );
         let reference =
             Checkpoint::read(&fixtures_dir().join("tiny-bert-rust-reference.safetensors")).unwrap();
         assert!(max_error(&ours, &reference, "logits") <= 1e-6);
         assert!(max_error(&ours_qkvd, &reference, "logits_qkvd") <= 1e-6);
+        assert!(max_error(&ours_pooler, &reference, "logits_pooler") <= 1e-6);
         let _ = std::fs::remove_dir_all(&tmp);
     }
     // ANCHOR_END: rust_to_python

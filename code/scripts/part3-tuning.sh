@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
-# 3.7 节的调参实验：在 all-MiniLM-L6-v2 上，以 3.6 节的快速演示为基准，每次只改一个超参数。
+# 3.7 节的调参实验：在仓库里的中文迷你 BERT（code/models/mini-chinese-bert，附录 A）上，以 3.6 节的快速演示为基准，每次只改一个超参数。
 # 结果写进 code/results/part3-tuning/<名字>.json（书中的表与图从这些文件来）。
-# 用法（在仓库根目录）：bash code/scripts/part3-tuning.sh [名字…]   （不给名字就全部跑；每个约 5 分钟，2 核 CPU）
+# 用法（在仓库根目录）：bash code/scripts/part3-tuning.sh [名字[@种子]…]   （不给名字就全部跑；每个约 1 分钟，2 核 CPU）
+# 名字后加 @种子 换一个种子（默认 0），结果写进 part3-tuning/<名字>-s<种子>.json：如 demo@1 demo@2 看种子带来的差别。
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-model="$(bash code/scripts/fetch-minilm.sh)"
+model="code/models/mini-chinese-bert"
 bin="${LLM_BOOK_BIN:-target/release/llm-book}"
 [ -x "$bin" ] || cargo build --release
 # ANCHOR: runs
 # 所有运行共用的预算：200 步、批大小 16、最长 64 个记号、验证集前 300 条每 100 步评估一次，测试集全部
-common=(--model "$model" --max-steps 200 --batch-size 16 --max-len 64 --valid-limit 300 --eval-every 100 --seed 0)
+common=(--model "$model" --max-steps 200 --batch-size 16 --max-len 64 --valid-limit 300 --eval-every 100)
 
 declare -A runs=(
   [demo]="--r 16 --alpha 32 --targets query,value --lora-dropout 0.1"
@@ -29,11 +30,13 @@ declare -A runs=(
 order=(demo r1 r4 r32 alpha16 alpha64 lr1e-4 lr2e-3 attention all-linear dropout0 full)
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=("${order[@]}")
-for name in "${names[@]}"; do
+for arg in "${names[@]}"; do
+  name="${arg%@*}"; seed=0; record="$name"
+  if [ "$arg" != "$name" ]; then seed="${arg#*@}"; record="$name-s$seed"; fi
   [ -n "${runs[$name]+x}" ] || { echo "没有叫 $name 的运行：可选 ${order[*]}" >&2; exit 1; }
   out="$(mktemp -d)"
-  echo "==> $name：${runs[$name]}"
+  echo "==> $arg：${runs[$name]} --seed $seed"
   # shellcheck disable=SC2086
-  "$bin" finetune "${common[@]}" ${runs[$name]} --out "$out" --record "part3-tuning/$name"
+  "$bin" finetune "${common[@]}" ${runs[$name]} --seed "$seed" --out "$out" --record "part3-tuning/$record"
   rm -rf "$out"
 done

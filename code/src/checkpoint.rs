@@ -252,6 +252,97 @@ where
     })
 }
 
+/// 存盘用的浮点类型：f32 原样；f16、bf16 占一半的字节（附录 A 提交进仓库的中文迷你 BERT 用 f16）。
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreDtype {
+    /// 32 位浮点（训练用的精度）。
+    F32,
+    /// IEEE 754 半精度：10 位尾数，最大 65504。
+    F16,
+    /// bfloat16：与 f32 同样的指数范围，7 位尾数。
+    BF16,
+}
+
+/// 把 safetensors 文件里的浮点张量改存成 `dtype`（按最近偶数舍入；整数张量不动），原子地替换原文件。
+/// 值超出 f16 的范围（|x| > 65504）时是错误，不写文件：舍入成无穷的权重不能用。
+pub fn convert_floats(path: &Path, dtype: StoreDtype) -> Result<(), CheckpointError> {
+    let checkpoint = Checkpoint::read(path)?;
+    let bytes = std::fs::read(path).map_err(|e| CheckpointError::Io {
+        path: path.to_path_buf(),
+        error: e.to_string(),
+    })?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Format {
+        path: path.to_path_buf(),
+        error: format!("{e:?}"),
+    })?;
+    let mut out: Vec<(String, SafeDtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in file.tensors() {
+        let is_float = matches!(
+            view.dtype(),
+            SafeDtype::F64 | SafeDtype::F32 | SafeDtype::F16 | SafeDtype::BF16
+        );
+        if !is_float {
+            out.push((
+                name,
+                view.dtype(),
+                view.shape().to_vec(),
+                view.data().to_vec(),
+            ));
+            continue;
+        }
+        let data = &checkpoint.get(&name)?.data;
+        let (safe, encoded): (SafeDtype, Vec<u8>) = match dtype {
+            StoreDtype::F32 => (
+                SafeDtype::F32,
+                data.iter()
+                    .flat_map(|&v| (v as f32).to_le_bytes())
+                    .collect(),
+            ),
+            StoreDtype::F16 => {
+                if let Some(v) = data.iter().find(|v| v.abs() > f64::from(half::f16::MAX)) {
+                    return Err(CheckpointError::Overflow {
+                        path: path.to_path_buf(),
+                        name,
+                        value: *v,
+                    });
+                }
+                (
+                    SafeDtype::F16,
+                    data.iter()
+                        .flat_map(|&v| half::f16::from_f64(v).to_le_bytes())
+                        .collect(),
+                )
+            }
+            StoreDtype::BF16 => (
+                SafeDtype::BF16,
+                data.iter()
+                    .flat_map(|&v| half::bf16::from_f64(v).to_le_bytes())
+                    .collect(),
+            ),
+        };
+        out.push((name, safe, view.shape().to_vec(), encoded));
+    }
+    let format_error = |e: ::safetensors::SafeTensorError| CheckpointError::Format {
+        path: path.to_path_buf(),
+        error: format!("{e:?}"),
+    };
+    let views = out
+        .iter()
+        .map(|(name, dt, shape, b)| {
+            ::safetensors::tensor::TensorView::new(*dt, shape.clone(), b).map(|v| (name.clone(), v))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(format_error)?;
+    let file = ::safetensors::serialize(views, &None).map_err(format_error)?;
+    crate::io::write_atomic(path, &file).map_err(|e| CheckpointError::Io {
+        path: path.to_path_buf(),
+        error: e.to_string(),
+    })
+}
+
 /// 收集每个参数的（键、形状、小端字节）。
 struct Collector<'a> {
     key: &'a dyn Fn(&str) -> Option<String>,
@@ -305,26 +396,12 @@ fn decode(dtype: SafeDtype, bytes: &[u8]) -> Option<Vec<f64>> {
     Some(match dtype {
         SafeDtype::F32 => le!(4, |b| f32::from_le_bytes(b) as f64),
         SafeDtype::F64 => le!(8, f64::from_le_bytes),
-        SafeDtype::F16 => le!(2, |b| half_to_f32(u16::from_le_bytes(b)) as f64),
-        SafeDtype::BF16 => le!(2, |b| f32::from_bits((u16::from_le_bytes(b) as u32) << 16)
-            as f64),
+        SafeDtype::F16 => le!(2, |b| half::f16::from_le_bytes(b).to_f64()),
+        SafeDtype::BF16 => le!(2, |b| half::bf16::from_le_bytes(b).to_f64()),
         SafeDtype::I64 => le!(8, |b| i64::from_le_bytes(b) as f64),
         SafeDtype::I32 => le!(4, |b| i32::from_le_bytes(b) as f64),
         _ => return None,
     })
-}
-
-/// IEEE 754 半精度 → f32（含次正规数、无穷与 NaN）。
-fn half_to_f32(h: u16) -> f32 {
-    let sign = if h & 0x8000 != 0 { -1.0 } else { 1.0 };
-    let exp = ((h >> 10) & 0x1f) as i32;
-    let frac = (h & 0x3ff) as f32;
-    match exp {
-        0 => sign * frac * 2f32.powi(-24),
-        31 if frac == 0.0 => sign * f32::INFINITY,
-        31 => f32::NAN,
-        _ => sign * (1.0 + frac / 1024.0) * 2f32.powi(exp - 15),
-    }
 }
 
 struct Loader<'a> {
@@ -428,6 +505,15 @@ pub enum CheckpointError {
         /// 文件中有、模型不需要的键。
         unexpected: Vec<String>,
     },
+    /// 改存成 f16 时，有值超出 f16 能表示的范围。
+    Overflow {
+        /// 文件。
+        path: PathBuf,
+        /// 张量的键。
+        name: String,
+        /// 超出范围的值。
+        value: f64,
+    },
 }
 
 impl fmt::Display for CheckpointError {
@@ -467,6 +553,11 @@ impl fmt::Display for CheckpointError {
                 }
                 Ok(())
             }
+            CheckpointError::Overflow { path, name, value } => write!(
+                f,
+                "{} 中的张量 {name} 有值 {value}，超出 f16 的范围（±65504），不能存成 f16（可改用 bf16）",
+                path.display()
+            ),
         }
     }
 }
@@ -560,10 +651,51 @@ mod tests {
     }
 
     #[test]
-    fn half_precision_decodes() {
-        assert_eq!(half_to_f32(0x3c00), 1.0);
-        assert_eq!(half_to_f32(0xc000), -2.0);
-        assert_eq!(half_to_f32(0x0001), 2f32.powi(-24));
-        assert!(half_to_f32(0x7c00).is_infinite());
+    fn converts_floats_to_half_precision_and_refuses_overflow() {
+        // 1/3 在 f16 里舍入成 0x3555（= 0.333251953125），在 bf16 里是 0x3eab（= 0.333984375）
+        let values = vec![1.0, -2.0, 1.0 / 3.0, 6.0e-8];
+        let path = std::env::temp_dir().join(format!(
+            "llm-book-convert-{}.safetensors",
+            std::process::id()
+        ));
+        for (dtype, third) in [
+            (StoreDtype::F16, 0.333251953125),
+            (StoreDtype::BF16, 0.333984375),
+        ] {
+            std::fs::write(&path, file(&[("w", vec![2, 2], values.clone())])).unwrap();
+            convert_floats(&path, dtype).unwrap();
+            let bytes = std::fs::read(&path).unwrap();
+            let view = SafeTensors::deserialize(&bytes).unwrap();
+            let want = if dtype == StoreDtype::F16 {
+                SafeDtype::F16
+            } else {
+                SafeDtype::BF16
+            };
+            assert_eq!(view.tensor("w").unwrap().dtype(), want);
+            assert_eq!(
+                bytes.len() < file(&[("w", vec![2, 2], values.clone())]).len(),
+                true
+            );
+            let back = &Checkpoint::read(&path).unwrap().tensors["w"];
+            assert_eq!(back.shape, [2, 2]);
+            assert_eq!(&back.data[..2], [1.0, -2.0]);
+            assert_eq!(back.data[2], third);
+        }
+        // 6e-8 在 f16 里是最小的次正规数 2^-24 ≈ 5.96e-8
+        std::fs::write(&path, file(&[("w", vec![4], values.clone())])).unwrap();
+        convert_floats(&path, StoreDtype::F16).unwrap();
+        assert_eq!(
+            Checkpoint::read(&path).unwrap().tensors["w"].data[3],
+            2f64.powi(-24)
+        );
+        // 超出 f16 的范围：错误指出张量与值，原文件不变
+        let big = file(&[("big", vec![1], vec![70000.0])]);
+        std::fs::write(&path, &big).unwrap();
+        let err = convert_floats(&path, StoreDtype::F16)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("big") && err.contains("70000"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), big);
+        std::fs::remove_file(&path).unwrap();
     }
 }

@@ -11,6 +11,7 @@ use llm_book::basics::autodiff::{gelu_gradient_table, GeluGradPoint};
 use llm_book::basics::device::{run_on, DeviceKind, DeviceTask};
 use llm_book::figures;
 use llm_book::io::write_atomic;
+use llm_book::train::pretrain::PretrainConfig;
 
 /// 全局分配器用 mimalloc，并且不把释放的内存还给操作系统（见 `llm_book::alloc`，附录 B）。
 #[global_allocator]
@@ -113,6 +114,15 @@ enum Command {
         #[arg(long, value_name = "目录")]
         dir: Option<PathBuf>,
     },
+    /// 附录 A：汇总 `bash code/scripts/learning-curve.sh` 的学习率扫描与各次运行，得到学习曲线
+    LearningCurve {
+        /// 结果目录（默认 code/results/learning-curve，其中的 sweep/、runs/、timing/）
+        #[arg(long, value_name = "目录")]
+        dir: Option<PathBuf>,
+        /// 只打印这几个扫描结果（同一种方法）里选出的学习率（learning-curve.sh 用）
+        #[arg(long, value_name = "文件", num_args = 1..)]
+        choose_lr: Vec<PathBuf>,
+    },
     /// 附录 B：读 criterion 与 PyTorch 的测量，打印本书 / PyTorch 的耗时之比（先运行 bash code/scripts/bench.sh）
     Perf {
         /// bench.sh 存下的多轮测量（其中的 round-1、round-2……）；每一格取各轮的中位数
@@ -168,23 +178,23 @@ enum Command {
         /// 输出目录：vocab.txt、checkpoint/、model/
         #[arg(long, default_value = "runs/mini-chinese-bert", value_name = "目录")]
         out: PathBuf,
-        /// 总步数（默认 2000：2 核 CPU 上约 40 分钟）
-        #[arg(long, default_value_t = 2000, value_name = "步数")]
+        /// 总步数（默认值与仓库里的模型相同；2 核 CPU 上约 70 分钟）
+        #[arg(long, default_value_t = PretrainConfig::default().steps, value_name = "步数")]
         steps: usize,
         /// 批大小
-        #[arg(long, default_value_t = 32, value_name = "条数")]
+        #[arg(long, default_value_t = PretrainConfig::default().batch_size, value_name = "条数")]
         batch_size: usize,
         /// 最大长度（记号数，含 [CLS]、[SEP]；不超过 128）
         #[arg(long, default_value_t = 64, value_name = "长度")]
         max_len: usize,
         /// 峰值学习率
-        #[arg(long, default_value_t = 1e-3, value_name = "学习率")]
+        #[arg(long, default_value_t = PretrainConfig::default().optim.lr, value_name = "学习率")]
         lr: f64,
         /// 每多少步在验证集上评估一次
-        #[arg(long, default_value_t = 250, value_name = "步数")]
+        #[arg(long, default_value_t = PretrainConfig::default().eval_every, value_name = "步数")]
         eval_every: usize,
         /// 随机种子
-        #[arg(long, default_value_t = 0, value_name = "种子")]
+        #[arg(long, default_value_t = PretrainConfig::default().seed, value_name = "种子")]
         seed: u64,
         /// 从输出目录里的检查点接着训练
         #[arg(long)]
@@ -192,6 +202,9 @@ enum Command {
         /// 语料目录（neg.txt、pos.txt）
         #[arg(long, value_name = "目录")]
         data: Option<PathBuf>,
+        /// model/ 里权重的存储类型：f32、f16 或 bf16（默认 f16，与仓库里的 code/models/mini-chinese-bert 相同）
+        #[arg(long, value_enum, default_value = "f16", value_name = "类型")]
+        dtype: llm_book::checkpoint::StoreDtype,
         /// 把结果另存为 code/results/<名字>.json（书中引用）
         #[arg(long, value_name = "名字")]
         record: Option<String>,
@@ -199,9 +212,18 @@ enum Command {
         #[arg(long, default_value = "cpu", value_name = "设备")]
         device: DeviceKind,
     },
+    /// 附录 A：把 safetensors 文件里的浮点张量就地改存成 f16、bf16 或 f32（整数张量不动；超出 f16 范围时报错、不改文件）
+    Convert {
+        /// 要改存的 safetensors 文件
+        #[arg(value_name = "文件")]
+        file: PathBuf,
+        /// 目标类型
+        #[arg(long, value_enum, value_name = "类型")]
+        dtype: llm_book::checkpoint::StoreDtype,
+    },
     /// 附录 A：完形填空——掩码语言模型在每个 [MASK] 位置上最可能的记号
     FillMask {
-        /// BertForMaskedLM 的模型目录（如 pretrain 写出的 runs/mini-chinese-bert/model），或 Hub 上的名字
+        /// BertForMaskedLM 的模型目录（如仓库里的 models/mini-chinese-bert、pretrain 写出的 runs/mini-chinese-bert/model），或 Hub 上的名字
         #[arg(long, value_name = "目录或名字")]
         model: String,
         /// 每个位置给出几个
@@ -296,6 +318,9 @@ struct FinetuneArgs {
     /// 只用验证集的前若干条（加快试跑；测试集总是全部）
     #[arg(long, value_name = "条数")]
     valid_limit: Option<usize>,
+    /// 只用训练集里随机的若干条（按 --seed 抽取；附录 A 的学习曲线）
+    #[arg(long, value_name = "条数")]
+    train_limit: Option<usize>,
     /// 不按长度分桶
     #[arg(long)]
     no_bucket: bool,
@@ -355,6 +380,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Adaptation { epochs, device } => adaptation(epochs, device),
         Command::LoraOrder { criterion_dir } => lora_order(criterion_dir),
         Command::LoraTable { dir } => lora_table(dir),
+        Command::LearningCurve { dir, choose_lr } => learning_curve(dir, choose_lr),
+        Command::Convert { file, dtype } => {
+            let before = std::fs::metadata(&file)
+                .with_context(|| format!("读不到 {}", file.display()))?
+                .len();
+            llm_book::checkpoint::convert_floats(&file, dtype)?;
+            let after = std::fs::metadata(&file)?.len();
+            println!(
+                "{}：{before} → {after} 字节（浮点张量改存为 {dtype:?}）",
+                file.display()
+            );
+            Ok(())
+        }
         Command::Perf {
             rounds,
             criterion_dir,
@@ -421,6 +459,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             seed,
             resume,
             data,
+            dtype,
             record,
             device,
         } => {
@@ -435,7 +474,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seed,
                 ..Default::default()
             };
-            pretrain_command(config, max_len.min(128), out, resume, data, record, device)
+            pretrain_command(
+                config,
+                max_len.min(128),
+                out,
+                resume,
+                data,
+                dtype,
+                record,
+                device,
+            )
         }
         Command::Classify {
             model,
@@ -808,6 +856,63 @@ fn lora_table(dir: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn learning_curve(dir: Option<PathBuf>, choose_lr: Vec<PathBuf>) -> anyhow::Result<()> {
+    use llm_book::experiments::learning_curve::summarize;
+    use llm_book::experiments::lora_table::{read_run, read_runs};
+    use llm_book::experiments::{results_dir, save_result};
+    if !choose_lr.is_empty() {
+        let sweep = choose_lr
+            .iter()
+            .map(|p| read_run(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        println!(
+            "{}",
+            llm_book::experiments::learning_curve::choose_lr(&sweep)?
+        );
+        return Ok(());
+    }
+    let dir = dir.unwrap_or_else(|| results_dir().join("learning-curve"));
+    let timing = if dir.join("timing").is_dir() {
+        read_runs(&dir.join("timing"))?
+    } else {
+        Vec::new()
+    };
+    let curve = summarize(
+        &read_runs(&dir.join("sweep"))?,
+        &read_runs(&dir.join("runs"))?,
+        &timing,
+    )?;
+    println!(
+        "{}：每次 {} 步、批大小 {}、最长 {} 个记号，验证集 {} 条；{}\n",
+        curve.model,
+        curve.steps,
+        curve.batch_size,
+        curve.max_len,
+        curve.valid_examples,
+        curve.machine
+    );
+    for sw in &curve.sweeps {
+        let grid: Vec<String> = sw
+            .grid
+            .iter()
+            .map(|(lr, acc)| format!("{lr:.0e} → {:.2}%", 100.0 * acc))
+            .collect();
+        println!(
+            "学习率扫描 {}：{}；选 {:.0e}",
+            sw.method,
+            grid.join("，"),
+            sw.chosen
+        );
+    }
+    println!();
+    print!("{}", curve.markdown());
+    println!(
+        "\n结果写入 {}；图由 `cargo run --release -- figures` 重画",
+        save_result("appendix-a-learning-curve", &curve)?.display()
+    );
+    Ok(())
+}
+
 fn lora_order(criterion_dir: Option<PathBuf>) -> anyhow::Result<()> {
     use llm_book::experiments::default_criterion_dir;
     use llm_book::experiments::lora_order::{collect, TOKENS};
@@ -991,6 +1096,9 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
     if let Some(n) = a.valid_limit {
         task.valid.truncate(n);
     }
+    if let Some(n) = a.train_limit {
+        task.limit_train(n, a.seed)?;
+    }
     println!(
         "数据：{}；训练 {}，验证 {}，测试 {}；{} 类：{}",
         task.source,
@@ -1142,6 +1250,7 @@ fn pretrain_command(
     out: PathBuf,
     resume: bool,
     data: Option<PathBuf>,
+    dtype: llm_book::checkpoint::StoreDtype,
     record: Option<String>,
     device: DeviceKind,
 ) -> anyhow::Result<()> {
@@ -1183,6 +1292,7 @@ fn pretrain_command(
         max_len,
         out: out.clone(),
         resume,
+        dtype,
         on_start: &mut on_start,
         on_event: &mut on_event,
     };

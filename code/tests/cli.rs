@@ -561,3 +561,44 @@ fn a_checkpoint_without_a_pooler_trains_it_in_every_arm() {
     }
     std::fs::remove_dir_all(&data).unwrap();
 }
+
+#[test]
+fn convert_halves_a_model_that_still_classifies_the_same_way() {
+    // tiny-bert 存成 f16：文件约小一半，分类的概率只差 f16 舍入带来的一点
+    let dir = temp("convert");
+    std::fs::create_dir_all(&dir).unwrap();
+    for f in ["config.json", "model.safetensors", "vocab.txt"] {
+        std::fs::copy(fixtures().join("tiny-bert").join(f), dir.join(f)).unwrap();
+    }
+    let weights = dir.join("model.safetensors");
+    let before = std::fs::metadata(&weights).unwrap().len();
+    let o = run(&["convert", weights.to_str().unwrap(), "--dtype", "f16"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let after = std::fs::metadata(&weights).unwrap().len();
+    assert!(after * 10 < before * 6, "{before} → {after}");
+    let classify = |model: &Path| {
+        let o = run(&["classify", "--model", model.to_str().unwrap(), "书很好"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        probabilities(stdout(&o).lines().next().unwrap())
+    };
+    let (f32_probs, f16_probs) = (classify(&fixtures().join("tiny-bert")), classify(&dir));
+    let diff = f32_probs
+        .iter()
+        .zip(&f16_probs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f64::max);
+    assert!(diff < 1e-2, "{f32_probs:?} vs {f16_probs:?}");
+    // 不是 safetensors 的文件：中文错误、非零退出、文件不变
+    let bad = dir.join("bad.safetensors");
+    std::fs::write(&bad, b"not a safetensors file").unwrap();
+    let o = run(&["convert", bad.to_str().unwrap(), "--dtype", "bf16"]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("不是有效的 safetensors 文件"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!stderr(&o).contains("panicked"));
+    assert_eq!(std::fs::read(&bad).unwrap(), b"not a safetensors file");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -200,6 +200,7 @@ pub fn save_mlm_dir<const M: usize, const H: usize, const F: usize, E, D>(
     enc: &EncoderConfig,
     vocab: &std::path::Path,
     dir: &std::path::Path,
+    dtype: crate::checkpoint::StoreDtype,
 ) -> std::io::Result<()>
 where
     E: Real + dfdx::tensor::safetensors::SafeDtype,
@@ -233,6 +234,10 @@ where
             }
         })
         .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if dtype != crate::checkpoint::StoreDtype::F32 {
+            crate::checkpoint::convert_floats(&tmp.join("model.safetensors"), dtype)
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
         let json = serde_json::to_string_pretty(&config).map_err(std::io::Error::other)?;
         std::fs::write(tmp.join("config.json"), json + "\n")?;
         std::fs::copy(vocab, tmp.join("vocab.txt"))?;

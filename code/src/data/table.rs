@@ -406,6 +406,13 @@ pub enum TableError {
     },
     /// 标签集合的问题：少于 2 类、整数标签有空缺、名字为空或重复。
     Labels(String),
+    /// `--train-limit` 不在 1 到训练集条数之间。
+    TrainLimit {
+        /// 要的条数。
+        asked: usize,
+        /// 训练集的条数。
+        available: usize,
+    },
 }
 
 impl TableError {
@@ -452,6 +459,10 @@ impl fmt::Display for TableError {
                 write!(f, "：{reason}")
             }
             TableError::Labels(reason) => f.write_str(reason),
+            TableError::TrainLimit { asked, available } => write!(
+                f,
+                "--train-limit 是 {asked}，应在 1 到训练集的条数 {available} 之间"
+            ),
         }
     }
 }

@@ -119,6 +119,34 @@ impl TaskData {
         })
     }
 
+    // ANCHOR: limit_train
+    /// 只留训练集里随机的 `n` 条（附录 A 的学习曲线：标注数据少时各方法怎样）。抽样只由 `seed` 决定，
+    /// 并且是嵌套的：同一个种子下，100 条的子集包含在 300 条的子集里，300 条的在 1000 条的里……
+    /// 这样曲线上相邻两点的差别只来自多出的数据。留下的各条保持原来的相对顺序。
+    pub fn limit_train(&mut self, n: usize, seed: u64) -> Result<(), TableError> {
+        if n == 0 || n > self.train.len() {
+            return Err(TableError::TrainLimit {
+                asked: n,
+                available: self.train.len(),
+            });
+        }
+        let mut order: Vec<usize> = (0..self.train.len()).collect();
+        // 与组批、初始化用的随机数流分开：种子异或一个常数
+        order.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5EED_0F_DA7A));
+        let mut keep = vec![false; self.train.len()];
+        for &i in &order[..n] {
+            keep[i] = true;
+        }
+        let mut i = 0;
+        self.train.retain(|_| {
+            i += 1;
+            keep[i - 1]
+        });
+        self.source = format!("{}；训练集随机取 {n} 条（种子 {seed}）", self.source);
+        Ok(())
+    }
+    // ANCHOR_END: limit_train
+
     /// 有没有句子对。
     pub fn has_pairs(&self) -> bool {
         self.train.iter().any(|r| r.text_pair.is_some())
@@ -154,6 +182,48 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn train_limit_draws_nested_subsets_by_seed() {
+        let rows = |n: usize| -> Vec<Row> {
+            (0..n)
+                .map(|i| Row {
+                    text: format!("第 {i} 条"),
+                    text_pair: None,
+                    label: ["负面", "正面"][i % 2].to_string(),
+                    line: i + 2,
+                })
+                .collect()
+        };
+        let task = TaskData {
+            train: rows(1000),
+            valid: rows(10),
+            test: rows(10),
+            labels: LabelSet::from_rows(&rows(2)).unwrap(),
+            source: "测试".into(),
+        };
+        let take = |n: usize, seed: u64| -> Vec<String> {
+            let mut t = task.clone();
+            t.limit_train(n, seed).unwrap();
+            assert_eq!(t.train.len(), n);
+            assert_eq!((t.valid.len(), t.test.len()), (10, 10));
+            t.train.into_iter().map(|r| r.text).collect()
+        };
+        let (small, large) = (take(100, 3), take(300, 3));
+        assert!(small.iter().all(|t| large.contains(t)), "子集应当嵌套");
+        assert_eq!(small, take(100, 3), "同一个种子，同一个子集");
+        assert_ne!(small, take(100, 4), "换种子，换子集");
+        // 留下的各条保持原来的顺序
+        let index = |t: &String| t.split(' ').nth(1).unwrap().parse::<usize>().unwrap();
+        assert!(large.windows(2).all(|w| index(&w[0]) < index(&w[1])));
+        for bad in [0, 1001] {
+            let err = task.clone().limit_train(bad, 0).unwrap_err().to_string();
+            assert!(
+                err.contains("--train-limit") && err.contains("1000"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -60,6 +60,9 @@ pub struct FinetuneSummary {
     /// 类别名，按 id 的顺序（早于这个字段的结果文件里没有它）。
     #[serde(default)]
     pub labels: Vec<String>,
+    /// 训练集、验证集、测试集的条数（早于这个字段的结果文件里没有它：`None`）。
+    #[serde(default)]
+    pub examples: Option<(usize, usize, usize)>,
     /// 训练集里 `[UNK]` 占全部记号（不含 [CLS]、[SEP]）的比例：词表不覆盖语料时，模型看到的多半是 [UNK]。
     /// （早于这个字段的结果文件里没有它：`None`。）
     #[serde(default)]
@@ -385,6 +388,11 @@ fn summary(
         max_len,
         data: Some(job.task.source.clone()),
         labels: job.task.labels.names().to_vec(),
+        examples: Some((
+            job.task.train.len(),
+            job.task.valid.len(),
+            job.task.test.len(),
+        )),
         unk_ratio: Some(unk_ratio),
         trainable: counts.trainable,
         all: counts.all,

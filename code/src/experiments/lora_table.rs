@@ -224,25 +224,24 @@ pub fn read_runs(dir: &Path) -> anyhow::Result<Vec<(String, FinetuneSummary)>> {
         .filter(|p| p.extension().is_some_and(|e| e == "json"))
         .collect();
     files.sort();
-    files
-        .into_iter()
-        .map(|p| {
-            let name = p
-                .file_name()
-                .unwrap_or_default()
-                .to_string_lossy()
-                .into_owned();
-            let text =
-                std::fs::read_to_string(&p).with_context(|| format!("读不到 {}", p.display()))?;
-            let s: FinetuneSummary = serde_json::from_str(&text).with_context(|| {
-                format!(
-                    "{} 不是 finetune 的结果（summary.json 的格式）",
-                    p.display()
-                )
-            })?;
-            Ok((name, s))
-        })
-        .collect()
+    files.iter().map(|p| read_run(p)).collect()
+}
+
+/// 读一个结果文件：(文件名, 结果)。
+pub fn read_run(p: &Path) -> anyhow::Result<(String, FinetuneSummary)> {
+    let name = p
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let text = std::fs::read_to_string(p).with_context(|| format!("读不到 {}", p.display()))?;
+    let s: FinetuneSummary = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} 不是 finetune 的结果（summary.json 的格式）",
+            p.display()
+        )
+    })?;
+    Ok((name, s))
 }
 
 impl LoraTable {

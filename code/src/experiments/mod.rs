@@ -9,6 +9,7 @@
 //! | `sentiment.rs` | 1.8 节：从零训练中文情感分类、注意力图 |
 //! | `ln_stability.rs` | 1.8 节：Pre-LN 与 Post-LN 的训练稳定性 |
 //! | `lora_table.rs` | 附录 A：LoRA 与全量微调的对比表（汇总 `results/part-a/` 的各次运行） |
+//! | `learning_curve.rs` | 附录 A：学习曲线——训练样本数从 100 到全部（汇总 `results/learning-curve/`） |
 //! | `perf.rs` | 附录 B：与 PyTorch 的耗时之比（读 criterion 与 bench_torch.py 的结果） |
 //! | `lora_order.rs` | 2.6 节：B(Ax) 与 (BA)x、合并后的推理耗时（读 criterion 的结果） |
 //! | `seq_cost.rs` | 1.7 节：耗时随序列长度的变化（读 criterion 的结果） |
@@ -20,6 +21,7 @@ use serde::Serialize;
 
 pub mod adaptation;
 pub mod classify;
+pub mod learning_curve;
 pub mod ln_stability;
 pub mod lora_order;
 pub mod lora_table;

@@ -21,6 +21,20 @@ use crate::train::pretrain::{pretrain, PretrainConfig, PretrainEvent, PretrainRo
 pub const VOCAB_SIZE: usize = 4096;
 /// 预训练时的 dropout（BERT 的 0.1）。
 pub const DROPOUT: f64 = 0.1;
+/// 中文迷你 BERT 的运行期大小：4 层、128 个位置、2 种句子类型（宽度 256/4/1024 在类型
+/// [`MiniChineseBert`](crate::bert::model::MiniChineseBert) 里）。
+pub const MINI_DIMS: crate::bert::model::BertDims = crate::bert::model::BertDims {
+    vocab_size: VOCAB_SIZE,
+    num_layers: 4,
+    max_positions: 128,
+    type_vocab_size: 2,
+    num_labels: 2,
+};
+
+/// 仓库里提交的、预训练好的中文迷你 BERT（f16，`code/models/mini-chinese-bert`，来历见其中的 README.md）。
+pub fn committed_model_dir() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mini-chinese-bert")
+}
 
 /// 预训练的结果（`pretrain --record 名字` 另存为 `code/results/<名字>.json`，附录 A 引用）。
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -53,6 +67,8 @@ pub struct PretrainJob<'a> {
     pub out: PathBuf,
     /// 从检查点接着训练。
     pub resume: bool,
+    /// `model/` 里权重的存储类型（训练总是 f32）。
+    pub dtype: crate::checkpoint::StoreDtype,
     /// 开始前调用：(训练句数, 留出句数, [UNK] 比例)。
     pub on_start: &'a mut dyn FnMut(usize, usize, f64),
     /// 训练事件。
@@ -86,15 +102,8 @@ impl DeviceTask for PretrainJob<'_> {
         };
         let unk_ratio = super::classify::unk_ratio(&tokenizer, &data);
         (self.on_start)(train.len(), valid.len(), unk_ratio);
-        let enc = bert_config(1e-12, DROPOUT, 128);
-        let dims = crate::bert::model::BertDims {
-            vocab_size: VOCAB_SIZE,
-            num_layers: 4,
-            max_positions: 128,
-            type_vocab_size: 2,
-            num_labels: 2,
-        };
-        let mut model = BertMlm::<256, 4, 1024, f32, D>::init(&dev, &dims);
+        let enc = bert_config(1e-12, DROPOUT, MINI_DIMS.max_positions);
+        let mut model = BertMlm::<256, 4, 1024, f32, D>::init(&dev, &MINI_DIMS);
         // 池化层与分类头不参加预训练，不算
         let params = dfdx::nn::NumParams::num_trainable_params(&model)
             - dfdx::nn::NumParams::num_trainable_params(&model.bert.pooler)
@@ -111,7 +120,13 @@ impl DeviceTask for PretrainJob<'_> {
             self.on_event,
         )?;
         let Some(rows) = rows else { return Ok(None) };
-        save_mlm_dir(&model, &enc, &vocab_path, &self.out.join("model"))?;
+        save_mlm_dir(
+            &model,
+            &enc,
+            &vocab_path,
+            &self.out.join("model"),
+            self.dtype,
+        )?;
         Ok(Some(PretrainSummary {
             config: self.config,
             max_len: self.max_len,

@@ -4,6 +4,9 @@
 //! 提交到 `src/figures/` 的图与代码重新生成的一致）。
 //! 文字交给浏览器渲染，字体栈 [`FONT`] 在常见系统上都能找到中文字体。
 
+mod errorbars;
+pub use errorbars::{ErrorBarChart, ErrorSeries};
+
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 

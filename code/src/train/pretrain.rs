@@ -55,8 +55,9 @@ pub struct PretrainConfig {
 
 impl Default for PretrainConfig {
     fn default() -> Self {
+        // 仓库里的 code/models/mini-chinese-bert 就是用这些值训练的（附录 A）
         Self {
-            steps: 2000,
+            steps: 20_000,
             batch_size: 32,
             optim: AdamWConfig {
                 lr: 1e-3,
@@ -64,7 +65,7 @@ impl Default for PretrainConfig {
             },
             warmup_ratio: 0.06,
             mask_rate: 0.15,
-            eval_every: 250,
+            eval_every: 1000,
             checkpoint_every: 50,
             seed: 0,
         }
@@ -333,6 +334,7 @@ mod tests {
     use crate::bert::hf::{fixtures_dir, load_dir, HeadSource};
     use crate::bert::mlm::{mlm_candidates, save_mlm_dir};
     use crate::bert::model::bert_config;
+    use crate::checkpoint::StoreDtype;
     use crate::transformer::attention::PaddingMask;
 
     type Tiny = BertMlm<32, 4, 48, f32, Cpu>;
@@ -428,6 +430,7 @@ mod tests {
             &enc,
             &fixtures_dir().join("tiny-bert/vocab.txt"),
             &dir,
+            StoreDtype::F32,
         )
         .unwrap();
         // 作为掩码语言模型读回：logits 逐位相同
@@ -460,6 +463,46 @@ mod tests {
             classifier.params.embeddings.word_embeddings.weight.as_vec(),
             model.bert.embeddings.word_embeddings.weight.as_vec()
         );
+        // 存成 f16：每个权重是原值按最近偶数舍入到 f16，文件约小一半
+        let half_dir = out_dir("export-f16");
+        save_mlm_dir(
+            &model,
+            &enc,
+            &fixtures_dir().join("tiny-bert/vocab.txt"),
+            &half_dir,
+            StoreDtype::F16,
+        )
+        .unwrap();
+        let size = |d: &std::path::Path| {
+            std::fs::metadata(d.join("model.safetensors"))
+                .unwrap()
+                .len()
+        };
+        assert!(
+            size(&half_dir) * 10 < size(&dir) * 6,
+            "{} vs {}",
+            size(&half_dir),
+            size(&dir)
+        );
+        let halved = load_dir::<32, 4, 48, f32, Cpu>(&dev, &half_dir).unwrap();
+        let rounded: Vec<f32> = model
+            .bert
+            .embeddings
+            .word_embeddings
+            .weight
+            .as_vec()
+            .into_iter()
+            .map(|v| half::f16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(
+            halved.params.embeddings.word_embeddings.weight.as_vec(),
+            rounded
+        );
+        assert_ne!(
+            rounded,
+            model.bert.embeddings.word_embeddings.weight.as_vec()
+        );
         std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&half_dir).unwrap();
     }
 }

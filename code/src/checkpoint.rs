@@ -672,10 +672,7 @@ mod tests {
                 SafeDtype::BF16
             };
             assert_eq!(view.tensor("w").unwrap().dtype(), want);
-            assert_eq!(
-                bytes.len() < file(&[("w", vec![2, 2], values.clone())]).len(),
-                true
-            );
+            assert!(bytes.len() < file(&[("w", vec![2, 2], values.clone())]).len());
             let back = &Checkpoint::read(&path).unwrap().tensors["w"];
             assert_eq!(back.shape, [2, 2]);
             assert_eq!(&back.data[..2], [1.0, -2.0]);

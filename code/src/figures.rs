@@ -512,6 +512,15 @@ fn pretrain_figure() -> anyhow::Result<String> {
                     .collect(),
                 ..Default::default()
             },
+            Series {
+                name: "准确率 40%（× 10）".into(),
+                points: match (r.rows.first(), r.rows.last()) {
+                    (Some(a), Some(b)) => vec![(a.step as f64, 4.0), (b.step as f64, 4.0)],
+                    _ => Vec::new(),
+                },
+                dashed: true,
+                color: Some(2),
+            },
         ],
     }
     .to_svg()

@@ -1244,6 +1244,8 @@ fn infer(
     Ok(())
 }
 
+// 参数多：issue 14 要把各实验的参数收进各自的结构
+#[allow(clippy::too_many_arguments)]
 fn pretrain_command(
     config: llm_book::train::pretrain::PretrainConfig,
     max_len: usize,

@@ -132,7 +132,7 @@ impl TaskData {
         }
         let mut order: Vec<usize> = (0..self.train.len()).collect();
         // 与组批、初始化用的随机数流分开：种子异或一个常数
-        order.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5EED_0F_DA7A));
+        order.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x005E_ED0F_DA7A));
         let mut keep = vec![false; self.train.len()];
         for &i in &order[..n] {
             keep[i] = true;

@@ -15,10 +15,10 @@ bin="${LLM_BOOK_BIN:-target/release/llm-book}"
 [ -x "$bin" ] || cargo build --release -p llm-book --bin llm-book
 out_dir="code/results/learning-curve"
 # ANCHOR: protocol
-# 共同的预算：每次 433 步（全部训练数据的一轮）、批大小 32、最长 64 个记号；每 50 步在验证集前 500 条上评估，
-# 取最好的一步在全部测试集上的准确率。数据少时同样 433 步，也就是多轮。
+# 共同的预算：每次 433 步（全部训练数据的一轮）、批大小 32、最长 64 个记号；每 50 步（与最后一步）在验证集前 500 条上评估，
+# 取最好的一步在全部测试集上的准确率。数据少时同样 433 步，也就是多轮；不逐轮评估，每种大小都只挑 10 次。
 common=(--model "$model" --epochs 100000 --max-steps 433 --batch-size 32 --max-len 64
-        --valid-limit 500 --eval-every 50 --checkpoint-every 100000)
+        --valid-limit 500 --eval-every 50 --no-epoch-eval --checkpoint-every 100000)
 declare -A method=(
   [scratch]="--scratch"
   [probe]="--probe"

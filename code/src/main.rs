@@ -312,6 +312,9 @@ struct FinetuneArgs {
     /// 每多少步在验证集上评估一次
     #[arg(long, default_value_t = 200, value_name = "步数")]
     eval_every: usize,
+    /// 每轮结束时不评估，只每 --eval-every 步与训练结束时评估
+    #[arg(long)]
+    no_epoch_eval: bool,
     /// 每多少步写一次检查点
     #[arg(long, default_value_t = 100, value_name = "步数")]
     checkpoint_every: usize,
@@ -1065,6 +1068,7 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
         },
         warmup_ratio: a.warmup_ratio,
         eval_every: a.eval_every,
+        eval_each_epoch: !a.no_epoch_eval,
         checkpoint_every: a.checkpoint_every,
         bucket_by_length: !a.no_bucket,
         seed: a.seed,

@@ -115,6 +115,16 @@ pub fn summarize(
     if sweep.is_empty() || runs.is_empty() {
         bail!("没有学习率扫描或曲线的结果：先运行 bash code/scripts/learning-curve.sh");
     }
+    // 0. 评估的时刻也是预算的一部分：验证集挑选的次数要处处相同
+    let schedule = |s: &FinetuneSummary| (s.config.eval_every, s.config.eval_each_epoch);
+    let want = schedule(&runs[0].1);
+    if let Some((file, s)) = sweep.iter().chain(runs).find(|(_, s)| schedule(s) != want) {
+        bail!(
+            "{file} 的评估时刻（eval_every, eval_each_epoch）= {:?}，与 {} 的 {want:?} 不同",
+            schedule(s),
+            runs[0].0
+        );
+    }
     // 1. 每种方法选学习率
     let mut grids: BTreeMap<(usize, String), Vec<(f64, f64)>> = BTreeMap::new();
     for (file, s) in sweep {
@@ -406,5 +416,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("不是学习率扫描的运行"), "{e}");
+        // 评估的时刻不同（逐轮评估没关）
+        let mut epochly = run("full", 100, 0, 3e-5, 0.5, 0.6);
+        epochly.config.eval_each_epoch = !epochly.config.eval_each_epoch;
+        let e = err(vec![run("full", 300, 0, 3e-5, 0.5, 0.6), epochly]);
+        assert!(e.contains("评估时刻") && e.contains("r1.json"), "{e}");
     }
 }

@@ -39,8 +39,12 @@ pub struct FinetuneConfig {
     pub optim: AdamWConfig,
     /// 预热步数占总步数的比例（BERT 微调常用 0.06–0.1）。
     pub warmup_ratio: f64,
-    /// 每多少步在验证集上评估一次（每轮结束时总会评估）。
+    /// 每多少步在验证集上评估一次（训练结束时总会评估）。
     pub eval_every: usize,
+    /// 每轮结束时是否也评估。数据很少时一轮只有几步，逐轮评估会让验证集挑选的次数随数据量变化；
+    /// 附录 A 的学习曲线关掉它，只按 `eval_every` 评估。旧的检查点与结果里没有这一项，读作“是”。
+    #[serde(default = "eval_each_epoch_default")]
+    pub eval_each_epoch: bool,
     /// 每多少步写一次检查点（每次评估后也写）。
     pub checkpoint_every: usize,
     /// 是否按长度分桶组批。
@@ -49,6 +53,10 @@ pub struct FinetuneConfig {
     pub seed: u64,
 }
 // ANCHOR_END: config
+
+fn eval_each_epoch_default() -> bool {
+    true
+}
 
 impl Default for FinetuneConfig {
     fn default() -> Self {
@@ -59,6 +67,7 @@ impl Default for FinetuneConfig {
             optim: AdamWConfig::default(),
             warmup_ratio: 0.1,
             eval_every: 200,
+            eval_each_epoch: true,
             checkpoint_every: 100,
             bucket_by_length: true,
             seed: 0,
@@ -383,8 +392,8 @@ where
             return Ok(None);
         }
 
-        let end_of_epoch = state.step % per_epoch == 0 || state.step == total;
-        if state.step % cfg.eval_every.max(1) == 0 || end_of_epoch {
+        let end_of_epoch = cfg.eval_each_epoch && state.step % per_epoch == 0;
+        if state.step % cfg.eval_every.max(1) == 0 || end_of_epoch || state.step == total {
             let (valid, _) =
                 evaluate_detailed(&*model, dev, &data.valid, data.pair_sep, cfg.batch_size)?;
             let n = state.window.2.max(1) as f64;
@@ -750,6 +759,30 @@ mod tests {
             .iter()
             .all(|r| r.valid.accuracy <= best.valid.accuracy));
         std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    /// 评估的时刻：每 `eval_every` 步、每轮结束（可关）与训练结束。
+    #[test]
+    fn evaluates_every_n_steps_at_epoch_ends_unless_turned_off_and_at_the_end() {
+        let data = toy_data(); // 256 条训练数据，批 16：每轮 16 步
+        let steps = |eval_each_epoch| {
+            let (mut model, dev) = toy_model(1);
+            let out = out_dir(&format!("eval-{eval_each_epoch}"));
+            let cfg = FinetuneConfig {
+                max_steps: Some(45),
+                eval_each_epoch,
+                ..config()
+            };
+            let report = finetune(&mut model, &dev, &data, &cfg, &out, false, &mut |_| {
+                ControlFlow::Continue(())
+            })
+            .unwrap()
+            .unwrap();
+            std::fs::remove_dir_all(&out).unwrap();
+            report.rows.iter().map(|r| r.step).collect::<Vec<_>>()
+        };
+        assert_eq!(steps(true), [10, 16, 20, 30, 32, 40, 45]);
+        assert_eq!(steps(false), [10, 20, 30, 40, 45]);
     }
 
     // ANCHOR: resume_test

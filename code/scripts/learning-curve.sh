@@ -66,6 +66,7 @@ if [ "${1:-}" = timing ]; then
   exit 0
 fi
 if [ $# -gt 0 ]; then order=("$@"); fi
+declare -A chosen
 for name in "${order[@]}"; do
   [ -n "${method[$name]+x}" ] || { echo "没有名为 $name 的方法（可选：${!method[*]}）" >&2; exit 1; }
   files=()
@@ -74,6 +75,7 @@ for name in "${order[@]}"; do
     files+=("code/results/learning-curve/sweep/$name-lr$lr.json")
   done
   lr="$("$bin" learning-curve --choose-lr "${files[@]}")"
+  chosen[$name]="$lr"
   echo "==> $name：验证集上最好的学习率 $lr"
   # 1000 条、种子 0、这个学习率的那一格就是扫描里的那次运行：直接复制
   for l in ${lrs[$name]}; do
@@ -83,10 +85,13 @@ for name in "${order[@]}"; do
       [ -f "$target" ] || cp "$out_dir/sweep/$name-lr$l.json" "$target"
     fi
   done
-  for seed in "${seeds[@]}"; do
+done
+# 先把种子 0 的整条曲线跑完，再跑别的种子：分几次跑时，中途也有一条完整的曲线可看
+for seed in "${seeds[@]}"; do
+  for name in "${order[@]}"; do
     for n in "${sizes[@]}"; do
       limit=(); [ "$n" = all ] || limit=(--train-limit "$n")
-      run "$name" "learning-curve/runs/$name-n$n-s$seed" --lr "$lr" "${limit[@]}" --seed "$seed"
+      run "$name" "learning-curve/runs/$name-n$n-s$seed" --lr "${chosen[$name]}" "${limit[@]}" --seed "$seed"
     done
   done
 done

@@ -37,6 +37,7 @@ pub mod peft;
 pub mod plot;
 pub mod train;
 pub mod transformer;
+pub mod variants;
 
 /// 本 crate 用的随机数库（rand 0.8）。依赖树里另有 rand 0.9（来自 tokenizers），书中片段若直接写 `extern crate rand`
 /// 会遇到两个候选；片段通过 `llm_book::rand` 使用它。

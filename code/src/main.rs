@@ -265,15 +265,18 @@ struct FinetuneArgs {
     /// 从零训练：同样的结构随机初始化，不用预训练的权重（对照）
     #[arg(long)]
     scratch: bool,
-    /// 从 PEFT 的 adapter_config.json 读 LoRA 配置（给了它就忽略 --r、--alpha、--targets、--lora-dropout）
+    /// 从 PEFT 的 adapter_config.json 读 LoRA 配置（给了它就忽略 --r、--alpha、--use-rslora、--targets、--lora-dropout）
     #[arg(long, value_name = "文件")]
     lora_config: Option<PathBuf>,
     /// LoRA 的秩 r
     #[arg(long, default_value_t = 16, value_name = "秩")]
     r: usize,
-    /// LoRA 的 α（缩放系数 α/r）
+    /// LoRA 的 α（缩放系数 α/r；加 --use-rslora 时 α/√r）
     #[arg(long, default_value_t = 32.0, value_name = "α")]
     alpha: f64,
+    /// 缩放系数用 rsLoRA 的 α/√r（PEFT 的 use_rslora）
+    #[arg(long)]
+    use_rslora: bool,
     /// 加 LoRA 的模块（PEFT 的 target_modules，逗号分隔）
     #[arg(
         long,
@@ -1051,7 +1054,8 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
         Method::Lora(Box::new(LoraConfig::read(path)?))
     } else {
         let targets: Vec<&str> = a.targets.iter().map(|s| s.as_str()).collect();
-        let lora = LoraConfig::seq_cls(a.r, a.alpha, &targets, a.lora_dropout);
+        let mut lora = LoraConfig::seq_cls(a.r, a.alpha, &targets, a.lora_dropout);
+        lora.use_rslora = a.use_rslora;
         lora.validate()?;
         Method::Lora(Box::new(lora))
     };

@@ -102,6 +102,38 @@ pub fn optimal_error(r: usize) -> f64 {
 
 /// 训练一个秩为 R 的 LoRA 去逼近 ΔW。
 pub fn train_rank<const R: usize>(delta: &DMatrix<f64>, cfg: &RecoveryConfig) -> RecoveryRun {
+    // α = r：缩放系数为 1
+    let fit = fit_low_rank::<R>(delta, cfg, 1.0, cfg.steps);
+    let mut singular_values: Vec<f64> = fit.learned.singular_values().iter().copied().collect();
+    singular_values.sort_by(|a, b| b.total_cmp(a));
+    singular_values.truncate(8);
+    RecoveryRun {
+        r: R,
+        relative_error: (&fit.learned - delta).norm() / delta.norm(),
+        optimal_error: optimal_error(R),
+        singular_values,
+        final_loss: fit.losses.last().copied().unwrap_or(f64::NAN),
+    }
+}
+
+/// [`fit_low_rank`] 的结果。
+pub struct LowRankFit {
+    /// 学到的 ΔŴ = s·BA（s 是缩放系数）。
+    pub learned: DMatrix<f64>,
+    /// 每步的均方误差。
+    pub losses: Vec<f64>,
+    /// 每 `every` 步记一次的 ‖s·BA‖_F（第 0 项是训练前，为 0）。
+    pub norms: Vec<f64>,
+}
+
+/// 在冻结的随机 W₀ 上训练秩为 R、缩放系数为 `scaling` 的 LoRA，让 (W₀ + s·BA)x 逼近 (W₀ + ΔW)x（Adam，每步新抽一批 x）。
+/// 2.7 节的低秩恢复与 4.1 节的 rsLoRA 都用它。
+pub fn fit_low_rank<const R: usize>(
+    delta: &DMatrix<f64>,
+    cfg: &RecoveryConfig,
+    scaling: f64,
+    every: usize,
+) -> LowRankFit {
     let dev = Cpu::seed_from_u64(cfg.seed + R as u64);
     // 冻结的 W₀：随机，偏置为 0
     let base = Linear::<DIM, DIM, f64, Cpu> {
@@ -109,11 +141,12 @@ pub fn train_rank<const R: usize>(delta: &DMatrix<f64>, cfg: &RecoveryConfig) ->
         bias: dev.zeros(),
     };
     let mut lora = LoraLinear::<DIM, DIM, R, f64, Cpu>::from_base(&base);
+    // LoraLinear 的缩放系数是 α/r：要得到 s，取 α = s·r
     let opts = LoraOptions {
-        alpha: R as f64,
+        alpha: scaling * R as f64,
         dropout: 0.0,
-    }; // α = r：缩放系数为 1
-       // 目标层 W₀ + ΔW（nalgebra 按列存储，转置后按行展开）
+    };
+    // 目标层 W₀ + ΔW（nalgebra 按列存储，转置后按行展开）
     let target_w: Vec<f64> = delta
         .transpose()
         .as_slice()
@@ -130,9 +163,14 @@ pub fn train_rank<const R: usize>(delta: &DMatrix<f64>, cfg: &RecoveryConfig) ->
             ..Default::default()
         },
     );
+    let learned = |lora: &LoraLinear<DIM, DIM, R, f64, Cpu>| {
+        let m = lora.lora_b.clone().matmul(lora.lora_a.clone()) * scaling;
+        DMatrix::from_row_slice(DIM, DIM, &m.as_vec())
+    };
     let mut grads = lora.alloc_grads();
-    let mut final_loss = f64::NAN;
-    for _ in 0..cfg.steps {
+    let mut losses = Vec::with_capacity(cfg.steps);
+    let mut norms = vec![0.0];
+    for step in 1..=cfg.steps {
         let x: Tensor<(usize, usize, Const<DIM>), f64, Cpu> =
             dev.sample_normal_like(&(1, cfg.batch, Const));
         let y = x
@@ -141,24 +179,18 @@ pub fn train_rank<const R: usize>(delta: &DMatrix<f64>, cfg: &RecoveryConfig) ->
         let loss = (lora.forward(x.traced(grads), &opts, Mode::Train) - y)
             .square()
             .mean();
-        final_loss = loss.array();
+        losses.push(loss.array());
         grads = loss.backward();
         opt.update(&mut lora, &grads).expect("A、B 都有梯度");
         lora.zero_grads(&mut grads);
+        if step % every.max(1) == 0 {
+            norms.push(learned(&lora).norm());
+        }
     }
-    // 学到的 ΔŴ = (α/r)·BA
-    let learned = lora.lora_b.clone().matmul(lora.lora_a.clone()) * lora.scaling(&opts);
-    let learned = DMatrix::from_row_slice(DIM, DIM, &learned.as_vec());
-    let relative_error = (&learned - delta).norm() / delta.norm();
-    let mut singular_values: Vec<f64> = learned.singular_values().iter().copied().collect();
-    singular_values.sort_by(|a, b| b.total_cmp(a));
-    singular_values.truncate(8);
-    RecoveryRun {
-        r: R,
-        relative_error,
-        optimal_error: optimal_error(R),
-        singular_values,
-        final_loss,
+    LowRankFit {
+        learned: learned(&lora),
+        losses,
+        norms,
     }
 }
 

@@ -14,10 +14,12 @@ model="code/models/mini-chinese-bert"
 bin="${LLM_BOOK_BIN:-target/release/llm-book}"
 [ -x "$bin" ] || cargo build --release -p llm-book --bin llm-book
 out_dir="code/results/learning-curve"
+# 耗时测量（timing）只训练 40 步，其余设置相同
+max_steps=433; [ "${1:-}" = timing ] && max_steps=40
 # ANCHOR: protocol
 # 共同的预算：每次 433 步（全部训练数据的一轮）、批大小 32、最长 64 个记号；每 50 步（与最后一步）在验证集前 500 条上评估，
 # 取最好的一步在全部测试集上的准确率。数据少时同样 433 步，也就是多轮；不逐轮评估，每种大小都只挑 10 次。
-common=(--model "$model" --epochs 100000 --max-steps 433 --batch-size 32 --max-len 64
+common=(--model "$model" --epochs 100000 --max-steps "$max_steps" --batch-size 32 --max-len 64
         --valid-limit 500 --eval-every 50 --no-epoch-eval --checkpoint-every 100000)
 declare -A method=(
   [scratch]="--scratch"
@@ -60,7 +62,7 @@ if [ "${1:-}" = timing ]; then
   rm -rf "$out_dir/timing"
   for rep in $(seq 1 "$repeats"); do
     for name in "${order[@]}"; do
-      run "$name" "learning-curve/timing/$name-t$rep" --max-steps 40 --seed 0
+      run "$name" "learning-curve/timing/$name-t$rep" --seed 0
     done
   done
   exit 0

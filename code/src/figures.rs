@@ -108,6 +108,17 @@ pub fn all() -> Vec<Figure> {
             about: "附录 A：测试准确率与可训练参数（读 results/appendix-a-table.json）",
             render: lora_table_figure,
         },
+        Figure {
+            file: "appendix-a-learning-curve.svg",
+            about: "附录 A：学习曲线，五种方法的测试准确率随训练样本数的变化（读 results/appendix-a-learning-curve.json）",
+            render: || {
+                load_result::<crate::experiments::learning_curve::LearningCurve>(
+                    "appendix-a-learning-curve",
+                    "learning-curve",
+                )?
+                .chart()
+            },
+        },
     ]
 }
 

@@ -94,7 +94,7 @@ pub struct LoraTable {
 pub fn method_name(method: &Method) -> (String, usize) {
     match method {
         Method::Scratch => ("从零训练（随机初始化，全部参数）".into(), 0),
-        Method::Probe => ("线性探测（只训分类头）".into(), 1),
+        Method::Probe => ("线性探测（冻结编码器）".into(), 1),
         Method::Full => ("全量微调".into(), 4),
         Method::Lora(c) => {
             let (targets, kind) = match &c.target_modules {

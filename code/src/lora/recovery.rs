@@ -88,11 +88,14 @@ pub fn target_delta(seed: u64) -> DMatrix<f64> {
 
 /// 最优秩 r 近似的相对误差。
 pub fn optimal_error(r: usize) -> f64 {
+    eckart_young_error(&TARGET_SINGULAR_VALUES, r)
+}
+
+/// 奇异值从大到小为 `singular_values` 的矩阵，最优秩 r 近似的相对误差：√(Σ_{i>r} σᵢ²) / √(Σ σᵢ²)。
+pub fn eckart_young_error(singular_values: &[f64], r: usize) -> f64 {
     // 用 fold 从 +0.0 开始累加：空的 `sum()` 在新版 Rust 中得到 −0.0
-    let total = TARGET_SINGULAR_VALUES
-        .iter()
-        .fold(0.0, |acc, s| acc + s * s);
-    let dropped = TARGET_SINGULAR_VALUES
+    let total = singular_values.iter().fold(0.0, |acc, s| acc + s * s);
+    let dropped = singular_values
         .iter()
         .skip(r)
         .fold(0.0, |acc, s| acc + s * s);
@@ -112,7 +115,7 @@ pub fn train_rank<const R: usize>(delta: &DMatrix<f64>, cfg: &RecoveryConfig) ->
         relative_error: (&fit.learned - delta).norm() / delta.norm(),
         optimal_error: optimal_error(R),
         singular_values,
-        final_loss: fit.losses.last().copied().unwrap_or(f64::NAN),
+        final_loss: fit.final_loss,
     }
 }
 
@@ -120,8 +123,8 @@ pub fn train_rank<const R: usize>(delta: &DMatrix<f64>, cfg: &RecoveryConfig) ->
 pub struct LowRankFit {
     /// 学到的 ΔŴ = s·BA（s 是缩放系数）。
     pub learned: DMatrix<f64>,
-    /// 每步的均方误差。
-    pub losses: Vec<f64>,
+    /// 最后一步的均方误差。
+    pub final_loss: f64,
     /// 每 `every` 步记一次的 ‖s·BA‖_F（第 0 项是训练前，为 0）。
     pub norms: Vec<f64>,
 }
@@ -168,7 +171,7 @@ pub fn fit_low_rank<const R: usize>(
         DMatrix::from_row_slice(DIM, DIM, &m.as_vec())
     };
     let mut grads = lora.alloc_grads();
-    let mut losses = Vec::with_capacity(cfg.steps);
+    let mut final_loss = f64::NAN;
     let mut norms = vec![0.0];
     for step in 1..=cfg.steps {
         let x: Tensor<(usize, usize, Const<DIM>), f64, Cpu> =
@@ -179,7 +182,7 @@ pub fn fit_low_rank<const R: usize>(
         let loss = (lora.forward(x.traced(grads), &opts, Mode::Train) - y)
             .square()
             .mean();
-        losses.push(loss.array());
+        final_loss = loss.array();
         grads = loss.backward();
         opt.update(&mut lora, &grads).expect("A、B 都有梯度");
         lora.zero_grads(&mut grads);
@@ -189,7 +192,7 @@ pub fn fit_low_rank<const R: usize>(
     }
     LowRankFit {
         learned: learned(&lora),
-        losses,
+        final_loss,
         norms,
     }
 }

@@ -82,6 +82,27 @@ pub enum TargetModules {
 }
 // ANCHOR_END: config
 
+// ANCHOR: scaling_rule
+/// LoRA 缩放系数的两种取法（4.1 节）。
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scaling {
+    /// 原始 LoRA：s = α/r。
+    Standard,
+    /// rsLoRA（PEFT 的 `use_rslora`）：s = α/√r。
+    RankStabilized,
+}
+
+impl Scaling {
+    /// 秩为 r、α 给定时的缩放系数。
+    pub fn factor(self, alpha: f64, r: usize) -> f64 {
+        match self {
+            Scaling::Standard => alpha / r as f64,
+            Scaling::RankStabilized => alpha / (r as f64).sqrt(),
+        }
+    }
+}
+// ANCHOR_END: scaling_rule
+
 /// 按模块名匹配的表（`rank_pattern`、`alpha_pattern`），保持文件里的顺序：PEFT 取第一个匹配的键。
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Pattern<T>(pub Vec<(String, T)>);
@@ -293,11 +314,12 @@ impl LoraConfig {
 
     /// 秩 r、α 的模块的缩放系数。
     pub fn scaling_for(&self, r: usize, alpha: f64) -> f64 {
-        if self.use_rslora {
-            alpha / (r as f64).sqrt()
+        let rule = if self.use_rslora {
+            Scaling::RankStabilized
         } else {
-            alpha / r as f64
-        }
+            Scaling::Standard
+        };
+        rule.factor(alpha, r)
     }
     // ANCHOR_END: scaling
 

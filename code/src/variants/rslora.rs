@@ -4,37 +4,17 @@
 //! 这里在 2.7 节的低秩恢复任务上比较两者：固定 α，秩从 1 到 64，目标是一个满秩的随机 ΔW，
 //! 记录训练中 ‖s·BA‖_F 的增长与最后的相对误差。
 
+use crate::lora::recovery::{eckart_young_error, fit_low_rank, RecoveryConfig, DIM};
 use nalgebra::DMatrix;
-use serde::{Deserialize, Serialize};
 
-use crate::lora::recovery::{fit_low_rank, RecoveryConfig, DIM};
-
-// ANCHOR: scaling
-/// 缩放系数的两种取法。
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Scaling {
-    /// 原始 LoRA：s = α/r。
-    Standard,
-    /// rsLoRA：s = α/√r。
-    RankStabilized,
-}
-
-impl Scaling {
-    /// 秩为 r、α 给定时的缩放系数。
-    pub fn factor(self, alpha: f64, r: usize) -> f64 {
-        match self {
-            Scaling::Standard => alpha / r as f64,
-            Scaling::RankStabilized => alpha / (r as f64).sqrt(),
-        }
-    }
-}
-// ANCHOR_END: scaling
+/// 缩放系数的两种取法：与 PEFT 风格的配置（`LoraConfig::scaling_for`）用的是同一个。
+pub use crate::peft::config::Scaling;
 
 /// 实验的秩。
 pub const RANKS: [usize; 4] = [1, 4, 16, 64];
 
 /// 一次运行的结果。
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct ScalingRun {
     /// 秩。
     pub r: usize,
@@ -59,13 +39,11 @@ pub fn full_rank_target(seed: u64) -> DMatrix<f64> {
     DMatrix::from_fn(DIM, DIM, |_, _| normal.sample(&mut rng))
 }
 
-/// 秩 r 的最优近似的相对误差：√(Σ_{i>r} σᵢ²) / ‖ΔW‖_F。
+/// 秩 r 的最优近似的相对误差（Eckart–Young）：√(Σ_{i>r} σᵢ²) / ‖ΔW‖_F。
 pub fn optimal_error(delta: &DMatrix<f64>, r: usize) -> f64 {
     let mut s: Vec<f64> = delta.singular_values().iter().copied().collect();
     s.sort_by(|a, b| b.total_cmp(a));
-    // 从 +0.0 开始累加：空的 `sum()` 得到 −0.0
-    let dropped = s.iter().skip(r).fold(0.0, |acc, x| acc + x * x);
-    (dropped / delta.norm_squared()).sqrt()
+    eckart_young_error(&s, r)
 }
 
 /// 对一个秩、一种缩放训练一次。

@@ -265,7 +265,7 @@ struct FinetuneArgs {
     /// 从零训练：同样的结构随机初始化，不用预训练的权重（对照）
     #[arg(long)]
     scratch: bool,
-    /// 从 PEFT 的 adapter_config.json 读 LoRA 配置（给了它就忽略 --r、--alpha、--use-rslora、--targets、--lora-dropout）
+    /// 从 PEFT 的 adapter_config.json 读 LoRA 配置（给了它就忽略 --r、--alpha、--use-rslora、--use-dora、--targets、--lora-dropout）
     #[arg(long, value_name = "文件")]
     lora_config: Option<PathBuf>,
     /// LoRA 的秩 r
@@ -277,6 +277,9 @@ struct FinetuneArgs {
     /// 缩放系数用 rsLoRA 的 α/√r（PEFT 的 use_rslora）
     #[arg(long)]
     use_rslora: bool,
+    /// 用 DoRA：每个选中的线性层再训练一个长度向量（PEFT 的 use_dora，4.2 节）
+    #[arg(long)]
+    use_dora: bool,
     /// 加 LoRA 的模块（PEFT 的 target_modules，逗号分隔）
     #[arg(
         long,
@@ -1056,6 +1059,7 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
         let targets: Vec<&str> = a.targets.iter().map(|s| s.as_str()).collect();
         let mut lora = LoraConfig::seq_cls(a.r, a.alpha, &targets, a.lora_dropout);
         lora.use_rslora = a.use_rslora;
+        lora.use_dora = a.use_dora;
         lora.validate()?;
         Method::Lora(Box::new(lora))
     };

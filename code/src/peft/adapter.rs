@@ -11,6 +11,7 @@ use dfdx::nn::modules::{Linear, ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
 
 use super::config::SiteSpec;
+use super::dora;
 use crate::basics::tensors::Real;
 use crate::bert::model::PoolerHook;
 use crate::bert::runtime::{Head, LayerStack, SavedLinear};
@@ -27,6 +28,8 @@ pub struct LoraWeights<const I: usize, const O: usize, E: Dtype, D: Device<E>> {
     pub lora_b: Tensor<(Const<O>, usize), E, D>,
     /// 缩放系数 s = α/r（rsLoRA 时 α/√r）。
     pub scaling: f64,
+    /// DoRA 的长度向量 m `(Const<O>,)`（`use_dora` 时才有，4.2 节）。
+    pub magnitude: Option<Tensor<(Const<O>,), E, D>>,
 }
 
 /// 一个线性层位置：选中时有 LoRA，否则是 `None`（没有任何参数）。
@@ -39,14 +42,21 @@ pub struct SiteLora<const I: usize, const O: usize, E: Dtype, D: Device<E>> {
 
 impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D> {
     /// 按计划新建（PEFT 的初始化）：A 取 U(−1/√I, 1/√I)（即 PyTorch 对 `nn.Linear` 的 kaiming_uniform(a=√5)），
-    /// B = 0，所以一开始不改变基座的输出。没有选中时什么也不建。
-    pub fn init(dev: &D, spec: Option<SiteSpec>) -> Self {
+    /// B = 0，所以一开始不改变基座的输出。DoRA 时长度向量 m 取原线性层 `base` 每行的范数（B = 0 时
+    /// ‖W + s·BA‖ = ‖W‖），同样不改变输出。没有选中时什么也不建。
+    pub fn init(dev: &D, spec: Option<SiteSpec>, base: &Linear<I, O, E, D>) -> Self {
         let lora = spec.map(|s| {
             let bound = E::from_f64(1.0 / (I as f64).sqrt()).unwrap();
+            let lora_a = dev.sample_like(&(s.r, Const), rand_distr::Uniform::new(-bound, bound));
+            let lora_b = dev.zeros_like(&(Const, s.r));
+            let magnitude = s
+                .dora
+                .then(|| dora::weight_norm(&base.weight, &lora_a, &lora_b, s.scaling));
             LoraWeights {
-                lora_a: dev.sample_like(&(s.r, Const), rand_distr::Uniform::new(-bound, bound)),
-                lora_b: dev.zeros_like(&(Const, s.r)),
+                lora_a,
+                lora_b,
                 scaling: s.scaling,
+                magnitude,
             }
         });
         Self { lora }
@@ -57,31 +67,48 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
         self.lora.as_ref().map(|l| l.lora_a.shape().0)
     }
 
-    /// 在原线性层的输出 `out` 上加 s·B(A·dropout(x))；没有 LoRA 时原样返回 `out`。
+    /// 在原线性层 `base` 的输出 `out` 上加 s·B(A·dropout(x))；DoRA 时按 [`dora::forward`] 再乘上长度；
+    /// 没有 LoRA 时原样返回 `out`。
     ///
     /// # 形状
     /// - `x`: `(batch, seq, Const<I>)`，`out` 与返回：`(batch, seq, Const<O>)`
-    pub fn apply<T: Tape<E, D> + Merge<T>>(
+    pub fn apply<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<I, E, D, T>,
         out: Hidden<O, E, D, T>,
+        base: &Linear<I, O, E, D>,
         dropout: f64,
         mode: Mode,
     ) -> Hidden<O, E, D, T> {
         let Some(l) = &self.lora else { return out };
-        let x = match mode {
-            Mode::Train if dropout > 0.0 => D::dropout(x, dropout),
-            _ => x,
-        };
-        D::lora_add(out, x, &l.lora_a, &l.lora_b, l.scaling)
+        let dropped = matches!(mode, Mode::Train) && dropout > 0.0;
+        let x = if dropped { D::dropout(x, dropout) } else { x };
+        match &l.magnitude {
+            None => D::lora_add(out, x, &l.lora_a, &l.lora_b, l.scaling),
+            Some(m) => dora::forward(
+                out,
+                x,
+                dropped,
+                &base.weight,
+                &base.bias,
+                &l.lora_a,
+                &l.lora_b,
+                m,
+                l.scaling,
+            ),
+        }
     }
 
-    /// 合并进原线性层：W ← W + s·BA；没有 LoRA 时什么也不做。
+    /// 合并进原线性层：W ← W + s·BA（DoRA：W ← (m/‖W + s·BA‖) ⊙ (W + s·BA)）；没有 LoRA 时什么也不做。
     pub fn merge_into(&self, linear: &mut Linear<I, O, E, D>) {
-        if let Some(l) = &self.lora {
-            let delta = l.lora_b.clone().matmul(l.lora_a.clone()); // (O, I)
-            linear.weight = linear.weight.clone() + delta * E::from_f64(l.scaling).unwrap();
-        }
+        let Some(l) = &self.lora else { return };
+        linear.weight = match &l.magnitude {
+            None => {
+                let delta = l.lora_b.clone().matmul(l.lora_a.clone()); // (O, I)
+                linear.weight.clone() + delta * E::from_f64(l.scaling).unwrap()
+            }
+            Some(m) => dora::merged_weight(&linear.weight, &l.lora_a, &l.lora_b, m, l.scaling),
+        };
     }
 }
 
@@ -97,31 +124,51 @@ impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> TensorCollection<E,
     // 在目标设备上用 get_peft_model / from_pretrained 直接构造。优化器、梯度、参数计数、检查点读写不受影响。
     type To<E2: Dtype, D2: Device<E2>> = ();
     fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<()>, V::Err> {
-        // 选中了没有，只有看到模块本身才知道（dfdx 补丁的 peek）
-        if !visitor
-            .peek(&mut |s: &Self| s.lora.is_some())
-            .unwrap_or(false)
-        {
+        // 选中了没有、有没有 DoRA 的长度向量，只有看到模块本身才知道（dfdx 补丁的 peek）
+        let (selected, dora) = visitor
+            .peek(&mut |s: &Self| {
+                let l = s.lora.as_ref();
+                (l.is_some(), l.is_some_and(|l| l.magnitude.is_some()))
+            })
+            .unwrap_or((false, false));
+        if !selected {
             return visitor.visit_fields((), |()| ());
         }
-        visitor.visit_fields(
-            (
-                Self::tensor(
-                    "lora_a",
-                    |s| &s.lora.as_ref().expect("已核对选中").lora_a,
-                    |s| &mut s.lora.as_mut().expect("已核对选中").lora_a,
-                    TensorOptions::runtime((0, Const), no_reset),
-                ),
-                Self::tensor(
-                    "lora_b",
-                    |s| &s.lora.as_ref().expect("已核对选中").lora_b,
-                    |s| &mut s.lora.as_mut().expect("已核对选中").lora_b,
-                    TensorOptions::runtime((Const, 0), no_reset),
-                ),
-            ),
-            |_| (),
-        )
+        let a = Self::tensor(
+            "lora_a",
+            |s| &s.lora.as_ref().expect("已核对选中").lora_a,
+            |s| &mut s.lora.as_mut().expect("已核对选中").lora_a,
+            TensorOptions::runtime((0, Const), no_reset),
+        );
+        let b = Self::tensor(
+            "lora_b",
+            |s| &s.lora.as_ref().expect("已核对选中").lora_b,
+            |s| &mut s.lora.as_mut().expect("已核对选中").lora_b,
+            TensorOptions::runtime((Const, 0), no_reset),
+        );
+        if !dora {
+            return visitor.visit_fields((a, b), |_| ());
+        }
+        let m = Self::tensor(
+            "magnitude",
+            |s| magnitude(s).expect("已核对 DoRA"),
+            |s| magnitude_mut(s).expect("已核对 DoRA"),
+            TensorOptions::reset_with(no_reset),
+        );
+        visitor.visit_fields((a, b, m), |_| ())
     }
+}
+
+fn magnitude<const I: usize, const O: usize, E: Dtype, D: Device<E>>(
+    s: &SiteLora<I, O, E, D>,
+) -> Option<&Tensor<(Const<O>,), E, D>> {
+    s.lora.as_ref()?.magnitude.as_ref()
+}
+
+fn magnitude_mut<const I: usize, const O: usize, E: Dtype, D: Device<E>>(
+    s: &mut SiteLora<I, O, E, D>,
+) -> Option<&mut Tensor<(Const<O>,), E, D>> {
+    s.lora.as_mut()?.magnitude.as_mut()
 }
 
 /// 一层编码器的适配器：六个线性层各一个位置，字段名与基座的线性层相同。
@@ -142,15 +189,20 @@ pub struct PeftLayer<const M: usize, const F: usize, E: Dtype, D: Device<E>> {
 }
 
 impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> PeftLayer<M, F, E, D> {
-    /// 按这一层六个位置的计划新建。
-    pub fn init(dev: &D, specs: &[Option<SiteSpec>; 6]) -> Self {
+    /// 按这一层六个位置的计划新建（`base` 是基座里对应的编码器层：DoRA 的长度向量取自它）。
+    pub fn init<const H: usize>(
+        dev: &D,
+        specs: &[Option<SiteSpec>; 6],
+        base: &EncoderLayer<M, H, F, E, D>,
+    ) -> Self {
+        let (att, ffn) = (&base.attention, &base.feed_forward);
         Self {
-            w_q: SiteLora::init(dev, specs[0]),
-            w_k: SiteLora::init(dev, specs[1]),
-            w_v: SiteLora::init(dev, specs[2]),
-            w_o: SiteLora::init(dev, specs[3]),
-            linear1: SiteLora::init(dev, specs[4]),
-            linear2: SiteLora::init(dev, specs[5]),
+            w_q: SiteLora::init(dev, specs[0], &att.w_q),
+            w_k: SiteLora::init(dev, specs[1], &att.w_k),
+            w_v: SiteLora::init(dev, specs[2], &att.w_v),
+            w_o: SiteLora::init(dev, specs[3], &att.w_o),
+            linear1: SiteLora::init(dev, specs[4], &ffn.linear1),
+            linear2: SiteLora::init(dev, specs[5], &ffn.linear2),
         }
     }
 
@@ -227,9 +279,9 @@ impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> TensorCollection<E,
 }
 
 /// 把一层的适配器接进第 1 部分的前向（钩子），以及池化层的钩子。
-pub struct PeftHooks<'a, const M: usize, const F: usize, E: Dtype, D: Device<E>> {
-    /// 这一层的适配器（池化层的钩子不用它）。
-    pub layer: Option<&'a PeftLayer<M, F, E, D>>,
+pub struct PeftHooks<'a, const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>> {
+    /// 这一层的适配器与基座里的这一层（池化层的钩子不用它们）。
+    pub layer: Option<(&'a PeftLayer<M, F, E, D>, &'a EncoderLayer<M, H, F, E, D>)>,
     /// 池化层上的 LoRA。
     pub pooler: &'a SiteLora<M, M, E, D>,
     /// 池化层 dense 的训练副本（`modules_to_save` 含 `pooler` 时）。
@@ -240,22 +292,31 @@ pub struct PeftHooks<'a, const M: usize, const F: usize, E: Dtype, D: Device<E>>
     pub mode: Mode,
 }
 
-impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> PeftHooks<'_, M, F, E, D> {
-    fn site<const I: usize, const O: usize, T: Tape<E, D> + Merge<T>>(
+impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>
+    PeftHooks<'_, M, H, F, E, D>
+{
+    /// `pick` 取出一个位置上的适配器与基座里的线性层。
+    fn site<const I: usize, const O: usize, T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
-        pick: impl Fn(&PeftLayer<M, F, E, D>) -> &SiteLora<I, O, E, D>,
+        pick: impl for<'l> Fn(
+            &'l PeftLayer<M, F, E, D>,
+            &'l EncoderLayer<M, H, F, E, D>,
+        ) -> (&'l SiteLora<I, O, E, D>, &'l Linear<I, O, E, D>),
         x: Hidden<I, E, D, T>,
         out: Hidden<O, E, D, T>,
     ) -> Hidden<O, E, D, T> {
         match self.layer {
-            Some(layer) => pick(layer).apply(x, out, self.dropout, self.mode),
+            Some((adapters, base)) => {
+                let (site, linear) = pick(adapters, base);
+                site.apply(x, out, linear, self.dropout, self.mode)
+            }
             None => out,
         }
     }
 }
 
-impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> AttentionHooks<M, E, D>
-    for PeftHooks<'_, M, F, E, D>
+impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>> AttentionHooks<M, E, D>
+    for PeftHooks<'_, M, H, F, E, D>
 {
     /// 有适配器的模型里，原来的线性层总是冻结的。
     fn base_frozen(&self) -> bool {
@@ -266,33 +327,33 @@ impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> AttentionHooks<M, E
         x: Hidden<M, E, D, T>,
         out: Hidden<M, E, D, T>,
     ) -> Hidden<M, E, D, T> {
-        self.site(|l| &l.w_q, x, out)
+        self.site(|l, b| (&l.w_q, &b.attention.w_q), x, out)
     }
     fn key<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<M, E, D, T>,
         out: Hidden<M, E, D, T>,
     ) -> Hidden<M, E, D, T> {
-        self.site(|l| &l.w_k, x, out)
+        self.site(|l, b| (&l.w_k, &b.attention.w_k), x, out)
     }
     fn value<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<M, E, D, T>,
         out: Hidden<M, E, D, T>,
     ) -> Hidden<M, E, D, T> {
-        self.site(|l| &l.w_v, x, out)
+        self.site(|l, b| (&l.w_v, &b.attention.w_v), x, out)
     }
     fn output<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<M, E, D, T>,
         out: Hidden<M, E, D, T>,
     ) -> Hidden<M, E, D, T> {
-        self.site(|l| &l.w_o, x, out)
+        self.site(|l, b| (&l.w_o, &b.attention.w_o), x, out)
     }
 }
 
-impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> FfnHooks<M, F, E, D>
-    for PeftHooks<'_, M, F, E, D>
+impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>> FfnHooks<M, F, E, D>
+    for PeftHooks<'_, M, H, F, E, D>
 {
     fn base_frozen(&self) -> bool {
         true
@@ -302,19 +363,19 @@ impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> FfnHooks<M, F, E, D
         x: Hidden<M, E, D, T>,
         out: Hidden<F, E, D, T>,
     ) -> Hidden<F, E, D, T> {
-        self.site(|l| &l.linear1, x, out)
+        self.site(|l, b| (&l.linear1, &b.feed_forward.linear1), x, out)
     }
     fn down<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<F, E, D, T>,
         out: Hidden<M, E, D, T>,
     ) -> Hidden<M, E, D, T> {
-        self.site(|l| &l.linear2, x, out)
+        self.site(|l, b| (&l.linear2, &b.feed_forward.linear2), x, out)
     }
 }
 
-impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> PoolerHook<M, E, D>
-    for PeftHooks<'_, M, F, E, D>
+impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>> PoolerHook<M, E, D>
+    for PeftHooks<'_, M, H, F, E, D>
 {
     fn pooler<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
@@ -331,7 +392,7 @@ impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> PoolerHook<M, E, D>
         let batch = x.shape().0;
         let x = x.reshape_like(&(batch, 1, Const::<M>));
         let out = out.reshape_like(&(batch, 1, Const::<M>));
-        let y = self.pooler.apply(x, out, self.dropout, self.mode);
+        let y = self.pooler.apply(x, out, dense, self.dropout, self.mode);
         y.reshape_like(&(batch, Const::<M>))
     }
 }

@@ -1,9 +1,9 @@
 //! 3.4 节：PEFT 的 `adapter_config.json`。
 //!
 //! [`LoraConfig`] 的 JSON 就是 PEFT 保存的 `adapter_config.json`：本书读得懂 PEFT 写的文件，PEFT 也读得懂本书写的。
-//! 本书实现了其中的 LoRA 核心（r、lora_alpha、target_modules、lora_dropout、use_rslora、modules_to_save）
-//! 与按模块的变化（rank_pattern、alpha_pattern、layers_to_transform、layers_pattern）；
-//! 其余会改变模型行为的选项（DoRA、偏置训练……）只要取了非默认值，就给出指明字段的错误，
+//! 本书实现了其中的 LoRA 核心（r、lora_alpha、target_modules、lora_dropout、use_rslora、modules_to_save）、
+//! 按模块的变化（rank_pattern、alpha_pattern、layers_to_transform、layers_pattern）与 DoRA（use_dora，4.2 节）；
+//! 其余会改变模型行为的选项（偏置训练、LoftQ……）只要取了非默认值，就给出指明字段的错误，
 //! 而不是悄悄忽略。纯说明性的字段（peft_version、revision……）原样保留，保存时写回。
 //!
 //! [`LoraConfig::plan`] 按 PEFT 的规则把配置解析成“哪一层的哪个线性层、秩多少、缩放多少”：
@@ -48,6 +48,9 @@ pub struct LoraConfig {
     /// rsLoRA：缩放系数取 α/√r。
     #[serde(default)]
     pub use_rslora: bool,
+    /// DoRA（4.2 节）：每个选中的线性层再加一个按输出行的长度向量 m，权重写成 m·(W + s·BA)/‖W + s·BA‖。
+    #[serde(default)]
+    pub use_dora: bool,
     /// 按模块的秩：键按 PEFT 的 `get_pattern_key` 与模块名匹配（模块名的后缀，或正则），没匹配到的用 r。
     #[serde(default)]
     pub rank_pattern: Pattern<usize>,
@@ -234,8 +237,7 @@ fn integer_if_whole<S: serde::Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Err
 }
 
 /// 会改变模型行为、本书没有实现的 PEFT 选项：文件里出现时必须是默认值（null、false、空表）。
-const UNSUPPORTED: [(&str, &str); 9] = [
-    ("use_dora", "DoRA（把权重拆成方向与长度）"),
+const UNSUPPORTED: [(&str, &str); 8] = [
     (
         "fan_in_fan_out",
         "按 (in, out) 存放的权重（GPT-2 的 Conv1D）",
@@ -264,6 +266,7 @@ impl LoraConfig {
             bias: default_bias(),
             modules_to_save: None,
             use_rslora: false,
+            use_dora: false,
             rank_pattern: Pattern::default(),
             alpha_pattern: Pattern::default(),
             layers_to_transform: None,
@@ -503,6 +506,8 @@ pub struct SiteSpec {
     pub lora_alpha: f64,
     /// 缩放系数 α/r（rsLoRA 时 α/√r）。
     pub scaling: f64,
+    /// 是否 DoRA（`use_dora`）：多一个长度向量。
+    pub dora: bool,
 }
 
 /// 解析好的适配器：每层六个位置（顺序同 [`LAYER_LINEARS`]）与池化层，选中的有 [`SiteSpec`]。
@@ -710,6 +715,7 @@ impl LoraConfig {
                 r,
                 lora_alpha: alpha,
                 scaling: self.scaling_for(r, alpha),
+                dora: self.use_dora,
             };
             match site {
                 Some((layer, s)) => plan.layers[layer][s] = Some(spec),
@@ -992,7 +998,7 @@ mod tests {
         assert_eq!(again, cfg);
 
         for (patch, field) in [
-            (r#""use_dora": true"#, "use_dora"),
+            (r#""use_qalora": true"#, "use_qalora"),
             (r#""bias": "all""#, "bias"),
             (r#""rank_pattern": {"query": 0}"#, "rank_pattern"),
             (r#""alpha_pattern": {"query": -1}"#, "alpha_pattern"),

@@ -94,6 +94,7 @@ pub fn check_config<const M: usize, const F: usize>(
 /// 适配器的字段路径 → PEFT 保存的键名。
 ///
 /// `layers.3.w_q.lora_a` → `base_model.model.bert.encoder.layer.3.attention.self.query.lora_A.weight`，
+/// `layers.3.w_q.magnitude` → `base_model.model.bert.encoder.layer.3.attention.self.query.lora_magnitude_vector`（DoRA），
 /// `pooler.lora_b` → `base_model.model.bert.pooler.dense.lora_B.weight`，
 /// `pooler_copy.weight` → `base_model.model.bert.pooler.dense.weight`（`modules_to_save` 含 `pooler` 时的副本），
 /// `head.weight` → `base_model.model.classifier.weight`（`modules_to_save` 的副本存为原模块的名字）。
@@ -101,13 +102,15 @@ pub fn peft_key(path: &str) -> String {
     if let Some(rest) = path.strip_prefix("head.") {
         return format!("base_model.model.classifier.{rest}");
     }
+    // A、B 是 nn.Linear，键以 .weight 结尾；DoRA 的长度向量 PEFT 存时去掉了 .weight
     let ab_name = |ab: &str| match ab {
-        "lora_a" => Some("lora_A"),
-        "lora_b" => Some("lora_B"),
+        "lora_a" => Some("lora_A.weight"),
+        "lora_b" => Some("lora_B.weight"),
+        "magnitude" => Some("lora_magnitude_vector"),
         _ => None,
     };
     if let Some(ab) = path.strip_prefix("pooler.").and_then(ab_name) {
-        return format!("base_model.model.bert.pooler.dense.{ab}.weight");
+        return format!("base_model.model.bert.pooler.dense.{ab}");
     }
     if let Some(rest) = path.strip_prefix("pooler_copy.") {
         return format!("base_model.model.bert.pooler.dense.{rest}");
@@ -120,7 +123,7 @@ pub fn peft_key(path: &str) -> String {
         let module = LAYER_LINEARS[SITES.iter().position(|s| *s == site)?];
         let ab = ab_name(ab)?;
         Some(format!(
-            "base_model.model.bert.encoder.layer.{layer}.{module}.{ab}.weight"
+            "base_model.model.bert.encoder.layer.{layer}.{module}.{ab}"
         ))
     };
     parse().unwrap_or_else(|| panic!("适配器里没有这样的字段路径：{path}"))
@@ -142,12 +145,14 @@ where
     ) -> Result<Self, PeftError> {
         let plan = check_config::<M, F>(&lora, base.layers.modules.len())?;
         let dev = base.classifier.weight.device().clone();
-        let layers = plan.layers.iter().map(|specs| PeftLayer::init(&dev, specs));
+        let layers = (plan.layers.iter())
+            .zip(&base.layers.modules)
+            .map(|(specs, layer)| PeftLayer::init(&dev, specs, layer));
         let adapters = PeftAdapters {
             layers: LayerStack {
                 modules: layers.collect(),
             },
-            pooler: SiteLora::init(&dev, plan.pooler),
+            pooler: SiteLora::init(&dev, plan.pooler, &base.pooler),
             pooler_copy: SavedLinear {
                 module: lora.trains_pooler().then(|| base.pooler.clone()),
             },
@@ -164,9 +169,14 @@ where
     // ANCHOR_END: get_peft_model
 
     /// 第 i 层（`None` 为池化层）的钩子。
-    fn hooks(&self, layer: Option<usize>, mode: Mode) -> PeftHooks<'_, M, F, E, D> {
+    fn hooks(&self, layer: Option<usize>, mode: Mode) -> PeftHooks<'_, M, H, F, E, D> {
         PeftHooks {
-            layer: layer.map(|i| &self.adapters.layers.modules[i]),
+            layer: layer.map(|i| {
+                (
+                    &self.adapters.layers.modules[i],
+                    &self.base.layers.modules[i],
+                )
+            }),
             pooler: &self.adapters.pooler,
             pooler_copy: &self.adapters.pooler_copy,
             dropout: self.lora.lora_dropout,

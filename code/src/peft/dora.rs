@@ -12,7 +12,7 @@
 use dfdx::prelude::*;
 
 use crate::basics::tensors::Real;
-use crate::lora::layer::low_rank;
+use crate::kernels::Kernels;
 use crate::transformer::hooks::Hidden;
 
 // ANCHOR: weight_norm
@@ -38,8 +38,9 @@ pub fn weight_norm<const I: usize, const O: usize, E: Real, D: Device<E>>(
 /// DoRA 的前向：在原线性层的输出 `out` = Wx + b 上加
 /// (m/‖W + s·BA‖ − 1) ⊙ W·x′ + (m/‖W + s·BA‖) ⊙ s·BA·x′，x′ 是 LoRA 分支的输入（训练时可能经过 dropout）。
 ///
-/// 没有 dropout 时 x′ = x，W·x′ 就是 `out − b`（不再乘一次 W），合起来是 (m/‖·‖) ⊙ (W + s·BA)x + b：
-/// 偏置只加一次。有 dropout 时 W·x′ 要另算，与 PEFT 一样。
+/// 合并同类项，写成 (m/‖·‖) ⊙ (W·x′ + s·BA·x′) + (out − W·x′)，括号里正是 LoRA 的融合内核 `lora_add` 算的东西：
+/// - 没有 dropout 时 x′ = x，W·x′ 就是 `out − b`（不再乘一次 W），结果是 (m/‖·‖) ⊙ (Wx + s·BAx) + b：偏置只加一次；
+/// - 有 dropout 时 W·x′ 要另算，与 PEFT 一样。
 ///
 /// # 形状
 /// - `out`: `(batch, seq, Const<O>)`，`x`: `(batch, seq, Const<I>)`，`magnitude`: `(Const<O>,)`
@@ -57,23 +58,23 @@ pub fn forward<const I: usize, const O: usize, E, D, T>(
 ) -> Hidden<O, E, D, T>
 where
     E: Real,
-    D: Device<E>,
+    D: Kernels<E>,
     T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
 {
     let shape = *out.shape();
     // m/‖W + s·BA‖：范数不带 tape（detach），梯度只经 m 流回
     let norm = weight_norm(weight, a, b, scaling);
     let factor = (magnitude.retaped::<T>() / norm).broadcast_like::<_, Axes2<0, 1>>(&shape);
-    let base = if dropped {
-        // W 冻结：不带 tape，不为它算梯度
-        x.retaped::<T>().matmul(weight.clone().permute())
+    if dropped {
+        // W·x′：W 冻结，用线性层的内核且不算 W 的梯度（偏置取 0）
+        let zero = bias.device().zeros_like(&(Const::<O>,));
+        let base = D::linear(x.retaped::<T>(), weight, &zero, false);
+        let rest = out - base.retaped::<T>(); // Wx + b − W·x′
+        factor * D::lora_add(base, x, a, b, scaling) + rest
     } else {
-        out.retaped::<T>() - bias.clone().broadcast_like::<_, Axes2<0, 1>>(&shape)
-    };
-    let lora = low_rank(x, a, b, scaling); // s·BA·x′
-    let one = E::from_f64(1.0).unwrap();
-    let dora = (factor.retaped::<T>() - one) * base + factor * lora;
-    out + dora
+        let bias = bias.clone().broadcast_like::<_, Axes2<0, 1>>(&shape);
+        factor * D::lora_add(out - bias.clone(), x, a, b, scaling) + bias
+    }
 }
 // ANCHOR_END: forward
 
@@ -100,6 +101,7 @@ mod tests {
     use crate::bert::hf::{fixtures_dir, load_dir, max_error, reference_batch};
     use crate::bert::model::TinyBert;
     use crate::checkpoint::Checkpoint;
+    use crate::lora::layer::low_rank;
     use crate::peft::adapter::SiteLora;
     use crate::peft::config::LoraConfig;
     use crate::peft::model::{peft_key, PeftBert, ADAPTER_CONFIG, ADAPTER_WEIGHTS};
@@ -395,9 +397,9 @@ mod tests {
         assert!(diff(&via_out, &wrong) > 1e-3);
     }
 
-    /// 陷阱：PEFT 存长度向量的键没有 `.weight`（内存里有）。按内存里的名字存的文件读不进来，错误指明缺哪个键。
+    /// PEFT 存长度向量的键没有 `.weight`（内存里有）；按内存里的名字存的文件 PEFT 0.21.2 也能读，本书同样两种都认。
     #[test]
-    fn the_magnitude_key_has_no_weight_suffix() {
+    fn a_magnitude_key_with_the_weight_suffix_also_loads() {
         let dev: Cpu = Default::default();
         let src = fixtures_dir().join("tiny-bert-peft-dora");
         let file = Checkpoint::read(&src.join(ADAPTER_WEIGHTS)).unwrap();
@@ -422,15 +424,53 @@ mod tests {
             .collect();
         crate::checkpoint::save_tensors(&dir.join(ADAPTER_WEIGHTS), &renamed).unwrap();
         let (base, config) = tiny_base(&dev);
-        let err = TinyPeft::from_pretrained(base, config, &dir)
-            .unwrap_err()
-            .to_string();
+        let renamed = TinyPeft::from_pretrained(base, config, &dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
-        assert!(
-            err.contains("缺少的张量：base_model.model.bert.encoder.layer.0.attention.self.query.lora_magnitude_vector、"),
-            "{err}"
-        );
+        let reference = reference();
+        let (tokens, types, mask) = reference_batch(&reference, &dev);
+        let logits = renamed
+            .forward(tokens, Some(types), &mask, Mode::Eval)
+            .unwrap()
+            .logits
+            .as_vec();
+        assert!(max_error(&logits, &reference, "logits") <= 1e-5);
     }
+
+    // ANCHOR: mismatch
+    /// 陷阱：配置与权重对不上。普通 LoRA 的适配器把配置改成 `"use_dora": true`，文件里没有长度向量：
+    /// PEFT 0.21.2 只警告“缺少的键”，m 留在初值，logits 差 0.73（本书用 Python 核对过）；本书拒绝并列出缺少的键。
+    /// 反过来，DoRA 的适配器配置写成 `false`，长度向量成了多余的键，同样拒绝。
+    #[test]
+    fn dora_config_and_weights_must_agree() {
+        let dev: Cpu = Default::default();
+        let dir = std::env::temp_dir().join(format!("llm-book-dora-flip-{}", std::process::id()));
+        for (adapter, use_dora, expect) in [
+            (
+                "tiny-bert-peft-qkvd",
+                true,
+                "缺少的张量：base_model.model.bert.encoder.layer.0.attention.self.query.lora_magnitude_vector",
+            ),
+            (
+                "tiny-bert-peft-dora",
+                false,
+                "多余的张量：base_model.model.bert.encoder.layer.0.attention.output.dense.lora_magnitude_vector",
+            ),
+        ] {
+            let src = fixtures_dir().join(adapter);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(src.join(ADAPTER_WEIGHTS), dir.join(ADAPTER_WEIGHTS)).unwrap();
+            let mut lora = LoraConfig::read(&src.join(ADAPTER_CONFIG)).unwrap();
+            lora.use_dora = use_dora;
+            std::fs::write(dir.join(ADAPTER_CONFIG), lora.to_json()).unwrap();
+            let (base, config) = tiny_base(&dev);
+            let err = TinyPeft::from_pretrained(base, config, &dir)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expect), "{adapter}：{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    // ANCHOR_END: mismatch
 
     /// 用一个“训练过”的值替换：A、B、分类头取随机值，长度向量乘上 (1 + 0.1·随机数)。
     fn perturb<const I: usize, const O: usize>(site: &mut SiteLora<I, O, f32, Cpu>, dev: &Cpu) {

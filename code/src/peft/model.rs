@@ -42,8 +42,26 @@ pub struct PeftBert<const M: usize, const H: usize, const F: usize, E: Dtype, D:
     pub plan: AdapterPlan,
     /// BERT 的超参数（来自 `config.json`）。
     pub config: EncoderConfig,
+    /// 上面三项（`adapters`、`lora`、`plan`）是哪个适配器：PEFT 的 `active_adapter`，默认 `"default"`（4.6 节）。
+    pub active: String,
+    /// 同一个基座上载入的其余适配器（不参与前向与训练），按名字（4.6 节）。
+    pub others: std::collections::BTreeMap<String, StoredAdapter<M, F, E, D>>,
 }
 // ANCHOR_END: struct
+
+/// 一个不在用的适配器：它的参数、配置与解析出的计划（4.6 节）。
+#[derive(Clone, Debug)]
+pub struct StoredAdapter<const M: usize, const F: usize, E: Dtype, D: Device<E>> {
+    /// 参数。
+    pub adapters: PeftAdapters<M, F, E, D>,
+    /// 配置。
+    pub lora: LoraConfig,
+    /// 选中的模块。
+    pub plan: AdapterPlan,
+}
+
+/// PEFT 默认的适配器名。
+pub const DEFAULT_ADAPTER: &str = "default";
 
 /// 可训练参数与全部参数的个数（PEFT 的 `print_trainable_parameters`）。
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -143,28 +161,25 @@ where
         config: EncoderConfig,
         lora: LoraConfig,
     ) -> Result<Self, PeftError> {
-        let plan = check_config::<M, F>(&lora, base.layers.modules.len())?;
-        let dev = base.classifier.weight.device().clone();
-        let layers = (plan.layers.iter())
-            .zip(&base.layers.modules)
-            .map(|(specs, layer)| PeftLayer::init(&dev, specs, layer));
-        let adapters = PeftAdapters {
-            layers: LayerStack {
-                modules: layers.collect(),
-            },
-            pooler: SiteLora::init(&dev, plan.pooler, &base.pooler),
-            pooler_copy: SavedLinear {
-                module: lora.trains_pooler().then(|| base.pooler.clone()),
-            },
-            head: base.classifier.clone(),
-        };
-        Ok(Self {
+        let new = new_adapter(&base, lora)?;
+        Ok(Self::with_adapter(base, config, new))
+    }
+    // ANCHOR_END: get_peft_model
+
+    fn with_adapter(
+        base: BertParams<M, H, F, E, D>,
+        config: EncoderConfig,
+        adapter: StoredAdapter<M, F, E, D>,
+    ) -> Self {
+        Self {
             base,
-            adapters,
-            lora,
-            plan,
+            adapters: adapter.adapters,
+            lora: adapter.lora,
+            plan: adapter.plan,
             config,
-        })
+            active: DEFAULT_ADAPTER.into(),
+            others: Default::default(),
+        }
     }
     // ANCHOR_END: get_peft_model
 
@@ -266,34 +281,168 @@ where
         })
     }
 
-    /// PEFT 的 `PeftModel.from_pretrained(base, dir)`：读适配器目录，装到基座上。
+    /// PEFT 的 `PeftModel.from_pretrained(base, dir)`：读适配器目录，装到基座上（名字 `"default"`）。
     /// 文件里每个张量的形状（秩）都须与配置解析出的一致，缺的、多的、形状不符的键一并列出。
     pub fn from_pretrained(
         base: BertParams<M, H, F, E, D>,
         config: EncoderConfig,
         dir: &Path,
     ) -> Result<Self, PeftError> {
-        let lora = LoraConfig::read(&dir.join(ADAPTER_CONFIG))?;
-        let mut model = Self::get_peft_model(base, config, lora)?;
-        let weights = dir.join(ADAPTER_WEIGHTS);
-        if !weights.exists() && dir.join("adapter_model.bin").exists() {
-            return Err(PeftError::Io {
-                path: weights,
-                error: "只找到 PyTorch 的 adapter_model.bin；请用 PEFT 以 safetensors 格式保存（save_pretrained 的默认）".into(),
-            });
-        }
-        let file = Checkpoint::read(&weights)?;
-        // 类别数以适配器里分类头的副本为准（基座的 config.json 可能仍是预训练时的 2 类）
-        if let Ok(head) = file.get("base_model.model.classifier.weight") {
-            if head.shape.len() == 2 && head.shape[0] != model.adapters.head.outputs() {
-                let dev = model.base.classifier.weight.device().clone();
-                model.adapters.head = crate::bert::runtime::Head::new(&dev, head.shape[0]);
-            }
-        }
-        file.load_into_with(&mut model.adapters, &|path| vec![peft_key(path)], &|_| true)?;
-        Ok(model)
+        let adapter = read_adapter(&base, dir)?;
+        Ok(Self::with_adapter(base, config, adapter))
     }
     // ANCHOR_END: save
+}
+
+// ANCHOR: multi
+impl<const M: usize, const H: usize, const F: usize, E, D> PeftBert<M, H, F, E, D>
+where
+    E: Real + dfdx::tensor::safetensors::SafeDtype,
+    D: Kernels<E>,
+{
+    /// PEFT 的 `load_adapter(dir, adapter_name)`：再读一个适配器，装到同一个基座上，起名 `name`；
+    /// 不改变正在用的适配器（用 [`set_adapter`](Self::set_adapter) 切换）。基座不复制，每个适配器只多它自己的参数。
+    pub fn load_adapter(&mut self, dir: &Path, name: &str) -> Result<(), PeftError> {
+        self.check_new_name(name)?;
+        let adapter = read_adapter(&self.base, dir)?;
+        self.others.insert(name.into(), adapter);
+        Ok(())
+    }
+
+    /// PEFT 的 `add_adapter(name, config)`：按配置新建一个适配器（A 随机、B = 0），装到同一个基座上，不改变正在用的。
+    pub fn add_adapter(&mut self, name: &str, lora: LoraConfig) -> Result<(), PeftError> {
+        self.check_new_name(name)?;
+        let adapter = new_adapter(&self.base, lora)?;
+        self.others.insert(name.into(), adapter);
+        Ok(())
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<(), PeftError> {
+        if self.adapter_names().iter().any(|n| n == name) {
+            return Err(PeftError::Adapter {
+                name: name.into(),
+                reason: "这个名字已经有适配器了，换一个名字".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// PEFT 的 `set_adapter(name)`：之后的前向、训练、保存、合并都用这个适配器。
+    pub fn set_adapter(&mut self, name: &str) -> Result<(), PeftError> {
+        if name == self.active {
+            return Ok(());
+        }
+        let Some(next) = self.others.remove(name) else {
+            return Err(PeftError::Adapter {
+                name: name.into(),
+                reason: format!("没有这个适配器；已载入的：{}", self.adapter_names().join("、")),
+            });
+        };
+        let previous = StoredAdapter {
+            adapters: std::mem::replace(&mut self.adapters, next.adapters),
+            lora: std::mem::replace(&mut self.lora, next.lora),
+            plan: std::mem::replace(&mut self.plan, next.plan),
+        };
+        let old = std::mem::replace(&mut self.active, name.into());
+        self.others.insert(old, previous);
+        Ok(())
+    }
+
+    /// PEFT 的 `delete_adapter(name)`：卸下一个不在用的适配器。
+    pub fn delete_adapter(&mut self, name: &str) -> Result<(), PeftError> {
+        if name == self.active {
+            return Err(PeftError::Adapter {
+                name: name.into(),
+                reason: "它正在用：先用 set_adapter 换到别的适配器".into(),
+            });
+        }
+        self.others
+            .remove(name)
+            .map(|_| ())
+            .ok_or_else(|| PeftError::Adapter {
+                name: name.into(),
+                reason: "没有这个适配器".into(),
+            })
+    }
+
+    /// 载入的全部适配器的名字：正在用的在前，其余按名字排序。
+    pub fn adapter_names(&self) -> Vec<String> {
+        std::iter::once(self.active.clone())
+            .chain(self.others.keys().cloned())
+            .collect()
+    }
+}
+// ANCHOR_END: multi
+
+/// 在基座 `base` 上按配置新建一个适配器（`get_peft_model` 的核心）：解析出选中的模块（[`check_config`]），
+/// 每个选中的线性层上 A 随机、B = 0（DoRA 时再加长度向量），分类头复制一份来训练。
+pub fn new_adapter<const M: usize, const H: usize, const F: usize, E, D>(
+    base: &BertParams<M, H, F, E, D>,
+    lora: LoraConfig,
+) -> Result<StoredAdapter<M, F, E, D>, PeftError>
+where
+    E: Real,
+    D: Kernels<E>,
+{
+    let plan = check_config::<M, F>(&lora, base.layers.modules.len())?;
+    let dev = base.classifier.weight.device().clone();
+    let layers = (plan.layers.iter())
+        .zip(&base.layers.modules)
+        .map(|(specs, layer)| PeftLayer::init(&dev, specs, layer));
+    let adapters = PeftAdapters {
+        layers: LayerStack {
+            modules: layers.collect(),
+        },
+        pooler: SiteLora::init(&dev, plan.pooler, &base.pooler),
+        pooler_copy: SavedLinear {
+            module: lora.trains_pooler().then(|| base.pooler.clone()),
+        },
+        head: base.classifier.clone(),
+    };
+    Ok(StoredAdapter {
+        adapters,
+        lora,
+        plan,
+    })
+}
+
+/// 读一个 PEFT 适配器目录，按基座 `base` 建好（`from_pretrained`、`load_adapter` 的核心）。
+pub fn read_adapter<const M: usize, const H: usize, const F: usize, E, D>(
+    base: &BertParams<M, H, F, E, D>,
+    dir: &Path,
+) -> Result<StoredAdapter<M, F, E, D>, PeftError>
+where
+    E: Real + dfdx::tensor::safetensors::SafeDtype,
+    D: Kernels<E>,
+{
+    let lora = LoraConfig::read(&dir.join(ADAPTER_CONFIG))?;
+    let mut adapter = new_adapter(base, lora)?;
+    let weights = dir.join(ADAPTER_WEIGHTS);
+    if !weights.exists() && dir.join("adapter_model.bin").exists() {
+        return Err(PeftError::Io {
+            path: weights,
+            error: "只找到 PyTorch 的 adapter_model.bin；请用 PEFT 以 safetensors 格式保存（save_pretrained 的默认）".into(),
+        });
+    }
+    let file = Checkpoint::read(&weights)?;
+    // 类别数以适配器里分类头的副本为准（基座的 config.json 可能仍是预训练时的 2 类）
+    if let Ok(head) = file.get("base_model.model.classifier.weight") {
+        if head.shape.len() == 2 && head.shape[0] != adapter.adapters.head.outputs() {
+            let dev = base.classifier.weight.device().clone();
+            adapter.adapters.head = crate::bert::runtime::Head::new(&dev, head.shape[0]);
+        }
+    }
+    // DoRA 的长度向量：PEFT 存时没有 .weight，读时两种写法都认（PEFT 0.21.2 也是）
+    let candidates = |path: &str| {
+        let key = peft_key(path);
+        let with_weight = format!("{key}.weight");
+        match key.ends_with("lora_magnitude_vector") {
+            true => vec![key, with_weight],
+            false => vec![key],
+        }
+    };
+    file.load_into_with(&mut adapter.adapters, &candidates, &|_| true)?;
+    Ok(adapter)
 }
 
 /// 模型目录的 `config.json`：取自 `config_from/config.json`，架构写成 `BertForSequenceClassification`，
@@ -451,6 +600,18 @@ mod tests {
         assert_eq!(
             counts.to_string(),
             "可训练参数：591,362 || 全部参数：102,860,548 || 可训练占比：0.5749%"
+        );
+        // 同样的配置加 use_dora：每个选中的线性层多一个 768 维的长度向量。PEFT 打印 609,794 / 102,878,980
+        let base = BertBase::<f32, Cpu>::new(&dev, &crate::bert::model::BERT_BASE_CHINESE_DIMS);
+        let mut lora = LoraConfig::seq_cls(16, 32.0, &["query", "value"], 0.1);
+        lora.use_dora = true;
+        let dora = PeftBert::get_peft_model(base, EncoderConfig::default(), lora).unwrap();
+        assert_eq!(
+            dora.trainable_parameters(),
+            TrainableParams {
+                trainable: 609_794,
+                all: 102_878_980
+            }
         );
     }
 
@@ -732,6 +893,59 @@ mod tests {
     }
     // ANCHOR_END: rust_to_python
 
+    // ANCHOR: multi_test
+    /// 4.6 节：三个 PEFT 存的适配器装到同一个基座上，按 `make_peft_multi_fixtures.py` 里 PEFT 的顺序切换
+    /// （default → dora → pattern → default）：每次的 logits 与 PEFT 的相差不超过 1e-5，基座一个数都不变。
+    #[test]
+    fn several_adapters_share_one_base_like_peft() {
+        let dev: Cpu = Default::default();
+        let (base, config) = tiny_base(&dev, "tiny-bert-3label");
+        let dir = fixtures_dir();
+        let mut model =
+            TinyPeft::from_pretrained(base.clone(), config, &dir.join("tiny-bert-peft-qkvd")).unwrap();
+        model
+            .load_adapter(&dir.join("tiny-bert-peft-pattern"), "pattern")
+            .unwrap();
+        model
+            .load_adapter(&dir.join("tiny-bert-peft-dora"), "dora")
+            .unwrap();
+        assert_eq!(model.adapter_names(), ["default", "dora", "pattern"]);
+        let reference =
+            Checkpoint::read(&dir.join("tiny-bert-peft-multi-reference.safetensors")).unwrap();
+        let (tokens, types, mask) = reference_batch(&reference, &dev);
+        for (i, name) in ["default", "dora", "pattern", "default"].iter().enumerate() {
+            model.set_adapter(name).unwrap();
+            assert_eq!(&model.active, name);
+            let logits = model
+                .forward(tokens.clone(), Some(types.clone()), &mask, Mode::Eval)
+                .unwrap()
+                .logits
+                .as_vec();
+            let err = max_error(&logits, &reference, &format!("logits.{i}.{name}"));
+            assert!(err <= 1e-5, "{name}：{err}");
+        }
+        assert_eq!(
+            model.base.layers.modules[1].attention.w_v.weight.as_vec(),
+            base.layers.modules[1].attention.w_v.weight.as_vec()
+        );
+        // 名字的错误都指明是哪个适配器
+        let err = model
+            .load_adapter(&dir.join("tiny-bert-peft-dora"), "dora")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("适配器 \"dora\"：这个名字已经有适配器了"), "{err}");
+        let err = model.set_adapter("情感").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "适配器 \"情感\"：没有这个适配器；已载入的：default、dora、pattern"
+        );
+        let err = model.delete_adapter("default").unwrap_err().to_string();
+        assert!(err.contains("它正在用"), "{err}");
+        model.delete_adapter("dora").unwrap();
+        assert_eq!(model.adapter_names(), ["default", "pattern"]);
+    }
+    // ANCHOR_END: multi_test
+
     /// 适配器的分类头与基座的类别数不同（基座 2 类、任务 3 类）：读适配器时按文件里的分类头建。
     #[test]
     fn the_adapter_decides_the_number_of_labels() {
@@ -876,6 +1090,47 @@ mod train_tests {
                 loss_of(&m)
             });
         }
+    }
+
+    /// 两个任务各一个适配器、共用一个基座：训练时只有正在用的那个在变，另一个与基座都不动。
+    #[test]
+    fn training_changes_only_the_active_adapter() {
+        let dev = Cpu::seed_from_u64(1);
+        let dir = load_dir::<32, 4, 48, f32, Cpu>(&dev, &fixtures_dir().join("tiny-bert")).unwrap();
+        let lora = LoraConfig::seq_cls(4, 8.0, &["query", "value"], 0.0);
+        let mut model = PeftBert::get_peft_model(dir.params, dir.config, lora.clone()).unwrap();
+        model.add_adapter("second", lora).unwrap();
+        model.set_adapter("second").unwrap();
+        let idle_b = |m: &PeftBert<32, 4, 48, f32, Cpu>| {
+            m.others["default"].adapters.layers.modules[0]
+                .w_q
+                .lora
+                .as_ref()
+                .unwrap()
+                .lora_a
+                .as_vec()
+        };
+        let before = idle_b(&model);
+        let head_before = model.adapters.head.weight.as_vec();
+        let frozen = model.base.layers.modules[0].attention.w_q.weight.as_vec();
+        let out = std::env::temp_dir().join(format!("llm-book-peft-two-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let cfg = FinetuneConfig {
+            epochs: 2,
+            batch_size: 16,
+            eval_every: 100,
+            ..Default::default()
+        };
+        let data = crate::train::tests::toy_data();
+        finetune(&mut model, &dev, &data, &cfg, &out, false, &mut |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
+        std::fs::remove_dir_all(&out).unwrap();
+        assert_ne!(model.adapters.head.weight.as_vec(), head_before, "正在用的适配器被训练");
+        assert_eq!(idle_b(&model), before, "不在用的适配器不动");
+        assert_eq!(model.base.layers.modules[0].attention.w_q.weight.as_vec(), frozen);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use llm_book::bert::runtime::SavedLinear;
 use llm_book::experiments::perf::classifier_step;
 use llm_book::peft::adapter::{PeftAdapters, PeftLayer, SiteLora};
 use llm_book::peft::config::{AdapterPlan, LoraConfig};
-use llm_book::peft::model::PeftBert;
+use llm_book::peft::model::{PeftBert, DEFAULT_ADAPTER};
 use llm_book::train::SequenceClassifier;
 use llm_book::transformer::attention::PaddingMask;
 
@@ -75,9 +75,11 @@ fn main() {
         base: full.params.clone(),
         adapters: PeftAdapters {
             layers: LayerStack {
-                modules: (0..12).map(|_| PeftLayer::init(&dev, &[None; 6])).collect(),
+                modules: (full.params.layers.modules.iter())
+                    .map(|layer| PeftLayer::init(&dev, &[None; 6], layer))
+                    .collect(),
             },
-            pooler: SiteLora::init(&dev, None),
+            pooler: SiteLora::init(&dev, None, &full.params.pooler),
             pooler_copy: SavedLinear { module: None },
             head: full.params.classifier.clone(),
         },
@@ -88,6 +90,8 @@ fn main() {
             unmatched: Vec::new(),
         },
         config,
+        active: DEFAULT_ADAPTER.to_string(),
+        others: Default::default(),
     };
     let (mut gf, mut gl, mut gh) = (None, None, None);
     let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();

@@ -82,7 +82,11 @@ fn several_adapters_classify_on_one_base() {
     let base = fixtures().join("tiny-bert-3label");
     let adapters = ["tiny-bert-rust-adapter-qkvd", "tiny-bert-rust-adapter-dora"];
     let texts = ["书很好", "物流太慢了"];
-    let mut args = vec!["classify".to_string(), "--model".into(), base.display().to_string()];
+    let mut args = vec![
+        "classify".to_string(),
+        "--model".into(),
+        base.display().to_string(),
+    ];
     for a in adapters {
         args.extend(["--adapter".into(), fixtures().join(a).display().to_string()]);
     }

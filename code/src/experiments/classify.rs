@@ -519,9 +519,10 @@ impl<D: Kernels<f32>> WidthTask for InferOn<'_, D> {
                     job.model_dir.display()
                 );
             }
-            let out = model
-                .params
-                .forward(&model.config, batch.tokens, None, &batch.mask, Mode::Eval)?;
+            let out =
+                model
+                    .params
+                    .forward(&model.config, batch.tokens, None, &batch.mask, Mode::Eval)?;
             return Ok(Inference::Predictions(to_predictions(
                 None,
                 out.logits.as_vec(),

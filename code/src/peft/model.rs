@@ -317,7 +317,7 @@ where
         Ok(())
     }
 
-    fn check_new_name(&self, name: &str) -> Result<(), PeftError> {
+    pub(crate) fn check_new_name(&self, name: &str) -> Result<(), PeftError> {
         if self.adapter_names().iter().any(|n| n == name) {
             return Err(PeftError::Adapter {
                 name: name.into(),
@@ -335,7 +335,10 @@ where
         let Some(next) = self.others.remove(name) else {
             return Err(PeftError::Adapter {
                 name: name.into(),
-                reason: format!("没有这个适配器；已载入的：{}", self.adapter_names().join("、")),
+                reason: format!(
+                    "没有这个适配器；已载入的：{}",
+                    self.adapter_names().join("、")
+                ),
             });
         };
         let previous = StoredAdapter {
@@ -902,7 +905,8 @@ mod tests {
         let (base, config) = tiny_base(&dev, "tiny-bert-3label");
         let dir = fixtures_dir();
         let mut model =
-            TinyPeft::from_pretrained(base.clone(), config, &dir.join("tiny-bert-peft-qkvd")).unwrap();
+            TinyPeft::from_pretrained(base.clone(), config, &dir.join("tiny-bert-peft-qkvd"))
+                .unwrap();
         model
             .load_adapter(&dir.join("tiny-bert-peft-pattern"), "pattern")
             .unwrap();
@@ -933,7 +937,10 @@ mod tests {
             .load_adapter(&dir.join("tiny-bert-peft-dora"), "dora")
             .unwrap_err()
             .to_string();
-        assert!(err.starts_with("适配器 \"dora\"：这个名字已经有适配器了"), "{err}");
+        assert!(
+            err.starts_with("适配器 \"dora\"：这个名字已经有适配器了"),
+            "{err}"
+        );
         let err = model.set_adapter("情感").unwrap_err().to_string();
         assert_eq!(
             err,
@@ -1128,9 +1135,16 @@ mod train_tests {
         .unwrap()
         .unwrap();
         std::fs::remove_dir_all(&out).unwrap();
-        assert_ne!(model.adapters.head.weight.as_vec(), head_before, "正在用的适配器被训练");
+        assert_ne!(
+            model.adapters.head.weight.as_vec(),
+            head_before,
+            "正在用的适配器被训练"
+        );
         assert_eq!(idle_b(&model), before, "不在用的适配器不动");
-        assert_eq!(model.base.layers.modules[0].attention.w_q.weight.as_vec(), frozen);
+        assert_eq!(
+            model.base.layers.modules[0].attention.w_q.weight.as_vec(),
+            frozen
+        );
     }
 
     #[test]

@@ -327,6 +327,7 @@ where
         Ok(())
     }
 
+    // ANCHOR: set_adapter
     /// PEFT 的 `set_adapter(name)`：之后的前向、训练、保存、合并都用这个适配器。
     pub fn set_adapter(&mut self, name: &str) -> Result<(), PeftError> {
         if name == self.active {
@@ -350,6 +351,7 @@ where
         self.others.insert(old, previous);
         Ok(())
     }
+    // ANCHOR_END: set_adapter
 
     /// PEFT 的 `delete_adapter(name)`：卸下一个不在用的适配器。
     pub fn delete_adapter(&mut self, name: &str) -> Result<(), PeftError> {

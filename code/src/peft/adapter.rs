@@ -10,8 +10,8 @@ use crate::kernels::Kernels;
 use dfdx::nn::modules::{Linear, ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
 
-use super::config::SiteSpec;
-use super::dora;
+use super::config::{InitLoraWeights, SiteSpec};
+use super::{dora, init};
 use crate::basics::tensors::Real;
 use crate::bert::model::PoolerHook;
 use crate::bert::runtime::{Head, LayerStack, SavedLinear};
@@ -41,14 +41,48 @@ pub struct SiteLora<const I: usize, const O: usize, E: Dtype, D: Device<E>> {
 // ANCHOR_END: site
 
 impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D> {
-    /// 按计划新建（PEFT 的初始化）：A 取 U(−1/√I, 1/√I)（即 PyTorch 对 `nn.Linear` 的 kaiming_uniform(a=√5)），
-    /// B = 0，所以一开始不改变基座的输出。DoRA 时长度向量 m 取原线性层 `base` 每行的范数（B = 0 时
-    /// ‖W + s·BA‖ = ‖W‖），同样不改变输出。没有选中时什么也不建。
+    /// 按计划新建（PEFT 的初始化，`init_lora_weights` 见 [`InitLoraWeights`]）。默认 A 取 U(−1/√I, 1/√I)
+    /// （即 PyTorch 对 `nn.Linear` 的 kaiming_uniform(a=√5)），B = 0，所以一开始不改变基座的输出；PiSSA、OLoRA
+    /// 从原线性层 `base` 的权重算出 A、B（基座随后要减去 s·BA，见 [`PeftLayer::subtract_initial`]）。
+    /// DoRA 时长度向量 m 取 ‖W + s·BA‖ 每行的范数（B = 0 时就是 ‖W‖），同样不改变输出。没有选中时什么也不建。
     pub fn init(dev: &D, spec: Option<SiteSpec>, base: &Linear<I, O, E, D>) -> Self {
         let lora = spec.map(|s| {
-            let bound = E::from_f64(1.0 / (I as f64).sqrt()).unwrap();
-            let lora_a = dev.sample_like(&(s.r, Const), rand_distr::Uniform::new(-bound, bound));
-            let lora_b = dev.zeros_like(&(Const, s.r));
+            let uniform = |fan_in: usize| {
+                let bound = E::from_f64(1.0 / (fan_in as f64).sqrt()).unwrap();
+                rand_distr::Uniform::new(-bound, bound)
+            };
+            let (lora_a, lora_b) = match s.init {
+                InitLoraWeights::Kaiming => (
+                    dev.sample_like(&(s.r, Const), uniform(I)),
+                    dev.zeros_like(&(Const, s.r)),
+                ),
+                InitLoraWeights::Uniform => (
+                    dev.sample_like(&(s.r, Const), uniform(I)),
+                    dev.sample_like(&(Const, s.r), uniform(s.r)),
+                ),
+                InitLoraWeights::Gaussian => {
+                    // N(0, (1/r)²)：泛型 E 上没有 dfdx 的正态采样，用 Box–Muller 由两个 U(0, 1) 得到标准正态
+                    let unit = || {
+                        dev.sample_like(
+                            &(s.r, Const),
+                            rand_distr::Uniform::new(E::zero(), E::one()),
+                        )
+                    };
+                    let radius =
+                        ((unit().negate() + E::one()).ln() * E::from_f64(-2.0).unwrap()).sqrt();
+                    let angle = (unit() * E::from_f64(std::f64::consts::TAU).unwrap()).cos();
+                    let std = E::from_f64(1.0 / s.r as f64).unwrap();
+                    (radius * angle * std, dev.zeros_like(&(Const, s.r)))
+                }
+                InitLoraWeights::Pissa | InitLoraWeights::Olora => {
+                    let (a, b) =
+                        init::from_weight(&base.weight.as_vec(), O, I, s.r, s.scaling, s.init);
+                    (
+                        dev.tensor_from_vec(a, (s.r, Const)),
+                        dev.tensor_from_vec(b, (Const, s.r)),
+                    )
+                }
+            };
             let magnitude = s
                 .dora
                 .then(|| dora::weight_norm(&base.weight, &lora_a, &lora_b, s.scaling));
@@ -97,6 +131,14 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
                 l.scaling,
             ),
         }
+    }
+
+    /// PiSSA、OLoRA（4.3 节）：原线性层减去刚初始化的 s·BA，换成剩余部分 W_res = W − s·B₀A₀，
+    /// 于是 W_res + s·B₀A₀ = W，加上适配器后输出不变。没有 LoRA 时什么也不做。
+    pub fn subtract_from(&self, linear: &mut Linear<I, O, E, D>) {
+        let Some(l) = &self.lora else { return };
+        let delta = l.lora_b.clone().matmul(l.lora_a.clone()); // (O, I)
+        linear.weight = linear.weight.clone() - delta * E::from_f64(l.scaling).unwrap();
     }
 
     /// 合并进原线性层：W ← W + s·BA（DoRA：W ← (m/‖W + s·BA‖) ⊙ (W + s·BA)）；没有 LoRA 时什么也不做。
@@ -216,6 +258,35 @@ impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> PeftLayer<M, F, E, 
             self.linear1.rank(),
             self.linear2.rank(),
         ]
+    }
+
+    /// PiSSA、OLoRA：`specs` 里初始化会改写基座的位置，编码器层的线性层减去刚初始化的 s·BA（[`SiteLora::subtract_from`]）。
+    pub fn subtract_initial<const H: usize>(
+        &self,
+        specs: &[Option<SiteSpec>; 6],
+        layer: &mut EncoderLayer<M, H, F, E, D>,
+    ) {
+        let rewrites = |j: usize| specs[j].is_some_and(|s| s.init.rewrites_base());
+        let att = &mut layer.attention;
+        let ffn = &mut layer.feed_forward;
+        if rewrites(0) {
+            self.w_q.subtract_from(&mut att.w_q);
+        }
+        if rewrites(1) {
+            self.w_k.subtract_from(&mut att.w_k);
+        }
+        if rewrites(2) {
+            self.w_v.subtract_from(&mut att.w_v);
+        }
+        if rewrites(3) {
+            self.w_o.subtract_from(&mut att.w_o);
+        }
+        if rewrites(4) {
+            self.linear1.subtract_from(&mut ffn.linear1);
+        }
+        if rewrites(5) {
+            self.linear2.subtract_from(&mut ffn.linear2);
+        }
     }
 
     /// 把这一层的适配器合并进编码器层的六个线性层。

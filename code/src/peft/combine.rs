@@ -219,6 +219,11 @@ where
                 "use_dora = true 的适配器不能加权合成：长度向量 m 是按合成前的方向算的".into();
             return Err(fail(a.0, reason));
         }
+        let rewrites = |l: &LoraConfig| l.init().is_ok_and(|i| i.rewrites_base());
+        if let Some(a) = adapters.iter().zip(&inputs).find(|(_, (_, l))| rewrites(l)) {
+            let reason = "init_lora_weights 为 pissa、olora 的适配器改写了基座，它的 ΔW 不是 s·BA，不能这样合成".into();
+            return Err(fail(a.0, reason));
+        }
         // 只有一个适配器时 PEFT 只用 linear
         let how = if inputs.len() == 1 {
             Combination::Linear

@@ -51,6 +51,10 @@ pub struct LoraConfig {
     /// DoRA（4.2 节）：每个选中的线性层再加一个按输出行的长度向量 m，权重写成 m·(W + s·BA)/‖W + s·BA‖。
     #[serde(default)]
     pub use_dora: bool,
+    /// 怎样初始化 A、B（4.3 节）：`true`（默认：A 取 Kaiming 均匀分布、B = 0）、`false`、`"gaussian"`、`"pissa"`、`"olora"`。
+    /// 原样保留文件里的值（布尔或字符串），用 [`init`](Self::init) 读出它的意思。
+    #[serde(default = "default_init")]
+    pub init_lora_weights: Value,
     /// 按模块的秩：键按 PEFT 的 `get_pattern_key` 与模块名匹配（模块名的后缀，或正则），没匹配到的用 r。
     #[serde(default)]
     pub rank_pattern: Pattern<usize>,
@@ -219,6 +223,10 @@ fn default_r() -> usize {
 fn default_alpha() -> f64 {
     8.0
 }
+fn default_init() -> Value {
+    Value::Bool(true)
+}
+
 fn default_bias() -> String {
     "none".into()
 }
@@ -267,6 +275,7 @@ impl LoraConfig {
             modules_to_save: None,
             use_rslora: false,
             use_dora: false,
+            init_lora_weights: default_init(),
             rank_pattern: Pattern::default(),
             alpha_pattern: Pattern::default(),
             layers_to_transform: None,
@@ -275,6 +284,29 @@ impl LoraConfig {
             inference_mode: false,
             other: BTreeMap::new(),
         }
+    }
+
+    /// `init_lora_weights` 的意思；本书没有实现的取值（`"loftq"`、`"eva"`、`"corda"`、随机化的 `"pissa_niter_K"` 等）报错并指明字段。
+    pub fn init(&self) -> Result<InitLoraWeights, PeftError> {
+        let v = &self.init_lora_weights;
+        let init = match v {
+            Value::Bool(true) => Some(InitLoraWeights::Kaiming),
+            Value::Bool(false) => Some(InitLoraWeights::Uniform),
+            Value::String(s) => match s.as_str() {
+                // 大小写与 PEFT 的判断相同：gaussian、olora 不分大小写，pissa 要小写
+                s if s.eq_ignore_ascii_case("gaussian") => Some(InitLoraWeights::Gaussian),
+                s if s.eq_ignore_ascii_case("olora") => Some(InitLoraWeights::Olora),
+                "pissa" => Some(InitLoraWeights::Pissa),
+                _ => None,
+            },
+            _ => None,
+        };
+        init.ok_or_else(|| PeftError::Field {
+            path: None,
+            field: "init_lora_weights".into(),
+            value: v.to_string(),
+            reason: "本书只实现了 true、false、\"gaussian\"、\"pissa\"、\"olora\"（4.3 节）".into(),
+        })
     }
 
     /// 读 `adapter_config.json` 并检查（[`validate`](Self::validate)）。
@@ -430,6 +462,14 @@ impl LoraConfig {
                 );
             }
         }
+        let init = self.init()?;
+        if init.rewrites_base() && self.use_dora {
+            return bad(
+                "init_lora_weights",
+                self.init_lora_weights.to_string(),
+                "本书没有实现 PiSSA、OLoRA 与 DoRA（use_dora = true）一起用",
+            );
+        }
         for (field, what) in UNSUPPORTED {
             if let Some(v) = self.other.get(field) {
                 let default = match v {
@@ -508,7 +548,45 @@ pub struct SiteSpec {
     pub scaling: f64,
     /// 是否 DoRA（`use_dora`）：多一个长度向量。
     pub dora: bool,
+    /// A、B 的初始化（`init_lora_weights`，4.3 节）。
+    pub init: InitLoraWeights,
 }
+
+// ANCHOR: init_kind
+/// `init_lora_weights` 的几种取值（4.3 节）。
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum InitLoraWeights {
+    /// `true`：A ~ U(−1/√d_in, 1/√d_in)（PyTorch 对 `nn.Linear` 的 Kaiming 均匀分布），B = 0。
+    #[default]
+    Kaiming,
+    /// `false`：A、B 都取 PyTorch 线性层的默认初始化（B 也不是 0，一开始就改变输出；PEFT 说只用于调试）。
+    Uniform,
+    /// `"gaussian"`：A ~ N(0, (1/r)²)，B = 0。
+    Gaussian,
+    /// `"pissa"`：W 的前 r 个奇异值与奇异向量，s·BA = U_r Σ_r V_rᵀ；基座换成剩下的 W − s·BA。
+    Pissa,
+    /// `"olora"`：W = QR，B = Q 的前 r 列，A = R 的前 r 行；基座换成 W − s·BA。
+    Olora,
+}
+
+impl InitLoraWeights {
+    /// 是否改写基座的权重（PiSSA、OLoRA：W ← W − s·B₀A₀）。
+    pub fn rewrites_base(self) -> bool {
+        matches!(self, Self::Pissa | Self::Olora)
+    }
+
+    /// 写进 `adapter_config.json` 的值（与 PEFT 写的相同）。
+    pub fn to_value(self) -> Value {
+        match self {
+            Self::Kaiming => Value::Bool(true),
+            Self::Uniform => Value::Bool(false),
+            Self::Gaussian => "gaussian".into(),
+            Self::Pissa => "pissa".into(),
+            Self::Olora => "olora".into(),
+        }
+    }
+}
+// ANCHOR_END: init_kind
 
 /// 解析好的适配器：每层六个位置（顺序同 [`LAYER_LINEARS`]）与池化层，选中的有 [`SiteSpec`]。
 #[derive(Clone, Debug, PartialEq)]
@@ -716,6 +794,7 @@ impl LoraConfig {
                 lora_alpha: alpha,
                 scaling: self.scaling_for(r, alpha),
                 dora: self.use_dora,
+                init: self.init()?,
             };
             match site {
                 Some((layer, s)) => plan.layers[layer][s] = Some(spec),

@@ -155,13 +155,14 @@ where
 {
     // ANCHOR: get_peft_model
     /// PEFT 的 `get_peft_model(model, config)`：按配置解析出选中的模块（[`check_config`]），在每个选中的线性层上
-    /// 新建 A（随机）、B（= 0），分类头复制一份来训练。基座原样保留。
+    /// 新建 A（随机）、B（= 0），分类头复制一份来训练。基座原样保留——PiSSA、OLoRA 除外（4.3 节：基座换成 W − s·B₀A₀）。
     pub fn get_peft_model(
-        base: BertParams<M, H, F, E, D>,
+        mut base: BertParams<M, H, F, E, D>,
         config: EncoderConfig,
         lora: LoraConfig,
     ) -> Result<Self, PeftError> {
         let new = new_adapter(&base, lora)?;
+        rewrite_base(&mut base, &new);
         Ok(Self::with_adapter(base, config, new))
     }
     // ANCHOR_END: get_peft_model
@@ -288,7 +289,8 @@ where
         config: EncoderConfig,
         dir: &Path,
     ) -> Result<Self, PeftError> {
-        let adapter = read_adapter(&base, dir)?;
+        let mut base = base;
+        let adapter = read_adapter(&mut base, dir)?;
         Ok(Self::with_adapter(base, config, adapter))
     }
     // ANCHOR_END: save
@@ -304,7 +306,9 @@ where
     /// 不改变正在用的适配器（用 [`set_adapter`](Self::set_adapter) 切换）。基座不复制，每个适配器只多它自己的参数。
     pub fn load_adapter(&mut self, dir: &Path, name: &str) -> Result<(), PeftError> {
         self.check_new_name(name)?;
-        let adapter = read_adapter(&self.base, dir)?;
+        let lora = LoraConfig::read(&dir.join(ADAPTER_CONFIG))?;
+        self.check_shared_base(name, &lora)?;
+        let adapter = read_adapter(&mut self.base, dir)?;
         self.others.insert(name.into(), adapter);
         Ok(())
     }
@@ -312,8 +316,25 @@ where
     /// PEFT 的 `add_adapter(name, config)`：按配置新建一个适配器（A 随机、B = 0），装到同一个基座上，不改变正在用的。
     pub fn add_adapter(&mut self, name: &str, lora: LoraConfig) -> Result<(), PeftError> {
         self.check_new_name(name)?;
+        self.check_shared_base(name, &lora)?;
         let adapter = new_adapter(&self.base, lora)?;
         self.others.insert(name.into(), adapter);
+        Ok(())
+    }
+
+    /// 几个适配器共用基座的前提是谁都不改写它：PiSSA、OLoRA 的适配器（4.3 节）不能与别的适配器装在同一个基座上。
+    /// （PEFT 0.21.2 不拦：load_adapter 一个 PiSSA 适配器会再改写一遍基座，已有的适配器悄悄地算错。）
+    fn check_shared_base(&self, name: &str, lora: &LoraConfig) -> Result<(), PeftError> {
+        let rewrites = |l: &LoraConfig| l.init().is_ok_and(|i| i.rewrites_base());
+        let loaded = std::iter::once(&self.lora).chain(self.others.values().map(|s| &s.lora));
+        if rewrites(lora) || loaded.into_iter().any(rewrites) {
+            return Err(PeftError::Adapter {
+                name: name.into(),
+                reason: "init_lora_weights 为 pissa、olora 的适配器改写了基座，不能与别的适配器共用一个基座；\
+                         请分别加载"
+                    .into(),
+            });
+        }
         Ok(())
     }
 
@@ -411,9 +432,26 @@ where
     })
 }
 
-/// 读一个 PEFT 适配器目录，按基座 `base` 建好（`from_pretrained`、`load_adapter` 的核心）。
+/// PiSSA、OLoRA（4.3 节）：刚建好的适配器的 s·B₀A₀ 从基座里减掉（其余的初始化什么也不做）。
+pub fn rewrite_base<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>(
+    base: &mut BertParams<M, H, F, E, D>,
+    adapter: &StoredAdapter<M, F, E, D>,
+) {
+    for ((layer, specs), target) in (adapter.adapters.layers.modules.iter())
+        .zip(&adapter.plan.layers)
+        .zip(base.layers.modules.iter_mut())
+    {
+        layer.subtract_initial(specs, target);
+    }
+    if adapter.plan.pooler.is_some_and(|s| s.init.rewrites_base()) {
+        adapter.adapters.pooler.subtract_from(&mut base.pooler);
+    }
+}
+
+/// 读一个 PEFT 适配器目录，按基座 `base` 建好（`from_pretrained`、`load_adapter` 的核心）。与 PEFT 相同，先按配置
+/// 初始化——PiSSA、OLoRA 时由基座的权重算出 B₀、A₀ 并改写基座（W ← W − s·B₀A₀）——再用文件里的 A、B 覆盖。
 pub fn read_adapter<const M: usize, const H: usize, const F: usize, E, D>(
-    base: &BertParams<M, H, F, E, D>,
+    base: &mut BertParams<M, H, F, E, D>,
     dir: &Path,
 ) -> Result<StoredAdapter<M, F, E, D>, PeftError>
 where
@@ -422,6 +460,7 @@ where
 {
     let lora = LoraConfig::read(&dir.join(ADAPTER_CONFIG))?;
     let mut adapter = new_adapter(base, lora)?;
+    rewrite_base(base, &adapter);
     let weights = dir.join(ADAPTER_WEIGHTS);
     if !weights.exists() && dir.join("adapter_model.bin").exists() {
         return Err(PeftError::Io {

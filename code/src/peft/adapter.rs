@@ -154,9 +154,9 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
     }
 }
 
-/// 适配器只能由 `init` 构造（A 随机、B = 0）；dfdx 的 `reset_params` 走到这里时停下并说明。
+/// 适配器只能由 `init` 构造（按 `init_lora_weights` 初始化）；dfdx 的 `reset_params` 走到这里时停下并说明。
 fn no_reset<S: Shape, E: Dtype, D: Device<E>>(_: &mut Tensor<S, E, D>) -> Result<(), D::Err> {
-    panic!("LoRA 适配器请用 PeftBert::get_peft_model 构造（A 随机、B = 0），不能用 reset_params")
+    panic!("LoRA 适配器请用 PeftBert::get_peft_model 构造（按 init_lora_weights 初始化），不能用 reset_params")
 }
 
 impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> TensorCollection<E, D>

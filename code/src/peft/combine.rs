@@ -5,11 +5,12 @@
 //! - `svd`：先算 ΔW = Σ wᵢ·ΔWᵢ，再取它的最优秩 k 近似（奇异值分解，B = U_k·Σ_k，A = V_kᵀ）。
 //!
 //! 合成的配置沿用第一个适配器的，改为 r = α = 新的秩（缩放系数 1）、`target_modules` 取并集、不要 `rank_pattern`
-//! 与 `alpha_pattern`——与 PEFT 相同；两处与 PEFT 不同，都在文档与测试里说明：
+//! 与 `alpha_pattern`——与 PEFT 相同。与 PEFT 不同的地方：DoRA、PiSSA、OLoRA 的适配器拒绝合成；重名报错（PEFT 什么也不做就返回）；
+//! 别的适配器在第一个适配器的 `layers_to_transform` 之外的层上有 LoRA 时报错（PEFT 悄悄丢掉）；另有两处影响结果，在文档与测试里说明：
 //! 1. PEFT 沿用第一个适配器的 `use_rslora`，于是合成的适配器缩放系数成了 k/√k = √k，ΔW 被放大 √k 倍；这里写
 //!    `use_rslora = false`，缩放系数是 1，ΔW 与上面的公式一致（存出的文件 PEFT 读进去结果相同）。
 //! 2. PEFT 不许两个以上带着分类头副本（`modules_to_save`）的适配器合成，只有一个带时给合成的适配器一份**基座的**
-//!    分类头（没训练过的）。本书的分类适配器都带分类头，所以这里取第一个适配器的分类头（与池化层的副本）。
+//!    分类头（没训练过的）。本书的分类适配器都带分类头，所以这里取第一个适配器的分类头（与整个训练的池化层的副本）。
 //!
 //! DoRA 适配器不能这样合成（长度向量是按合成前的方向算的）：直接报错。奇异值分解用 nalgebra。
 
@@ -221,7 +222,7 @@ where
         }
         let rewrites = |l: &LoraConfig| l.init().is_ok_and(|i| i.rewrites_base());
         if let Some(a) = adapters.iter().zip(&inputs).find(|(_, (_, l))| rewrites(l)) {
-            let reason = "init_lora_weights 为 pissa、olora 的适配器改写了基座，它的 ΔW 不是 s·BA，不能这样合成".into();
+            let reason = "init_lora_weights 为 pissa、olora 的适配器改写了基座：合成的配置沿用它的初始化，建新适配器时会再改写一次共用的基座".into();
             return Err(fail(a.0, reason));
         }
         // 只有一个适配器时 PEFT 只用 linear
@@ -509,5 +510,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("这个名字已经有适配器了"), "{err}");
+        // PiSSA 的适配器改写了基座：连只合成它自己也拒绝
+        let base = load_dir::<32, 4, 48, f32, Cpu>(&dev, &dir.join("tiny-bert-3label")).unwrap();
+        let mut pissa =
+            TinyPeft::from_pretrained(base.params, base.config, &dir.join("tiny-bert-peft-pissa"))
+                .unwrap();
+        let err = (pissa.add_weighted_adapter(&["default"], &[1.0], "copy", Combination::Linear))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("改写了基座"), "{err}");
     }
 }

@@ -155,7 +155,7 @@ where
 {
     // ANCHOR: get_peft_model
     /// PEFT 的 `get_peft_model(model, config)`：按配置解析出选中的模块（[`check_config`]），在每个选中的线性层上
-    /// 新建 A（随机）、B（= 0），分类头复制一份来训练。基座原样保留——PiSSA、OLoRA 除外（4.3 节：基座换成 W − s·B₀A₀）。
+    /// 按 `init_lora_weights` 新建 A、B（默认 A 随机、B = 0），分类头复制一份来训练。基座原样保留——PiSSA、OLoRA 除外（4.3 节：基座换成 W − s·B₀A₀）。
     pub fn get_peft_model(
         mut base: BertParams<M, H, F, E, D>,
         config: EncoderConfig,
@@ -313,7 +313,8 @@ where
         Ok(())
     }
 
-    /// PEFT 的 `add_adapter(name, config)`：按配置新建一个适配器（A 随机、B = 0），装到同一个基座上，不改变正在用的。
+    /// PEFT 的 `add_adapter(name, config)`：按配置新建一个适配器（按 `init_lora_weights` 初始化，默认 A 随机、B = 0），
+    /// 装到同一个基座上，不改变正在用的。
     pub fn add_adapter(&mut self, name: &str, lora: LoraConfig) -> Result<(), PeftError> {
         self.check_new_name(name)?;
         self.check_shared_base(name, &lora)?;
@@ -323,7 +324,7 @@ where
     }
 
     /// 几个适配器共用基座的前提是谁都不改写它：PiSSA、OLoRA 的适配器（4.3 节）不能与别的适配器装在同一个基座上。
-    /// （PEFT 0.21.2 不拦：load_adapter 一个 PiSSA 适配器会再改写一遍基座，已有的适配器悄悄地算错。）
+    /// （PEFT 0.21.2 不拦，只在 load_adapter 时警告一句：读一个 PiSSA 适配器会再改写一遍基座，已有的适配器从此算错。）
     fn check_shared_base(&self, name: &str, lora: &LoraConfig) -> Result<(), PeftError> {
         let rewrites = |l: &LoraConfig| l.init().is_ok_and(|i| i.rewrites_base());
         let loaded = std::iter::once(&self.lora).chain(self.others.values().map(|s| &s.lora));
@@ -401,7 +402,7 @@ where
 // ANCHOR_END: multi
 
 /// 在基座 `base` 上按配置新建一个适配器（`get_peft_model` 的核心）：解析出选中的模块（[`check_config`]），
-/// 每个选中的线性层上 A 随机、B = 0（DoRA 时再加长度向量），分类头复制一份来训练。
+/// 每个选中的线性层上按 `init_lora_weights` 建 A、B（默认 A 随机、B = 0；DoRA 时再加长度向量），分类头复制一份来训练。
 pub fn new_adapter<const M: usize, const H: usize, const F: usize, E, D>(
     base: &BertParams<M, H, F, E, D>,
     lora: LoraConfig,

@@ -101,6 +101,7 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
         self.lora.as_ref().map(|l| l.lora_a.shape().0)
     }
 
+    // ANCHOR: apply
     /// 在原线性层 `base` 的输出 `out` 上加 s·B(A·dropout(x))；DoRA 时按 [`dora::forward`] 再乘上长度；
     /// 没有 LoRA 时原样返回 `out`。
     ///
@@ -132,6 +133,8 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
             ),
         }
     }
+
+    // ANCHOR_END: apply
 
     /// PiSSA、OLoRA（4.3 节）：原线性层减去刚初始化的 s·BA，换成剩余部分 W_res = W − s·B₀A₀，
     /// 于是 W_res + s·B₀A₀ = W，加上适配器后输出不变。没有 LoRA 时什么也不做。

@@ -10,10 +10,17 @@
 //! 基座要换成 W_res——这是这两种初始化与其他所有初始化最大的不同：**它们改写了基座**（[`super::adapter::PeftLayer::subtract_initial`]）。
 //! 分解用 nalgebra，按 f64 计算。
 
+use std::path::Path;
+
+use dfdx::prelude::*;
 use nalgebra::DMatrix;
 
-use super::config::InitLoraWeights;
+use super::adapter::{PeftLayer, SiteLora};
+use super::config::{InitLoraWeights, LoraConfig, PeftError};
+use super::model::{new_adapter, write_adapter, PeftBert};
 use crate::basics::tensors::Real;
+use crate::bert::model::BertParams;
+use crate::kernels::Kernels;
 
 // ANCHOR: from_weight
 /// 由线性层的权重 `w`（`(o, i)`，按行存）算出 PiSSA 或 OLoRA 的初值 `(A, B)`：A `(r, i)`、B `(o, r)`，都按行存。
@@ -60,6 +67,94 @@ pub fn from_weight<E: Real>(
 }
 // ANCHOR_END: from_weight
 
+// ANCHOR: stack
+/// 一个位置上：A′ = [A; A₀]（按行拼），B′ = [B, −B₀]（按列拼），于是 s·B′A′ = s·(BA − B₀A₀)。
+fn stack_with_initial<const I: usize, const O: usize, E: Real, D: Kernels<E>>(
+    trained: &mut SiteLora<I, O, E, D>,
+    initial: &SiteLora<I, O, E, D>,
+) {
+    let (Some(t), Some(i)) = (trained.lora.as_mut(), initial.lora.as_ref()) else {
+        return;
+    };
+    let r = t.lora_a.shape().0;
+    let mut a = t.lora_a.as_vec();
+    a.extend(i.lora_a.as_vec());
+    let (b, b0) = (t.lora_b.as_vec(), i.lora_b.as_vec());
+    let rows = (0..O).flat_map(|o| {
+        let minus = b0[o * r..(o + 1) * r].iter().map(|&x| -x);
+        b[o * r..(o + 1) * r].iter().copied().chain(minus)
+    });
+    let dev = t.lora_a.device().clone();
+    t.lora_a = dev.tensor_from_vec(a, (2 * r, Const));
+    t.lora_b = dev.tensor_from_vec(rows.collect(), (Const, 2 * r));
+}
+// ANCHOR_END: stack
+
+impl<const M: usize, const H: usize, const F: usize, E, D> PeftBert<M, H, F, E, D>
+where
+    E: Real + dfdx::tensor::safetensors::SafeDtype,
+    D: Kernels<E>,
+{
+    /// 把训练好的 PiSSA、OLoRA 适配器换算成普通的 LoRA 适配器存下来（PEFT 的
+    /// `save_pretrained(…, path_initial_model_for_weight_conversion=…)`）：装到**原**基座 `original` 上输出不变，
+    /// 于是它能与别的适配器共用基座。初值 A₀、B₀ 由 `original` 重新算出（与训练开始时的算法相同，结果逐位相同）；
+    /// 秩与 α 都翻倍（rsLoRA 时 α 乘 √2，缩放系数不变），`init_lora_weights` 写 `true`。
+    pub fn save_pretrained_as_lora(
+        &self,
+        original: &BertParams<M, H, F, E, D>,
+        dir: &Path,
+        config_json: Option<&str>,
+    ) -> Result<(), PeftError> {
+        if !self.lora.init()?.rewrites_base() {
+            return Err(PeftError::Field {
+                path: None,
+                field: "init_lora_weights".into(),
+                value: self.lora.init_lora_weights.to_string(),
+                reason: "只有 pissa、olora 的适配器需要换算，这个适配器本来就是普通的 LoRA".into(),
+            });
+        }
+        let initial = new_adapter(original, self.lora.clone())?;
+        let mut adapters = self.adapters.clone();
+        for (t, i) in adapters
+            .layers
+            .modules
+            .iter_mut()
+            .zip(&initial.adapters.layers.modules)
+        {
+            stack_layer(t, i);
+        }
+        stack_with_initial(&mut adapters.pooler, &initial.adapters.pooler);
+        let alpha_factor = if self.lora.use_rslora {
+            2f64.sqrt()
+        } else {
+            2.0
+        };
+        let mut lora: LoraConfig = self.lora.clone();
+        lora.r *= 2;
+        lora.lora_alpha *= alpha_factor;
+        lora.rank_pattern.0.iter_mut().for_each(|(_, r)| *r *= 2);
+        lora.alpha_pattern
+            .0
+            .iter_mut()
+            .for_each(|(_, a)| *a *= alpha_factor);
+        lora.init_lora_weights = InitLoraWeights::Kaiming.to_value();
+        write_adapter(&adapters, &lora, dir, config_json)
+    }
+}
+
+/// 一层的六个位置逐个换算。
+fn stack_layer<const M: usize, const F: usize, E: Real, D: Kernels<E>>(
+    trained: &mut PeftLayer<M, F, E, D>,
+    initial: &PeftLayer<M, F, E, D>,
+) {
+    stack_with_initial(&mut trained.w_q, &initial.w_q);
+    stack_with_initial(&mut trained.w_k, &initial.w_k);
+    stack_with_initial(&mut trained.w_v, &initial.w_v);
+    stack_with_initial(&mut trained.w_o, &initial.w_o);
+    stack_with_initial(&mut trained.linear1, &initial.linear1);
+    stack_with_initial(&mut trained.linear2, &initial.linear2);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -68,7 +163,6 @@ mod tests {
     use crate::peft::config::LoraConfig;
     use crate::peft::model::PeftBert;
     use crate::transformer::encoder::Mode;
-    use dfdx::prelude::*;
 
     type TinyPeft = PeftBert<32, 4, 48, f32, Cpu>;
 
@@ -255,5 +349,66 @@ mod tests {
             .to_string();
         assert!(err.contains("改写了基座"), "{err}");
         assert_eq!(model.adapter_names(), ["default"]);
+    }
+
+    /// 训练过的 PiSSA、OLoRA 适配器换算成普通 LoRA：装到原基座上 logits 不变；秩、α 翻倍，init_lora_weights 为 true；
+    /// 换算后可以与别的适配器共用基座。普通 LoRA 不需要换算，报错。
+    #[test]
+    fn a_trained_pissa_adapter_converts_to_plain_lora() {
+        let dev = Cpu::seed_from_u64(7);
+        let dir = fixtures_dir();
+        let base = load_dir::<32, 4, 48, f32, Cpu>(&dev, &dir.join("tiny-bert-3label")).unwrap();
+        let reference =
+            Checkpoint::read(&dir.join("tiny-bert-peft-reference.safetensors")).unwrap();
+        for init in [InitLoraWeights::Pissa, InitLoraWeights::Olora] {
+            let mut model =
+                TinyPeft::get_peft_model(base.params.clone(), base.config, config(init)).unwrap();
+            // “训练”：A、B 各加一点随机数
+            for layer in model.adapters.layers.modules.iter_mut() {
+                for site in [&mut layer.w_q, &mut layer.w_v] {
+                    let l = site.lora.as_mut().unwrap();
+                    l.lora_a = l.lora_a.clone() + dev.sample_normal_like(l.lora_a.shape()) * 0.1;
+                    l.lora_b = l.lora_b.clone() + dev.sample_normal_like(l.lora_b.shape()) * 0.1;
+                }
+            }
+            let trained = logits(&model, &reference, &dev);
+            let out = std::env::temp_dir()
+                .join(format!("llm-book-to-lora-{init:?}-{}", std::process::id()));
+            model
+                .save_pretrained_as_lora(&base.params, &out, None)
+                .unwrap();
+            let mut back =
+                TinyPeft::from_pretrained(base.params.clone(), base.config, &out).unwrap();
+            assert_eq!(
+                (back.lora.init().unwrap(), back.lora.r, back.lora.lora_alpha),
+                (InitLoraWeights::Kaiming, 8, 16.0)
+            );
+            let gap = max_gap(&logits(&back, &reference, &dev), &trained);
+            assert!(gap <= 1e-5, "{init:?}：{gap}");
+            back.load_adapter(&dir.join("tiny-bert-peft-qkvd"), "qkvd")
+                .unwrap();
+            std::fs::remove_dir_all(&out).unwrap();
+        }
+        let plain = TinyPeft::get_peft_model(
+            base.params.clone(),
+            base.config,
+            config(InitLoraWeights::Kaiming),
+        )
+        .unwrap();
+        let err = (plain.save_pretrained_as_lora(
+            &base.params,
+            &std::env::temp_dir().join("llm-book-never"),
+            None,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("本来就是普通的 LoRA"), "{err}");
+    }
+
+    fn max_gap(a: &[f32], b: &[f32]) -> f32 {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 }

@@ -264,22 +264,7 @@ where
     /// `config_json` 给出时另写一个 `config.json`（[`classifier_config_json`]：类别名 `id2label`、`label2id`）：
     /// PEFT 的文件里没有类别名，Python 一侧用 `AutoConfig.from_pretrained(目录)` 读它。整个目录原子地写入。
     pub fn save_pretrained(&self, dir: &Path, config_json: Option<&str>) -> Result<(), PeftError> {
-        let mut lora = self.lora.clone();
-        lora.inference_mode = true;
-        crate::io::write_dir_atomic(dir, |tmp| {
-            save_params_with(&self.adapters, &tmp.join(ADAPTER_WEIGHTS), &|p| {
-                Some(peft_key(p))
-            })
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
-            if let Some(json) = config_json {
-                std::fs::write(tmp.join("config.json"), json)?;
-            }
-            std::fs::write(tmp.join(ADAPTER_CONFIG), lora.to_json() + "\n")
-        })
-        .map_err(|e| PeftError::Io {
-            path: dir.into(),
-            error: e.to_string(),
-        })
+        write_adapter(&self.adapters, &self.lora, dir, config_json)
     }
 
     /// PEFT 的 `PeftModel.from_pretrained(base, dir)`：读适配器目录，装到基座上（名字 `"default"`）。
@@ -430,6 +415,34 @@ where
         adapters,
         lora,
         plan,
+    })
+}
+
+/// 把一个适配器写成 PEFT 的目录（[`PeftBert::save_pretrained`]）：`adapter_config.json`（`inference_mode` 写 true）、
+/// `adapter_model.safetensors`（PEFT 的键名），`config_json` 给出时另写 `config.json`。整个目录原子地写入。
+pub fn write_adapter<const M: usize, const F: usize, E, D>(
+    adapters: &PeftAdapters<M, F, E, D>,
+    lora: &LoraConfig,
+    dir: &Path,
+    config_json: Option<&str>,
+) -> Result<(), PeftError>
+where
+    E: Real + dfdx::tensor::safetensors::SafeDtype,
+    D: Kernels<E>,
+{
+    let mut lora = lora.clone();
+    lora.inference_mode = true;
+    crate::io::write_dir_atomic(dir, |tmp| {
+        save_params_with(adapters, &tmp.join(ADAPTER_WEIGHTS), &|p| Some(peft_key(p)))
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Some(json) = config_json {
+            std::fs::write(tmp.join("config.json"), json)?;
+        }
+        std::fs::write(tmp.join(ADAPTER_CONFIG), lora.to_json() + "\n")
+    })
+    .map_err(|e| PeftError::Io {
+        path: dir.into(),
+        error: e.to_string(),
     })
 }
 

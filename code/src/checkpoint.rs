@@ -400,6 +400,9 @@ fn decode(dtype: SafeDtype, bytes: &[u8]) -> Option<Vec<f64>> {
         SafeDtype::BF16 => le!(2, |b| half::bf16::from_le_bytes(b).to_f64()),
         SafeDtype::I64 => le!(8, |b| i64::from_le_bytes(b) as f64),
         SafeDtype::I32 => le!(4, |b| i32::from_le_bytes(b) as f64),
+        // 量化的码（4.5 节的参考数据）：每个字节一个数，f64 里精确
+        SafeDtype::U8 => bytes.iter().map(|&b| b as f64).collect(),
+        SafeDtype::I8 => bytes.iter().map(|&b| b as i8 as f64).collect(),
         _ => return None,
     })
 }

@@ -10,7 +10,9 @@ use rayon::prelude::*;
 
 use super::math::{multiversion, FastMath, MulAdd};
 
-use super::Shape4;
+use super::{LazyWeight, Shape4};
+use std::borrow::Cow;
+use std::sync::Arc;
 
 /// 让调用线程（程序的主线程）成为 rayon 全局线程池的第 0 号线程，池里另有“核数 − 1”个线程。
 ///
@@ -948,10 +950,64 @@ where
     if !is_contiguous(&x) || !is_contiguous(w) || !is_contiguous(b) {
         return super::linear_composite(x, w, b);
     }
+    linear_with(x, Weight::Stored(w.clone()), b, train_weights)
+}
+
+/// 同 [`linear`]，权重冻结、按需还原（4.5 节的量化基座）：前向还原一次、算完就丢，反向（dx = g·W）再还原一次。
+/// 整个训练步里不留任何一层的全精度权重——QLoRA 省内存靠的就是这一点。
+pub fn linear_lazy<const I: usize, const O: usize, F, T>(
+    x: Tensor<(usize, usize, Const<I>), F, Cpu, T>,
+    w: &Arc<dyn LazyWeight<F>>,
+    b: &Tensor<Rank1<O>, F, Cpu>,
+) -> Tensor<(usize, usize, Const<O>), F, Cpu, T>
+where
+    F: FastMath + Dtype + Gemm,
+    Cpu: Device<F>,
+    T: Tape<F, Cpu>,
+{
+    assert_eq!(w.dims(), (O, I), "按需还原的权重形状不对");
+    if !is_contiguous(&x) || !is_contiguous(b) {
+        let wt = x.device().tensor_from_vec(w.materialize(), (Const::<O>, Const::<I>));
+        return super::linear_composite(x, &wt, b);
+    }
+    linear_with(x, Weight::Lazy(w.clone()), b, false)
+}
+
+/// 线性层的权重：存着的张量，或按需还原的（反向里再还原一次）。
+enum Weight<const O: usize, const I: usize, F: Dtype> {
+    Stored(Tensor<Rank2<O, I>, F, Cpu>),
+    Lazy(Arc<dyn LazyWeight<F>>),
+}
+
+impl<const O: usize, const I: usize, F: Dtype> Weight<O, I, F>
+where
+    Cpu: Device<F>,
+{
+    /// 行优先的 `(O, I)` 数据：存着的直接借用，按需的现在还原。
+    fn data(&self) -> Cow<'_, [F]> {
+        match self {
+            Weight::Stored(t) => Cow::Borrowed(data(t)),
+            Weight::Lazy(l) => Cow::Owned(l.materialize()),
+        }
+    }
+}
+
+fn linear_with<const I: usize, const O: usize, F, T>(
+    x: Tensor<(usize, usize, Const<I>), F, Cpu, T>,
+    w: Weight<O, I, F>,
+    b: &Tensor<Rank1<O>, F, Cpu>,
+    train_weights: bool,
+) -> Tensor<(usize, usize, Const<O>), F, Cpu, T>
+where
+    F: FastMath + Dtype + Gemm,
+    Cpu: Device<F>,
+    T: Tape<F, Cpu>,
+{
     let (batch, seq, _) = *x.shape();
     let rows = batch * seq;
     let (x, mut tape) = x.split_tape();
-    let (xd, wd, bd) = (data(&x), data(w), data(b));
+    let w_host = w.data();
+    let (xd, wd, bd) = (data(&x), &w_host[..], data(b));
     // 先把偏置（并行地）写进每一行，再以 β = 1 累加 x·Wᵀ：偏置不用再单独遍历一遍
     // SAFETY：块长是 O 的整数倍，每一行都整行写了偏置
     let mut out: Vec<F> = unsafe {
@@ -976,11 +1032,13 @@ where
             (out.as_mut_ptr(), O as isize, 1),
         );
     }
+    drop(w_host);
     let out = x.device().tensor_from_vec(out, (batch, seq, Const::<O>));
     if T::OWNS_TAPE {
-        let (out_ghost, w, b) = (out.ghost(), w.clone(), b.clone());
+        let (out_ghost, b) = (out.ghost(), b.clone());
         tape.add_backward_op(move |grads| {
             grads.try_alloc_for(&out_ghost)?;
+            let w_host = w.data();
             // dx (+)= g·W，g 是 rows×O，W 是 O×I，dx 是 rows×I。x 还没有梯度时以 β = 0 写进新的缓冲区
             // （并行清零，不经过 dfdx 的单线程清零）。
             let dx_gemm = |g: &[F], beta: F, dx: *mut F| {
@@ -992,7 +1050,7 @@ where
                         I,
                         F::one(),
                         (g.as_ptr(), O as isize, 1),
-                        (data(&w).as_ptr(), I as isize, 1),
+                        (w_host.as_ptr(), I as isize, 1),
                         beta,
                         (dx, I as isize, 1),
                     )
@@ -1010,11 +1068,14 @@ where
                     .unwrap_or_else(|_| unreachable!("刚检查过没有梯度"));
             }
             if train_weights {
-                grads.try_alloc_for(&w)?;
+                let Weight::Stored(w) = &w else {
+                    unreachable!("按需还原的权重总是冻结的")
+                };
+                grads.try_alloc_for(w)?;
                 grads.try_alloc_for(&b)?;
                 // g 借自 grads，下面还要可写地借 dW、db：先复制一份指针范围之外的东西是不行的，
                 // 所以用 muts_and_ref 一次借出 dW、db 与 g
-                let (dw, db, g) = grads.muts_and_ref(&w, &b, &out_ghost);
+                let (dw, db, g) = grads.muts_and_ref(w, &b, &out_ghost);
                 let (dw, db, g) = (buf_mut::<F>(dw), buf_mut::<F>(db), buf(g));
                 // SAFETY：gᵀ 是 O×rows（行步长 1、列步长 O），x 是 rows×I，dW 是 O×I。
                 unsafe {

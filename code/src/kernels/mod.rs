@@ -14,6 +14,7 @@
 //! 几个 dfdx 接口原本是 crate 私有的，见 `code/vendor/README.md` 里的补丁。
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use dfdx::prelude::*;
 
@@ -31,6 +32,15 @@ pub mod step_key;
 
 /// 注意力分数的形状：(batch, heads, seq_q, seq_k)。
 pub type Shape4 = (usize, usize, usize, usize);
+
+/// 冻结、按需还原的权重（4.5 节：量化存放的基座）。线性层的前向与反向各调用一次 [`materialize`](Self::materialize)，
+/// 得到行优先的 `(O, I)` 全精度权重，用完即丢。
+pub trait LazyWeight<E>: Send + Sync + std::fmt::Debug {
+    /// `(行数 O, 列数 I)`。
+    fn dims(&self) -> (usize, usize);
+    /// 还原出的权重，行优先，长 O·I。
+    fn materialize(&self) -> Vec<E>;
+}
 
 // ANCHOR: kernels
 /// 有融合算子的设备：dfdx 的 [`Device`] 加上八个 Transformer 常用的算子。
@@ -119,6 +129,21 @@ pub trait Kernels<E: Dtype>: Device<E> {
     ) -> Tensor<(usize, usize, Const<O>), E, Self, T> {
         let _ = train_weights;
         linear_composite(x, w, b)
+    }
+
+    /// 冻结的线性层 x·Wᵀ + b，W 按需还原（[`LazyWeight`]）。默认实现还原成张量后走组合写法：
+    /// 反向要用 W，张量就留在 tape 上直到反向结束——省下的只是两步之间的内存。CPU 的内核在反向里再还原一次，
+    /// 训练步里不留全精度的 W。
+    fn linear_lazy<const I: usize, const O: usize, T: Tape<E, Self>>(
+        x: Tensor<(usize, usize, Const<I>), E, Self, T>,
+        w: &Arc<dyn LazyWeight<E>>,
+        b: &Tensor<Rank1<O>, E, Self>,
+    ) -> Tensor<(usize, usize, Const<O>), E, Self, T> {
+        assert_eq!(w.dims(), (O, I), "按需还原的权重形状不对");
+        let wt = x
+            .device()
+            .tensor_from_vec(w.materialize(), (Const::<O>, Const::<I>));
+        linear_composite(x, &wt, b)
     }
 
     /// 最后一维上的 LayerNorm，γ = `w`、β = `b`。
@@ -221,6 +246,14 @@ macro_rules! cpu_kernels {
                 train_weights: bool,
             ) -> Tensor<(usize, usize, Const<O>), $e, Self, T> {
                 cpu::linear(x, w, b, train_weights)
+            }
+
+            fn linear_lazy<const I: usize, const O: usize, T: Tape<$e, Self>>(
+                x: Tensor<(usize, usize, Const<I>), $e, Self, T>,
+                w: &Arc<dyn LazyWeight<$e>>,
+                b: &Tensor<Rank1<O>, $e, Self>,
+            ) -> Tensor<(usize, usize, Const<O>), $e, Self, T> {
+                cpu::linear_lazy(x, w, b)
             }
 
             fn layer_norm<const M: usize, T: Tape<$e, Self>>(

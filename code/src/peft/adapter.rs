@@ -6,7 +6,9 @@
 //! `usize`，而 A 的输入宽度、B 的输出宽度仍是类型里的常量：形状错误的一半仍由编译器挡住，另一半（秩）在读文件时
 //! 核对（[`super::config::AdapterPlan`]）。
 
-use crate::kernels::Kernels;
+use std::sync::Arc;
+
+use crate::kernels::{Kernels, LazyWeight};
 use dfdx::nn::modules::{Linear, ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
 
@@ -16,7 +18,7 @@ use crate::basics::tensors::Real;
 use crate::bert::model::PoolerHook;
 use crate::bert::runtime::{Head, LayerStack, SavedLinear};
 use crate::transformer::encoder::{EncoderLayer, Mode};
-use crate::transformer::hooks::{AttentionHooks, FfnHooks, Hidden};
+use crate::transformer::hooks::{AttentionHooks, FfnHooks, Hidden, Proj};
 
 // ANCHOR: site
 /// 一个线性层 `I → O` 上的 LoRA：A `(r, I)`、B `(O, r)`，秩 r 与缩放系数 s 在运行期决定。
@@ -356,8 +358,12 @@ impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> TensorCollection<E,
 pub struct PeftHooks<'a, const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>> {
     /// 这一层的适配器与基座里的这一层（池化层的钩子不用它们）。
     pub layer: Option<(&'a PeftLayer<M, F, E, D>, &'a EncoderLayer<M, H, F, E, D>)>,
+    /// 基座量化存放时（4.5 节）这一层六个投影按需还原的权重（次序同 [`Proj::ALL`]）。
+    pub quant: Option<&'a [Arc<dyn LazyWeight<E>>; 6]>,
     /// 池化层上的 LoRA。
     pub pooler: &'a SiteLora<M, M, E, D>,
+    /// 基座量化存放时池化层 dense 按需还原的权重。
+    pub pooler_quant: Option<&'a Arc<dyn LazyWeight<E>>>,
     /// 池化层 dense 的训练副本（`modules_to_save` 含 `pooler` 时）。
     pub pooler_copy: &'a SavedLinear<M, E, D>,
     /// LoRA 分支输入上的 dropout 概率。
@@ -369,9 +375,10 @@ pub struct PeftHooks<'a, const M: usize, const H: usize, const F: usize, E: Dtyp
 impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>
     PeftHooks<'_, M, H, F, E, D>
 {
-    /// `pick` 取出一个位置上的适配器与基座里的线性层。
+    /// `pick` 取出投影 `p` 上的适配器与基座里的线性层。
     fn site<const I: usize, const O: usize, T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
+        p: Proj,
         pick: impl for<'l> Fn(
             &'l PeftLayer<M, F, E, D>,
             &'l EncoderLayer<M, H, F, E, D>,
@@ -382,10 +389,30 @@ impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>
         match self.layer {
             Some((adapters, base)) => {
                 let (site, linear) = pick(adapters, base);
-                site.apply(x, out, linear, self.dropout, self.mode)
+                let dora = site.lora.as_ref().is_some_and(|l| l.magnitude.is_some());
+                let lazy = self.quant.filter(|_| dora).map(|q| &q[p as usize]);
+                site.apply(x, out, &with_weight(linear, lazy), self.dropout, self.mode)
             }
             None => out,
         }
+    }
+}
+
+/// DoRA 的前向要用基座的 W（求范数）：量化存放时还原一份（只在 DoRA 的位置上；这份留在 tape 上直到反向结束）。
+/// 其余情况原样借用 `linear`。
+fn with_weight<'l, const I: usize, const O: usize, E: Real, D: Kernels<E>>(
+    linear: &'l Linear<I, O, E, D>,
+    lazy: Option<&Arc<dyn LazyWeight<E>>>,
+) -> std::borrow::Cow<'l, Linear<I, O, E, D>> {
+    match lazy {
+        Some(w) => {
+            let dev = linear.weight.device();
+            std::borrow::Cow::Owned(Linear {
+                weight: dev.tensor_from_vec(w.materialize(), (Const, Const)),
+                bias: linear.bias.clone(),
+            })
+        }
+        None => std::borrow::Cow::Borrowed(linear),
     }
 }
 
@@ -396,33 +423,36 @@ impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>> Att
     fn base_frozen(&self) -> bool {
         true
     }
+    fn attention_weight(&self, proj: Proj) -> Option<&Arc<dyn LazyWeight<E>>> {
+        self.quant.map(|q| &q[proj as usize])
+    }
     fn query<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<M, E, D, T>,
         out: Hidden<M, E, D, T>,
     ) -> Hidden<M, E, D, T> {
-        self.site(|l, b| (&l.w_q, &b.attention.w_q), x, out)
+        self.site(Proj::Query, |l, b| (&l.w_q, &b.attention.w_q), x, out)
     }
     fn key<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<M, E, D, T>,
         out: Hidden<M, E, D, T>,
     ) -> Hidden<M, E, D, T> {
-        self.site(|l, b| (&l.w_k, &b.attention.w_k), x, out)
+        self.site(Proj::Key, |l, b| (&l.w_k, &b.attention.w_k), x, out)
     }
     fn value<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<M, E, D, T>,
         out: Hidden<M, E, D, T>,
     ) -> Hidden<M, E, D, T> {
-        self.site(|l, b| (&l.w_v, &b.attention.w_v), x, out)
+        self.site(Proj::Value, |l, b| (&l.w_v, &b.attention.w_v), x, out)
     }
     fn output<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<M, E, D, T>,
         out: Hidden<M, E, D, T>,
     ) -> Hidden<M, E, D, T> {
-        self.site(|l, b| (&l.w_o, &b.attention.w_o), x, out)
+        self.site(Proj::Output, |l, b| (&l.w_o, &b.attention.w_o), x, out)
     }
 }
 
@@ -432,19 +462,22 @@ impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>> Ffn
     fn base_frozen(&self) -> bool {
         true
     }
+    fn ffn_weight(&self, proj: Proj) -> Option<&Arc<dyn LazyWeight<E>>> {
+        self.quant.map(|q| &q[proj as usize])
+    }
     fn up<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<M, E, D, T>,
         out: Hidden<F, E, D, T>,
     ) -> Hidden<F, E, D, T> {
-        self.site(|l, b| (&l.linear1, &b.feed_forward.linear1), x, out)
+        self.site(Proj::Up, |l, b| (&l.linear1, &b.feed_forward.linear1), x, out)
     }
     fn down<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<F, E, D, T>,
         out: Hidden<M, E, D, T>,
     ) -> Hidden<M, E, D, T> {
-        self.site(|l, b| (&l.linear2, &b.feed_forward.linear2), x, out)
+        self.site(Proj::Down, |l, b| (&l.linear2, &b.feed_forward.linear2), x, out)
     }
 }
 
@@ -457,16 +490,21 @@ impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>> Poo
         x: Tensor<(usize, Const<M>), E, D, T>,
     ) -> Tensor<(usize, Const<M>), E, D, T> {
         // modules_to_save 含 pooler：训练的副本代替基座的 dense（这时 PEFT 不给它加 LoRA）
-        if self.pooler_copy.module.is_some() || self.pooler.lora.is_none() {
+        if self.pooler_copy.module.is_some() {
             return self.pooler_copy.pooler(dense, x);
         }
-        // LoRA 分支拿不带 tape 记录的副本，dense 拿着整条 tape（合并时两路汇合）
-        let out = dense.forward(x.retaped::<T>());
-        // 融合的 LoRA 分支按 (batch, seq, M) 计算：[CLS] 看作长度为 1 的序列
+        // 融合的算子按 (batch, seq, M) 计算：[CLS] 看作长度为 1 的序列
         let batch = x.shape().0;
         let x = x.reshape_like(&(batch, 1, Const::<M>));
-        let out = out.reshape_like(&(batch, 1, Const::<M>));
-        let y = self.pooler.apply(x, out, dense, self.dropout, self.mode);
+        // 基座的 dense 拿着整条 tape，LoRA 分支拿不带 tape 记录的副本（合并时两路汇合）；量化存放时按需还原（4.5 节）
+        let x_copy = x.retaped::<T>();
+        let out = match self.pooler_quant {
+            Some(w) => D::linear_lazy(x, w, &dense.bias),
+            None => D::linear(x, &dense.weight, &dense.bias, false),
+        };
+        let dora = (self.pooler.lora.as_ref()).is_some_and(|l| l.magnitude.is_some());
+        let dense = with_weight(dense, self.pooler_quant.filter(|_| dora));
+        let y = self.pooler.apply(x_copy, out, &dense, self.dropout, self.mode);
         y.reshape_like(&(batch, Const::<M>))
     }
 }

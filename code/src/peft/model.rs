@@ -20,6 +20,7 @@ use crate::bert::model::{BertOutput, BertParams};
 use crate::bert::runtime::LayerStack;
 use crate::bert::runtime::SavedLinear;
 use crate::checkpoint::{save_params_with, Checkpoint};
+use crate::quant::{QuantBase, QuantKind};
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::encoder::{EncoderConfig, InputError, Mode};
 
@@ -46,6 +47,9 @@ pub struct PeftBert<const M: usize, const H: usize, const F: usize, E: Dtype, D:
     pub active: String,
     /// 同一个基座上载入的其余适配器（不参与前向与训练），按名字（4.6 节）。
     pub others: std::collections::BTreeMap<String, StoredAdapter<M, F, E, D>>,
+    /// 基座的投影权重量化存放时（4.5 节，[`quantize_base`](Self::quantize_base)）的量化数据；
+    /// 这时 `base` 里的这些权重只是零占位，要全精度的基座用 [`full_base`](Self::full_base)。
+    pub quant: Option<QuantBase<E>>,
 }
 // ANCHOR_END: struct
 
@@ -180,6 +184,39 @@ where
             config,
             active: DEFAULT_ADAPTER.into(),
             others: Default::default(),
+            quant: None,
+        }
+    }
+
+    // ANCHOR: quantize_base
+    /// QLoRA（4.5 节）：把冻结基座里每层的六个投影与池化层的 dense 量化成 `kind` 存放，前向时按需还原。
+    /// 在 `get_peft_model` 之后调用（PiSSA、OLoRA 的基座已换成 W_res，量化的就是它，与 PEFT 相同）。
+    pub fn quantize_base(&mut self, kind: QuantKind) -> Result<(), PeftError> {
+        if let Some(q) = &self.quant {
+            return Err(PeftError::Adapter {
+                name: self.active.clone(),
+                reason: format!("基座已经量化成 {} 了，不能再量化一次", q.kind.name()),
+            });
+        }
+        self.quant = Some(QuantBase::quantize(&mut self.base, kind).map_err(|e| {
+            PeftError::Adapter {
+                name: self.active.clone(),
+                reason: format!("量化基座失败：{e}"),
+            }
+        })?);
+        Ok(())
+    }
+    // ANCHOR_END: quantize_base
+
+    /// 全精度的基座：没有量化时就是 `base`，量化了则还原一份（bert-base 约 340 MB，用完即丢）。
+    pub fn full_base(&self) -> std::borrow::Cow<'_, BertParams<M, H, F, E, D>> {
+        match &self.quant {
+            None => std::borrow::Cow::Borrowed(&self.base),
+            Some(q) => {
+                let mut base = self.base.clone();
+                q.restore(&mut base);
+                std::borrow::Cow::Owned(base)
+            }
         }
     }
     // ANCHOR_END: get_peft_model
@@ -193,7 +230,12 @@ where
                     &self.base.layers.modules[i],
                 )
             }),
+            quant: match (&self.quant, layer) {
+                (Some(q), Some(i)) => Some(&q.layers[i]),
+                _ => None,
+            },
             pooler: &self.adapters.pooler,
+            pooler_quant: self.quant.as_ref().map(|q| &q.pooler),
             pooler_copy: &self.adapters.pooler_copy,
             dropout: self.lora.lora_dropout,
             mode,
@@ -235,7 +277,8 @@ where
     /// PEFT 的 `merge_and_unload`：把 s·BA 合并进基座的权重，分类头换成训练后的副本，
     /// 得到一个普通的 BERT（推理时与基座一样快，可存成 Hugging Face 的模型目录）。
     pub fn merge_and_unload(&self) -> BertParams<M, H, F, E, D> {
-        let mut merged = self.base.clone();
+        // 量化的基座先还原（PEFT 合并 4 位基座时也是先还原、合并，得到全精度的权重）
+        let mut merged = self.full_base().into_owned();
         for (layer, adapters) in merged
             .layers
             .modules
@@ -293,7 +336,11 @@ where
         self.check_new_name(name)?;
         let lora = LoraConfig::read(&dir.join(ADAPTER_CONFIG))?;
         self.check_shared_base(name, &lora)?;
-        let adapter = read_adapter(&mut self.base, dir)?;
+        // 基座量化了：在还原的副本上读（不改写基座的适配器才走到这里，副本读完即丢）
+        let adapter = match &self.quant {
+            None => read_adapter(&mut self.base, dir)?,
+            Some(_) => read_adapter(&mut self.full_base().into_owned(), dir)?,
+        };
         self.others.insert(name.into(), adapter);
         Ok(())
     }
@@ -303,7 +350,8 @@ where
     pub fn add_adapter(&mut self, name: &str, lora: LoraConfig) -> Result<(), PeftError> {
         self.check_new_name(name)?;
         self.check_shared_base(name, &lora)?;
-        let adapter = new_adapter(&self.base, lora)?;
+        // 新适配器可能要从基座的权重初始化（DoRA 的长度、pooler 的副本）：量化时用还原的基座
+        let adapter = new_adapter(&self.full_base(), lora)?;
         self.others.insert(name.into(), adapter);
         Ok(())
     }

@@ -6,7 +6,7 @@ use dfdx::prelude::*;
 
 use crate::basics::tensors::Real;
 
-use super::hooks::{FfnHooks, NoHooks};
+use super::hooks::{FfnHooks, NoHooks, Proj};
 
 /// 前馈网络的激活函数。
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,15 +48,24 @@ impl<const M: usize, const F: usize, E: Dtype, D: Kernels<E>> FeedForward<M, F, 
     ) -> Tensor<(usize, usize, Const<M>), E, D, T> {
         let train = !hooks.base_frozen();
         let (l1, l2) = (&self.linear1, &self.linear2);
-        let hidden = hooks.up(x.retaped::<T>(), D::linear(x, &l1.weight, &l1.bias, train));
+        // 量化存放的基座（4.5 节）由钩子给出按需还原的权重
+        // （tape 跟着线性层的输出走，钩子拿不带 tape 记录的副本）
+        let x_copy = x.retaped::<T>();
+        let up = match hooks.ffn_weight(Proj::Up) {
+            Some(w) => D::linear_lazy(x, w, &l1.bias),
+            None => D::linear(x, &l1.weight, &l1.bias, train),
+        };
+        let hidden = hooks.up(x_copy, up);
         let hidden = match activation {
             Activation::Relu => hidden.relu(),
             Activation::Gelu => D::gelu(hidden),
         };
-        hooks.down(
-            hidden.retaped::<T>(),
-            D::linear(hidden, &l2.weight, &l2.bias, train),
-        )
+        let hidden_copy = hidden.retaped::<T>();
+        let down = match hooks.ffn_weight(Proj::Down) {
+            Some(w) => D::linear_lazy(hidden, w, &l2.bias),
+            None => D::linear(hidden, &l2.weight, &l2.bias, train),
+        };
+        hooks.down(hidden_copy, down)
     }
 }
 // ANCHOR_END: feed_forward

@@ -3,7 +3,11 @@
 //! 第 1 部分的模型不用钩子（[`NoHooks`]，什么也不加）；第 2 部分的 LoRA 在这里加上 (α/r)·B(Ax)，
 //! 于是注意力、前馈网络、编码器层的前向只写一遍，LoRA 模型与原模型共用。
 
+use std::sync::Arc;
+
 use dfdx::prelude::*;
+
+use crate::kernels::LazyWeight;
 
 // ANCHOR: hooks
 /// 注意力里四个投影的钩子：`x` 是投影的输入，`out` 是原投影的输出，返回最终输出（默认原样返回 `out`）。
@@ -11,6 +15,11 @@ pub trait AttentionHooks<const M: usize, E: Dtype, D: Device<E>> {
     /// 四个投影本身（W₀、b₀）是否冻结：冻结时不必算它们的梯度（附录 B）。默认不冻结。
     fn base_frozen(&self) -> bool {
         false
+    }
+    /// 投影 `proj`（`Query`…`Output`）的权重若量化存放（4.5 节），给出按需还原它的对象，前向就不用层里存的 W。
+    /// 默认 `None`：用层里的 W。
+    fn attention_weight(&self, _proj: Proj) -> Option<&Arc<dyn LazyWeight<E>>> {
+        None
     }
     /// W_q 之后。
     fn query<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
@@ -52,6 +61,10 @@ pub trait FfnHooks<const M: usize, const F: usize, E: Dtype, D: Device<E>> {
     fn base_frozen(&self) -> bool {
         false
     }
+    /// 投影 `proj`（`Up`、`Down`）按需还原的权重（见 [`AttentionHooks::attention_weight`]）。
+    fn ffn_weight(&self, _proj: Proj) -> Option<&Arc<dyn LazyWeight<E>>> {
+        None
+    }
     /// 升维层 `M → F` 之后。
     fn up<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
@@ -68,6 +81,35 @@ pub trait FfnHooks<const M: usize, const F: usize, E: Dtype, D: Device<E>> {
     ) -> Hidden<M, E, D, T> {
         out
     }
+}
+
+/// 编码器层里的六个投影（钩子按它找量化存放的权重）。
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Proj {
+    /// W_q。
+    Query,
+    /// W_k。
+    Key,
+    /// W_v。
+    Value,
+    /// W_o。
+    Output,
+    /// 前馈的升维层。
+    Up,
+    /// 前馈的降维层。
+    Down,
+}
+
+impl Proj {
+    /// 六个投影，按层里的存放次序。
+    pub const ALL: [Proj; 6] = [
+        Proj::Query,
+        Proj::Key,
+        Proj::Value,
+        Proj::Output,
+        Proj::Up,
+        Proj::Down,
+    ];
 }
 
 /// 不加任何东西的钩子：第 1 部分的模型。

@@ -92,6 +92,7 @@ fn main() {
         config,
         active: DEFAULT_ADAPTER.to_string(),
         others: Default::default(),
+        quant: None,
     };
     let (mut gf, mut gl, mut gh) = (None, None, None);
     let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();

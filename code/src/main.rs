@@ -285,6 +285,10 @@ struct FinetuneArgs {
     /// pissa、olora 由基座的权重算出 A、B，并把基座换成剩余部分
     #[arg(long, value_enum, default_value_t = InitArg::Kaiming, value_name = "方式")]
     init_lora_weights: InitArg,
+    /// QLoRA（4.5 节）：冻结基座的投影权重量化存放，int8（每行一个 absmax）或 nf4（4 位，每 64 个数一个 absmax），
+    /// 前向时按需还原；只用于 LoRA
+    #[arg(long, value_enum, value_name = "格式")]
+    quantize: Option<QuantArg>,
     /// 加 LoRA 的模块（PEFT 的 target_modules，逗号分隔）
     #[arg(
         long,
@@ -377,6 +381,15 @@ struct FinetuneArgs {
     /// 运行设备：cpu 或 cuda
     #[arg(long, default_value = "cpu", value_name = "设备")]
     device: DeviceKind,
+}
+
+/// `finetune --quantize` 的取值。
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum QuantArg {
+    /// 每行一个 absmax 的 int8
+    Int8,
+    /// 每 64 个数一个 absmax 的 4 位 NormalFloat
+    Nf4,
 }
 
 /// `finetune --init-lora-weights` 的取值。
@@ -1182,6 +1195,14 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
                     info.unmatched_targets.join("、")
                 );
             }
+            if let Some((kind, stored, f32_bytes)) = info.quant {
+                println!(
+                    "基座量化为 {}：各层投影与池化层的权重 {:.1} MiB → {:.1} MiB（前向时按需还原）",
+                    kind.name(),
+                    f32_bytes as f64 / 1048576.0,
+                    stored as f64 / 1048576.0
+                );
+            }
             println!("{}", info.counts);
         });
     };
@@ -1223,6 +1244,10 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
         out: a.out.clone(),
         resume: a.resume,
         merge: a.merge,
+        quantize: a.quantize.map(|q| match q {
+            QuantArg::Int8 => llm_book::quant::QuantKind::Int8,
+            QuantArg::Nf4 => llm_book::quant::QuantKind::Nf4,
+        }),
         task: &task,
         on_start: &mut on_start,
         on_event: &mut on_event,

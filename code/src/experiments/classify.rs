@@ -26,6 +26,7 @@ use crate::peft::config::LoraConfig;
 use crate::peft::model::{
     check_config, classifier_config_json, save_hf_dir, PeftBert, TrainableParams, DEFAULT_ADAPTER,
 };
+use crate::quant::QuantKind;
 use crate::train::finetune::{curves_svg, finetune, FinetuneConfig, FinetuneEvent, FinetuneReport};
 use crate::train::EncodedData;
 use crate::transformer::encoder::Mode;
@@ -76,6 +77,9 @@ pub struct FinetuneSummary {
     /// 进程的峰值常驻内存（字节；Linux 的 VmHWM，其他系统为 `None`）。
     #[serde(default)]
     pub peak_rss_bytes: Option<u64>,
+    /// 基座的投影权重量化成什么格式存放（QLoRA，4.5 节；`None`：f32。早于这个字段的结果文件里没有它）。
+    #[serde(default)]
+    pub quantize: Option<QuantKind>,
     /// 机器。
     pub machine: String,
 }
@@ -177,6 +181,8 @@ pub struct StartInfo {
     pub unk_ratio: f64,
     /// LoRA 的 `target_modules` 里没有匹配到任何模块的名字。
     pub unmatched_targets: Vec<String>,
+    /// 基座量化存放时（4.5 节）：格式、量化数据的字节数、同样的权重以 f32 存放的字节数。
+    pub quant: Option<(QuantKind, usize, usize)>,
 }
 
 /// 微调命令的全部输入。
@@ -195,6 +201,8 @@ pub struct FinetuneJob<'a> {
     pub resume: bool,
     /// 是否另存合并后的模型（LoRA）。
     pub merge: bool,
+    /// 把冻结基座的投影权重量化成这种格式存放（QLoRA，4.5 节；只用于 LoRA）。
+    pub quantize: Option<QuantKind>,
     /// 数据。
     pub task: &'a TaskData,
     /// 开始训练前调用一次。
@@ -251,13 +259,20 @@ impl<D: Kernels<f32>> WidthTask for OnDevice<'_, '_, D> {
             Method::Lora(lora) => Some(check_config::<M, F>(lora, dims.num_layers)?),
             _ => None,
         };
+        if job.quantize.is_some() && plan.is_none() {
+            anyhow::bail!(
+                "--quantize 只用于 LoRA（QLoRA：基座冻结、量化存放）；全量微调、从零训练要更新基座的权重，\
+                 线性探测不加 LoRA，请去掉 --quantize"
+            );
+        }
         check_out_dir(&job.out)?;
         let mut model: BertDir<M, H, F, f32, D> = load_dir(self.dev, &job.model_dir)?;
         task_head(&mut model, job.task, self.dev);
         let data = encode_task(&model.tokenizer, job.task, max_len)?;
         let unk_ratio = unk_ratio(&model.tokenizer, &data);
-        let start = |counts| StartInfo {
+        let start = |counts, quant| StartInfo {
             counts,
+            quant,
             head: model.head,
             pooler: model.pooler,
             unk_ratio,
@@ -287,7 +302,7 @@ impl<D: Kernels<f32>> WidthTask for OnDevice<'_, '_, D> {
                     trainable: dfdx::nn::NumParams::num_trainable_params(&probe.trainable),
                     all,
                 };
-                (job.on_start)(start(counts));
+                (job.on_start)(start(counts, None));
                 let report = run_finetune(&mut probe, self.dev, &data, &mut job)?;
                 if report.is_some() {
                     let mut merged = probe.base;
@@ -313,7 +328,7 @@ impl<D: Kernels<f32>> WidthTask for OnDevice<'_, '_, D> {
                     trainable: n,
                     all: n,
                 };
-                (job.on_start)(start(counts));
+                (job.on_start)(start(counts, None));
                 let report = run_finetune(&mut classifier, self.dev, &data, &mut job)?;
                 if report.is_some() {
                     save_hf_dir(
@@ -335,8 +350,16 @@ impl<D: Kernels<f32>> WidthTask for OnDevice<'_, '_, D> {
                     job.method = Method::Lora(Box::new(lora.clone()));
                 }
                 let mut peft = PeftBert::get_peft_model(model.params, model.config, lora)?;
+                // QLoRA：适配器按全精度的基座初始化之后再量化（PiSSA、OLoRA 量化的是剩余部分 W_res）
+                if let Some(kind) = job.quantize {
+                    peft.quantize_base(kind)?;
+                }
+                let quant = peft
+                    .quant
+                    .as_ref()
+                    .map(|q| (q.kind, q.stored_bytes, q.f32_bytes));
                 let counts = peft.trainable_parameters();
-                (job.on_start)(start(counts));
+                (job.on_start)(start(counts, quant));
                 let report = run_finetune(&mut peft, self.dev, &data, &mut job)?;
                 if report.is_some() {
                     peft.lora.base_model_name_or_path = Some(job.model_dir.display().to_string());
@@ -398,6 +421,7 @@ fn summary(
         all: counts.all,
         report,
         peak_rss_bytes: peak_rss_bytes(),
+        quantize: job.quantize,
         machine: super::machine_description(),
     }
 }

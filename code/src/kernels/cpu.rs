@@ -967,12 +967,15 @@ where
 {
     assert_eq!(w.dims(), (O, I), "按需还原的权重形状不对");
     if !is_contiguous(&x) || !is_contiguous(b) {
-        let wt = x.device().tensor_from_vec(w.materialize(), (Const::<O>, Const::<I>));
+        let wt = x
+            .device()
+            .tensor_from_vec(w.materialize(), (Const::<O>, Const::<I>));
         return super::linear_composite(x, &wt, b);
     }
     linear_with(x, Weight::Lazy(w.clone()), b, false)
 }
 
+// ANCHOR: weight
 /// 线性层的权重：存着的张量，或按需还原的（反向里再还原一次）。
 enum Weight<const O: usize, const I: usize, F: Dtype> {
     Stored(Tensor<Rank2<O, I>, F, Cpu>),
@@ -991,6 +994,7 @@ where
         }
     }
 }
+// ANCHOR_END: weight
 
 fn linear_with<const I: usize, const O: usize, F, T>(
     x: Tensor<(usize, usize, Const<I>), F, Cpu, T>,

@@ -33,6 +33,7 @@ pub mod step_key;
 /// 注意力分数的形状：(batch, heads, seq_q, seq_k)。
 pub type Shape4 = (usize, usize, usize, usize);
 
+// ANCHOR: lazy_weight
 /// 冻结、按需还原的权重（4.5 节：量化存放的基座）。线性层的前向与反向各调用一次 [`materialize`](Self::materialize)，
 /// 得到行优先的 `(O, I)` 全精度权重，用完即丢。
 pub trait LazyWeight<E>: Send + Sync + std::fmt::Debug {
@@ -41,6 +42,7 @@ pub trait LazyWeight<E>: Send + Sync + std::fmt::Debug {
     /// 还原出的权重，行优先，长 O·I。
     fn materialize(&self) -> Vec<E>;
 }
+// ANCHOR_END: lazy_weight
 
 // ANCHOR: kernels
 /// 有融合算子的设备：dfdx 的 [`Device`] 加上八个 Transformer 常用的算子。

@@ -470,14 +470,24 @@ impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>> Ffn
         x: Hidden<M, E, D, T>,
         out: Hidden<F, E, D, T>,
     ) -> Hidden<F, E, D, T> {
-        self.site(Proj::Up, |l, b| (&l.linear1, &b.feed_forward.linear1), x, out)
+        self.site(
+            Proj::Up,
+            |l, b| (&l.linear1, &b.feed_forward.linear1),
+            x,
+            out,
+        )
     }
     fn down<T: Tape<E, D> + Merge<T> + Merge<NoneTape>>(
         &self,
         x: Hidden<F, E, D, T>,
         out: Hidden<M, E, D, T>,
     ) -> Hidden<M, E, D, T> {
-        self.site(Proj::Down, |l, b| (&l.linear2, &b.feed_forward.linear2), x, out)
+        self.site(
+            Proj::Down,
+            |l, b| (&l.linear2, &b.feed_forward.linear2),
+            x,
+            out,
+        )
     }
 }
 
@@ -504,7 +514,9 @@ impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>> Poo
         };
         let dora = (self.pooler.lora.as_ref()).is_some_and(|l| l.magnitude.is_some());
         let dense = with_weight(dense, self.pooler_quant.filter(|_| dora));
-        let y = self.pooler.apply(x_copy, out, &dense, self.dropout, self.mode);
+        let y = self
+            .pooler
+            .apply(x_copy, out, &dense, self.dropout, self.mode);
         y.reshape_like(&(batch, Const::<M>))
     }
 }

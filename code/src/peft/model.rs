@@ -198,12 +198,13 @@ where
                 reason: format!("基座已经量化成 {} 了，不能再量化一次", q.kind.name()),
             });
         }
-        self.quant = Some(QuantBase::quantize(&mut self.base, kind).map_err(|e| {
-            PeftError::Adapter {
-                name: self.active.clone(),
-                reason: format!("量化基座失败：{e}"),
-            }
-        })?);
+        self.quant =
+            Some(
+                QuantBase::quantize(&mut self.base, kind).map_err(|e| PeftError::Adapter {
+                    name: self.active.clone(),
+                    reason: format!("量化基座失败：{e}"),
+                })?,
+            );
         Ok(())
     }
     // ANCHOR_END: quantize_base

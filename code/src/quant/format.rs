@@ -40,7 +40,7 @@ pub const NF4_CODE: [f32; 16] = [
 pub const NF4_BLOCK: usize = 64;
 
 /// 1/127 在 f32 里的值（bitsandbytes 还原 int8 时乘的常数）。
-const INV_127: f32 = 7.874_015_7e-3;
+const INV_127: f32 = 7.874_016e-3;
 
 /// 相邻两个 NF4 码的中点（f32 里算，与 bitsandbytes 的 `(code[:-1] + code[1:]) / 2` 相同）。
 fn nf4_midpoints() -> [f32; 15] {
@@ -48,7 +48,8 @@ fn nf4_midpoints() -> [f32; 15] {
 }
 
 /// 量化格式。
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum QuantKind {
     /// 每行一个 absmax 的 int8。
     Int8,
@@ -121,7 +122,12 @@ pub struct NonFinite {
 // ANCHOR: quantize
 impl QuantMatrix {
     /// 把行优先的 `(rows, cols)` 矩阵 `w` 量化成 `kind`。
-    pub fn quantize(kind: QuantKind, w: &[f32], rows: usize, cols: usize) -> Result<Self, NonFinite> {
+    pub fn quantize(
+        kind: QuantKind,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, NonFinite> {
         assert_eq!(w.len(), rows * cols, "矩阵的元素个数与形状不符");
         if let Some((index, &value)) = w.iter().enumerate().find(|(_, v)| !v.is_finite()) {
             return Err(NonFinite { index, value });
@@ -232,7 +238,11 @@ pub fn quantize_nf4(w: &[f32], block: usize) -> (Vec<u8>, Vec<f32>) {
             let am = am.max(1e-38);
             // 完整的组：先算倒数再乘；不足一组的尾巴：直接除（bitsandbytes 的两条路径就是这样写的）
             let scaled = |x: f32| {
-                let s = if i * block < full { x * (1.0 / am) } else { x / am };
+                let s = if i * block < full {
+                    x * (1.0 / am)
+                } else {
+                    x / am
+                };
                 s.clamp(-1.0, 1.0)
             };
             for (byte, pair) in bytes.iter_mut().zip(b.chunks(2)) {
@@ -262,7 +272,9 @@ mod tests {
         let w: Vec<f32> = NF4_CODE.iter().cycle().take(64).copied().collect();
         let m = QuantMatrix::quantize(QuantKind::Nf4, &w, 4, 16).unwrap();
         assert_eq!(m.dequantize(), w);
-        let QuantData::Nf4 { packed, .. } = &m.data else { unreachable!() };
+        let QuantData::Nf4 { packed, .. } = &m.data else {
+            unreachable!()
+        };
         assert_eq!(packed[0], 0x01, "前一个码在高 4 位");
         assert_eq!(packed[7], 0xef);
     }
@@ -276,7 +288,9 @@ mod tests {
         w[1] = mids[8];
         w[2] = f32::from_bits(mids[8].to_bits() + 1); // 中点往上一点点：归较大的码
         let m = QuantMatrix::quantize(QuantKind::Nf4, &w, 1, 64).unwrap();
-        let QuantData::Nf4 { packed, .. } = &m.data else { unreachable!() };
+        let QuantData::Nf4 { packed, .. } = &m.data else {
+            unreachable!()
+        };
         assert_eq!(packed[0] & 0x0f, 8);
         assert_eq!(packed[1] >> 4, 9);
     }
@@ -286,16 +300,24 @@ mod tests {
         // absmax = 127 时 q = round(x)：2.5 → 2，3.5 → 4，−2.5 → −2
         let w = [127.0f32, 2.5, 3.5, -2.5, 0.0, 0.0, 0.0, 0.0];
         let m = QuantMatrix::quantize(QuantKind::Int8, &w, 2, 4).unwrap();
-        let QuantData::Int8 { codes, row_absmax } = &m.data else { unreachable!() };
+        let QuantData::Int8 { codes, row_absmax } = &m.data else {
+            unreachable!()
+        };
         assert_eq!(codes, &[127, 2, 4, -2, 0, 0, 0, 0]);
         assert_eq!(row_absmax, &[127.0, 0.0]);
-        assert_eq!(&m.dequantize()[4..], &[0.0; 4], "全零的行还原成 0，不是 NaN");
+        assert_eq!(
+            &m.dequantize()[4..],
+            &[0.0; 4],
+            "全零的行还原成 0，不是 NaN"
+        );
     }
 
     #[test]
     fn error_is_bounded_by_half_a_step() {
         // int8 的误差不超过半格 absmax/254；NF4 不超过相邻两码最大间距的一半乘 absmax
-        let w: Vec<f32> = (0..3 * 96).map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0).collect();
+        let w: Vec<f32> = (0..3 * 96)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 17.0)
+            .collect();
         for kind in [QuantKind::Int8, QuantKind::Nf4] {
             let m = QuantMatrix::quantize(kind, &w, 3, 96).unwrap();
             let back = m.dequantize();
@@ -306,7 +328,10 @@ mod tests {
             for (g, (x, y)) in w.chunks(group).zip(back.chunks(group)).enumerate() {
                 let am = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
                 for (a, b) in x.iter().zip(y) {
-                    assert!((a - b).abs() <= half_step * am * 1.0001, "{kind:?} 组 {g}：{a} → {b}");
+                    assert!(
+                        (a - b).abs() <= half_step * am * 1.0001,
+                        "{kind:?} 组 {g}：{a} → {b}"
+                    );
                 }
             }
         }
@@ -318,12 +343,21 @@ mod tests {
         for n in [70usize, 71] {
             let w: Vec<f32> = (0..n).map(|i| (i as f32 - 35.0) / 10.0).collect();
             let m = QuantMatrix::quantize(QuantKind::Nf4, &w, 1, n).unwrap();
-            let QuantData::Nf4 { packed, absmax, .. } = &m.data else { unreachable!() };
+            let QuantData::Nf4 { packed, absmax, .. } = &m.data else {
+                unreachable!()
+            };
             assert_eq!((packed.len(), absmax.len()), (n.div_ceil(2), 2));
-            assert_eq!(absmax[1], w[64..].iter().fold(0.0f32, |m, v| m.max(v.abs())));
+            assert_eq!(
+                absmax[1],
+                w[64..].iter().fold(0.0f32, |m, v| m.max(v.abs()))
+            );
             let back = m.dequantize();
             assert_eq!(back.len(), n);
-            assert_eq!(back[n - 1], w[n - 1], "尾巴的最大值量化成码 ±1，还原得分毫不差");
+            assert_eq!(
+                back[n - 1],
+                w[n - 1],
+                "尾巴的最大值量化成码 ±1，还原得分毫不差"
+            );
         }
     }
 

@@ -128,7 +128,12 @@ impl<E: Real> QuantBase<E> {
             ffn.linear2.weight = zero_mf.clone();
             layers.push(weights);
         }
-        let pooler = quantize("bert.pooler.dense.weight".into(), base.pooler.weight.as_vec(), M, M)?;
+        let pooler = quantize(
+            "bert.pooler.dense.weight".into(),
+            base.pooler.weight.as_vec(),
+            M,
+            M,
+        )?;
         base.pooler.weight = zero_mm;
         Ok(Self {
             kind,
@@ -153,8 +158,10 @@ impl<E: Real> QuantBase<E> {
             {
                 linear.weight = dev.tensor_from_vec(w.materialize(), (Const, Const));
             }
-            layer.feed_forward.linear1.weight = dev.tensor_from_vec(w[4].materialize(), (Const, Const));
-            layer.feed_forward.linear2.weight = dev.tensor_from_vec(w[5].materialize(), (Const, Const));
+            layer.feed_forward.linear1.weight =
+                dev.tensor_from_vec(w[4].materialize(), (Const, Const));
+            layer.feed_forward.linear2.weight =
+                dev.tensor_from_vec(w[5].materialize(), (Const, Const));
         }
         base.pooler.weight = dev.tensor_from_vec(self.pooler.materialize(), (Const, Const));
     }
@@ -201,7 +208,12 @@ mod tests {
             out.push((name(Proj::Up), f.linear1.weight.as_vec(), 48, 32));
             out.push((name(Proj::Down), f.linear2.weight.as_vec(), 32, 48));
         }
-        out.push(("bert.pooler.dense".into(), base.pooler.weight.as_vec(), 32, 32));
+        out.push((
+            "bert.pooler.dense".into(),
+            base.pooler.weight.as_vec(),
+            32,
+            32,
+        ));
         out
     }
 
@@ -217,21 +229,45 @@ mod tests {
         let mut worst = 0.0f64;
         for (name, w, rows, cols) in base_weights(&base) {
             let nf4 = QuantMatrix::quantize(QuantKind::Nf4, &w, rows, cols).unwrap();
-            let QuantData::Nf4 { packed, absmax, .. } = &nf4.data else { unreachable!() };
+            let QuantData::Nf4 { packed, absmax, .. } = &nf4.data else {
+                unreachable!()
+            };
             let packed: Vec<f64> = packed.iter().map(|&b| b as f64).collect();
-            assert_eq!(packed, theirs(format!("nf4.{name}.packed")), "{name} 的 NF4 码");
+            assert_eq!(
+                packed,
+                theirs(format!("nf4.{name}.packed")),
+                "{name} 的 NF4 码"
+            );
             let absmax: Vec<f64> = absmax.iter().map(|&v| v as f64).collect();
-            assert_eq!(absmax, theirs(format!("nf4.{name}.absmax")), "{name} 的 NF4 absmax");
+            assert_eq!(
+                absmax,
+                theirs(format!("nf4.{name}.absmax")),
+                "{name} 的 NF4 absmax"
+            );
 
             let int8 = QuantMatrix::quantize(QuantKind::Int8, &w, rows, cols).unwrap();
-            let QuantData::Int8 { codes, row_absmax } = &int8.data else { unreachable!() };
+            let QuantData::Int8 { codes, row_absmax } = &int8.data else {
+                unreachable!()
+            };
             let codes: Vec<f64> = codes.iter().map(|&q| q as f64).collect();
-            assert_eq!(codes, theirs(format!("int8.{name}.codes")), "{name} 的 int8 码");
+            assert_eq!(
+                codes,
+                theirs(format!("int8.{name}.codes")),
+                "{name} 的 int8 码"
+            );
             let row_absmax: Vec<f64> = row_absmax.iter().map(|&v| v as f64).collect();
-            assert_eq!(row_absmax, theirs(format!("int8.{name}.absmax")), "{name} 的 int8 absmax");
+            assert_eq!(
+                row_absmax,
+                theirs(format!("int8.{name}.absmax")),
+                "{name} 的 int8 absmax"
+            );
 
             for (kind, m) in [("nf4", &nf4), ("int8", &int8)] {
-                let err = max_error(&m.dequantize(), &reference, &format!("{kind}.{name}.dequant"));
+                let err = max_error(
+                    &m.dequantize(),
+                    &reference,
+                    &format!("{kind}.{name}.dequant"),
+                );
                 worst = worst.max(err);
             }
         }
@@ -268,7 +304,12 @@ mod tests {
             let grads = {
                 let g = model.adapters.alloc_grads();
                 let out = model
-                    .forward(tokens.clone().traced(g), Some(types.clone()), &mask, Mode::Eval)
+                    .forward(
+                        tokens.clone().traced(g),
+                        Some(types.clone()),
+                        &mask,
+                        Mode::Eval,
+                    )
                     .unwrap();
                 (out.logits * probe.clone()).sum::<(), _>().backward()
             };
@@ -277,19 +318,40 @@ mod tests {
                 site.clone().unwrap()
             };
             let cases = [
-                ("layers.0.w_q.lora_a", grads.get(&lora(&layers[0].w_q.lora).lora_a).as_vec()),
-                ("layers.0.w_k.lora_b", grads.get(&lora(&layers[0].w_k.lora).lora_b).as_vec()),
+                (
+                    "layers.0.w_q.lora_a",
+                    grads.get(&lora(&layers[0].w_q.lora).lora_a).as_vec(),
+                ),
+                (
+                    "layers.0.w_k.lora_b",
+                    grads.get(&lora(&layers[0].w_k.lora).lora_b).as_vec(),
+                ),
                 (
                     "layers.0.linear1.lora_a",
-                    grads.get(&layers[0].linear1.lora.as_ref().unwrap().lora_a).as_vec(),
+                    grads
+                        .get(&layers[0].linear1.lora.as_ref().unwrap().lora_a)
+                        .as_vec(),
                 ),
-                ("layers.1.w_v.lora_b", grads.get(&lora(&layers[1].w_v.lora).lora_b).as_vec()),
+                (
+                    "layers.1.w_v.lora_b",
+                    grads.get(&lora(&layers[1].w_v.lora).lora_b).as_vec(),
+                ),
                 (
                     "layers.1.linear2.lora_a",
-                    grads.get(&layers[1].linear2.lora.as_ref().unwrap().lora_a).as_vec(),
+                    grads
+                        .get(&layers[1].linear2.lora.as_ref().unwrap().lora_a)
+                        .as_vec(),
                 ),
-                ("pooler.lora_b", grads.get(&lora(&model.adapters.pooler.lora).lora_b).as_vec()),
-                ("head.weight", grads.get(&model.adapters.head.weight).as_vec()),
+                (
+                    "pooler.lora_b",
+                    grads
+                        .get(&lora(&model.adapters.pooler.lora).lora_b)
+                        .as_vec(),
+                ),
+                (
+                    "head.weight",
+                    grads.get(&model.adapters.head.weight).as_vec(),
+                ),
             ];
             let mut grad_err = 0.0f64;
             for (path, ours) in cases {
@@ -307,33 +369,59 @@ mod tests {
     fn a_quantized_base_restores_for_merging() {
         let dev: Cpu = Default::default();
         let (base, config) = tiny_base(&dev);
-        let mut model =
-            TinyPeft::from_pretrained(base.clone(), config, &fixtures_dir().join("tiny-bert-peft-nf4"))
-                .unwrap();
+        let mut model = TinyPeft::from_pretrained(
+            base.clone(),
+            config,
+            &fixtures_dir().join("tiny-bert-peft-nf4"),
+        )
+        .unwrap();
         model.quantize_base(QuantKind::Nf4).unwrap();
         let layer = &model.base.layers.modules[1];
-        assert!(layer.attention.w_q.weight.as_vec().iter().all(|&v| v == 0.0));
+        assert!(layer
+            .attention
+            .w_q
+            .weight
+            .as_vec()
+            .iter()
+            .all(|&v| v == 0.0));
         let q = model.quant.as_ref().unwrap();
         assert_eq!(q.f32_bytes, 4 * (2 * (4 * 32 * 32 + 2 * 32 * 48) + 32 * 32));
         // NF4：每个数半字节，每 64 个数再加一个 4 字节的 absmax：f32 的 (0.5 + 4/64)/4 ≈ 14%
         assert_eq!(q.stored_bytes * 64, q.f32_bytes / 4 * (32 + 4));
         let full = model.full_base();
-        let expected = QuantMatrix::quantize(QuantKind::Nf4, &base.layers.modules[1].attention.w_q.weight.as_vec(), 32, 32)
-            .unwrap()
-            .dequantize();
-        assert_eq!(full.layers.modules[1].attention.w_q.weight.as_vec(), expected);
+        let expected = QuantMatrix::quantize(
+            QuantKind::Nf4,
+            &base.layers.modules[1].attention.w_q.weight.as_vec(),
+            32,
+            32,
+        )
+        .unwrap()
+        .dequantize();
+        assert_eq!(
+            full.layers.modules[1].attention.w_q.weight.as_vec(),
+            expected
+        );
         // 合并后的普通 BERT 与量化基座 + 适配器的输出相同
         let reference = reference();
         let (tokens, types, mask) = reference_batch(&reference, &dev);
         let merged = model
             .merge_and_unload()
-            .forward(&model.config, tokens.clone(), Some(types.clone()), &mask, Mode::Eval)
+            .forward(
+                &model.config,
+                tokens.clone(),
+                Some(types.clone()),
+                &mask,
+                Mode::Eval,
+            )
             .unwrap()
             .logits
             .as_vec();
         let err = max_error(&merged, &reference, "nf4.logits");
         assert!(err <= 1e-5, "{err}");
-        let again = model.quantize_base(QuantKind::Int8).unwrap_err().to_string();
+        let again = model
+            .quantize_base(QuantKind::Int8)
+            .unwrap_err()
+            .to_string();
         assert!(err <= 1e-5 && again.contains("已经量化成 nf4"), "{again}");
     }
 
@@ -344,8 +432,14 @@ mod tests {
         let (mut base, _) = tiny_base(&dev);
         let mut w = base.layers.modules[1].feed_forward.linear2.weight.as_vec();
         w[5] = f32::NAN;
-        base.layers.modules[1].feed_forward.linear2.weight.copy_from(&w);
-        let err = QuantBase::quantize(&mut base, QuantKind::Int8).unwrap_err().to_string();
+        base.layers.modules[1]
+            .feed_forward
+            .linear2
+            .weight
+            .copy_from(&w);
+        let err = QuantBase::quantize(&mut base, QuantKind::Int8)
+            .unwrap_err()
+            .to_string();
         assert!(
             err.contains("bert.encoder.layer.1.output.dense.weight：第 5 个数是 NaN"),
             "{err}"
@@ -359,7 +453,8 @@ mod tests {
         let dev = Cpu::seed_from_u64(3);
         let w: Tensor<Rank2<48, 32>, f32, Cpu> = dev.sample_normal();
         let m = QuantMatrix::quantize(QuantKind::Nf4, &w.as_vec(), 48, 32).unwrap();
-        let stored: Tensor<Rank2<48, 32>, f32, Cpu> = dev.tensor_from_vec(m.dequantize(), (Const, Const));
+        let stored: Tensor<Rank2<48, 32>, f32, Cpu> =
+            dev.tensor_from_vec(m.dequantize(), (Const, Const));
         let lazy: Arc<dyn LazyWeight<f32>> = Arc::new(m);
         let b: Tensor<Rank1<48>, f32, Cpu> = dev.sample_normal();
         let x: Tensor<(usize, usize, Const<32>), f32, Cpu> = dev.sample_normal_like(&(2, 5, Const));

@@ -82,14 +82,25 @@ impl<const M: usize, const H: usize, E: Dtype, D: Kernels<E>> MultiHeadAttention
         let (x, tape) = x.split_tape();
         // 投影由设备的 Kernels::linear 计算：原投影冻结时（LoRA），CPU 上不算 W、b 的梯度
         let train = !hooks.base_frozen();
+        // ANCHOR: lazy_proj
         // 量化存放的基座（4.5 节）由钩子给出按需还原的权重
         let proj = |p: Proj, l: &Linear<M, M, E, D>, t| match hooks.attention_weight(p) {
             Some(w) => D::linear_lazy(t, w, &l.bias),
             None => D::linear(t, &l.weight, &l.bias, train),
         };
-        let q = hooks.query(x.retaped::<T>(), proj(Proj::Query, &self.w_q, x.clone().put_tape(tape)));
-        let k = hooks.key(x.retaped::<T>(), proj(Proj::Key, &self.w_k, x.retaped::<T>()));
-        let v = hooks.value(x.retaped::<T>(), proj(Proj::Value, &self.w_v, x.retaped::<T>()));
+        // ANCHOR_END: lazy_proj
+        let q = hooks.query(
+            x.retaped::<T>(),
+            proj(Proj::Query, &self.w_q, x.clone().put_tape(tape)),
+        );
+        let k = hooks.key(
+            x.retaped::<T>(),
+            proj(Proj::Key, &self.w_k, x.retaped::<T>()),
+        );
+        let v = hooks.value(
+            x.retaped::<T>(),
+            proj(Proj::Value, &self.w_v, x.retaped::<T>()),
+        );
         // 拆成 H 个头、各自做缩放点积注意力、再拼回：设备的 Kernels::attention，
         // 默认是下面的 attention_heads_composite（CPU 上是附录 B 的融合算子，结果相同）
         let _ = Self::D_HEAD; // H 不整除 M 时编译不过（0.3 节）

@@ -643,3 +643,67 @@ fn convert_halves_a_model_that_still_classifies_the_same_way() {
     assert_eq!(std::fs::read(&bad).unwrap(), b"not a safetensors file");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// 4.5 节：`finetune --quantize nf4` 在量化的基座上训练，存下的是普通的 LoRA 适配器（classify 在全精度的基座上直接用）；
+/// 打印量化前后投影权重的大小，summary.json 记下格式；`--quantize` 与全量微调一起给时是中文错误，不建输出目录。
+#[test]
+fn qlora_finetune_writes_a_plain_adapter() {
+    let data = temp("qlora-data");
+    toy_corpus(&data);
+    let out = temp("qlora");
+    let base = fixtures().join("tiny-bert");
+    let common = [
+        "finetune",
+        "--model",
+        base.to_str().unwrap(),
+        "--data",
+        data.to_str().unwrap(),
+        "--r",
+        "4",
+        "--alpha",
+        "8",
+        "--max-len",
+        "24",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "8",
+        "--eval-every",
+        "2",
+        "--quantize",
+        "nf4",
+    ];
+    let o = run(&[&common[..], &["--out", out.to_str().unwrap()]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    // tiny-bert：2 层 × (4×32×32 + 2×32×48) + 池化层 32×32 = 21,504 个数，f32 84 KiB；NF4 每个 0.5 字节 + 每 64 个 4 字节
+    assert!(
+        stdout(&o).contains("基座量化为 nf4：各层投影与池化层的权重 0.1 MiB → 0.0 MiB"),
+        "{}",
+        stdout(&o)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["quantize"], "nf4");
+    let config = std::fs::read_to_string(out.join("adapter/adapter_config.json")).unwrap();
+    assert!(config.contains("\"peft_type\": \"LORA\""), "{config}");
+    let o = run(&[
+        "classify",
+        "--model",
+        base.to_str().unwrap(),
+        "--adapter",
+        out.join("adapter").to_str().unwrap(),
+        "书很好",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let bad = out.join("full");
+    let o = run(&[&common[..], &["--full", "--out", bad.to_str().unwrap()]].concat());
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(
+        err.contains("--quantize 只用于 LoRA") && !err.contains("panicked"),
+        "{err}"
+    );
+    assert!(!bad.exists(), "出错时不应建输出目录");
+    std::fs::remove_dir_all(&out).unwrap();
+    std::fs::remove_dir_all(&data).unwrap();
+}

@@ -15,7 +15,6 @@ common=(--model "$model" --max-steps 200 --batch-size 16 --max-len 64 --valid-li
         --lora-dropout 0.1 --targets query,value --r 16 --alpha 32)
 formats=(f32 int8 nf4)
 seeds=(0 1 2)
-# ANCHOR_END: runs
 for seed in "${seeds[@]}"; do
   for format in "${formats[@]}"; do
     quant=()
@@ -23,3 +22,4 @@ for seed in "${seeds[@]}"; do
     run_record "part4-quant/$format-s$seed" "${common[@]}" "${quant[@]}" --seed "$seed"
   done
 done
+# ANCHOR_END: runs

@@ -349,11 +349,13 @@ impl<D: Kernels<f32>> WidthTask for OnDevice<'_, '_, D> {
                         .push("pooler".into());
                     job.method = Method::Lora(Box::new(lora.clone()));
                 }
-                let mut peft = PeftBert::get_peft_model(model.params, model.config, lora)?;
-                // QLoRA：适配器按全精度的基座初始化之后再量化（PiSSA、OLoRA 量化的是剩余部分 W_res）
-                if let Some(kind) = job.quantize {
-                    peft.quantize_base(kind)?;
-                }
+                // QLoRA（4.5 节）：基座量化存放，适配器按量化后的基座初始化
+                let mut peft = match job.quantize {
+                    Some(kind) => {
+                        PeftBert::get_peft_model_quantized(model.params, model.config, lora, kind)?
+                    }
+                    None => PeftBert::get_peft_model(model.params, model.config, lora)?,
+                };
                 let quant = peft
                     .quant
                     .as_ref()

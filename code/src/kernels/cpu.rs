@@ -1039,7 +1039,10 @@ where
     drop(w_host);
     let out = x.device().tensor_from_vec(out, (batch, seq, Const::<O>));
     if T::OWNS_TAPE {
-        let (out_ghost, b) = (out.ghost(), b.clone());
+        let (out_ghost, x_ghost, b) = (out.ghost(), x.ghost(), b.clone());
+        // 输入 x 只有算 dW 时才要：权重冻结时反向闭包不留它（否则比如 GELU 的输出只因这里还被引用，
+        // 要一直留到反向结束）
+        let x = train_weights.then_some(x);
         tape.add_backward_op(move |grads| {
             grads.try_alloc_for(&out_ghost)?;
             let w_host = w.data();
@@ -1060,18 +1063,18 @@ where
                     )
                 }
             };
-            if grads.contains(&x) {
-                let (dx, g) = grads.mut_and_ref(&x, &out_ghost);
+            if grads.contains(&x_ghost) {
+                let (dx, g) = grads.mut_and_ref(&x_ghost, &out_ghost);
                 dx_gemm(buf(g), F::one(), buf_mut::<F>(dx).as_mut_ptr());
             } else {
                 let g = buf(grads.get_ref(&out_ghost));
                 let mut dx = par_zeros(rows * I);
                 dx_gemm(g, F::zero(), dx.as_mut_ptr());
                 grads
-                    .try_insert_cpu(&x, dx)
+                    .try_insert_cpu(&x_ghost, dx)
                     .unwrap_or_else(|_| unreachable!("刚检查过没有梯度"));
             }
-            if train_weights {
+            if let Some(x) = &x {
                 let Weight::Stored(w) = &w else {
                     unreachable!("按需还原的权重总是冻结的")
                 };
@@ -1089,7 +1092,7 @@ where
                         I,
                         F::one(),
                         (g.as_ptr(), 1, O as isize),
-                        (data(&x).as_ptr(), I as isize, 1),
+                        (data(x).as_ptr(), I as isize, 1),
                         F::one(),
                         (dw.as_mut_ptr(), I as isize, 1),
                     );

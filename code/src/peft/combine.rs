@@ -288,6 +288,8 @@ where
         lora.rank_pattern = Default::default();
         lora.alpha_pattern = Default::default();
         lora.use_rslora = false;
+        // 基座量化时（4.5 节）这里的权重是零占位：不要紧——能合成的适配器不用基座的权重初始化（DoRA、PiSSA、OLoRA
+        // 上面已拒绝），A、B、分类头与池化层的副本下面都换成合成的结果
         let mut combined = new_adapter(&self.base, lora)?;
         let out = &mut combined.adapters;
         for (l, layer) in out.layers.modules.iter_mut().enumerate() {

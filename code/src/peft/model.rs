@@ -13,7 +13,7 @@ use dfdx::nn::NumParams;
 use dfdx::prelude::*;
 
 use super::adapter::{PeftAdapters, PeftHooks, PeftLayer, SiteLora};
-use super::config::{AdapterPlan, LoraConfig, PeftError, LAYER_LINEARS};
+use super::config::{AdapterPlan, InitLoraWeights, LoraConfig, PeftError, LAYER_LINEARS};
 use crate::basics::tensors::Real;
 use crate::bert::hf::hf_candidates;
 use crate::bert::model::{BertOutput, BertParams};
@@ -189,8 +189,30 @@ where
     }
 
     // ANCHOR: quantize_base
-    /// QLoRA（4.5 节）：把冻结基座里每层的六个投影与池化层的 dense 量化成 `kind` 存放，前向时按需还原。
-    /// 在 `get_peft_model` 之后调用（PiSSA、OLoRA 的基座已换成 W_res，量化的就是它，与 PEFT 相同）。
+    /// QLoRA（4.5 节）的 `get_peft_model`：新建适配器，基座的投影权重量化成 `kind` 存放。
+    ///
+    /// 适配器按量化后的基座 deq(Q(W)) 初始化，与 PEFT 在 4 位基座上 `get_peft_model` 相同（DoRA 的长度向量取
+    /// ‖deq(Q(W))‖，一开始输出才与量化的基座相同；OLoRA 分解的是 deq(Q(W))）。PiSSA 例外：PEFT 拒绝在量化的基座上做
+    /// PiSSA，要求先在全精度下初始化、再量化剩余部分 W_res——主要方向留在全精度的 A、B 里，量化误差只落在 W_res 上。
+    pub fn get_peft_model_quantized(
+        mut base: BertParams<M, H, F, E, D>,
+        config: EncoderConfig,
+        lora: LoraConfig,
+        kind: QuantKind,
+    ) -> Result<Self, PeftError> {
+        if lora.init()? != InitLoraWeights::Pissa {
+            QuantBase::round_trip(&mut base, kind).map_err(|e| PeftError::Adapter {
+                name: DEFAULT_ADAPTER.into(),
+                reason: format!("量化基座失败：{e}"),
+            })?;
+        }
+        let mut model = Self::get_peft_model(base, config, lora)?;
+        model.quantize_base(kind)?;
+        Ok(model)
+    }
+
+    /// 把冻结基座里每层的六个投影与池化层的 dense 量化成 `kind` 存放，前向时按需还原（读进来的适配器用它；
+    /// 新建适配器用 [`get_peft_model_quantized`](Self::get_peft_model_quantized)）。
     pub fn quantize_base(&mut self, kind: QuantKind) -> Result<(), PeftError> {
         if let Some(q) = &self.quant {
             return Err(PeftError::Adapter {
@@ -337,10 +359,13 @@ where
         self.check_new_name(name)?;
         let lora = LoraConfig::read(&dir.join(ADAPTER_CONFIG))?;
         self.check_shared_base(name, &lora)?;
-        // 基座量化了：在还原的副本上读（不改写基座的适配器才走到这里，副本读完即丢）
+        // 基座量化了：在还原的副本上读（不改写基座的适配器才走到这里，副本读完即丢）。
+        // 只有训练池化层副本的适配器要读基座的权重（文件里没有副本时从基座复制）；其余的用占位的基座就够了
         let adapter = match &self.quant {
-            None => read_adapter(&mut self.base, dir)?,
-            Some(_) => read_adapter(&mut self.full_base().into_owned(), dir)?,
+            Some(_) if lora.trains_pooler() => {
+                read_adapter(&mut self.full_base().into_owned(), dir)?
+            }
+            _ => read_adapter(&mut self.base, dir)?,
         };
         self.others.insert(name.into(), adapter);
         Ok(())
@@ -351,8 +376,13 @@ where
     pub fn add_adapter(&mut self, name: &str, lora: LoraConfig) -> Result<(), PeftError> {
         self.check_new_name(name)?;
         self.check_shared_base(name, &lora)?;
-        // 新适配器可能要从基座的权重初始化（DoRA 的长度、pooler 的副本）：量化时用还原的基座
-        let adapter = new_adapter(&self.full_base(), lora)?;
+        // 新适配器要从基座的权重初始化时（DoRA 的长度、池化层的副本、OLoRA 的分解）：量化时用还原的基座
+        let needs_weights =
+            lora.use_dora || lora.trains_pooler() || lora.init().is_ok_and(|i| i.rewrites_base());
+        let adapter = match &self.quant {
+            Some(_) if needs_weights => new_adapter(&self.full_base(), lora)?,
+            _ => new_adapter(&self.base, lora)?,
+        };
         self.others.insert(name.into(), adapter);
         Ok(())
     }

@@ -9,7 +9,7 @@
 //!   前一个在高 4 位。还原 code[q]·absmax。
 //!
 //! 运算的次序照搬 bitsandbytes 的 PyTorch 实现（先算 1/absmax 再乘；不足一组的尾巴直接除），
-//! 所以得到的码与 absmax 与它逐位相同（`tests/quant.rs` 对照 bitsandbytes 0.50.2 存的码）。
+//! 所以得到的码与 absmax 与它逐位相同（`code/src/quant/mod.rs` 的测试对照 bitsandbytes 0.50.2 存的码）。
 
 use rayon::prelude::*;
 

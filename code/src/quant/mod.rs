@@ -166,6 +166,16 @@ impl<E: Real> QuantBase<E> {
         base.pooler.weight = dev.tensor_from_vec(self.pooler.materialize(), (Const, Const));
     }
 
+    /// 量化再还原：`base` 的这些权重换成 deq(Q(W))（仍以 f32 存放）。在它上面初始化的适配器看到的就是量化后的基座
+    /// （PEFT 在 4 位的基座上 `get_peft_model` 时也是：DoRA 的长度、OLoRA 的分解都用还原的权重）。
+    pub fn round_trip<const M: usize, const H: usize, const F: usize, D: Device<E>>(
+        base: &mut BertParams<M, H, F, E, D>,
+        kind: QuantKind,
+    ) -> Result<(), QuantError> {
+        Self::quantize(base, kind)?.restore(base);
+        Ok(())
+    }
+
     /// 第 i 层投影 `p` 的权重。
     pub fn weight(&self, layer: usize, p: Proj) -> &Arc<dyn LazyWeight<E>> {
         &self.layers[layer][p as usize]
@@ -423,6 +433,54 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err <= 1e-5 && again.contains("已经量化成 nf4"), "{again}");
+    }
+
+    /// QLoRA 的 get_peft_model：刚建好的 DoRA 适配器（长度向量按 ‖deq(Q(W))‖）不改变量化基座的输出；
+    /// 反过来，若按全精度的 ‖W‖ 初始化再量化，一开始的输出就偏了（这正是按还原的基座初始化的原因）。
+    #[test]
+    fn a_fresh_dora_adapter_on_a_quantized_base_changes_nothing() {
+        let dev = Cpu::seed_from_u64(5);
+        let (base, config) = tiny_base(&dev);
+        let mut lora =
+            crate::peft::config::LoraConfig::seq_cls(4, 8.0, &["query", "value", "dense"], 0.0);
+        lora.use_dora = true;
+        let reference = reference();
+        let (tokens, types, mask) = reference_batch(&reference, &dev);
+        let logits = |m: &TinyPeft| {
+            m.forward(tokens.clone(), Some(types.clone()), &mask, Mode::Eval)
+                .unwrap()
+                .logits
+                .as_vec()
+        };
+        let diff = |a: &[f32], b: &[f32]| {
+            a.iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0f32, f32::max)
+        };
+        let model =
+            TinyPeft::get_peft_model_quantized(base.clone(), config, lora.clone(), QuantKind::Nf4)
+                .unwrap();
+        // 没有适配器的量化基座：还原出的基座 + 分类头
+        let plain = model
+            .full_base()
+            .forward(
+                &config,
+                tokens.clone(),
+                Some(types.clone()),
+                &mask,
+                Mode::Eval,
+            )
+            .unwrap()
+            .logits
+            .as_vec();
+        let fresh = diff(&logits(&model), &plain);
+        assert!(fresh < 1e-5, "{fresh}");
+        let mut naive = TinyPeft::get_peft_model(base, config, lora).unwrap();
+        naive.quantize_base(QuantKind::Nf4).unwrap();
+        let off = diff(&logits(&naive), &plain);
+        println!("刚建好的 DoRA：按 deq(Q(W)) 初始化差 {fresh:.1e}，按全精度 W 初始化差 {off:.1e}");
+        assert!(off > 100.0 * fresh.max(1e-7), "{off}");
     }
 
     /// 权重里有 NaN：量化报出是哪个张量的第几个数，不产出 NaN 的模型。

@@ -169,7 +169,8 @@ impl QuantMatrix {
                 absmax,
                 block,
             } => {
-                // 一组 block 个数对应 block/2 个字节（block 是偶数）
+                // 一组 block 个数对应 block/2 个字节：block 须为偶数，组与字节才对得齐
+                assert!(block % 2 == 0, "NF4 的组大小须为偶数");
                 out.par_chunks_mut(*block)
                     .zip(packed.par_chunks(block / 2))
                     .zip(absmax.par_iter())

@@ -4,7 +4,8 @@
 //! - 建好模型之后的常驻内存（RSS），以及训练一步 [8,128]（前向 + 反向）期间的峰值常驻内存、每步耗时。
 //!
 //! 每种格式在自己的子进程里跑，峰值互不干扰；建模型时的 f32 权重在量化后释放，mimalloc 把它还给系统
-//! （`mi_collect`），再把峰值计数清零（Linux 的 `/proc/self/clear_refs` 写 5），然后才开始计步。
+//! （`mi_collect`），再把峰值计数清零（Linux 的 `/proc/self/clear_refs` 写 5），然后才开始计步；计步时与命令行一样，
+//! 释放的内存留着复用（`alloc::keep_freed_memory`）。
 //!
 //! 用法：`cargo run --release --example qlora_memory`（依次跑三种，打印表格，写 `code/results/part4-quant/memory.json`）；
 //! `-- f32`、`-- int8`、`-- nf4` 只跑一种、打印一行 JSON。环境变量 `ROUNDS` 是计时的步数（默认 4，先空跑一步）。
@@ -88,6 +89,8 @@ fn measure(kind: Option<QuantKind>) -> Row {
     let resident = proc_status_kib("VmRSS:") * 1024.0;
     std::fs::write("/proc/self/clear_refs", "5")
         .expect("清零峰值常驻内存（/proc/self/clear_refs）");
+    // 从这里起与命令行（main）一样，让 mimalloc 不把释放的内存还给系统：每步还原出的权重缓冲区就不必每次重新缺页
+    llm_book::alloc::keep_freed_memory();
 
     let ids: Vec<usize> = (0..8 * 128).map(|i| (i * 7919 + 13) % 21128).collect();
     let tokens = dev.tensor_from_vec(ids, (8, 128));

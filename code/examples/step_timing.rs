@@ -93,6 +93,7 @@ fn main() {
         active: DEFAULT_ADAPTER.to_string(),
         others: Default::default(),
         quant: None,
+        allocator: None,
     };
     let (mut gf, mut gl, mut gh) = (None, None, None);
     let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();

@@ -13,7 +13,7 @@ use dfdx::nn::modules::{Linear, ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
 
 use super::config::{InitLoraWeights, SiteSpec};
-use super::{dora, init};
+use super::{adalora, dora, init};
 use crate::basics::tensors::Real;
 use crate::bert::model::PoolerHook;
 use crate::bert::runtime::{Head, LayerStack, SavedLinear};
@@ -32,6 +32,9 @@ pub struct LoraWeights<const I: usize, const O: usize, E: Dtype, D: Device<E>> {
     pub scaling: f64,
     /// DoRA 的长度向量 m `(Const<O>,)`（`use_dora` 时才有，4.2 节）。
     pub magnitude: Option<Tensor<(Const<O>,), E, D>>,
+    /// AdaLoRA 的奇异值 E `(r, Const<1>)`（`peft_type` 为 `"ADALORA"` 时才有，4.4 节）：增量是 s·B·diag(E)·A，
+    /// 剪掉第 i 个奇异值就是把 E 的第 i 个置 0。形状与 PEFT 存的 `lora_E` 相同。
+    pub lora_e: Option<Tensor<(usize, Const<1>), E, D>>,
 }
 
 /// 一个线性层位置：选中时有 LoRA，否则是 `None`（没有任何参数）。
@@ -54,6 +57,11 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
                 rand_distr::Uniform::new(-bound, bound)
             };
             let (lora_a, lora_b) = match s.init {
+                // AdaLoRA（4.4 节）：A、B 取 N(0, 0.02²)，E = 0（一开始同样不改变输出）
+                _ if s.svd => (
+                    normal(dev, (s.r, Const::<I>), 0.02),
+                    normal(dev, (Const::<O>, s.r), 0.02),
+                ),
                 InitLoraWeights::Kaiming => (
                     dev.sample_like(&(s.r, Const), uniform(I)),
                     dev.zeros_like(&(Const, s.r)),
@@ -62,20 +70,10 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
                     dev.sample_like(&(s.r, Const), uniform(I)),
                     dev.sample_like(&(Const, s.r), uniform(s.r)),
                 ),
-                InitLoraWeights::Gaussian => {
-                    // N(0, (1/r)²)：泛型 E 上没有 dfdx 的正态采样，用 Box–Muller 由两个 U(0, 1) 得到标准正态
-                    let unit = || {
-                        dev.sample_like(
-                            &(s.r, Const),
-                            rand_distr::Uniform::new(E::zero(), E::one()),
-                        )
-                    };
-                    let radius =
-                        ((unit().negate() + E::one()).ln() * E::from_f64(-2.0).unwrap()).sqrt();
-                    let angle = (unit() * E::from_f64(std::f64::consts::TAU).unwrap()).cos();
-                    let std = E::from_f64(1.0 / s.r as f64).unwrap();
-                    (radius * angle * std, dev.zeros_like(&(Const, s.r)))
-                }
+                InitLoraWeights::Gaussian => (
+                    normal(dev, (s.r, Const::<I>), 1.0 / s.r as f64),
+                    dev.zeros_like(&(Const, s.r)),
+                ),
                 InitLoraWeights::Pissa | InitLoraWeights::Olora => {
                     let (a, b) =
                         init::from_weight(&base.weight.as_vec(), O, I, s.r, s.scaling, s.init);
@@ -93,6 +91,7 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
                 lora_b,
                 scaling: s.scaling,
                 magnitude,
+                lora_e: s.svd.then(|| dev.zeros_like(&(s.r, Const))),
             }
         });
         Self { lora }
@@ -118,8 +117,14 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
         mode: Mode,
     ) -> Hidden<O, E, D, T> {
         let Some(l) = &self.lora else { return out };
+        if l.lora_a.shape().0 == 0 {
+            return out; // 读进来的 AdaLoRA 适配器里全被剪掉的模块：秩 0，没有分支
+        }
         let dropped = matches!(mode, Mode::Train) && dropout > 0.0;
         let x = if dropped { D::dropout(x, dropout) } else { x };
+        if let Some(e) = &l.lora_e {
+            return adalora::forward(out, x, &l.lora_a, e, &l.lora_b, l.scaling);
+        }
         match &l.magnitude {
             None => D::lora_add(out, x, &l.lora_a, &l.lora_b, l.scaling),
             Some(m) => dora::forward(
@@ -146,17 +151,30 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
         linear.weight = linear.weight.clone() - delta * E::from_f64(l.scaling).unwrap();
     }
 
-    /// 合并进原线性层：W ← W + s·BA（DoRA：W ← (m/‖W + s·BA‖) ⊙ (W + s·BA)）；没有 LoRA 时什么也不做。
+    /// 合并进原线性层：W ← W + s·BA（DoRA：W ← (m/‖W + s·BA‖) ⊙ (W + s·BA)；AdaLoRA：W ← W + s·B·diag(E)·A）；
+    /// 没有 LoRA 时什么也不做。
     pub fn merge_into(&self, linear: &mut Linear<I, O, E, D>) {
         let Some(l) = &self.lora else { return };
         linear.weight = match &l.magnitude {
             None => {
-                let delta = l.lora_b.clone().matmul(l.lora_a.clone()); // (O, I)
+                let a = match &l.lora_e {
+                    Some(e) => adalora::scaled_rows(&l.lora_a, e), // AdaLoRA：diag(E)·A
+                    None => l.lora_a.clone(),
+                };
+                let delta = l.lora_b.clone().matmul(a); // (O, I)
                 linear.weight.clone() + delta * E::from_f64(l.scaling).unwrap()
             }
             Some(m) => dora::merged_weight(&linear.weight, &l.lora_a, &l.lora_b, m, l.scaling),
         };
     }
+}
+
+/// N(0, std²) 的随机张量：泛型 E 上没有 dfdx 的正态采样，用 Box–Muller 由两个 U(0, 1) 得到标准正态。
+fn normal<S: Shape, E: Real, D: Kernels<E>>(dev: &D, shape: S, std: f64) -> Tensor<S, E, D> {
+    let unit = || dev.sample_like(&shape, rand_distr::Uniform::new(E::zero(), E::one()));
+    let radius = ((unit().negate() + E::one()).ln() * E::from_f64(-2.0).unwrap()).sqrt();
+    let angle = (unit() * E::from_f64(std::f64::consts::TAU).unwrap()).cos();
+    radius * angle * E::from_f64(std).unwrap()
 }
 
 /// 适配器只能由 `init` 构造（按 `init_lora_weights` 初始化）；dfdx 的 `reset_params` 走到这里时停下并说明。
@@ -172,12 +190,16 @@ impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> TensorCollection<E,
     type To<E2: Dtype, D2: Device<E2>> = ();
     fn iter_tensors<V: ModuleVisitor<Self, E, D>>(visitor: &mut V) -> Result<Option<()>, V::Err> {
         // 选中了没有、有没有 DoRA 的长度向量，只有看到模块本身才知道（dfdx 补丁的 peek）
-        let (selected, dora) = visitor
+        let (selected, dora, svd) = visitor
             .peek(&mut |s: &Self| {
                 let l = s.lora.as_ref();
-                (l.is_some(), l.is_some_and(|l| l.magnitude.is_some()))
+                (
+                    l.is_some(),
+                    l.is_some_and(|l| l.magnitude.is_some()),
+                    l.is_some_and(|l| l.lora_e.is_some()),
+                )
             })
-            .unwrap_or((false, false));
+            .unwrap_or((false, false, false));
         if !selected {
             return visitor.visit_fields((), |()| ());
         }
@@ -193,6 +215,15 @@ impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> TensorCollection<E,
             |s| &mut s.lora.as_mut().expect("已核对选中").lora_b,
             TensorOptions::runtime((Const, 0), no_reset),
         );
+        if svd {
+            let e = Self::tensor(
+                "lora_e",
+                |s| lora_e(s).expect("已核对 AdaLoRA"),
+                |s| lora_e_mut(s).expect("已核对 AdaLoRA"),
+                TensorOptions::runtime((0, Const), no_reset),
+            );
+            return visitor.visit_fields((a, b, e), |_| ());
+        }
         if !dora {
             return visitor.visit_fields((a, b), |_| ());
         }
@@ -206,6 +237,18 @@ impl<const I: usize, const O: usize, E: Dtype, D: Device<E>> TensorCollection<E,
     }
 }
 
+fn lora_e<const I: usize, const O: usize, E: Dtype, D: Device<E>>(
+    s: &SiteLora<I, O, E, D>,
+) -> Option<&Tensor<(usize, Const<1>), E, D>> {
+    s.lora.as_ref()?.lora_e.as_ref()
+}
+
+fn lora_e_mut<const I: usize, const O: usize, E: Dtype, D: Device<E>>(
+    s: &mut SiteLora<I, O, E, D>,
+) -> Option<&mut Tensor<(usize, Const<1>), E, D>> {
+    s.lora.as_mut()?.lora_e.as_mut()
+}
+
 fn magnitude<const I: usize, const O: usize, E: Dtype, D: Device<E>>(
     s: &SiteLora<I, O, E, D>,
 ) -> Option<&Tensor<(Const<O>,), E, D>> {
@@ -217,6 +260,94 @@ fn magnitude_mut<const I: usize, const O: usize, E: Dtype, D: Device<E>>(
 ) -> Option<&mut Tensor<(Const<O>,), E, D>> {
     s.lora.as_mut()?.magnitude.as_mut()
 }
+
+// ANCHOR: svd_site
+/// AdaLoRA 的一个模块（4.4 节），擦去了输入、输出宽度的类型：秩分配要把所有模块的分数放在一起排序。
+pub trait SvdSite<E: Dtype, D: Device<E>> {
+    /// A `(r, I)`、E `(r,)`、B `(O, r)` 的数据；`grads` 给出时取它们的梯度。
+    fn parts(&self, grads: Option<&Gradients<E, D>>) -> SvdParts<E>;
+    /// 正交正则的两项 ‖AAᵀ − I‖_F、‖BᵀB − I‖_F（带 tape：梯度经它们流回 A、B）。
+    fn orth_terms(&self) -> [Tensor<(), E, D, OwnedTape<E, D>>; 2];
+    /// 把 `keep[i]` 为假的奇异值置 0（训练中剪枝：矩阵的形状不变）。
+    fn mask(&mut self, keep: &[bool]);
+    /// 只留下 `keep[i]` 为真的行、列（存盘前按 rank_pattern 裁小：秩变成留下的个数）。
+    fn crop(&mut self, keep: &[bool]);
+}
+
+/// 一个 AdaLoRA 模块的 A、E、B（按行存放）与它的秩、输入、输出宽度。
+#[derive(Clone, Debug, PartialEq)]
+pub struct SvdParts<E> {
+    /// 秩 r。
+    pub r: usize,
+    /// 输入宽度 I。
+    pub fan_in: usize,
+    /// 输出宽度 O。
+    pub fan_out: usize,
+    /// A `(r, I)`。
+    pub a: Vec<E>,
+    /// E `(r,)`。
+    pub e: Vec<E>,
+    /// B `(O, r)`。
+    pub b: Vec<E>,
+}
+
+impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SvdSite<E, D>
+    for LoraWeights<I, O, E, D>
+{
+    fn parts(&self, grads: Option<&Gradients<E, D>>) -> SvdParts<E> {
+        let e = self.lora_e.as_ref().expect("只对 AdaLoRA 的模块调用");
+        let (a, e, b) = match grads {
+            None => (self.lora_a.as_vec(), e.as_vec(), self.lora_b.as_vec()),
+            Some(g) => (
+                g.get(&self.lora_a).as_vec(),
+                g.get(e).as_vec(),
+                g.get(&self.lora_b).as_vec(),
+            ),
+        };
+        SvdParts {
+            r: self.lora_a.shape().0,
+            fan_in: I,
+            fan_out: O,
+            a,
+            e,
+            b,
+        }
+    }
+
+    fn orth_terms(&self) -> [Tensor<(), E, D, OwnedTape<E, D>>; 2] {
+        [adalora::orth_a(&self.lora_a), adalora::orth_b(&self.lora_b)]
+    }
+
+    fn mask(&mut self, keep: &[bool]) {
+        let e = self.lora_e.as_mut().expect("只对 AdaLoRA 的模块调用");
+        let mut v = e.as_vec();
+        for (x, k) in v.iter_mut().zip(keep) {
+            if !*k {
+                *x = E::zero();
+            }
+        }
+        e.copy_from(&v);
+    }
+
+    fn crop(&mut self, keep: &[bool]) {
+        let parts = self.parts(None);
+        let rows: Vec<usize> = (0..parts.r).filter(|&i| keep[i]).collect();
+        let r = rows.len();
+        let a: Vec<E> = (rows.iter())
+            .flat_map(|&i| parts.a[i * I..(i + 1) * I].to_vec())
+            .collect();
+        let e: Vec<E> = rows.iter().map(|&i| parts.e[i]).collect();
+        let b: Vec<E> = (0..O)
+            .flat_map(|o| rows.iter().map(move |&i| (o, i)))
+            .map(|(o, i)| parts.b[o * parts.r + i])
+            .collect();
+        let dev = self.lora_a.device().clone();
+        self.lora_a = dev.tensor_from_vec(a, (r, Const));
+        self.lora_b = dev.tensor_from_vec(b, (Const, r));
+        self.lora_e = Some(dev.tensor_from_vec(e, (r, Const)));
+    }
+}
+// ANCHOR_END: svd_site
 
 /// 一层编码器的适配器：六个线性层各一个位置，字段名与基座的线性层相同。
 #[derive(Clone, Debug)]
@@ -335,6 +466,54 @@ pub struct PeftAdapters<const M: usize, const F: usize, E: Dtype, D: Device<E>> 
     pub pooler_copy: SavedLinear<M, E, D>,
     /// 分类头的副本（整个训练）。
     pub head: Head<M, E, D>,
+}
+
+impl<const M: usize, const F: usize, E: Real, D: Kernels<E>> PeftAdapters<M, F, E, D> {
+    /// AdaLoRA 的各个模块，按模型里的顺序（各层的六个位置，再是池化层；同 [`AdapterPlan::modules`](super::config::AdapterPlan::modules)）。
+    pub fn svd_sites(&self) -> Vec<&dyn SvdSite<E, D>> {
+        fn push<'a, const I: usize, const O: usize, E: Real, D: Kernels<E>>(
+            out: &mut Vec<&'a dyn SvdSite<E, D>>,
+            site: &'a SiteLora<I, O, E, D>,
+        ) {
+            if let Some(l) = site.lora.as_ref().filter(|l| l.lora_e.is_some()) {
+                out.push(l);
+            }
+        }
+        let mut out = Vec::new();
+        for l in &self.layers.modules {
+            push(&mut out, &l.w_q);
+            push(&mut out, &l.w_k);
+            push(&mut out, &l.w_v);
+            push(&mut out, &l.w_o);
+            push(&mut out, &l.linear1);
+            push(&mut out, &l.linear2);
+        }
+        push(&mut out, &self.pooler);
+        out
+    }
+
+    /// 同 [`svd_sites`](Self::svd_sites)，可变。
+    pub fn svd_sites_mut(&mut self) -> Vec<&mut dyn SvdSite<E, D>> {
+        fn push<'a, const I: usize, const O: usize, E: Real, D: Kernels<E>>(
+            out: &mut Vec<&'a mut dyn SvdSite<E, D>>,
+            site: &'a mut SiteLora<I, O, E, D>,
+        ) {
+            if let Some(l) = site.lora.as_mut().filter(|l| l.lora_e.is_some()) {
+                out.push(l);
+            }
+        }
+        let mut out = Vec::new();
+        for l in &mut self.layers.modules {
+            push(&mut out, &mut l.w_q);
+            push(&mut out, &mut l.w_k);
+            push(&mut out, &mut l.w_v);
+            push(&mut out, &mut l.w_o);
+            push(&mut out, &mut l.linear1);
+            push(&mut out, &mut l.linear2);
+        }
+        push(&mut out, &mut self.pooler);
+        out
+    }
 }
 
 impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> TensorCollection<E, D>

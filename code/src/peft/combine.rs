@@ -215,6 +215,11 @@ where
         let inputs = (adapters.iter())
             .map(|a| self.adapter_by_name(a))
             .collect::<Result<Vec<_>, _>>()?;
+        if let Some(a) = (adapters.iter().zip(&inputs)).find(|(_, (_, l))| l.peft_type == "ADALORA")
+        {
+            let reason = "AdaLoRA 的适配器不能加权合成（PEFT 的 add_weighted_adapter 同样拒绝）：它的增量是 B·diag(E)·A".into();
+            return Err(fail(a.0, reason));
+        }
         if let Some(a) = adapters.iter().zip(&inputs).find(|(_, (_, l))| l.use_dora) {
             let reason =
                 "use_dora = true 的适配器不能加权合成：长度向量 m 是按合成前的方向算的".into();
@@ -235,7 +240,7 @@ where
         let ranks: Vec<usize> = (inputs.iter())
             .map(|(_, l)| {
                 l.rank_pattern
-                    .0
+                    .ranks()
                     .iter()
                     .map(|(_, r)| *r)
                     .fold(l.r, usize::max)

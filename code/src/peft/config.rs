@@ -2,7 +2,8 @@
 //!
 //! [`LoraConfig`] 的 JSON 就是 PEFT 保存的 `adapter_config.json`：本书读得懂 PEFT 写的文件，PEFT 也读得懂本书写的。
 //! 本书实现了其中的 LoRA 核心（r、lora_alpha、target_modules、lora_dropout、use_rslora、modules_to_save）、
-//! 按模块的变化（rank_pattern、alpha_pattern、layers_to_transform、layers_pattern）与 DoRA（use_dora，4.2 节）；
+//! 按模块的变化（rank_pattern、alpha_pattern、layers_to_transform、layers_pattern）、DoRA（use_dora，4.2 节）
+//! 与 AdaLoRA（`peft_type: "ADALORA"`，4.4 节；它的超参数见 [`AdaLoraSettings`]）；
 //! 其余会改变模型行为的选项（偏置训练、LoftQ……）只要取了非默认值，就给出指明字段的错误，
 //! 而不是悄悄忽略。纯说明性的字段（peft_version、revision……）原样保留，保存时写回。
 //!
@@ -20,13 +21,13 @@ use serde_json::Value;
 /// PEFT 的 LoRA 配置（`adapter_config.json`）。字段名、默认值与 PEFT 相同。
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LoraConfig {
-    /// 固定为 `"LORA"`。
+    /// `"LORA"`，或 `"ADALORA"`（4.4 节：SVD 形式的适配器，按重要性分配秩，超参数见 [`LoraConfig::adalora`]）。
     #[serde(default = "default_peft_type")]
     pub peft_type: String,
     /// 任务类型；序列分类是 `"SEQ_CLS"`（此时分类头自动加入 `modules_to_save`）。
     #[serde(default)]
     pub task_type: Option<String>,
-    /// 秩 r。
+    /// 秩 r（AdaLoRA 不用它，用 `init_r`）。
     #[serde(default = "default_r")]
     pub r: usize,
     /// α：缩放系数为 α/r（`use_rslora` 时为 α/√r）。
@@ -56,8 +57,9 @@ pub struct LoraConfig {
     #[serde(default = "default_init")]
     pub init_lora_weights: Value,
     /// 按模块的秩：键按 PEFT 的 `get_pattern_key` 与模块名匹配（模块名的后缀，或正则），没匹配到的用 r。
+    /// AdaLoRA 写的是另一种：每个模块的 init_r 个奇异值各自留下没有（见 [`RankPattern`]）。
     #[serde(default)]
-    pub rank_pattern: Pattern<usize>,
+    pub rank_pattern: RankPattern,
     /// 按模块的 α（同上）。
     #[serde(default)]
     pub alpha_pattern: Pattern<f64>,
@@ -87,7 +89,58 @@ pub enum TargetModules {
     /// 一个正则表达式：与整个模块名匹配。
     Regex(String),
 }
+
+/// `rank_pattern` 的两种写法。
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RankPattern {
+    /// LoRA：按模块名匹配的秩，如 `{"value": 2}`。
+    Ranks(Pattern<usize>),
+    /// AdaLoRA（4.4 节）：键是 `模块名.lora_E`，值是 init_r 个布尔——第 i 个奇异值（A 的第 i 行、E 的第 i 个、
+    /// B 的第 i 列）留下没有。PEFT 在训练中写它，存盘时按它裁掉没留下的行、列。
+    Kept(Pattern<Vec<bool>>),
+}
 // ANCHOR_END: config
+
+impl Default for RankPattern {
+    fn default() -> Self {
+        RankPattern::Ranks(Pattern::default())
+    }
+}
+
+impl RankPattern {
+    /// 是否为空（`{}` 或 `null`）。
+    pub fn is_empty(&self) -> bool {
+        match self {
+            RankPattern::Ranks(p) => p.0.is_empty(),
+            RankPattern::Kept(p) => p.0.is_empty(),
+        }
+    }
+
+    /// LoRA 写法的各项（AdaLoRA 的写法没有整数的秩，返回空）。
+    pub fn ranks(&self) -> &[(String, usize)] {
+        match self {
+            RankPattern::Ranks(p) => &p.0,
+            RankPattern::Kept(_) => &[],
+        }
+    }
+}
+
+impl Serialize for RankPattern {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        match self {
+            RankPattern::Ranks(p) => p.serialize(s),
+            RankPattern::Kept(p) => {
+                let mut map = s.serialize_map(Some(p.0.len()))?;
+                for (k, v) in &p.0 {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+    }
+}
 
 // ANCHOR: scaling_rule
 /// LoRA 缩放系数的两种取法（4.1 节）。
@@ -195,6 +248,16 @@ impl<T: Copy> Pattern<T> {
     }
 }
 
+impl LoraConfig {
+    /// LoRA 写法的 `rank_pattern` 里第一个与模块名匹配的秩。
+    fn rank_pattern_lookup(&self, module: &str) -> Result<Option<usize>, PeftError> {
+        match &self.rank_pattern {
+            RankPattern::Ranks(p) => p.lookup("rank_pattern", module),
+            RankPattern::Kept(_) => Ok(None),
+        }
+    }
+}
+
 /// 一个值或一个列表（PEFT 的 `Union[int, List[int]]`、`Union[str, List[str]]`）。
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
@@ -259,6 +322,33 @@ const UNSUPPORTED: [(&str, &str); 8] = [
     ("use_qalora", "QA-LoRA"),
 ];
 
+// ANCHOR: adalora_settings
+/// AdaLoRA 的超参数（4.4 节）：`peft_type` 为 `"ADALORA"` 时 `adapter_config.json` 里多出的字段，名字与默认值同 PEFT 的
+/// `AdaLoraConfig`。训练分三段：前 `tinit` 步不剪；之后预算（全部模块保留的奇异值个数之和）按三次方从 init_r × 模块数
+/// 降到 target_r × 模块数，每 `deltaT` 步按重要性剪一次；最后 `tfinal` 步固定各模块的秩，只训练。
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdaLoraSettings {
+    /// 每个模块一开始的秩（PEFT 的 `init_r`，默认 12）。
+    pub init_r: usize,
+    /// 最后平均每个模块的秩（`target_r`，默认 8）。
+    pub target_r: usize,
+    /// 开头不剪的步数（`tinit`，默认 0）。
+    pub tinit: usize,
+    /// 结尾固定秩的步数（`tfinal`，默认 0）。
+    pub tfinal: usize,
+    /// 每隔几步剪一次（`deltaT`，默认 1）。
+    pub delta_t: usize,
+    /// 重要性的指数滑动平均系数（`beta1`，默认 0.85）。
+    pub beta1: f64,
+    /// 不确定性的指数滑动平均系数（`beta2`，默认 0.85）。
+    pub beta2: f64,
+    /// 正交正则的权重（`orth_reg_weight`，默认 0.5）。
+    pub orth_reg_weight: f64,
+    /// 训练的总步数（`total_step`，必填）：预算的时间表按它排。
+    pub total_step: usize,
+}
+// ANCHOR_END: adalora_settings
+
 impl LoraConfig {
     /// 与 PEFT 的 `LoraConfig(task_type=SEQ_CLS, r, lora_alpha, target_modules, lora_dropout)` 相同的配置。
     pub fn seq_cls(r: usize, lora_alpha: f64, target_modules: &[&str], lora_dropout: f64) -> Self {
@@ -276,7 +366,7 @@ impl LoraConfig {
             use_rslora: false,
             use_dora: false,
             init_lora_weights: default_init(),
-            rank_pattern: Pattern::default(),
+            rank_pattern: RankPattern::default(),
             alpha_pattern: Pattern::default(),
             layers_to_transform: None,
             layers_pattern: None,
@@ -307,6 +397,93 @@ impl LoraConfig {
             value: v.to_string(),
             reason: "本书只实现了 true、false、\"gaussian\"、\"pissa\"、\"olora\"（4.3 节）".into(),
         })
+    }
+
+    /// AdaLoRA 的超参数（`peft_type` 不是 `"ADALORA"` 时为 `None`）。字段缺省时取 PEFT 的默认值；
+    /// 类型不对、取值不合 PEFT 的要求（`total_step` 缺省或为 0、没有剪枝的阶段……）都是指明字段的错误。
+    pub fn adalora(&self) -> Result<Option<AdaLoraSettings>, PeftError> {
+        if self.peft_type != "ADALORA" {
+            return Ok(None);
+        }
+        fn get<T: serde::de::DeserializeOwned>(
+            other: &BTreeMap<String, Value>,
+            field: &str,
+            default: Option<T>,
+        ) -> Result<T, PeftError> {
+            let bad = |reason: String| PeftError::Field {
+                path: None,
+                field: field.into(),
+                value: other.get(field).map_or("null".into(), |v| v.to_string()),
+                reason,
+            };
+            match other.get(field).filter(|v| !v.is_null()) {
+                Some(v) => {
+                    serde_json::from_value(v.clone()).map_err(|e| bad(format!("类型不对：{e}")))
+                }
+                None => default
+                    .ok_or_else(|| bad("AdaLoRA 必须给出训练的总步数（PEFT 同样要求）".into())),
+            }
+        }
+        let o = &self.other;
+        let s = AdaLoraSettings {
+            init_r: get(o, "init_r", Some(12))?,
+            target_r: get(o, "target_r", Some(8))?,
+            tinit: get(o, "tinit", Some(0))?,
+            tfinal: get(o, "tfinal", Some(0))?,
+            delta_t: get(o, "deltaT", Some(1))?,
+            beta1: get(o, "beta1", Some(0.85))?,
+            beta2: get(o, "beta2", Some(0.85))?,
+            orth_reg_weight: get(o, "orth_reg_weight", Some(0.5))?,
+            total_step: get(o, "total_step", None)?,
+        };
+        let bad = |field: &str, value: String, reason: &str| {
+            Err(PeftError::Field {
+                path: None,
+                field: field.into(),
+                value,
+                reason: reason.into(),
+            })
+        };
+        if s.init_r == 0 {
+            return bad("init_r", "0".into(), "秩必须 ≥ 1");
+        }
+        if s.target_r > s.init_r {
+            return bad(
+                "target_r",
+                s.target_r.to_string(),
+                &format!("最后的平均秩不能超过一开始的秩 init_r = {}", s.init_r),
+            );
+        }
+        if s.delta_t == 0 {
+            return bad("deltaT", "0".into(), "剪枝的间隔必须 ≥ 1");
+        }
+        for (field, beta) in [("beta1", s.beta1), ("beta2", s.beta2)] {
+            if !(beta > 0.0 && beta < 1.0) {
+                return bad(field, beta.to_string(), "滑动平均的系数必须在 (0, 1) 之内");
+            }
+        }
+        if !(s.orth_reg_weight.is_finite() && s.orth_reg_weight >= 0.0) {
+            return bad(
+                "orth_reg_weight",
+                s.orth_reg_weight.to_string(),
+                "必须是非负数",
+            );
+        }
+        if s.total_step == 0 {
+            return bad("total_step", "0".into(), "训练的总步数必须 ≥ 1");
+        }
+        if s.tinit + s.tfinal >= s.total_step {
+            return bad(
+                "tinit",
+                s.tinit.to_string(),
+                &format!(
+                    "tinit + tfinal = {} 不小于 total_step = {}，没有剪枝的阶段（PEFT 同样拒绝）",
+                    s.tinit + s.tfinal,
+                    s.total_step
+                ),
+            );
+        }
+        Ok(Some(s))
     }
 
     /// 读 `adapter_config.json` 并检查（[`validate`](Self::validate)）。
@@ -397,12 +574,60 @@ impl LoraConfig {
                 reason: reason.into(),
             })
         };
-        if self.peft_type != "LORA" {
+        if self.peft_type != "LORA" && self.peft_type != "ADALORA" {
             return bad(
                 "peft_type",
                 self.peft_type.clone(),
-                "本书只实现 LoRA（应为 \"LORA\"）",
+                "本书只实现 LoRA 与 AdaLoRA（应为 \"LORA\" 或 \"ADALORA\"）",
             );
+        }
+        if self.adalora()?.is_some() {
+            // PEFT 的 AdaLoRA 拒绝 DoRA；其余几项它悄悄不用——本书报错，免得以为它们起了作用
+            if self.use_dora {
+                return bad(
+                    "use_dora",
+                    "true".into(),
+                    "AdaLoRA 不支持 DoRA（PEFT 同样拒绝）",
+                );
+            }
+            if self.use_rslora {
+                return bad(
+                    "use_rslora",
+                    "true".into(),
+                    "AdaLoRA 的缩放固定为 lora_alpha/init_r（PEFT 不看 use_rslora）",
+                );
+            }
+            if self.init_lora_weights != Value::Bool(true) {
+                return bad(
+                    "init_lora_weights",
+                    self.init_lora_weights.to_string(),
+                    "AdaLoRA 的 A、B 取 N(0, 0.02²)、E = 0，只接受 true",
+                );
+            }
+            if !self.alpha_pattern.0.is_empty() {
+                return bad(
+                    "alpha_pattern",
+                    format!("{:?}", self.alpha_pattern.0),
+                    "AdaLoRA 各模块都用 lora_alpha（PEFT 不看 alpha_pattern）",
+                );
+            }
+            if let RankPattern::Ranks(p) = &self.rank_pattern {
+                if let Some((k, r)) = p.0.first() {
+                    return bad(
+                        "rank_pattern",
+                        format!("{{{k:?}: {r}}}"),
+                        "AdaLoRA 的 rank_pattern 是每个模块的布尔列表（训练时由 PEFT 写出），不是整数的秩",
+                    );
+                }
+            }
+        } else if let RankPattern::Kept(p) = &self.rank_pattern {
+            if let Some((k, _)) = p.0.first() {
+                return bad(
+                    "rank_pattern",
+                    format!("{{{k:?}: [...]}}"),
+                    "布尔列表的 rank_pattern 只属于 AdaLoRA（peft_type 应为 \"ADALORA\"）",
+                );
+            }
         }
         if self.r == 0 {
             return bad("r", "0".into(), "秩必须 ≥ 1");
@@ -441,7 +666,7 @@ impl LoraConfig {
                 "分类模型要训练分类头：task_type 应为 \"SEQ_CLS\"，或 modules_to_save 含 \"classifier\"",
             );
         }
-        if let Some((k, _)) = self.rank_pattern.0.iter().find(|(_, r)| *r == 0) {
+        if let Some((k, _)) = self.rank_pattern.ranks().iter().find(|(_, r)| *r == 0) {
             return bad("rank_pattern", format!("{{{k:?}: 0}}"), "秩必须 ≥ 1");
         }
         if let Some((k, a)) = self
@@ -550,7 +775,17 @@ pub struct SiteSpec {
     pub dora: bool,
     /// A、B 的初始化（`init_lora_weights`，4.3 节）。
     pub init: InitLoraWeights,
+    /// 是否 AdaLoRA 的 SVD 形式（4.4 节）：多一个奇异值向量 E，增量是 s·B·diag(E)·A，A、B 取 N(0, 0.02²)、E = 0。
+    pub svd: bool,
 }
+
+// ANCHOR: adalora_scaling
+/// AdaLoRA 的缩放系数：PEFT 的 `SVDLinear` 把分支乘以 lora_alpha/(ranknum + 1e-5)，ranknum 是 init_r——
+/// 剪掉奇异值、甚至存盘时裁小了矩阵，它也不变。
+pub fn adalora_scaling(lora_alpha: f64, init_r: usize) -> f64 {
+    lora_alpha / (init_r as f64 + 1e-5)
+}
+// ANCHOR_END: adalora_scaling
 
 // ANCHOR: init_kind
 /// `init_lora_weights` 的几种取值（4.3 节）。
@@ -771,30 +1006,88 @@ impl LoraConfig {
             pooler: None,
             unmatched,
         };
-        for (name, site, fan) in sites {
-            let pattern_r = self.rank_pattern.lookup("rank_pattern", &name)?;
-            let r = pattern_r.unwrap_or(self.r);
-            let alpha = self
-                .alpha_pattern
-                .lookup("alpha_pattern", &name)?
-                .unwrap_or(self.lora_alpha);
-            if r > fan {
+        let adalora = self.adalora()?;
+        if let (Some(_), RankPattern::Kept(kept)) = (adalora, &self.rank_pattern) {
+            // AdaLoRA 的键是 模块名.lora_E，逐字对应（PEFT 的 resize_modules_by_rank_pattern）
+            if let Some((key, _)) = (kept.0.iter()).find(|(k, _)| {
+                !sites
+                    .iter()
+                    .any(|(name, _, _)| format!("{name}.lora_E") == **k)
+            }) {
                 return Err(field(
-                    if pattern_r.is_some() {
-                        "rank_pattern"
-                    } else {
-                        "r"
-                    },
-                    r.to_string(),
-                    format!("模块 {name} 的输入、输出较小的一维只有 {fan}，秩不能超过它"),
+                    "rank_pattern",
+                    format!("{key:?}"),
+                    "不是这个配置选中的某个模块的 lora_E（应为 模块名.lora_E，如 bert.encoder.layer.0.attention.self.query.lora_E）".into(),
                 ));
             }
-            let spec = SiteSpec {
-                r,
-                lora_alpha: alpha,
-                scaling: self.scaling_for(r, alpha),
-                dora: self.use_dora,
-                init: self.init()?,
+        }
+        for (name, site, fan) in sites {
+            let spec = match adalora {
+                None => {
+                    let pattern_r = self.rank_pattern_lookup(&name)?;
+                    let r = pattern_r.unwrap_or(self.r);
+                    let alpha = self
+                        .alpha_pattern
+                        .lookup("alpha_pattern", &name)?
+                        .unwrap_or(self.lora_alpha);
+                    if r > fan {
+                        return Err(field(
+                            if pattern_r.is_some() {
+                                "rank_pattern"
+                            } else {
+                                "r"
+                            },
+                            r.to_string(),
+                            format!("模块 {name} 的输入、输出较小的一维只有 {fan}，秩不能超过它"),
+                        ));
+                    }
+                    SiteSpec {
+                        r,
+                        lora_alpha: alpha,
+                        scaling: self.scaling_for(r, alpha),
+                        dora: self.use_dora,
+                        init: self.init()?,
+                        svd: false,
+                    }
+                }
+                Some(ada) => {
+                    if ada.init_r > fan {
+                        return Err(field(
+                            "init_r",
+                            ada.init_r.to_string(),
+                            format!("模块 {name} 的输入、输出较小的一维只有 {fan}，秩不能超过它"),
+                        ));
+                    }
+                    // 存盘时按 rank_pattern 裁掉了没留下的奇异值：读回来的秩是留下的个数
+                    let r = match &self.rank_pattern {
+                        RankPattern::Kept(kept) => {
+                            match kept.0.iter().find(|(k, _)| *k == format!("{name}.lora_E")) {
+                                Some((k, keep)) if keep.len() != ada.init_r => {
+                                    return Err(field(
+                                        "rank_pattern",
+                                        format!("{k:?}"),
+                                        format!(
+                                            "有 {} 个布尔，应为 init_r = {} 个",
+                                            keep.len(),
+                                            ada.init_r
+                                        ),
+                                    ))
+                                }
+                                Some((_, keep)) => keep.iter().filter(|k| **k).count(),
+                                None => ada.init_r,
+                            }
+                        }
+                        RankPattern::Ranks(_) => ada.init_r,
+                    };
+                    SiteSpec {
+                        r,
+                        lora_alpha: self.lora_alpha,
+                        scaling: adalora_scaling(self.lora_alpha, ada.init_r),
+                        dora: false,
+                        init: InitLoraWeights::Kaiming,
+                        svd: true,
+                    }
+                }
             };
             match site {
                 Some((layer, s)) => plan.layers[layer][s] = Some(spec),
@@ -965,10 +1258,10 @@ mod tests {
     fn patterns_and_layers_follow_peft() {
         // 与 tests/fixtures/make_peft_pattern_fixtures.py 的 pattern 适配器相同的配置（PEFT 解析出的秩与 α 见那里）
         let mut c = cfg(names(&["query", "value", "intermediate.dense"]));
-        c.rank_pattern = Pattern(vec![
+        c.rank_pattern = RankPattern::Ranks(Pattern(vec![
             ("value".into(), 2),
             ("layer.1.attention.self.query".into(), 6),
-        ]);
+        ]));
         c.alpha_pattern = Pattern(vec![("intermediate.dense".into(), 16.0)]);
         let plan = c.plan(2, 32, 48).unwrap();
         let got: Vec<(String, usize, f64)> = plan
@@ -1051,7 +1344,7 @@ mod tests {
         let err = c.plan(2, 32, 48).unwrap_err().to_string();
         assert!(err.starts_with("LoRA 配置的字段 r = 33："), "{err}");
         c.r = 4;
-        c.rank_pattern = Pattern(vec![("query".into(), 40)]);
+        c.rank_pattern = RankPattern::Ranks(Pattern(vec![("query".into(), 40)]));
         let err = c.plan(2, 32, 48).unwrap_err().to_string();
         assert!(
             err.starts_with("LoRA 配置的字段 rank_pattern = 40："),

@@ -16,7 +16,7 @@ use dfdx::prelude::*;
 use nalgebra::DMatrix;
 
 use super::adapter::{PeftLayer, SiteLora};
-use super::config::{InitLoraWeights, LoraConfig, PeftError};
+use super::config::{InitLoraWeights, LoraConfig, PeftError, RankPattern};
 use super::model::{new_adapter, write_adapter, PeftBert};
 use crate::basics::tensors::Real;
 use crate::bert::model::BertParams;
@@ -132,7 +132,9 @@ where
         let mut lora: LoraConfig = self.lora.clone();
         lora.r *= 2;
         lora.lora_alpha *= alpha_factor;
-        lora.rank_pattern.0.iter_mut().for_each(|(_, r)| *r *= 2);
+        if let RankPattern::Ranks(p) = &mut lora.rank_pattern {
+            p.0.iter_mut().for_each(|(_, r)| *r *= 2);
+        }
         lora.alpha_pattern
             .0
             .iter_mut()

@@ -12,8 +12,11 @@ use crate::kernels::Kernels;
 use dfdx::nn::NumParams;
 use dfdx::prelude::*;
 
+use super::adalora::{orth_regularizer, Allocation, RankAllocator};
 use super::adapter::{PeftAdapters, PeftHooks, PeftLayer, SiteLora};
-use super::config::{AdapterPlan, InitLoraWeights, LoraConfig, PeftError, LAYER_LINEARS};
+use super::config::{
+    AdapterPlan, InitLoraWeights, LoraConfig, Pattern, PeftError, RankPattern, LAYER_LINEARS,
+};
 use crate::basics::tensors::Real;
 use crate::bert::hf::hf_candidates;
 use crate::bert::model::{BertOutput, BertParams};
@@ -50,6 +53,8 @@ pub struct PeftBert<const M: usize, const H: usize, const F: usize, E: Dtype, D:
     /// 基座的投影权重量化存放时（4.5 节，[`quantize_base`](Self::quantize_base)）的量化数据；
     /// 这时 `base` 里的这些权重只是零占位，要全精度的基座用 [`full_base`](Self::full_base)。
     pub quant: Option<QuantBase<E>>,
+    /// AdaLoRA 训练时的秩分配器（4.4 节；`get_peft_model` 建新的 AdaLoRA 适配器时才有）与它管的适配器名。
+    pub allocator: Option<(String, RankAllocator<E>)>,
 }
 // ANCHOR_END: struct
 
@@ -117,6 +122,7 @@ pub fn check_config<const M: usize, const F: usize>(
 ///
 /// `layers.3.w_q.lora_a` → `base_model.model.bert.encoder.layer.3.attention.self.query.lora_A.weight`，
 /// `layers.3.w_q.magnitude` → `base_model.model.bert.encoder.layer.3.attention.self.query.lora_magnitude_vector`（DoRA），
+/// `layers.3.w_q.lora_e` → `…query.lora_E`（AdaLoRA；它的 A、B 是 PEFT 的 `ParameterDict`，键也没有 `.weight`，见 [`adapter_key`]），
 /// `pooler.lora_b` → `base_model.model.bert.pooler.dense.lora_B.weight`，
 /// `pooler_copy.weight` → `base_model.model.bert.pooler.dense.weight`（`modules_to_save` 含 `pooler` 时的副本），
 /// `head.weight` → `base_model.model.classifier.weight`（`modules_to_save` 的副本存为原模块的名字）。
@@ -129,6 +135,7 @@ pub fn peft_key(path: &str) -> String {
         "lora_a" => Some("lora_A.weight"),
         "lora_b" => Some("lora_B.weight"),
         "magnitude" => Some("lora_magnitude_vector"),
+        "lora_e" => Some("lora_E"),
         _ => None,
     };
     if let Some(ab) = path.strip_prefix("pooler.").and_then(ab_name) {
@@ -150,6 +157,19 @@ pub fn peft_key(path: &str) -> String {
     };
     parse().unwrap_or_else(|| panic!("适配器里没有这样的字段路径：{path}"))
 }
+
+/// 适配器 `lora` 的字段路径 → 它的文件里的键：[`peft_key`]；AdaLoRA 的 A、B 不是 `nn.Linear` 而是参数，键去掉 `.weight`。
+pub fn adapter_key(lora: &LoraConfig, path: &str) -> String {
+    let key = peft_key(path);
+    if lora.peft_type == "ADALORA" {
+        for ab in [".lora_A.weight", ".lora_B.weight"] {
+            if let Some(stem) = key.strip_suffix(ab) {
+                return format!("{stem}{}", &ab[..7]);
+            }
+        }
+    }
+    key
+}
 // ANCHOR_END: peft_key
 
 impl<const M: usize, const H: usize, const F: usize, E, D> PeftBert<M, H, F, E, D>
@@ -167,9 +187,69 @@ where
     ) -> Result<Self, PeftError> {
         let new = new_adapter(&base, lora)?;
         rewrite_base(&mut base, &new);
-        Ok(Self::with_adapter(base, config, new))
+        let mut model = Self::with_adapter(base, config, new);
+        model.allocator = model.new_allocator()?;
+        Ok(model)
     }
     // ANCHOR_END: get_peft_model
+
+    /// 当前适配器是要训练的 AdaLoRA 时，它的秩分配器（PEFT 的 `AdaLoraModel.__init__` 建的 `rankallocator`）。
+    fn new_allocator(&self) -> Result<Option<(String, RankAllocator<E>)>, PeftError> {
+        let Some(settings) = self.lora.adalora()? else {
+            return Ok(None);
+        };
+        if self.lora.inference_mode {
+            return Ok(None);
+        }
+        let ranks: Vec<usize> = self.plan.modules().iter().map(|(_, s)| s.r).collect();
+        Ok(Some((
+            self.active.clone(),
+            RankAllocator::new(settings, &ranks),
+        )))
+    }
+
+    // ANCHOR: update_and_allocate
+    /// PEFT 的 `model.base_model.update_and_allocate(step)`（4.4 节）：每步优化器更新之后、梯度清零之前调用，
+    /// `grads` 是这一步的梯度。按 [`RankAllocator::step`] 打分、剪枝；剪了就把各模块留下的奇异值写进配置的
+    /// `rank_pattern`（键 `模块名.lora_E`，存盘时按它裁小 A、E、B）。不是 AdaLoRA 时返回 `None`。
+    pub fn update_and_allocate(
+        &mut self,
+        step: usize,
+        grads: &Gradients<E, D>,
+    ) -> Option<Allocation> {
+        let (name, allocator) = self.allocator.as_mut()?;
+        if *name != self.active {
+            return None; // 正在用的是别的适配器：AdaLoRA 只训练它自己那一个（PEFT 同样只允许一个）
+        }
+        let names: Vec<String> = (self.plan.modules().into_iter())
+            .map(|(m, _)| format!("{m}.lora_E"))
+            .collect();
+        let fixed: Option<Vec<Vec<bool>>> = match &self.lora.rank_pattern {
+            RankPattern::Kept(p) => names
+                .iter()
+                .map(|n| p.0.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone()))
+                .collect(),
+            RankPattern::Ranks(_) => None,
+        };
+        let mut sites = self.adapters.svd_sites_mut();
+        let result = allocator.step(step, &mut sites, grads, fixed.as_deref());
+        if let Allocation::Masked { keep, .. } = &result {
+            self.lora.rank_pattern = RankPattern::Kept(Pattern(
+                names.into_iter().zip(keep.iter().cloned()).collect(),
+            ));
+        }
+        Some(result)
+    }
+
+    /// AdaLoRA 加在损失上的正交正则（[`orth_regularizer`]）；不是 AdaLoRA、或权重为 0 时为 `None`。
+    pub fn regularizer(&self) -> Option<Tensor<(), E, D, OwnedTape<E, D>>> {
+        let weight = self.lora.adalora().ok()??.orth_reg_weight;
+        if weight == 0.0 {
+            return None;
+        }
+        orth_regularizer(&self.adapters.svd_sites(), weight)
+    }
+    // ANCHOR_END: update_and_allocate
 
     fn with_adapter(
         base: BertParams<M, H, F, E, D>,
@@ -185,6 +265,7 @@ where
             active: DEFAULT_ADAPTER.into(),
             others: Default::default(),
             quant: None,
+            allocator: None,
         }
     }
 
@@ -511,9 +592,13 @@ where
 {
     let mut lora = lora.clone();
     lora.inference_mode = true;
+    let cropped = crop_by_rank_pattern(adapters, &lora)?;
+    let adapters = cropped.as_ref().unwrap_or(adapters);
     crate::io::write_dir_atomic(dir, |tmp| {
-        save_params_with(adapters, &tmp.join(ADAPTER_WEIGHTS), &|p| Some(peft_key(p)))
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        save_params_with(adapters, &tmp.join(ADAPTER_WEIGHTS), &|p| {
+            Some(adapter_key(&lora, p))
+        })
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
         if let Some(json) = config_json {
             std::fs::write(tmp.join("config.json"), json)?;
         }
@@ -523,6 +608,32 @@ where
         path: dir.into(),
         error: e.to_string(),
     })
+}
+
+/// AdaLoRA（4.4 节）存盘前按 `rank_pattern` 裁掉被剪的奇异值（PEFT 的 `resize_state_dict_by_rank_pattern`）：
+/// A 只留下对应的行、E 只留下对应的项、B 只留下对应的列。已经裁过的（从文件读进来的）模块不再裁。
+/// 没有要裁的时返回 `None`。
+fn crop_by_rank_pattern<const M: usize, const F: usize, E: Real, D: Kernels<E>>(
+    adapters: &PeftAdapters<M, F, E, D>,
+    lora: &LoraConfig,
+) -> Result<Option<PeftAdapters<M, F, E, D>>, PeftError> {
+    let RankPattern::Kept(kept) = &lora.rank_pattern else {
+        return Ok(None);
+    };
+    if kept.0.is_empty() || lora.adalora()?.is_none() {
+        return Ok(None);
+    }
+    let names = lora.plan(adapters.layers.modules.len(), M, F)?.modules();
+    let mut out = adapters.clone();
+    for ((name, _), site) in names.iter().zip(out.svd_sites_mut()) {
+        let key = format!("{name}.lora_E");
+        if let Some((_, keep)) = kept.0.iter().find(|(k, _)| *k == key) {
+            if site.parts(None).r == keep.len() {
+                site.crop(keep);
+            }
+        }
+    }
+    Ok(Some(out))
 }
 
 /// PiSSA、OLoRA（4.3 节）：刚建好的适配器的 s·B₀A₀ 从基座里减掉（其余的初始化什么也不做）。
@@ -570,8 +681,9 @@ where
         }
     }
     // DoRA 的长度向量：PEFT 存时没有 .weight，读时两种写法都认（PEFT 0.21.2 也是）
+    let lora = adapter.lora.clone();
     let candidates = |path: &str| {
-        let key = peft_key(path);
+        let key = adapter_key(&lora, path);
         let with_weight = format!("{key}.weight");
         match key.ends_with("lora_magnitude_vector") {
             true => vec![key, with_weight],
@@ -683,6 +795,30 @@ where
         mode: Mode,
     ) -> Result<Tensor<(usize, usize), E, D, T>, InputError> {
         Ok(self.forward(tokens, token_types, mask, mode)?.logits)
+    }
+    fn regularizer(&self) -> Option<Tensor<(), E, D, OwnedTape<E, D>>> {
+        PeftBert::regularizer(self)
+    }
+    fn after_step(&mut self, step: usize, grads: &Gradients<E, D>) {
+        self.update_and_allocate(step, grads);
+    }
+    fn training_state(&self) -> Option<serde_json::Value> {
+        let (_, allocator) = self.allocator.as_ref()?;
+        Some(serde_json::json!({
+            "rank_pattern": self.lora.rank_pattern,
+            "adalora_scores": allocator.scores_to_json(),
+        }))
+    }
+    fn restore_training_state(&mut self, state: serde_json::Value) -> Result<(), String> {
+        let Some((_, allocator)) = self.allocator.as_mut() else {
+            return Ok(());
+        };
+        let bad = |e: String| format!("检查点里 AdaLoRA 的状态不对：{e}");
+        self.lora.rank_pattern = serde_json::from_value(state["rank_pattern"].clone())
+            .map_err(|e| bad(format!("rank_pattern：{e}")))?;
+        allocator
+            .scores_from_json(&state["adalora_scores"])
+            .map_err(bad)
     }
 }
 
@@ -871,7 +1007,9 @@ mod tests {
     fn rust_adapter_qkvd(dev: &Cpu) -> TinyPeft {
         let (base, config) = tiny_base(dev, "tiny-bert-3label");
         let mut lora = LoraConfig::seq_cls(4, 8.0, &["query", "key", "value", "dense"], 0.0);
-        lora.rank_pattern = super::super::config::Pattern(vec![("value".into(), 2)]);
+        lora.rank_pattern = super::super::config::RankPattern::Ranks(
+            super::super::config::Pattern(vec![("value".into(), 2)]),
+        );
         lora.alpha_pattern = super::super::config::Pattern(vec![("dense".into(), 16.0)]);
         lora.base_model_name_or_path = Some("tiny-bert-3label".into());
         let mut model = TinyPeft::get_peft_model(base, config, lora).unwrap();

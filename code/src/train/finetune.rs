@@ -112,6 +112,12 @@ pub struct FinetuneState {
     /// 类别 id → 名字（与 transformers 的 `config.json` 写法相同；早于这个字段的检查点里没有它）。
     #[serde(default)]
     pub id2label: std::collections::BTreeMap<String, String>,
+    /// 模型自己的训练状态（[`SequenceClassifier::training_state`]：AdaLoRA 的分数与 rank_pattern）。
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_state: Option<serde_json::Value>,
+    /// 最好的那一步时模型自己的训练状态：AdaLoRA 的 rank_pattern 随参数变，读回最好的参数时要一起换回来。
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_model_state: Option<serde_json::Value>,
 }
 
 /// transformers 的写法：键是字符串形式的 id。
@@ -321,6 +327,11 @@ where
             });
         }
         Checkpoint::read(&ckpt_dir.join(PARAMS))?.load_into(model.params_mut(), "")?;
+        if let Some(saved) = state.model_state.clone() {
+            model
+                .restore_training_state(saved)
+                .map_err(|e| FinetuneError::Io(ckpt_dir.join(STATE), e))?;
+        }
         let opt = AdamW::load(cfg.optim, &ckpt_dir.join(OPTIMIZER))?;
         let _ = on_event(FinetuneEvent::Resumed { step: state.step });
         (opt, state)
@@ -333,6 +344,8 @@ where
             window: (0.0, 0.0, 0),
             train_seconds: 0.0,
             id2label: id2label(&data.labels),
+            model_state: None,
+            best_model_state: None,
         };
         (AdamW::new(cfg.optim), state)
     };
@@ -368,6 +381,11 @@ where
         )?;
         let onehot = super::one_hot(dev, &batch.labels, model.num_labels());
         let loss = cross_entropy_with_logits_loss(logits, onehot);
+        // AdaLoRA 的正交正则与 PEFT 一样加进损失（记下的损失含它）
+        let loss = match model.regularizer() {
+            Some(reg) => loss + reg,
+            None => loss,
+        };
         let value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
         grads = loss.backward();
         let info = opt.step(
@@ -375,6 +393,7 @@ where
             &grads,
             linear_schedule(state.step, warmup, total),
         );
+        model.after_step(state.step, &grads);
         model.params().zero_grads(&mut grads);
         state.train_seconds += started.elapsed().as_secs_f64();
         state.step += 1;
@@ -412,19 +431,27 @@ where
             if best {
                 state.best = Some((state.step, valid.accuracy));
                 save_params(model.params(), &out.join("best.safetensors"))?;
+                state.best_model_state = model.training_state();
             }
             write_csv(&out.join("metrics.csv"), &state.rows)?;
+            state.model_state = model.training_state();
             save_checkpoint(model.params(), &opt, &state, &ckpt_dir)?;
             if on_event(FinetuneEvent::Eval { row, best }).is_break() {
                 return Ok(None);
             }
         } else if state.step % cfg.checkpoint_every.max(1) == 0 {
+            state.model_state = model.training_state();
             save_checkpoint(model.params(), &opt, &state, &ckpt_dir)?;
         }
     }
 
     // 用最好的参数评估测试集
     Checkpoint::read(&out.join("best.safetensors"))?.load_into(model.params_mut(), "")?;
+    if let Some(best) = state.best_model_state.clone() {
+        model
+            .restore_training_state(best)
+            .map_err(|e| FinetuneError::Io(ckpt_dir.join(STATE), e))?;
+    }
     let (test, confusion) =
         evaluate_detailed(&*model, dev, &data.test, data.pair_sep, cfg.batch_size)?;
     let report = FinetuneReport {

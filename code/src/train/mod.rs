@@ -46,6 +46,23 @@ pub trait SequenceClassifier<E: Dtype, D: Device<E>> {
         mask: &PaddingMask<E, D>,
         mode: Mode,
     ) -> Result<Tensor<(usize, usize), E, D, T>, InputError>;
+    /// 加在交叉熵上的正则项（AdaLoRA 的正交正则，4.4 节）；默认没有。
+    fn regularizer(&self) -> Option<Tensor<(), E, D, OwnedTape<E, D>>> {
+        None
+    }
+    /// 每步优化器更新之后、梯度清零之前调用，`step` 从 0 数（AdaLoRA 的秩分配，4.4 节）；默认什么也不做。
+    fn after_step(&mut self, step: usize, grads: &Gradients<E, D>) {
+        let _ = (step, grads);
+    }
+    /// 参数与优化器之外、恢复训练时还要的状态（AdaLoRA 的分数与 rank_pattern）；默认没有。
+    fn training_state(&self) -> Option<serde_json::Value> {
+        None
+    }
+    /// 从检查点恢复 [`training_state`](Self::training_state) 存下的状态；格式不对时返回原因。
+    fn restore_training_state(&mut self, state: serde_json::Value) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
 }
 
 impl<
@@ -321,7 +338,7 @@ pub fn f1_score(confusion: &[Vec<usize>]) -> f64 {
 }
 
 /// 标签 → one-hot 概率 `(batch, classes)`。
-fn one_hot<E: Dtype, D: Kernels<E>>(
+pub(crate) fn one_hot<E: Dtype, D: Kernels<E>>(
     dev: &D,
     labels: &[usize],
     classes: usize,

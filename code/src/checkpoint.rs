@@ -363,11 +363,15 @@ impl<E: Dtype + dfdx::tensor::safetensors::SafeDtype, D: Device<E>> TensorVisito
         (t, path): <Self::Viewer as TensorViewer>::View<'_, Tensor<S, E, D>>,
     ) -> Result<Option<Tensor<S, E, D>>, Self::Err> {
         if let Some(key) = (self.key)(&path) {
-            let bytes = t
-                .as_vec()
-                .into_iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
+            // 没有元素的张量（AdaLoRA 里秩被剪到 0 的模块）：dfdx 的 as_vec 对它会越界，直接写空
+            let bytes = match t.shape().num_elements() {
+                0 => Vec::new(),
+                _ => t
+                    .as_vec()
+                    .into_iter()
+                    .flat_map(|v| v.to_le_bytes())
+                    .collect(),
+            };
             self.tensors
                 .push((key, t.shape().concrete().into_iter().collect(), bytes));
         }

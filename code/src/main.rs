@@ -1259,6 +1259,13 @@ fn finetune_command(a: FinetuneArgs) -> anyhow::Result<()> {
         "测试集（第 {} 步的参数）：准确率 {:.4}，F1 {:.4}，损失 {:.4}",
         r.best_step, r.test.accuracy, r.test.f1, r.test.loss
     );
+    if let Some(ranks) = &summary.adalora_ranks {
+        let total: usize = ranks.iter().map(|(_, r)| r).sum();
+        println!("AdaLoRA 各模块留下的秩（共 {total}）：");
+        for (module, r) in ranks {
+            println!("  {module}: {r}");
+        }
+    }
     println!("混淆矩阵（行：真实标签，列：预测）：");
     for (name, row) in summary.labels.iter().zip(&r.confusion) {
         println!("  {name}: {row:?}");

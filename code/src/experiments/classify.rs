@@ -80,6 +80,9 @@ pub struct FinetuneSummary {
     /// 基座的投影权重量化成什么格式存放（QLoRA，4.5 节；`None`：f32。早于这个字段的结果文件里没有它）。
     #[serde(default)]
     pub quantize: Option<QuantKind>,
+    /// AdaLoRA（4.4 节）训练后各模块留下的秩（模块名，秩），按模型里的顺序；不是 AdaLoRA 时没有。
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adalora_ranks: Option<Vec<(String, usize)>>,
     /// 机器。
     pub machine: String,
 }
@@ -363,6 +366,7 @@ impl<D: Kernels<f32>> WidthTask for OnDevice<'_, '_, D> {
                 let counts = peft.trainable_parameters();
                 (job.on_start)(start(counts, quant));
                 let report = run_finetune(&mut peft, self.dev, &data, &mut job)?;
+                let ranks = peft.adalora_ranks();
                 if report.is_some() {
                     peft.lora.base_model_name_or_path = Some(job.model_dir.display().to_string());
                     peft.save_pretrained(&job.out.join("adapter"), Some(&label_config))?;
@@ -371,7 +375,10 @@ impl<D: Kernels<f32>> WidthTask for OnDevice<'_, '_, D> {
                         save_hf_dir(&merged, &job.model_dir, &labels, &job.out.join("merged"))?;
                     }
                 }
-                Ok(report.map(|r| summary(&job, max_len, counts, unk_ratio, r)))
+                Ok(report.map(|r| FinetuneSummary {
+                    adalora_ranks: ranks,
+                    ..summary(&job, max_len, counts, unk_ratio, r)
+                }))
             }
         }
     }
@@ -424,6 +431,7 @@ fn summary(
         report,
         peak_rss_bytes: peak_rss_bytes(),
         quantize: job.quantize,
+        adalora_ranks: None,
         machine: super::machine_description(),
     }
 }

@@ -133,6 +133,8 @@ pub struct RankAllocator<E> {
     pub target_bgt: usize,
     /// 各模块的滑动平均（按模型里的顺序；第一次更新前、进入最后阶段后为空）。
     pub ema: Vec<SiteEma<E>>,
+    /// 各模块的秩是否已经定下（走过了 total_step − tfinal 那一步）。
+    pub settled: bool,
 }
 
 impl<E: Real> RankAllocator<E> {
@@ -143,6 +145,7 @@ impl<E: Real> RankAllocator<E> {
             init_bgt: ranks.iter().sum(),
             target_bgt: settings.target_r * ranks.len(),
             ema: Vec::new(),
+            settled: false,
         }
     }
 
@@ -283,8 +286,10 @@ impl<E: Real> RankAllocator<E> {
             let (budget, _) = self.budget_schedule(step);
             let keep = self.keep_for_budget(&shapes, budget);
             self.ema.clear();
+            self.settled = true;
             masked(keep, sites, budget)
         } else {
+            self.settled = true;
             if let Some(keep) = fixed {
                 for (site, k) in sites.iter_mut().zip(keep) {
                     site.mask(k);
@@ -297,22 +302,51 @@ impl<E: Real> RankAllocator<E> {
 // ANCHOR_END: step
 
 impl<E: Real> RankAllocator<E> {
-    /// 滑动平均写成 JSON（恢复训练用）：每个模块 `{"ipt": [A, B, E], "unc": [A, B, E]}`。
+    /// 滑动平均写成 JSON（恢复训练用）：`{"settled": 秩是否已定, "sites": [每个模块 {"ipt": [A, B, E], "unc": [A, B, E]}]}`。
     pub fn scores_to_json(&self) -> serde_json::Value {
         let list = |v: &[Vec<E>; 3]| -> Vec<Vec<f64>> {
             v.iter()
                 .map(|x| x.iter().map(|e| e.to_f64().unwrap_or(f64::NAN)).collect())
                 .collect()
         };
-        (self.ema.iter())
+        let sites: Vec<_> = (self.ema.iter())
             .map(|s| serde_json::json!({"ipt": list(&s.ipt), "unc": list(&s.unc)}))
-            .collect()
+            .collect();
+        serde_json::json!({"settled": self.settled, "sites": sites})
+    }
+
+    /// 滑动平均与各模块的 A、B、E 是否一样大（检查点里读回来的要核对）。
+    pub fn check_shapes(&self, shapes: &[SvdParts<E>]) -> Result<(), String> {
+        if self.ema.is_empty() {
+            return Ok(());
+        }
+        if self.ema.len() != shapes.len() {
+            return Err(format!(
+                "有 {} 个模块的分数，模型有 {} 个模块",
+                self.ema.len(),
+                shapes.len()
+            ));
+        }
+        for (i, (ema, p)) in self.ema.iter().zip(shapes).enumerate() {
+            let want = [p.a.len(), p.b.len(), p.e.len()];
+            for table in [&ema.ipt, &ema.unc] {
+                if table.iter().map(|v| v.len()).ne(want) {
+                    return Err(format!(
+                        "第 {i} 个模块的分数大小不对，应为 A、B、E 各 {want:?} 个"
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// 读回 [`scores_to_json`](Self::scores_to_json) 写的滑动平均。
     pub fn scores_from_json(&mut self, v: &serde_json::Value) -> Result<(), String> {
+        self.settled = (v.get("settled").and_then(|s| s.as_bool()))
+            .ok_or("adalora_scores.settled 应为 true 或 false")?;
         let sites: Vec<serde_json::Map<String, serde_json::Value>> =
-            serde_json::from_value(v.clone()).map_err(|e| format!("adalora_scores：{e}"))?;
+            serde_json::from_value(v.get("sites").cloned().unwrap_or_default())
+                .map_err(|e| format!("adalora_scores.sites：{e}"))?;
         let three = |site: &serde_json::Map<_, _>, key: &str| -> Result<[Vec<E>; 3], String> {
             let lists: Vec<Vec<f64>> =
                 serde_json::from_value(site.get(key).cloned().unwrap_or_default())
@@ -530,5 +564,73 @@ mod tests {
         let merged_err = max_error(&merged_logits, &reference, "logits");
         println!("读 PEFT 的 AdaLoRA 适配器：logits 最大误差 {err:.2e}，合并后 {merged_err:.2e}");
         assert!(err <= 1e-5 && merged_err <= 1e-5, "{err} / {merged_err}");
+    }
+
+    /// 一个模块全被剪掉（秩 0）时也能存、能读：PEFT 存的是 (0, I)、(0, 1)、(O, 0) 的张量，读回来这个模块没有分支。
+    #[test]
+    fn a_module_pruned_to_rank_zero_saves_and_loads() {
+        let dev: Cpu = Default::default();
+        let reference = reference();
+        let mut model = fresh_from_reference(&dev, &reference);
+        let init_r = model.lora.adalora().unwrap().unwrap().init_r;
+        let names: Vec<String> = (model.plan.modules().iter())
+            .map(|(m, _)| format!("{m}.lora_E"))
+            .collect();
+        // E 取非 0 的值（刚建好时是 0，分支不起作用）
+        for layer in &mut model.adapters.layers.modules {
+            for site in [&mut layer.w_q, &mut layer.w_v] {
+                let l = site.lora.as_mut().unwrap();
+                let e: Vec<f32> = (0..init_r).map(|i| 0.5 + i as f32).collect();
+                l.lora_e = Some(dev.tensor_from_vec(e, (init_r, Const)));
+            }
+        }
+        // 第一个模块一个不留，其余留前两个
+        let keep: Vec<Vec<bool>> = (0..names.len())
+            .map(|i| (0..init_r).map(|j| i > 0 && j < 2).collect())
+            .collect();
+        for (site, k) in model.adapters.svd_sites_mut().into_iter().zip(&keep) {
+            site.mask(k);
+        }
+        model.lora.rank_pattern = RankPattern::Kept(crate::peft::config::Pattern(
+            names.into_iter().zip(keep).collect(),
+        ));
+        let dir =
+            std::env::temp_dir().join(format!("llm-book-adalora-zero-{}", std::process::id()));
+        model.save_pretrained(&dir, None).unwrap();
+        let saved = Checkpoint::read(&dir.join(ADAPTER_WEIGHTS)).unwrap();
+        let a = saved
+            .get("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A")
+            .unwrap();
+        assert_eq!(a.shape, [0, 32]);
+        let (params, config) = base(&dev);
+        let back = TinyPeft::from_pretrained(params, config, &dir).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let ranks: Vec<usize> = back
+            .adalora_ranks()
+            .unwrap()
+            .iter()
+            .map(|(_, r)| *r)
+            .collect();
+        assert_eq!(ranks, [0, 2, 2, 2]);
+        let (tokens, types, mask) = reference_batch(&reference, &dev);
+        let ours = (model.forward(tokens.clone(), Some(types.clone()), &mask, Mode::Eval))
+            .unwrap()
+            .logits
+            .as_vec();
+        let loaded = (back.forward(tokens, Some(types), &mask, Mode::Eval))
+            .unwrap()
+            .logits
+            .as_vec();
+        let base_logits = {
+            let (params, config) = base(&dev);
+            let (tokens, types, mask) = reference_batch(&reference, &dev);
+            params
+                .forward(&config, tokens, Some(types), &mask, Mode::Eval)
+                .unwrap()
+                .logits
+                .as_vec()
+        };
+        assert_ne!(ours, base_logits, "留下的奇异值改变了输出");
+        assert_eq!(ours, loaded, "剪成 0 的模块读回来后输出不变");
     }
 }

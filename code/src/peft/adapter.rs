@@ -154,7 +154,9 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
     /// 合并进原线性层：W ← W + s·BA（DoRA：W ← (m/‖W + s·BA‖) ⊙ (W + s·BA)；AdaLoRA：W ← W + s·B·diag(E)·A）；
     /// 没有 LoRA 时什么也不做。
     pub fn merge_into(&self, linear: &mut Linear<I, O, E, D>) {
-        let Some(l) = &self.lora else { return };
+        let Some(l) = self.lora.as_ref().filter(|l| l.lora_a.shape().0 > 0) else {
+            return;
+        };
         linear.weight = match &l.magnitude {
             None => {
                 let a = match &l.lora_e {
@@ -296,12 +298,19 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SvdSite<E, D>
 {
     fn parts(&self, grads: Option<&Gradients<E, D>>) -> SvdParts<E> {
         let e = self.lora_e.as_ref().expect("只对 AdaLoRA 的模块调用");
+        // 秩为 0 的模块（全被剪掉、存盘时裁空的）：dfdx 的 as_vec 对没有元素的张量会越界
+        fn data<S: Shape, E: Dtype, D: Device<E>>(t: &Tensor<S, E, D>) -> Vec<E> {
+            match t.shape().num_elements() {
+                0 => Vec::new(),
+                _ => t.as_vec(),
+            }
+        }
         let (a, e, b) = match grads {
-            None => (self.lora_a.as_vec(), e.as_vec(), self.lora_b.as_vec()),
+            None => (data(&self.lora_a), data(e), data(&self.lora_b)),
             Some(g) => (
-                g.get(&self.lora_a).as_vec(),
-                g.get(e).as_vec(),
-                g.get(&self.lora_b).as_vec(),
+                data(&g.get(&self.lora_a)),
+                data(&g.get(e)),
+                data(&g.get(&self.lora_b)),
             ),
         };
         SvdParts {

@@ -241,6 +241,25 @@ where
         Some(result)
     }
 
+    /// AdaLoRA 的适配器各模块现在的秩（模块名，留下的奇异值个数），按模型里的顺序：按 `rank_pattern` 数，
+    /// 还没剪过的模块是它的矩阵的秩。不是 AdaLoRA 时为 `None`。
+    pub fn adalora_ranks(&self) -> Option<Vec<(String, usize)>> {
+        self.lora.adalora().ok()??;
+        let kept = match &self.lora.rank_pattern {
+            RankPattern::Kept(p) => p.0.as_slice(),
+            RankPattern::Ranks(_) => &[],
+        };
+        let ranks = (self.plan.modules().into_iter())
+            .map(|(m, spec)| {
+                let key = format!("{m}.lora_E");
+                let r = (kept.iter().find(|(k, _)| *k == key))
+                    .map_or(spec.r, |(_, keep)| keep.iter().filter(|k| **k).count());
+                (m, r)
+            })
+            .collect();
+        Some(ranks)
+    }
+
     /// AdaLoRA 加在损失上的正交正则（[`orth_regularizer`]）；不是 AdaLoRA、或权重为 0 时为 `None`。
     pub fn regularizer(&self) -> Option<Tensor<(), E, D, OwnedTape<E, D>>> {
         let weight = self.lora.adalora().ok()??.orth_reg_weight;
@@ -801,6 +820,9 @@ where
     }
     fn after_step(&mut self, step: usize, grads: &Gradients<E, D>) {
         self.update_and_allocate(step, grads);
+    }
+    fn settled(&self) -> bool {
+        self.allocator.as_ref().is_none_or(|(_, a)| a.settled)
     }
     fn training_state(&self) -> Option<serde_json::Value> {
         let (_, allocator) = self.allocator.as_ref()?;

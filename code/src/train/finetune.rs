@@ -427,7 +427,9 @@ where
             };
             state.window = (0.0, 0.0, 0);
             state.rows.push(row);
-            let best = state.best.is_none_or(|(_, acc)| valid.accuracy > acc);
+            // 还没定型的参数（AdaLoRA 的秩还在变）不参加评选；到最后一步还没有可选的，就留最后一步的
+            let eligible = model.settled() || (state.best.is_none() && state.step == total);
+            let best = eligible && state.best.is_none_or(|(_, acc)| valid.accuracy > acc);
             if best {
                 state.best = Some((state.step, valid.accuracy));
                 save_params(model.params(), &out.join("best.safetensors"))?;

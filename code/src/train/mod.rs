@@ -54,6 +54,10 @@ pub trait SequenceClassifier<E: Dtype, D: Device<E>> {
     fn after_step(&mut self, step: usize, grads: &Gradients<E, D>) {
         let _ = (step, grads);
     }
+    /// 现在的参数能不能留作“最好的”结果（AdaLoRA 在各模块的秩定下来之前不能：那时的适配器还没剪到预算）；默认能。
+    fn settled(&self) -> bool {
+        true
+    }
     /// 参数与优化器之外、恢复训练时还要的状态（AdaLoRA 的分数与 rank_pattern）；默认没有。
     fn training_state(&self) -> Option<serde_json::Value> {
         None

@@ -1407,4 +1407,79 @@ mod tests {
         cfg.use_rslora = true;
         assert_eq!(cfg.scaling(), 8.0);
     }
+
+    /// AdaLoRA 的配置（4.4 节）：读得懂 PEFT 写的（布尔列表的 rank_pattern 写回时原样），秩由 rank_pattern 定，
+    /// 缩放是 lora_alpha/init_r；PEFT 拒绝的、悄悄不用的取值都报错并指明字段。
+    #[test]
+    fn adalora_configs_follow_peft() {
+        let path = crate::bert::hf::fixtures_dir()
+            .join("tiny-bert-peft-adalora")
+            .join("adapter_config.json");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cfg = LoraConfig::from_json(&text).unwrap();
+        let ada = cfg.adalora().unwrap().unwrap();
+        assert_eq!((ada.init_r, ada.target_r, ada.total_step), (6, 2, 8));
+        let again = LoraConfig::from_json(&cfg.to_json()).unwrap();
+        assert_eq!(again, cfg);
+        let plan = cfg.plan(2, 32, 48).unwrap();
+        let ranks: Vec<usize> = plan.modules().iter().map(|(_, s)| s.r).collect();
+        assert_eq!(ranks, [3, 2, 2, 1]);
+        assert!(plan
+            .modules()
+            .iter()
+            .all(|(_, s)| s.svd && s.scaling == adalora_scaling(8.0, 6)));
+        // 没有 rank_pattern（训练前）：每个模块都是 init_r
+        let mut fresh = cfg.clone();
+        fresh.rank_pattern = RankPattern::default();
+        assert!(fresh
+            .plan(2, 32, 48)
+            .unwrap()
+            .modules()
+            .iter()
+            .all(|(_, s)| s.r == 6));
+
+        let base: serde_json::Map<String, Value> = serde_json::from_str(&text).unwrap();
+        let q = "bert.encoder.layer.0.attention.self.query.lora_E";
+        for (field, value, fails_in_plan) in [
+            ("total_step", Value::Null, false),
+            ("total_step", serde_json::json!(0), false),
+            ("tinit", serde_json::json!(6), false),
+            ("target_r", serde_json::json!(7), false),
+            ("init_r", serde_json::json!("six"), false),
+            ("deltaT", serde_json::json!(0), false),
+            ("beta1", serde_json::json!(1.0), false),
+            ("orth_reg_weight", serde_json::json!(-1), false),
+            ("use_dora", Value::Bool(true), false),
+            ("use_rslora", Value::Bool(true), false),
+            ("init_lora_weights", serde_json::json!("pissa"), false),
+            ("alpha_pattern", serde_json::json!({"query": 4}), false),
+            ("rank_pattern", serde_json::json!({"query": 4}), false),
+            (
+                "rank_pattern",
+                serde_json::json!({"query.lora_E": [true]}),
+                true,
+            ),
+            ("rank_pattern", serde_json::json!({q: [true, false]}), true),
+            ("init_r", serde_json::json!(40), true),
+        ] {
+            let mut v = base.clone();
+            v.insert(field.into(), value.clone());
+            let cfg: LoraConfig = serde_json::from_value(Value::Object(v)).unwrap();
+            let err = match fails_in_plan {
+                false => cfg.validate().unwrap_err(),
+                true => cfg.plan(2, 32, 48).unwrap_err(),
+            }
+            .to_string();
+            assert!(
+                err.starts_with(&format!("LoRA 配置的字段 {field} = ")),
+                "{field} = {value}：{err}"
+            );
+        }
+        // 布尔列表只属于 AdaLoRA
+        let mut v = base.clone();
+        v.insert("peft_type".into(), "LORA".into());
+        let cfg: LoraConfig = serde_json::from_value(Value::Object(v)).unwrap();
+        let err = cfg.validate().unwrap_err().to_string();
+        assert!(err.starts_with("LoRA 配置的字段 rank_pattern = "), "{err}");
+    }
 }

@@ -99,6 +99,11 @@ pub fn all() -> Vec<Figure> {
             render: || ln_stability_figure(0.003),
         },
         Figure {
+            file: "part4-adalora-ranks.svg",
+            about: "4.4 节：AdaLoRA 训练后各层各模块留下的秩（3 个种子的平均；读 results/part4-adalora/）",
+            render: adalora_ranks_figure,
+        },
+        Figure {
             file: "appendix-a-pretrain.svg",
             about: "附录 A：中文迷你 BERT 预训练时，留出文本上掩码位置的损失与准确率",
             render: pretrain_figure,
@@ -178,6 +183,7 @@ fn pe_heatmap_figure() -> anyhow::Result<String> {
         colormap: ColorMap::Diverging,
         row_labels: vec![],
         col_labels: vec![],
+        annotate: None,
     }
     .to_svg()
 }
@@ -286,6 +292,7 @@ fn attention_map_figure() -> anyhow::Result<String> {
         colormap: ColorMap::Sequential,
         row_labels: a.tokens.clone(),
         col_labels: a.tokens.clone(),
+        annotate: None,
     }
     .to_svg()
 }
@@ -565,6 +572,38 @@ fn lora_table_figure() -> anyhow::Result<String> {
             })
             .collect(),
         log_x: true,
+    }
+    .to_svg()
+}
+
+/// 4.4 节的实验：AdaLoRA 的三个种子（`code/scripts/part4-adalora.sh`）。
+pub const ADALORA_RUNS: [&str; 3] = [
+    "part4-adalora/adalora-lr0.005-s0",
+    "part4-adalora/adalora-lr0.005-s1",
+    "part4-adalora/adalora-lr0.005-s2",
+];
+
+fn adalora_ranks_figure() -> anyhow::Result<String> {
+    use crate::experiments::classify::{adalora_rank_grid, FinetuneSummary, BERT_LAYER_MODULES};
+    let runs = ADALORA_RUNS
+        .iter()
+        .map(|name| load_result::<FinetuneSummary>(name, "finetune"))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let grid = adalora_rank_grid(&runs, 4)?;
+    let init_r = 12.0;
+    Heatmap {
+        title: "AdaLoRA 把秩分给了谁（每个模块从 12 开始，平均剪到 4；3 个种子的平均）".into(),
+        x_label: "模块".into(),
+        y_label: "层".into(),
+        row_labels: (0..grid.len()).map(|l| format!("第 {l} 层")).collect(),
+        col_labels: BERT_LAYER_MODULES
+            .iter()
+            .map(|(_, s)| s.to_string())
+            .collect(),
+        values: grid,
+        range: (0.0, init_r),
+        colormap: ColorMap::Sequential,
+        annotate: Some(1),
     }
     .to_svg()
 }

@@ -87,6 +87,48 @@ pub struct FinetuneSummary {
     pub machine: String,
 }
 
+// ANCHOR: rank_grid
+/// BERT 一层里 AdaLoRA 可以加的六种模块（`bert.encoder.layer.<层>.` 之后的名字）与图表里的简称。
+pub const BERT_LAYER_MODULES: [(&str, &str); 6] = [
+    ("attention.self.query", "Q"),
+    ("attention.self.key", "K"),
+    ("attention.self.value", "V"),
+    ("attention.output.dense", "注意力输出"),
+    ("intermediate.dense", "FFN 升维"),
+    ("output.dense", "FFN 降维"),
+];
+
+/// 几次 AdaLoRA 训练最后的秩，按（层, 模块种类）取平均：第 l 行第 k 列是第 l 层第 k 种模块
+/// （[`BERT_LAYER_MODULES`] 的次序）的平均秩；某次训练没有这个模块的，按 0 算。
+pub fn adalora_rank_grid(runs: &[FinetuneSummary], layers: usize) -> anyhow::Result<Vec<Vec<f64>>> {
+    anyhow::ensure!(!runs.is_empty(), "没有 AdaLoRA 的结果");
+    let mut grid = vec![vec![0.0; BERT_LAYER_MODULES.len()]; layers];
+    for run in runs {
+        let ranks = run
+            .adalora_ranks
+            .as_ref()
+            .context("结果里没有 adalora_ranks：不是 AdaLoRA 的训练")?;
+        for (name, rank) in ranks {
+            let rest = name
+                .split_once("encoder.layer.")
+                .map(|(_, rest)| rest)
+                .with_context(|| format!("模块名 {name} 不是 BERT 编码器层里的"))?;
+            let (layer, kind) = rest
+                .split_once('.')
+                .with_context(|| format!("模块名 {name} 里没有层号"))?;
+            let layer: usize = layer
+                .parse()
+                .with_context(|| format!("模块名 {name} 的层号不是数"))?;
+            let k = (BERT_LAYER_MODULES.iter().position(|(m, _)| *m == kind))
+                .with_context(|| format!("模块名 {name}：不认识的模块种类 {kind}"))?;
+            anyhow::ensure!(layer < layers, "模块名 {name}：层号超出 {layers} 层");
+            grid[layer][k] += *rank as f64 / runs.len() as f64;
+        }
+    }
+    Ok(grid)
+}
+// ANCHOR_END: rank_grid
+
 /// 本进程的峰值常驻内存（`/proc/self/status` 的 VmHWM），读不到时为 `None`。
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

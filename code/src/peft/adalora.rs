@@ -167,7 +167,9 @@ impl<E: Real> RankAllocator<E> {
     }
 
     /// 用这一步的参数与梯度更新滑动平均：I = |p·∂p|，Ī ← β₁Ī + (1 − β₁)I，Ū ← β₂Ū + (1 − β₂)|I − Ī|。
-    pub fn update_ipt(&mut self, params: &[SvdParts<E>], grads: &[SvdParts<E>]) {
+    /// 梯度先乘 `grad_scale`（裁剪系数）。
+    pub fn update_ipt(&mut self, params: &[SvdParts<E>], grads: &[SvdParts<E>], grad_scale: f64) {
+        let scale = E::from_f64(grad_scale).unwrap();
         let (b1, b2) = (self.settings.beta1, self.settings.beta2);
         let c = |x: f64| E::from_f64(x).unwrap();
         if self.ema.len() != params.len() {
@@ -186,7 +188,7 @@ impl<E: Real> RankAllocator<E> {
                 .enumerate()
             {
                 for (i, (&pi, &gi)) in pv.iter().zip(gv.iter()).enumerate() {
-                    let ipt = (pi * gi).abs();
+                    let ipt = (pi * (gi * scale)).abs();
                     let avg = c(b1) * ema.ipt[k][i] + c(1.0 - b1) * ipt;
                     ema.ipt[k][i] = avg;
                     ema.unc[k][i] = c(b2) * ema.unc[k][i] + c(1.0 - b2) * (ipt - avg).abs();
@@ -216,13 +218,13 @@ impl<E: Real> RankAllocator<E> {
     }
 
     /// 按预算剪：全部三元组的分数里第 init_bgt − budget 小的作阈值，分数 ≤ 阈值的剪掉。返回每个模块留下哪些
-    /// （PEFT 的 `mask_to_budget`；它在 init_bgt − budget = 0 时会报错，这里是一个也不剪）。
+    /// （PEFT 的 `mask_to_budget`；它在 init_bgt − budget = 0 时会报错，这里是一个也不剪；还没有分数时也一个不剪）。
     pub fn keep_for_budget(&self, shapes: &[SvdParts<E>], budget: usize) -> Vec<Vec<bool>> {
-        let scores = self.triplet_scores(shapes);
         let k = self.init_bgt.saturating_sub(budget);
-        if k == 0 {
-            return scores.iter().map(|s| vec![true; s.len()]).collect();
+        if k == 0 || self.ema.is_empty() {
+            return shapes.iter().map(|p| vec![true; p.r]).collect();
         }
+        let scores = self.triplet_scores(shapes);
         let mut all: Vec<E> = scores.iter().flatten().copied().collect();
         let k = k.min(all.len());
         let (_, threshold, _) = all.select_nth_unstable_by(k - 1, |x, y| {
@@ -254,7 +256,8 @@ pub enum Allocation {
 
 // ANCHOR: step
 impl<E: Real> RankAllocator<E> {
-    /// PEFT 的 `update_and_allocate(global_step)`：在优化器更新之后、梯度清零之前调用（`step` 从 0 数）。
+    /// PEFT 的 `update_and_allocate(global_step)`：在优化器更新之后、梯度清零之前调用（`step` 从 0 数；
+    /// `grad_scale` 是这一步梯度的裁剪系数，见 [`PeftBert::update_and_allocate`](super::model::PeftBert::update_and_allocate)）。
     /// - step < total_step − tfinal：用更新后的参数与这一步的梯度更新分数；时间表说要剪就按预算剪；
     /// - step = total_step − tfinal：按最后的预算剪最后一次，定下各模块的秩，清掉分数；
     /// - 之后：每步按定下的 `fixed`（上一次剪出的 rank_pattern）把被剪的 E 再置 0（优化器会把它们更新成非 0）。
@@ -263,6 +266,7 @@ impl<E: Real> RankAllocator<E> {
         step: usize,
         sites: &mut [&mut dyn SvdSite<E, D>],
         grads: &Gradients<E, D>,
+        grad_scale: f64,
         fixed: Option<&[Vec<bool>]>,
     ) -> Allocation {
         let s = self.settings;
@@ -276,7 +280,7 @@ impl<E: Real> RankAllocator<E> {
         };
         if step < end {
             let g: Vec<SvdParts<E>> = sites.iter().map(|x| x.parts(Some(grads))).collect();
-            self.update_ipt(&shapes, &g);
+            self.update_ipt(&shapes, &g, grad_scale);
             let (budget, mask) = self.budget_schedule(step);
             if !mask {
                 return Allocation::Scored;
@@ -475,7 +479,7 @@ mod tests {
             orth_err = orth_err.max((orth - want).abs());
             grads = loss.backward();
             opt.update(&mut model.adapters, &grads).unwrap();
-            let result = model.update_and_allocate(step, &grads).unwrap();
+            let result = model.update_and_allocate(step, &grads, 1.0).unwrap();
             if let Allocation::Masked { budget, .. } = &result {
                 assert_eq!(*budget, budgets[step], "第 {step} 步的预算");
             }
@@ -632,5 +636,149 @@ mod tests {
         };
         assert_ne!(ours, base_logits, "留下的奇异值改变了输出");
         assert_eq!(ours, loaded, "剪成 0 的模块读回来后输出不变");
+    }
+
+    /// 打分用裁剪后的梯度（HF 的 Trainer 就地裁剪，PEFT 读到的是裁剪后的）：乘系数 c 与直接给 c·g 一样，
+    /// 与不乘的不一样。
+    #[test]
+    fn importance_uses_the_clipped_gradient() {
+        let settings = AdaLoraSettings {
+            init_r: 2,
+            target_r: 1,
+            tinit: 0,
+            tfinal: 0,
+            delta_t: 1,
+            beta1: 0.85,
+            beta2: 0.85,
+            orth_reg_weight: 0.5,
+            total_step: 10,
+        };
+        let parts = |scale: f32| SvdParts::<f32> {
+            r: 2,
+            fan_in: 3,
+            fan_out: 2,
+            a: [0.5, -1.0, 2.0, 0.25, 1.5, -0.75]
+                .map(|x| x * scale)
+                .to_vec(),
+            e: [0.3, -0.2].map(|x| x * scale).to_vec(),
+            b: [1.0, 2.0, -1.0, 0.5].map(|x| x * scale).to_vec(),
+        };
+        let params = [parts(1.0)];
+        let run = |grads: SvdParts<f32>, scale: f64| {
+            let mut alloc = RankAllocator::<f32>::new(settings, &[2]);
+            // 两步：第二步起不确定性 Ū 才不为 0
+            alloc.update_ipt(&params, std::slice::from_ref(&grads), scale);
+            alloc.update_ipt(&params, std::slice::from_ref(&grads), scale);
+            alloc
+        };
+        let clipped = run(parts(0.25), 1.0);
+        assert_eq!(run(parts(1.0), 0.25), clipped);
+        assert_ne!(run(parts(1.0), 1.0), clipped);
+        assert!(clipped.ema[0].unc[2].iter().all(|&u| u > 0.0));
+    }
+
+    /// 用 `finetune` 训练 AdaLoRA：在剪枝阶段被杀几次、每次接着训练（分数与 rank_pattern 在检查点里），结果与一口气
+    /// 训练完逐位相同；最好的一步只从秩定下之后选；最后的秩加起来正好是预算；total_step 比训练的步数多时报错。
+    #[test]
+    fn finetune_with_adalora_resumes_exactly_and_ends_on_budget() {
+        use crate::train::finetune::{finetune, FinetuneConfig, FinetuneError, FinetuneEvent};
+        use crate::train::SequenceClassifier;
+        use std::ops::ControlFlow;
+        let adalora = |total_step: usize| {
+            LoraConfig::from_json(&format!(
+                r#"{{"peft_type": "ADALORA", "task_type": "SEQ_CLS", "target_modules": ["query", "value"],
+                    "init_r": 4, "target_r": 2, "tinit": 4, "tfinal": 8, "deltaT": 2, "total_step": {total_step},
+                    "lora_alpha": 8, "lora_dropout": 0.1}}"#
+            ))
+            .unwrap()
+        };
+        let data = crate::train::tests::toy_data(); // 256 条，批大小 16：每轮 16 步
+        let cfg = FinetuneConfig {
+            epochs: 2,
+            batch_size: 16,
+            eval_every: 4,
+            checkpoint_every: 3,
+            optim: crate::train::adamw::AdamWConfig {
+                lr: 5e-3,
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let run = |out: &std::path::Path, kills: &[usize], total_step: usize| {
+            let mut last = None;
+            for (attempt, &kill) in kills.iter().chain(&[usize::MAX]).enumerate() {
+                let dev = Cpu::seed_from_u64(0);
+                let dir = load_dir::<32, 4, 48, f32, Cpu>(&dev, &fixtures_dir().join("tiny-bert"))
+                    .unwrap();
+                let mut model =
+                    TinyPeft::get_peft_model(dir.params, dir.config, adalora(total_step)).unwrap();
+                let got = finetune(
+                    &mut model,
+                    &dev,
+                    &data,
+                    &cfg,
+                    out,
+                    attempt > 0,
+                    &mut |e| match e {
+                        FinetuneEvent::Step { step, .. } if step == kill => ControlFlow::Break(()),
+                        _ => ControlFlow::Continue(()),
+                    },
+                );
+                if let Some(report) = got? {
+                    last = Some((report, model));
+                }
+            }
+            Ok::<_, FinetuneError>(last.expect("最后一次没有被杀"))
+        };
+        let dir = |name: &str| {
+            let d = std::env::temp_dir()
+                .join(format!("llm-book-adalora-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            d
+        };
+        let (straight_dir, killed_dir) = (dir("straight"), dir("killed"));
+        let (want, straight) = run(&straight_dir, &[], 32).unwrap();
+        // 被杀于剪枝阶段的两步（第 5–24 步）与定秩之后的一步
+        let (got, resumed) = run(&killed_dir, &[9, 17, 27], 32).unwrap();
+        let rows = |r: &crate::train::finetune::FinetuneReport| {
+            (r.rows.iter())
+                .map(|row| (row.step, row.train_loss, row.valid))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(rows(&got), rows(&want));
+        assert_eq!((got.best_step, got.test), (want.best_step, want.test));
+        assert_eq!(resumed.lora.rank_pattern, straight.lora.rank_pattern);
+        for (a, b) in resumed
+            .adapters
+            .svd_sites()
+            .iter()
+            .zip(straight.adapters.svd_sites())
+        {
+            assert_eq!(a.parts(None), b.parts(None));
+        }
+        // 秩在第 24 步（从 0 数）定下：评估的第 4、8、…、24 步都不参加评选
+        assert!(want.best_step > 24, "最好的一步是第 {} 步", want.best_step);
+        assert!(straight.settled());
+        let ranks = straight.adalora_ranks().unwrap();
+        assert_eq!(
+            ranks.iter().map(|(_, r)| r).sum::<usize>(),
+            2 * 4,
+            "{ranks:?}"
+        );
+        // 被剪的奇异值在读回的“最好的一步”里也是 0
+        let zeros: usize = (straight.adapters.svd_sites().iter())
+            .map(|s| s.parts(None).e.iter().filter(|&&e| e == 0.0).count())
+            .sum();
+        assert_eq!(zeros, 4 * 4 - 2 * 4);
+        // total_step 比训练的步数（32）多：预算降不到目标，报错并指出字段
+        let err = run(&dir("longer"), &[], 40).map(|_| ()).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("total_step = 40") && text.contains("32"),
+            "{text}"
+        );
+        for d in [straight_dir, killed_dir, dir("longer")] {
+            let _ = std::fs::remove_dir_all(d);
+        }
     }
 }

@@ -211,11 +211,14 @@ where
     // ANCHOR: update_and_allocate
     /// PEFT 的 `model.base_model.update_and_allocate(step)`（4.4 节）：每步优化器更新之后、梯度清零之前调用，
     /// `grads` 是这一步的梯度。按 [`RankAllocator::step`] 打分、剪枝；剪了就把各模块留下的奇异值写进配置的
-    /// `rank_pattern`（键 `模块名.lora_E`，存盘时按它裁小 A、E、B）。不是 AdaLoRA 时返回 `None`。
+    /// `rank_pattern`（键 `模块名.lora_E`，存盘时按它裁小 A、E、B）。`grad_scale` 是优化器这一步给梯度乘的裁剪系数
+    /// （[`StepInfo::clip`](crate::train::adamw::StepInfo::clip)；不裁剪时为 1）：HF 的 Trainer 就地裁剪梯度，PEFT 打分用的是裁剪后的梯度。
+    /// 不是 AdaLoRA 时返回 `None`。
     pub fn update_and_allocate(
         &mut self,
         step: usize,
         grads: &Gradients<E, D>,
+        grad_scale: f64,
     ) -> Option<Allocation> {
         let (name, allocator) = self.allocator.as_mut()?;
         if *name != self.active {
@@ -232,7 +235,7 @@ where
             RankPattern::Ranks(_) => None,
         };
         let mut sites = self.adapters.svd_sites_mut();
-        let result = allocator.step(step, &mut sites, grads, fixed.as_deref());
+        let result = allocator.step(step, &mut sites, grads, grad_scale, fixed.as_deref());
         if let Allocation::Masked { keep, .. } = &result {
             self.lora.rank_pattern = RankPattern::Kept(Pattern(
                 names.into_iter().zip(keep.iter().cloned()).collect(),
@@ -818,8 +821,12 @@ where
     fn regularizer(&self) -> Option<Tensor<(), E, D, OwnedTape<E, D>>> {
         PeftBert::regularizer(self)
     }
-    fn after_step(&mut self, step: usize, grads: &Gradients<E, D>) {
-        self.update_and_allocate(step, grads);
+    fn after_step(&mut self, step: usize, grads: &Gradients<E, D>, grad_scale: f64) {
+        self.update_and_allocate(step, grads, grad_scale);
+    }
+    fn planned_steps(&self) -> Option<(&'static str, usize)> {
+        let (_, allocator) = self.allocator.as_ref()?;
+        Some(("total_step", allocator.settings.total_step))
     }
     fn settled(&self) -> bool {
         self.allocator.as_ref().is_none_or(|(_, a)| a.settled)

@@ -136,6 +136,8 @@ pub struct Heatmap {
     pub row_labels: Vec<String>,
     /// 列的刻度文字。
     pub col_labels: Vec<String>,
+    /// 在每格中央写出数值，保留几位小数（`None`：不写；格子少时才用）。
+    pub annotate: Option<usize>,
 }
 
 /// 热力图的色标。
@@ -235,6 +237,25 @@ impl Heatmap {
                 let pos = Pos::new(HPos::Right, VPos::Center);
                 root.draw(&Text::new(text.clone(), (px - 6, py), style(pos)))?;
             }
+            if let Some(decimals) = self.annotate {
+                for (r, row) in self.values.iter().enumerate() {
+                    for (c, &v) in row.iter().enumerate() {
+                        // 深色的格子上用白字
+                        let color = if (v - lo) / (hi - lo) > 0.55 {
+                            WHITE
+                        } else {
+                            BLACK
+                        };
+                        let pos = Pos::new(HPos::Center, VPos::Center);
+                        let text = format!("{v:.decimals$}");
+                        chart.draw_series(std::iter::once(Text::new(
+                            text,
+                            (c as f64, r as f64),
+                            style(pos).color(&color),
+                        )))?;
+                    }
+                }
+            }
             root.present()?;
         }
         Ok(svg)
@@ -290,11 +311,24 @@ mod tests {
             colormap: ColorMap::Diverging,
             row_labels: vec![],
             col_labels: vec![],
+            annotate: None,
         };
         let svg = h.to_svg().unwrap();
         assert!(
             svg.contains("#2166AC") && svg.contains("#B2182B"),
             "两端的颜色都应出现"
+        );
+        assert!(!svg.contains(">-1.0<"), "不要求时不写数值");
+        let annotated = Heatmap {
+            annotate: Some(1),
+            ..h
+        }
+        .to_svg()
+        .unwrap();
+        assert!(
+            annotated.contains(">-1.0<")
+                && annotated.contains(">1.0<")
+                && annotated.contains(">0.0<")
         );
     }
 }

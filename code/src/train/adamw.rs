@@ -80,6 +80,9 @@ pub struct StepInfo {
     pub grad_norm: f64,
     /// 这一步用的学习率。
     pub lr: f64,
+    /// 梯度乘上的裁剪系数（没有裁剪时为 1）：PyTorch 的 `clip_grad_norm_` 就地改梯度，之后读梯度的（AdaLoRA 的打分）
+    /// 看到的是裁剪后的梯度，要与它一致就乘上这个数。
+    pub clip: f64,
 }
 
 impl<E: Real + dfdx::tensor::safetensors::SafeDtype> AdamW<E> {
@@ -140,7 +143,11 @@ impl<E: Real + dfdx::tensor::safetensors::SafeDtype> AdamW<E> {
             f: &mut update,
         })
         .expect("更新参数不会失败");
-        StepInfo { grad_norm, lr }
+        StepInfo {
+            grad_norm,
+            lr,
+            clip,
+        }
     }
     // ANCHOR_END: step
 

@@ -208,6 +208,15 @@ pub enum FinetuneError {
         /// 这次数据的类别名。
         data: Vec<String>,
     },
+    /// 模型按更多的步数排了时间表（AdaLoRA 的 `total_step`），这次训练走不到头。
+    ScheduleLonger {
+        /// 配置的字段。
+        field: &'static str,
+        /// 配置里的步数。
+        planned: usize,
+        /// 这次训练的步数。
+        steps: usize,
+    },
 }
 
 impl std::fmt::Display for FinetuneError {
@@ -229,6 +238,15 @@ impl std::fmt::Display for FinetuneError {
             FinetuneError::LabelsChanged { checkpoint, data } => write!(
                 f,
                 "检查点的类别（id2label）为 {checkpoint:?}，这次的数据为 {data:?}：接着训练必须用同样的类别"
+            ),
+            FinetuneError::ScheduleLonger {
+                field,
+                planned,
+                steps,
+            } => write!(
+                f,
+                "LoRA 配置的字段 {field} = {planned} 大于这次训练的步数 {steps}：预算降不到目标，各模块的秩定不下来\
+                 （把 {field} 改成 {steps}，或用 --max-steps {planned}）"
             ),
         }
     }
@@ -310,6 +328,15 @@ where
         .max_steps
         .unwrap_or(usize::MAX)
         .min(per_epoch * cfg.epochs);
+    if let Some((field, planned)) = model.planned_steps() {
+        if planned > total {
+            return Err(FinetuneError::ScheduleLonger {
+                field,
+                planned,
+                steps: total,
+            });
+        }
+    }
     let warmup = (cfg.warmup_ratio * total as f64).round() as usize;
     let lengths: Vec<usize> = data.train.iter().map(|(ids, _)| ids.len()).collect();
 
@@ -393,7 +420,7 @@ where
             &grads,
             linear_schedule(state.step, warmup, total),
         );
-        model.after_step(state.step, &grads);
+        model.after_step(state.step, &grads, info.clip);
         model.params().zero_grads(&mut grads);
         state.train_seconds += started.elapsed().as_secs_f64();
         state.step += 1;

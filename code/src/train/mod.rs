@@ -50,9 +50,14 @@ pub trait SequenceClassifier<E: Dtype, D: Device<E>> {
     fn regularizer(&self) -> Option<Tensor<(), E, D, OwnedTape<E, D>>> {
         None
     }
-    /// 每步优化器更新之后、梯度清零之前调用，`step` 从 0 数（AdaLoRA 的秩分配，4.4 节）；默认什么也不做。
-    fn after_step(&mut self, step: usize, grads: &Gradients<E, D>) {
-        let _ = (step, grads);
+    /// 每步优化器更新之后、梯度清零之前调用，`step` 从 0 数，`grad_scale` 是这一步梯度的裁剪系数
+    /// （AdaLoRA 的秩分配，4.4 节）；默认什么也不做。
+    fn after_step(&mut self, step: usize, grads: &Gradients<E, D>, grad_scale: f64) {
+        let _ = (step, grads, grad_scale);
+    }
+    /// 模型自己按多少步排了时间表（配置的字段名, 步数）：AdaLoRA 的 `total_step`；训练的步数比它少就报错。默认没有。
+    fn planned_steps(&self) -> Option<(&'static str, usize)> {
+        None
     }
     /// 现在的参数能不能留作“最好的”结果（AdaLoRA 在各模块的秩定下来之前不能：那时的适配器还没剪到预算）；默认能。
     fn settled(&self) -> bool {

@@ -6,7 +6,7 @@
 # 先在种子 0 上扫学习率，再用选定的学习率跑 3 个种子。
 # 结果写进 code/results/part4-adalora/<方法>-lr<学习率>-s<种子>.json（AdaLoRA 的结果里有各模块最后的秩 adalora_ranks）；
 # 已有的跳过（LLM_BOOK_RERUN=1 重跑）。
-# 用法（在仓库根目录）：bash code/scripts/part4-adalora.sh   （13 次，2 核 CPU 上每次约 30 秒）
+# 用法（在仓库根目录）：bash code/scripts/part4-adalora.sh   （18 次，2 核 CPU 上每次约 20 秒）
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source code/scripts/record.sh
@@ -51,3 +51,19 @@ for seed in 0 1 2; do
   run_record "part4-adalora/lora-r12-lr0.0005-s$seed" "${common[@]}" "${lora[@]}" --r 12 --lr 0.0005 --seed "$seed"
 done
 # ANCHOR_END: runs
+# ANCHOR: vo
+# 思考题：按 AdaLoRA 的分配只在 V 与注意力输出上加 LoRA，秩 12（秩的总数同为 4 层 × 2 × 12 = 96）
+for seed in 0 1 2; do
+  run_record "part4-adalora/lora-vo-r12-lr0.0005-s$seed" "${common[@]}" --targets value,attention.output.dense \
+    --alpha 32 --lora-dropout 0.1 --r 12 --lr 0.0005 --seed "$seed"
+done
+# ANCHOR_END: vo
+# ANCHOR: orth0
+# 思考题：去掉正交正则（orth_reg_weight = 0；PEFT 训练时拒绝 0，本书当作不加正则）
+config0="$(mktemp)"
+trap 'rm -f "$config" "$config0"' EXIT
+sed 's/"orth_reg_weight": 0.5/"orth_reg_weight": 0/' "$config" > "$config0"
+for seed in 0 1 2; do
+  run_record "part4-adalora/adalora-orth0-lr0.005-s$seed" "${common[@]}" --lora-config "$config0" --lr 0.005 --seed "$seed"
+done
+# ANCHOR_END: orth0

@@ -232,9 +232,17 @@ impl<E: Real> RankAllocator<E> {
         });
         let threshold = *threshold;
         (scores.iter())
-            .map(|s| s.iter().map(|&x| !(x <= threshold)).collect())
+            .map(|s| s.iter().map(|&x| keep_above(x, threshold)).collect())
             .collect()
     }
+}
+
+/// 分数高于阈值的留下。与 PEFT 的 `~(分数 <= 阈值)` 相同：分数是 NaN 时也留下（不与阈值比较出“小于等于”）。
+fn keep_above<E: PartialOrd>(x: E, threshold: E) -> bool {
+    !matches!(
+        x.partial_cmp(&threshold),
+        Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+    )
 }
 // ANCHOR_END: allocator
 
@@ -454,7 +462,7 @@ mod tests {
         let mut grads = model.adapters.alloc_grads();
         let (mut loss_err, mut orth_err) = (0f64, 0f64);
         let mut masks_checked = 0;
-        for step in 0..budgets.len() {
+        for (step, &want_budget) in budgets.iter().enumerate() {
             let logits = model
                 .forward(
                     tokens.clone().traced(grads),
@@ -481,7 +489,7 @@ mod tests {
             opt.update(&mut model.adapters, &grads).unwrap();
             let result = model.update_and_allocate(step, &grads, 1.0).unwrap();
             if let Allocation::Masked { budget, .. } = &result {
-                assert_eq!(*budget, budgets[step], "第 {step} 步的预算");
+                assert_eq!(*budget, want_budget, "第 {step} 步的预算");
             }
             model.adapters.zero_grads(&mut grads);
             // 每步之后 E 的非零掩码

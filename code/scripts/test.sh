@@ -68,7 +68,8 @@ step 8/10 "mdbook test：编译并运行书中的每个 Rust 片段"
 mdbook test -L target/book-deps/debug/deps
 
 step 9/10 "浏览器测试：中文搜索、每页无错误与断链、公式、离线、打印视图（code/tests/browser/）"
-# 需要 Node.js（≥ 18）与 Chromium（Debian：apt install nodejs chromium）；没有就跳过并说明。
+# 需要 Node.js（≥ 18）、Chromium 与一个中文字体（Debian：apt install nodejs chromium fonts-noto-cjk）；没有 node 或 chromium 就跳过并说明，
+# 没有中文字体时浏览器测试失败（汉字会画成缺字的方框）。
 if ! command -v node >/dev/null 2>&1; then
   echo "跳过浏览器测试：没有找到 node（Debian：apt install nodejs）"
 else
@@ -76,7 +77,7 @@ else
   if command -v "${CHROMIUM:-chromium}" >/dev/null 2>&1; then
     node code/tests/browser/browser.js book
   else
-    echo "跳过浏览器测试：没有找到 chromium（Debian：apt install chromium；或用 CHROMIUM=浏览器路径 指定）"
+    echo "跳过浏览器测试：没有找到 chromium（Debian：apt install chromium fonts-noto-cjk；或用 CHROMIUM=浏览器路径 指定）"
   fi
 fi
 

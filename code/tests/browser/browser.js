@@ -5,7 +5,8 @@
 //   3. 公式由 KaTeX 渲染（没有 .katex-error，KaTeX 字体从本地加载）；
 //   4. 搜索框里的中英文查询（queries.js）返回期望的章节，摘要有强调，点进结果页有高亮；输入法组字时不搜索；
 //   5. 打印视图（print.html）含有全部章节，并能打印成 PDF；
-//   6. 存几张截图（浅色、深色主题、搜索结果、打印 PDF）到 target/browser/。
+//   6. 存几张截图（浅色、深色主题、搜索结果、打印 PDF）到 target/browser/；
+//   7. 汉字真的画成了字形，而不是缺字的方框（系统里没有中文字体时页面照样没有错误）。
 // 用法（仓库根目录，先 mdbook build）：node code/tests/browser/browser.js [book 目录]
 // 通过 Chrome DevTools 协议与浏览器通信，走 --remote-debugging-pipe（文件描述符 3、4），不需要 npm 包。
 
@@ -197,6 +198,37 @@ const COLLECT = `(async () => {
     };
 })()`;
 
+// 在正文（main）与代码块（pre code）的字体下画汉字，返回每字的宽度（em）、画出几种字形、几个与缺字框相同
+const CJK_GLYPHS = `(async () => {
+    await document.fonts.ready;
+    const chars = ['中', '文', '字', '搜'];
+    const code = document.createElement('code');
+    const pre = document.createElement('pre');
+    pre.appendChild(code);
+    (document.querySelector('main') || document.body).appendChild(pre);
+    const out = [];
+    for (const [where, el] of [['正文', document.querySelector('main') || document.body], ['代码', code]]) {
+        const font = getComputedStyle(el).fontFamily;
+        const draw = (t) => {
+            const c = document.createElement('canvas');
+            c.width = 64; c.height = 64;
+            const g = c.getContext('2d');
+            g.font = '48px ' + font;
+            g.fillText(t, 4, 52);
+            return g.getImageData(0, 0, 64, 64).data.join(',');
+        };
+        const g = document.createElement('canvas').getContext('2d');
+        g.font = '48px ' + font;
+        const width = g.measureText(chars.join('')).width / chars.length / 48;
+        const tofu = draw('\\u{10FFFD}');
+        const shapes = chars.map(draw);
+        out.push({ where, font, width, chars: chars.length, distinct: new Set(shapes).size,
+            tofu: shapes.filter((x) => x === tofu).length });
+    }
+    pre.remove();
+    return out;
+})()`;
+
 async function main() {
     if (!fs.existsSync(path.join(bookDir, 'index.html'))) {
         throw new Error(`${bookDir} 里没有 index.html：先运行 mdbook build`);
@@ -254,6 +286,20 @@ async function main() {
             }
         }
         report.push(`检查了 ${pages.length} 页，${totalKatex} 个公式`);
+
+        // 中文字形：系统里没有中文字体时，汉字会画成缺字的方框（“豆腐块”），页面照样没有错误。
+        // 在正文与代码的字体下画几个汉字：中文字形是全角的（每字约 1 em 宽），彼此不同，
+        // 也不同于一个没有任何字体有字形的码位（U+10FFFD，必然画成缺字框）。
+        await page.goto(pathToFileURL(path.join(bookDir, 'index.html')).href);
+        const glyphs = await page.eval(CJK_GLYPHS);
+        for (const g of glyphs) {
+            const ok = g.width > 0.9 && g.width < 1.1 && g.distinct === g.chars && g.tofu === 0;
+            if (!ok) {
+                problems.push(`${g.where}的字体（${g.font}）画不出汉字：每字宽 ${g.width.toFixed(2)} em（应约 1），` +
+                    `${g.chars} 个字画出 ${g.distinct} 种字形，${g.tofu} 个与缺字框相同——装一个中文字体（Debian：apt install fonts-noto-cjk）`);
+            }
+            report.push(`${g.where}的汉字：每字 ${g.width.toFixed(2)} em，${g.distinct}/${g.chars} 种字形`);
+        }
         if (totalKatex < 100) problems.push(`全书只有 ${totalKatex} 个渲染出的公式：KaTeX 预处理器可能没有运行`);
 
         // 链接：本地文件要存在；#锚点要在目标页里
@@ -408,7 +454,12 @@ async function main() {
         });
         proc.kill();
         await exited;
-        fs.rmSync(profile, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+        // Chromium 的子进程可能还在往配置目录里写：删不掉时只提示，不掩盖上面真正的错误
+        try {
+            fs.rmSync(profile, { recursive: true, force: true, maxRetries: 10, retryDelay: 300 });
+        } catch (e) {
+            console.error(`（没能删掉临时的浏览器配置目录 ${profile}：${e.message}）`);
+        }
     }
     for (const line of report) console.log(line);
     if (problems.length) {

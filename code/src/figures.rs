@@ -127,6 +127,29 @@ pub fn all() -> Vec<Figure> {
     ]
 }
 
+/// 手写的概念图（`src/figures/diagram-*.svg`，文件名与用在哪一节）：它们不由代码生成，直接作为 SVG 维护；
+/// `tests/figures.rs` 检查每一张都有整幅的白底、带中文字体的字体栈，并且有章节引用它。
+pub const DIAGRAMS: [(&str, &str); 6] = [
+    (
+        "diagram-attention-shapes.svg",
+        "1.2 节：多头注意力的数据流与每一步的形状",
+    ),
+    ("diagram-head-split.svg", "1.2 节：拆头的对与错"),
+    ("diagram-pre-post-ln.svg", "1.6 节：Pre-LN 与 Post-LN"),
+    (
+        "diagram-lora-bypass.svg",
+        "2.2 节：LoRA 的旁路与 A、B 的形状",
+    ),
+    (
+        "diagram-peft-wrapping.svg",
+        "3.4 节：PEFT 怎样包装模型，参数名怎样变成键",
+    ),
+    (
+        "diagram-mlm-masking.svg",
+        "附录 A：掩码语言模型的 15% 与 80/10/10",
+    ),
+];
+
 /// 提交在书里的插图目录：`<仓库>/src/figures`。
 pub fn book_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))

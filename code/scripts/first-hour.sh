@@ -4,7 +4,7 @@
 # 并存下每条命令的输出。rustup 的工具链不重装（RUSTUP_HOME 照旧）。
 # 结果：<工作目录>/report.txt（每步的秒数与磁盘占用）与各步的 .log；书中引用的那一次，report.txt 与后三步的 .log 复制在 code/results/first-hour/。
 # 用法（在仓库根目录）：bash code/scripts/first-hour.sh [工作目录，默认 /tmp/llm-book-first-hour]
-#   会删掉并重建工作目录；2 核的机器上约 30 分钟，需要能访问 crates.io。
+#   会删掉并重建工作目录；2 核的机器上约 10 分钟，需要能访问 crates.io。
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 work="${1:-/tmp/llm-book-first-hour}"

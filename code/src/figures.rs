@@ -104,6 +104,17 @@ pub fn all() -> Vec<Figure> {
             render: adalora_ranks_figure,
         },
         Figure {
+            file: "part3-attention.svg",
+            about: "3.6 节：中文迷你 BERT 每层每个头的注意力（读 results/part3-attention.json）",
+            render: || {
+                load_result::<crate::experiments::attention::AttentionMaps>(
+                    "part3-attention",
+                    "attention",
+                )?
+                .figure(&[])
+            },
+        },
+        Figure {
             file: "appendix-a-pretrain.svg",
             about: "附录 A：中文迷你 BERT 预训练时，留出文本上掩码位置的损失与准确率",
             render: pretrain_figure,

@@ -159,6 +159,33 @@ enum Command {
         #[arg(required = true, value_name = "文本")]
         texts: Vec<String>,
     },
+    /// 3.6 节：一段文本在每一层、每个头里的注意力权重，画成一组热力图（SVG）
+    Attention {
+        /// 模型：本地目录，或 Hub 上的名字
+        #[arg(long, value_name = "目录或名字")]
+        model: String,
+        /// PEFT 格式的适配器目录：先合并进基座，看微调之后的注意力
+        #[arg(long, value_name = "目录")]
+        adapter: Option<PathBuf>,
+        /// 只画这些层（从 0 数，逗号分隔；默认全部）
+        #[arg(long, value_delimiter = ',', value_name = "层")]
+        layers: Vec<usize>,
+        /// 图写到哪里
+        #[arg(long, default_value = "attention.svg", value_name = "文件")]
+        out: PathBuf,
+        /// 把权重另存为 code/results/<名字>.json（书中的图由它生成）
+        #[arg(long, value_name = "名字")]
+        record: Option<String>,
+        /// 最大长度（记号数；默认 128，模型的位置更少时取 max_position_embeddings）
+        #[arg(long, value_name = "长度")]
+        max_len: Option<usize>,
+        /// 运行设备：cpu 或 cuda
+        #[arg(long, default_value = "cpu", value_name = "设备")]
+        device: DeviceKind,
+        /// 文本
+        #[arg(value_name = "文本")]
+        text: String,
+    },
     /// 3.6 节：句向量（最后一层在真实位置上平均，再 L2 归一化），输出 JSON
     Embed {
         /// 模型：本地目录，或 Hub 上的名字
@@ -550,6 +577,45 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device,
             texts,
         } => infer(model, Vec::new(), max_len, device, texts, false),
+        Command::Attention {
+            model,
+            adapter,
+            layers,
+            out,
+            record,
+            max_len,
+            device,
+            text,
+        } => {
+            let job = llm_book::experiments::attention::AttentionJob {
+                model_dir: llm_book::bert::hub::resolve_model(&model)?,
+                adapter,
+                text,
+                max_len,
+            };
+            let maps = run_on(device, 0, job)??;
+            // 先画图（层号不对时在这里报错），再写文件
+            let svg = maps.figure(&layers)?;
+            llm_book::io::write_atomic(&out, svg.as_bytes())?;
+            println!("记号：{}", maps.tokens.join(" "));
+            for (l, heads) in maps.weights.iter().enumerate() {
+                let cls: Vec<String> = (heads.iter().enumerate())
+                    .map(|(h, w)| {
+                        let (j, p) = (w[0].iter().enumerate())
+                            .max_by(|a, b| a.1.total_cmp(b.1))
+                            .expect("至少一个记号");
+                        format!("头 {h} → {} {p:.2}", maps.tokens[j])
+                    })
+                    .collect();
+                println!("第 {l} 层，[CLS] 最关注：{}", cls.join("，"));
+            }
+            println!("图写入 {}", out.display());
+            if let Some(name) = &record {
+                let path = llm_book::experiments::save_result(name, &maps)?;
+                println!("结果另存为 {}", path.display());
+            }
+            Ok(())
+        }
     }
 }
 

@@ -707,3 +707,42 @@ fn qlora_finetune_writes_a_plain_adapter() {
     std::fs::remove_dir_all(&out).unwrap();
     std::fs::remove_dir_all(&data).unwrap();
 }
+
+/// 3.6 节的 `attention`：写出每层每个头的热力图；层号越界是中文错误、不写文件。
+#[test]
+fn attention_draws_every_layer_and_head() {
+    let base = fixtures().join("tiny-bert");
+    let out = temp("attention").with_extension("svg");
+    let o = run(&[
+        "attention",
+        "--model",
+        base.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "书很好",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("记号：[CLS] 书 很 好 [SEP]"), "{text}");
+    assert!(text.contains("第 1 层，[CLS] 最关注："), "{text}");
+    let svg = std::fs::read_to_string(&out).unwrap();
+    assert!(svg.contains("第 0 层 · 头 0") && svg.contains("第 1 层 · 头 3"));
+    std::fs::remove_file(&out).unwrap();
+    let o = run(&[
+        "attention",
+        "--model",
+        base.to_str().unwrap(),
+        "--layers",
+        "0,2",
+        "--out",
+        out.to_str().unwrap(),
+        "书很好",
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("第 2 层不存在：这个模型有 2 层"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(!out.exists(), "出错时不应写出图");
+}

@@ -183,6 +183,49 @@ where
         T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
         Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
     {
+        self.encode_layers(cfg, tokens, token_types, mask, mode, hooks, |_| false)
+            .map(|(x, _)| x)
+    }
+
+    // ANCHOR: attention_maps
+    /// 每一层的注意力权重 `(batch, heads, seq, seq)`（推理模式、不带 tape）：第 l 个元素的 `[b, h, i, j]`
+    /// 是第 l 层第 h 个头里、第 b 条序列的查询 i 对键 j 的权重，每行之和为 1，填充的键为 0（`attention` 命令画的就是它）。
+    pub fn attention_maps(
+        &self,
+        cfg: &EncoderConfig,
+        tokens: Tensor<(usize, usize), usize, D>,
+        token_types: Option<Tensor<(usize, usize), usize, D>>,
+        mask: &PaddingMask<E, D>,
+    ) -> Result<Vec<Tensor<(usize, usize, usize, usize), E, D>>, InputError> {
+        let hooks = |_: usize| NoHooks;
+        let (_, maps) =
+            self.encode_layers(cfg, tokens, token_types, mask, Mode::Eval, hooks, |_| true)?;
+        Ok(maps)
+    }
+    // ANCHOR_END: attention_maps
+
+    /// [`encode_with`](Self::encode_with) 的实现：`keep(i)` 为真的层，它的注意力权重也一并返回。
+    #[allow(clippy::too_many_arguments)]
+    fn encode_layers<T, Hk>(
+        &self,
+        cfg: &EncoderConfig,
+        tokens: Tensor<(usize, usize), usize, D, T>,
+        token_types: Option<Tensor<(usize, usize), usize, D>>,
+        mask: &PaddingMask<E, D>,
+        mode: Mode,
+        hooks: impl Fn(usize) -> Hk,
+        keep: impl Fn(usize) -> bool,
+    ) -> Result<
+        (
+            Tensor<(usize, usize, Const<M>), E, D, T>,
+            Vec<Tensor<(usize, usize, usize, usize), E, D>>,
+        ),
+        InputError,
+    >
+    where
+        T: Tape<E, D> + Merge<T> + Merge<NoneTape>,
+        Hk: AttentionHooks<M, E, D> + FfnHooks<M, F, E, D>,
+    {
         let (batch, seq) = *tokens.shape();
         let max_len = self.embeddings.position_embeddings.rows();
         if seq > max_len {
@@ -212,10 +255,15 @@ where
         } else {
             self.embed(cfg, tokens, token_types, mode)
         };
+        let mut maps = Vec::new();
         for (i, layer) in self.layers.modules.iter().enumerate() {
-            x = layer.forward_with(x, Some(mask), cfg, mode, &hooks(i)).0;
+            let (out, weights) = layer.forward_with(x, Some(mask), cfg, mode, &hooks(i));
+            x = out;
+            if keep(i) {
+                maps.push(weights);
+            }
         }
-        Ok(x)
+        Ok((x, maps))
     }
 
     /// 嵌入层：词、位置、句子类型三种嵌入相加，再做 LayerNorm 与（训练时的）dropout。

@@ -20,6 +20,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub mod adaptation;
+pub mod attention;
 pub mod classify;
 pub mod learning_curve;
 pub mod ln_stability;

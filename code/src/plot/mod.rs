@@ -262,6 +262,109 @@ impl Heatmap {
     }
 }
 
+/// 一组同样大小的热力图排成网格（如每层、每个头的注意力图）：共用一个色标与一组行、列的刻度文字，
+/// 刻度只写在最左一列与最下一行。
+#[derive(Debug, Clone)]
+pub struct HeatmapGrid {
+    /// 总标题。
+    pub title: String,
+    /// 每格一张图：(小标题, 数据)，按行优先排；数据每行长度相同。
+    pub panels: Vec<(String, Vec<Vec<f64>>)>,
+    /// 每行几张。
+    pub columns: usize,
+    /// 颜色映射的范围 (最小, 最大)。
+    pub range: (f64, f64),
+    /// 色标。
+    pub colormap: ColorMap,
+    /// 每张图的行刻度（最左一列写出）。
+    pub row_labels: Vec<String>,
+    /// 每张图的列刻度（最下一行写出）。
+    pub col_labels: Vec<String>,
+}
+
+impl HeatmapGrid {
+    /// 渲染为 SVG：每张图 `cell` 像素见方（不含刻度）。
+    pub fn to_svg(&self, cell: u32) -> anyhow::Result<String> {
+        anyhow::ensure!(
+            !self.panels.is_empty() && self.columns > 0,
+            "热力图网格是空的"
+        );
+        let rows = self.panels.len().div_ceil(self.columns) as u32;
+        let cols = self.columns as u32;
+        let (left, bottom, top, gap) = (56u32, 48u32, 44u32, 22u32);
+        let width = left + cols * (cell + 8) + 16;
+        let height = top + rows * (cell + gap) + bottom;
+        let mut svg = String::new();
+        {
+            let root = SVGBackend::with_string(&mut svg, (width, height)).into_drawing_area();
+            root.fill(&WHITE)?;
+            root.draw(&Text::new(
+                self.title.clone(),
+                (width as i32 / 2, 12),
+                TextStyle::from((FONT, 18).into_font()).pos(Pos::new(HPos::Center, VPos::Top)),
+            ))?;
+            let (lo, hi) = self.range;
+            let small = |pos| TextStyle::from((FONT, 11).into_font()).pos(pos);
+            for (k, (name, values)) in self.panels.iter().enumerate() {
+                let (r, c) = ((k as u32) / cols, (k as u32) % cols);
+                let x0 = (left + c * (cell + 8)) as i32;
+                let y0 = (top + r * (cell + gap) + gap) as i32;
+                let n = values.len().max(1) as f64;
+                let m = values.first().map_or(1, Vec::len).max(1) as f64;
+                let (w, h) = (cell as f64 / m, cell as f64 / n);
+                root.draw(&Text::new(
+                    name.clone(),
+                    (x0 + cell as i32 / 2, y0 - 4),
+                    TextStyle::from((FONT, 12).into_font())
+                        .pos(Pos::new(HPos::Center, VPos::Bottom)),
+                ))?;
+                for (i, row) in values.iter().enumerate() {
+                    for (j, &v) in row.iter().enumerate() {
+                        let t = (v - lo) / (hi - lo);
+                        let color = match self.colormap {
+                            ColorMap::Diverging => diverging(t),
+                            ColorMap::Sequential => sequential(t),
+                        };
+                        let (px, py) = (x0 + (j as f64 * w) as i32, y0 + (i as f64 * h) as i32);
+                        let (qx, qy) = (
+                            x0 + ((j + 1) as f64 * w) as i32,
+                            y0 + ((i + 1) as f64 * h) as i32,
+                        );
+                        root.draw(&Rectangle::new([(px, py), (qx, qy)], color.filled()))?;
+                    }
+                }
+                root.draw(&Rectangle::new(
+                    [(x0, y0), (x0 + cell as i32, y0 + cell as i32)],
+                    BLACK.mix(0.4).stroke_width(1),
+                ))?;
+                if c == 0 {
+                    for (i, text) in self.row_labels.iter().enumerate() {
+                        let y = y0 + ((i as f64 + 0.5) * h) as i32;
+                        root.draw(&Text::new(
+                            text.clone(),
+                            (x0 - 4, y),
+                            small(Pos::new(HPos::Right, VPos::Center)),
+                        ))?;
+                    }
+                }
+                let last_row = r == rows - 1 || k + (cols as usize) >= self.panels.len();
+                if last_row {
+                    for (j, text) in self.col_labels.iter().enumerate() {
+                        let x = x0 + ((j as f64 + 0.5) * w) as i32;
+                        root.draw(&Text::new(
+                            text.clone(),
+                            (x, y0 + cell as i32 + 4),
+                            small(Pos::new(HPos::Center, VPos::Top)),
+                        ))?;
+                    }
+                }
+            }
+            root.present()?;
+        }
+        Ok(svg)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -187,7 +187,6 @@ where
             .map(|(x, _)| x)
     }
 
-    // ANCHOR: attention_maps
     /// 每一层的注意力权重 `(batch, heads, seq, seq)`（推理模式、不带 tape）：第 l 个元素的 `[b, h, i, j]`
     /// 是第 l 层第 h 个头里、第 b 条序列的查询 i 对键 j 的权重，每行之和为 1，填充的键为 0（`attention` 命令画的就是它）。
     pub fn attention_maps(
@@ -202,7 +201,6 @@ where
             self.encode_layers(cfg, tokens, token_types, mask, Mode::Eval, hooks, |_| true)?;
         Ok(maps)
     }
-    // ANCHOR_END: attention_maps
 
     /// [`encode_with`](Self::encode_with) 的实现：`keep(i)` 为真的层，它的注意力权重也一并返回。
     #[allow(clippy::too_many_arguments)]

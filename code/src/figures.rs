@@ -623,10 +623,19 @@ fn adalora_ranks_figure() -> anyhow::Result<String> {
         .iter()
         .map(|name| load_result::<FinetuneSummary>(name, "finetune"))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let grid = adalora_rank_grid(&runs, 4)?;
-    let init_r = 12.0;
+    let grid = adalora_rank_grid(&runs)?;
+    let settings = match &runs[0].method {
+        crate::experiments::classify::Method::Lora(lora) => lora.adalora()?,
+        _ => None,
+    }
+    .ok_or_else(|| anyhow::anyhow!("{} 不是 AdaLoRA 的结果", ADALORA_RUNS[0]))?;
     Heatmap {
-        title: "AdaLoRA 把秩分给了谁（每个模块从 12 开始，平均剪到 4；3 个种子的平均）".into(),
+        title: format!(
+            "AdaLoRA 把秩分给了谁（每个模块从 {} 开始，平均剪到 {}；{} 个种子的平均）",
+            settings.init_r,
+            settings.target_r,
+            runs.len()
+        ),
         x_label: "模块".into(),
         y_label: "层".into(),
         row_labels: (0..grid.len()).map(|l| format!("第 {l} 层")).collect(),
@@ -635,7 +644,7 @@ fn adalora_ranks_figure() -> anyhow::Result<String> {
             .map(|(_, s)| s.to_string())
             .collect(),
         values: grid,
-        range: (0.0, init_r),
+        range: (0.0, settings.init_r as f64),
         colormap: ColorMap::Sequential,
         annotate: Some(1),
     }

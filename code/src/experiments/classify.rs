@@ -99,10 +99,10 @@ pub const BERT_LAYER_MODULES: [(&str, &str); 6] = [
 ];
 
 /// 几次 AdaLoRA 训练最后的秩，按（层, 模块种类）取平均：第 l 行第 k 列是第 l 层第 k 种模块
-/// （[`BERT_LAYER_MODULES`] 的次序）的平均秩；某次训练没有这个模块的，按 0 算。
-pub fn adalora_rank_grid(runs: &[FinetuneSummary], layers: usize) -> anyhow::Result<Vec<Vec<f64>>> {
+/// （[`BERT_LAYER_MODULES`] 的次序）的平均秩；某次训练没有这个模块的，按 0 算。行数是结果里出现的最大层号加 1。
+pub fn adalora_rank_grid(runs: &[FinetuneSummary]) -> anyhow::Result<Vec<Vec<f64>>> {
     anyhow::ensure!(!runs.is_empty(), "没有 AdaLoRA 的结果");
-    let mut grid = vec![vec![0.0; BERT_LAYER_MODULES.len()]; layers];
+    let mut grid: Vec<Vec<f64>> = Vec::new();
     for run in runs {
         let ranks = run
             .adalora_ranks
@@ -121,7 +121,9 @@ pub fn adalora_rank_grid(runs: &[FinetuneSummary], layers: usize) -> anyhow::Res
                 .with_context(|| format!("模块名 {name} 的层号不是数"))?;
             let k = (BERT_LAYER_MODULES.iter().position(|(m, _)| *m == kind))
                 .with_context(|| format!("模块名 {name}：不认识的模块种类 {kind}"))?;
-            anyhow::ensure!(layer < layers, "模块名 {name}：层号超出 {layers} 层");
+            if grid.len() <= layer {
+                grid.resize(layer + 1, vec![0.0; BERT_LAYER_MODULES.len()]);
+            }
             grid[layer][k] += *rank as f64 / runs.len() as f64;
         }
     }

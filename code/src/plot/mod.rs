@@ -149,6 +149,16 @@ pub enum ColorMap {
     Sequential,
 }
 
+impl ColorMap {
+    /// 位置 `t`（0 到 1，超出的截到两端）上的颜色。
+    pub fn color(self, t: f64) -> RGBColor {
+        match self {
+            ColorMap::Diverging => diverging(t),
+            ColorMap::Sequential => sequential(t),
+        }
+    }
+}
+
 /// 顺序色标：0 为白，1 为深蓝。
 pub fn sequential(t: f64) -> RGBColor {
     let t = t.clamp(0.0, 1.0);
@@ -218,10 +228,7 @@ impl Heatmap {
             chart.draw_series(self.values.iter().enumerate().flat_map(|(r, row)| {
                 row.iter().enumerate().map(move |(c, &v)| {
                     let t = (v - lo) / (hi - lo);
-                    let color = match colormap {
-                        ColorMap::Diverging => diverging(t),
-                        ColorMap::Sequential => sequential(t),
-                    };
+                    let color = colormap.color(t);
                     let (x, y) = (c as f64, r as f64);
                     Rectangle::new([(x - 0.5, y - 0.5), (x + 0.5, y + 0.5)], color.filled())
                 })
@@ -321,10 +328,7 @@ impl HeatmapGrid {
                 for (i, row) in values.iter().enumerate() {
                     for (j, &v) in row.iter().enumerate() {
                         let t = (v - lo) / (hi - lo);
-                        let color = match self.colormap {
-                            ColorMap::Diverging => diverging(t),
-                            ColorMap::Sequential => sequential(t),
-                        };
+                        let color = self.colormap.color(t);
                         let (px, py) = (x0 + (j as f64 * w) as i32, y0 + (i as f64 * h) as i32);
                         let (qx, qy) = (
                             x0 + ((j + 1) as f64 * w) as i32,

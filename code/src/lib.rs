@@ -31,6 +31,7 @@ pub mod cli;
 pub mod data;
 pub mod experiments;
 pub mod figures;
+pub mod gpt;
 pub mod io;
 pub mod kernels;
 pub mod lora;

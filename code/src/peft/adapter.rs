@@ -172,7 +172,11 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
 }
 
 /// N(0, std²) 的随机张量：泛型 E 上没有 dfdx 的正态采样，用 Box–Muller 由两个 U(0, 1) 得到标准正态。
-fn normal<S: Shape, E: Real, D: Kernels<E>>(dev: &D, shape: S, std: f64) -> Tensor<S, E, D> {
+pub(crate) fn normal<S: Shape, E: Real, D: Kernels<E>>(
+    dev: &D,
+    shape: S,
+    std: f64,
+) -> Tensor<S, E, D> {
     let unit = || dev.sample_like(&shape, rand_distr::Uniform::new(E::zero(), E::one()));
     let radius = ((unit().negate() + E::one()).ln() * E::from_f64(-2.0).unwrap()).sqrt();
     let angle = (unit() * E::from_f64(std::f64::consts::TAU).unwrap()).cos();

@@ -41,7 +41,8 @@ pub struct Comparison {
     pub max_abs_error: f64,
 }
 
-fn compare<S: Shape, D: Device<f32>>(
+/// 把 `ours` 与参考数据里的 `key` 逐元素比较，报告最大绝对误差。
+pub fn compare<S: Shape, D: Device<f32>>(
     name: &'static str,
     ours: &Tensor<S, f32, D>,
     ckpt: &Checkpoint,

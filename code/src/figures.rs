@@ -135,6 +135,16 @@ pub fn all() -> Vec<Figure> {
                 .chart()
             },
         },
+        Figure {
+            file: "part5-gpt-loss.svg",
+            about: "5.2 节：中文字符级 GPT 的训练与验证损失（读 results/part5-gpt.json）",
+            render: gpt_loss_figure,
+        },
+        Figure {
+            file: "part5-kv-cache.svg",
+            about: "5.4 节：生成 n 个字的耗时，有无 KV cache（读 results/part5-kv-cache.json）",
+            render: kv_cache_figure,
+        },
     ]
 }
 
@@ -647,6 +657,62 @@ fn adalora_ranks_figure() -> anyhow::Result<String> {
         range: (0.0, settings.init_r as f64),
         colormap: ColorMap::Sequential,
         annotate: Some(1),
+    }
+    .to_svg()
+}
+
+fn gpt_loss_figure() -> anyhow::Result<String> {
+    use crate::experiments::gpt::GptTrainResult;
+    let r: GptTrainResult = load_result("part5-gpt", "gpt train --record part5-gpt")?;
+    let curve = &r.report.curve;
+    LineChart {
+        title: format!(
+            "中文字符级 GPT（{:.2} M 参数）：每字的交叉熵",
+            r.params as f64 / 1e6
+        ),
+        x_label: "步数".into(),
+        y_label: "交叉熵（nats/字）".into(),
+        series: vec![
+            Series {
+                name: format!("训练（每 {} 步平均）", r.config.eval_every),
+                points: curve.iter().map(|p| (p.step as f64, p.train_loss)).collect(),
+                ..Default::default()
+            },
+            Series {
+                name: "验证（留出的评论）".into(),
+                points: curve.iter().map(|p| (p.step as f64, p.valid_loss)).collect(),
+                ..Default::default()
+            },
+            Series {
+                name: "训练前：ln 3000".into(),
+                points: match (curve.first(), curve.last()) {
+                    (Some(_), Some(b)) => vec![(0.0, r.initial_valid_loss), (b.step as f64, r.initial_valid_loss)],
+                    _ => Vec::new(),
+                },
+                dashed: true,
+                color: Some(2),
+            },
+        ],
+    }
+    .to_svg()
+}
+
+fn kv_cache_figure() -> anyhow::Result<String> {
+    use crate::experiments::gpt::{median, SpeedResult};
+    let r: SpeedResult = load_result("part5-kv-cache", "gpt speed --record part5-kv-cache")?;
+    let line = |name: &str, pick: fn(&crate::experiments::gpt::SpeedRow) -> &Vec<f64>| Series {
+        name: name.into(),
+        points: r.rows.iter().map(|row| (row.tokens as f64, 1e3 * median(pick(row)))).collect(),
+        ..Default::default()
+    };
+    LineChart {
+        title: "生成 n 个字的耗时（贪心，批大小 1，中位数）".into(),
+        x_label: "生成的字数 n".into(),
+        y_label: "毫秒".into(),
+        series: vec![
+            line("每步重算整段", |row| &row.no_cache_seconds),
+            line("KV cache", |row| &row.cache_seconds),
+        ],
     }
     .to_svg()
 }

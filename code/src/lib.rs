@@ -14,6 +14,7 @@
 //! | [`bert`] | 第 3 部分 · BERT 与 Hugging Face 检查点 |
 //! | [`peft`] | 第 3 部分 · 与 PEFT 互通的 LoRA（适配器的配置、保存、加载与合并） |
 //! | [`quant`] | 4.5 节 · QLoRA：量化存放的基座（int8、NF4） |
+//! | [`gpt`] | 第 5 部分 · 解码器：因果掩码、字符级 GPT、采样、KV cache、GPT 上的 LoRA |
 //! | [`plot`] | 书中所有图的绘制（plotters，SVG） |
 //! | [`figures`] | 书中每张图的登记表：`cargo run --release -- figures` 逐一重新生成 |
 //! | [`io`] | 原子写文件等共用工具 |

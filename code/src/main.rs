@@ -159,6 +159,9 @@ enum Command {
         #[arg(required = true, value_name = "文本")]
         texts: Vec<String>,
     },
+    /// 第 5 部分：中文字符级 GPT 的训练、续写、KV cache 的速度与 LoRA
+    #[command(subcommand)]
+    Gpt(llm_book::experiments::gpt::GptCommand),
     /// 3.6 节：一段文本在每一层、每个头里的注意力权重，画成一组热力图（SVG）
     Attention {
         /// 模型：本地目录，或 Hub 上的名字
@@ -577,6 +580,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             device,
             texts,
         } => infer(model, Vec::new(), max_len, device, texts, false),
+        Command::Gpt(cmd) => llm_book::experiments::gpt::run(cmd),
         Command::Attention {
             model,
             adapter,

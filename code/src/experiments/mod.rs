@@ -22,6 +22,7 @@ use serde::Serialize;
 pub mod adaptation;
 pub mod attention;
 pub mod classify;
+pub mod gpt;
 pub mod learning_curve;
 pub mod ln_stability;
 pub mod lora_order;

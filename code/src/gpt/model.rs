@@ -6,7 +6,8 @@ use std::fmt;
 use dfdx::nn::modules::{Embedding, Linear, Module, ModuleVisitor, Repeated, TensorCollection};
 use dfdx::nn::BuildModule;
 use dfdx::prelude::*;
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
 
 use super::causal::causal_attention;
 use super::sample::{next_token, Sampling};
@@ -290,7 +291,7 @@ where
     {
         let (batch, seq) = *tokens.shape();
         let past = cache.as_ref().map_or(0, |c| c.len());
-        self.check(&tokens, past)?;
+        self.check_input(&tokens, past)?;
         if let Some(c) = cache.as_ref().and_then(|c| c.layers.first()) {
             if c.k.shape().0 != batch {
                 return Err(GptError::CacheBatch {
@@ -329,7 +330,8 @@ where
     }
     // ANCHOR_END: forward
 
-    fn check<T: Tape<E, D>>(
+    /// 检查输入：非空、不超过上下文长度（算上缓存里的 `past` 个位置）、id 都在词表之内。
+    pub fn check_input<T: Tape<E, D>>(
         &self,
         tokens: &Tensor<(usize, usize), usize, D, T>,
         past: usize,
@@ -355,15 +357,17 @@ where
     /// 自回归生成：从 `prompt` 出发，每次取最后一个位置的 logits、按 `sampling` 选出下一个字、接到后面，
     /// 直到生成 `max_new` 个字或选出 `stop`。`use_cache` 为 false 时每一步都把整段重新算一遍（没有 KV cache），
     /// 为 true 时先一次算完 prompt，之后每步只算一个新位置。两种做法选出的字相同（5.4 节的测试）。
-    pub fn generate<R: Rng>(
+    /// 随机抽样用种子 `seed`：同样的种子得到同样的结果。
+    pub fn generate(
         &self,
         prompt: &[usize],
         max_new: usize,
         sampling: Sampling,
         stop: Option<usize>,
         use_cache: bool,
-        rng: &mut R,
+        seed: u64,
     ) -> Result<Vec<usize>, GptError> {
+        let mut rng = StdRng::seed_from_u64(seed);
         let cfg = GptConfig {
             dropout: 0.0,
             ..Default::default()
@@ -386,7 +390,7 @@ where
                 .iter()
                 .map(|x| x.to_f32().unwrap_or(f32::NAN))
                 .collect();
-            let id = next_token(&last, sampling, rng);
+            let id = next_token(&last, sampling, &mut rng);
             generated.push(id);
             if Some(id) == stop {
                 break;
@@ -457,7 +461,6 @@ pub fn lm_loss<const V: usize, E: Real, D: Device<E>, T: Tape<E, D>>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::SeedableRng;
 
     type Tiny = Gpt<17, 12, 8, 2, 16, 2, f64, Cpu>;
 
@@ -525,13 +528,11 @@ mod tests {
     fn generating_with_and_without_the_cache_picks_the_same_tokens() {
         let (_, gpt) = tiny();
         let sampling = Sampling::new(1.0, Some(5)).unwrap();
-        let mut a = rand::rngs::StdRng::seed_from_u64(3);
-        let mut b = rand::rngs::StdRng::seed_from_u64(3);
         let x = gpt
-            .generate(&[2, 4], 10, sampling, None, false, &mut a)
+            .generate(&[2, 4], 10, sampling, None, false, 3)
             .unwrap();
         let y = gpt
-            .generate(&[2, 4], 10, sampling, None, true, &mut b)
+            .generate(&[2, 4], 10, sampling, None, true, 3)
             .unwrap();
         assert_eq!(x.len(), 10);
         assert_eq!(x, y);
@@ -602,9 +603,8 @@ mod tests {
         .to_string()
         .contains("上下文长度 12"));
         // 生成到上下文用完：报错而不是越界
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         assert!(gpt
-            .generate(&[1; 5], 20, Sampling::Greedy, None, true, &mut rng)
+            .generate(&[1; 5], 20, Sampling::Greedy, None, true, 0)
             .is_err());
     }
 }

@@ -4,7 +4,8 @@
 
 use std::fmt;
 
-use rand::Rng;
+/// 随机数源与可设种子的生成器（转出，调用者与书中的片段不必直接依赖 rand 的哪个版本）。
+pub use rand::{rngs::StdRng, Rng, SeedableRng};
 
 // ANCHOR: sampling
 /// 选字的规则。

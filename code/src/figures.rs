@@ -675,18 +675,27 @@ fn gpt_loss_figure() -> anyhow::Result<String> {
         series: vec![
             Series {
                 name: format!("训练（每 {} 步平均）", r.config.eval_every),
-                points: curve.iter().map(|p| (p.step as f64, p.train_loss)).collect(),
+                points: curve
+                    .iter()
+                    .map(|p| (p.step as f64, p.train_loss))
+                    .collect(),
                 ..Default::default()
             },
             Series {
                 name: "验证（留出的评论）".into(),
-                points: curve.iter().map(|p| (p.step as f64, p.valid_loss)).collect(),
+                points: curve
+                    .iter()
+                    .map(|p| (p.step as f64, p.valid_loss))
+                    .collect(),
                 ..Default::default()
             },
             Series {
                 name: "训练前：ln 3000".into(),
                 points: match (curve.first(), curve.last()) {
-                    (Some(_), Some(b)) => vec![(0.0, r.initial_valid_loss), (b.step as f64, r.initial_valid_loss)],
+                    (Some(_), Some(b)) => vec![
+                        (0.0, r.initial_valid_loss),
+                        (b.step as f64, r.initial_valid_loss),
+                    ],
                     _ => Vec::new(),
                 },
                 dashed: true,
@@ -702,7 +711,11 @@ fn kv_cache_figure() -> anyhow::Result<String> {
     let r: SpeedResult = load_result("part5-kv-cache", "gpt speed --record part5-kv-cache")?;
     let line = |name: &str, pick: fn(&crate::experiments::gpt::SpeedRow) -> &Vec<f64>| Series {
         name: name.into(),
-        points: r.rows.iter().map(|row| (row.tokens as f64, 1e3 * median(pick(row)))).collect(),
+        points: r
+            .rows
+            .iter()
+            .map(|row| (row.tokens as f64, 1e3 * median(pick(row))))
+            .collect(),
         ..Default::default()
     };
     LineChart {

@@ -746,3 +746,125 @@ fn attention_draws_every_layer_and_head() {
     );
     assert!(!out.exists(), "出错时不应写出图");
 }
+
+#[test]
+fn gpt_trains_generates_and_rejects_bad_input() {
+    // 训练 2 步（窗口 16 个字），写出模型目录
+    let dir = temp("gpt");
+    let out = run(&[
+        "gpt",
+        "train",
+        "--steps",
+        "2",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--out",
+        dir.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.join("model.safetensors").exists() && dir.join("vocab.txt").exists());
+    let model = dir.to_str().unwrap();
+    // 贪心续写 5 个字：有无 KV cache 结果相同
+    let a = run(&[
+        "gpt",
+        "generate",
+        "--model",
+        model,
+        "--max-new",
+        "5",
+        "--temperature",
+        "0",
+        "这本书",
+    ]);
+    let b = run(&[
+        "gpt",
+        "generate",
+        "--model",
+        model,
+        "--max-new",
+        "5",
+        "--temperature",
+        "0",
+        "--no-cache",
+        "这本书",
+    ]);
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(stdout(&a).starts_with("这本书|"), "{}", stdout(&a));
+    assert_eq!(stdout(&a), stdout(&b));
+    let fails = |args: &[&str], needle: &str| {
+        let out = run(args);
+        let err = stderr(&out);
+        assert!(!out.status.success(), "{args:?} 应当失败");
+        assert!(
+            err.contains(needle) && !err.contains("panicked"),
+            "{args:?}：{err}"
+        );
+    };
+    fails(
+        &[
+            "gpt",
+            "generate",
+            "--model",
+            model,
+            "--temperature=-1",
+            "好",
+        ],
+        "--temperature",
+    );
+    fails(
+        &["gpt", "generate", "--model", model, "--top-k", "0", "好"],
+        "--top-k",
+    );
+    fails(
+        &["gpt", "generate", "--model", model, &"好".repeat(130)],
+        "上下文",
+    );
+    let empty = temp("gpt-empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    fails(
+        &["gpt", "generate", "--model", empty.to_str().unwrap(), "好"],
+        "不是 `gpt train` 写出的模型目录",
+    );
+    fails(
+        &[
+            "gpt",
+            "generate",
+            "--model",
+            model,
+            "--adapter",
+            empty.to_str().unwrap(),
+            "好",
+        ],
+        "adapter.json",
+    );
+    // 截断的权重：指名文件的中文错误
+    let cut = temp("gpt-cut");
+    std::fs::create_dir_all(&cut).unwrap();
+    std::fs::copy(dir.join("vocab.txt"), cut.join("vocab.txt")).unwrap();
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    std::fs::write(cut.join("model.safetensors"), &bytes[..bytes.len() / 2]).unwrap();
+    fails(
+        &["gpt", "generate", "--model", cut.to_str().unwrap(), "好"],
+        "model.safetensors",
+    );
+    // 窗口比上下文长：开始前报错，不留下模型目录
+    let never = temp("gpt-never");
+    fails(
+        &[
+            "gpt",
+            "train",
+            "--seq",
+            "200",
+            "--out",
+            never.to_str().unwrap(),
+        ],
+        "--seq",
+    );
+    assert!(!never.exists());
+    fails(&["gpt", "speed", "--lengths", "16,200"], "--lengths");
+    for d in [dir, empty, cut] {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -17,7 +17,9 @@ use crate::data::vocab::CharVocab;
 use crate::gpt::lora::GptLora;
 use crate::gpt::model::{lm_loss, Gpt, GptConfig};
 use crate::gpt::sample::Sampling;
-use crate::gpt::train::{decode, encode_stream, eval_windows, mean_loss, train_lm, LmPoint, LmReport, LmTrainConfig, END};
+use crate::gpt::train::{
+    decode, encode_stream, eval_windows, mean_loss, train_lm, LmPoint, LmReport, LmTrainConfig, END,
+};
 use crate::lora::encoder::QueryValue;
 use crate::lora::layer::LoraOptions;
 use crate::transformer::encoder::Mode;
@@ -116,7 +118,12 @@ pub struct SpeedArgs {
     #[arg(long, value_name = "目录")]
     pub model: Option<PathBuf>,
     /// 生成的字数（逗号分隔；每个不超过 127）
-    #[arg(long, value_delimiter = ',', default_value = "16,32,64,127", value_name = "字数")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "16,32,64,127",
+        value_name = "字数"
+    )]
     pub lengths: Vec<usize>,
     /// 轮数（有无缓存交替进行，报告中位数）
     #[arg(long, default_value_t = 5, value_name = "轮数")]
@@ -215,7 +222,10 @@ pub struct GptTrainResult {
 pub fn book_samplings() -> [(String, Sampling); 3] {
     [
         ("贪心".into(), Sampling::Greedy),
-        ("温度 0.8，top-k 20".into(), Sampling::new(0.8, Some(20)).expect("合法")),
+        (
+            "温度 0.8，top-k 20".into(),
+            Sampling::new(0.8, Some(20)).expect("合法"),
+        ),
         ("温度 1.5".into(), Sampling::new(1.5, None).expect("合法")),
     ]
 }
@@ -232,10 +242,16 @@ pub fn encode_prompt(vocab: &CharVocab, prompt: &str) -> anyhow::Result<Vec<usiz
         .map(|(c, _)| c)
         .collect();
     if !unknown.is_empty() {
-        eprintln!("提示：这些字不在词表里，按 [UNK] 处理：{}", unknown.iter().collect::<String>());
+        eprintln!(
+            "提示：这些字不在词表里，按 [UNK] 处理：{}",
+            unknown.iter().collect::<String>()
+        );
     }
     if ids.len() >= CONTEXT {
-        bail!("开头有 {} 个字，上下文只有 {CONTEXT} 个位置：至少要留一个位置给续写", ids.len() - 1);
+        bail!(
+            "开头有 {} 个字，上下文只有 {CONTEXT} 个位置：至少要留一个位置给续写",
+            ids.len() - 1
+        );
     }
     Ok(ids)
 }
@@ -261,7 +277,10 @@ fn continue_texts(
 
 fn train(a: TrainArgs) -> anyhow::Result<()> {
     if a.seq > CONTEXT || a.seq == 0 {
-        bail!("--seq 是 {}：窗口长度应在 1 到上下文长度 {CONTEXT} 之间", a.seq);
+        bail!(
+            "--seq 是 {}：窗口长度应在 1 到上下文长度 {CONTEXT} 之间",
+            a.seq
+        );
     }
     if a.steps == 0 || a.batch == 0 {
         bail!("--steps 与 --batch 都至少为 1");
@@ -270,7 +289,10 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     // 词表取自全部训练评论；模型只用书评以外的评论训练（书评留给 5.5 节的 LoRA）
     let vocab = CharVocab::build(texts(&splits.train), VOCAB);
     let not_books = |rs: &[Review]| -> Vec<Review> {
-        rs.iter().filter(|r| !is_book_review(&r.text)).cloned().collect()
+        rs.iter()
+            .filter(|r| !is_book_review(&r.text))
+            .cloned()
+            .collect()
     };
     let train = encode_stream(&vocab, texts(&not_books(&splits.train)));
     let valid = encode_stream(&vocab, texts(&not_books(&splits.valid)));
@@ -286,10 +308,15 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     );
     let cfg = GptConfig::default();
     let valid_loss = |g: &ChineseGpt| {
-        mean_loss(&dev, &windows, |t, y| Ok(lm_loss(g.forward(t, &eval_cfg(), Mode::Eval)?, y)))
+        mean_loss(&dev, &windows, |t, y| {
+            Ok(lm_loss(g.forward(t, &eval_cfg(), Mode::Eval)?, y))
+        })
     };
     let initial_valid_loss = valid_loss(&gpt)?;
-    println!("训练前验证损失 {initial_valid_loss:.3}（ln {VOCAB} = {:.3}）", (VOCAB as f64).ln());
+    println!(
+        "训练前验证损失 {initial_valid_loss:.3}（ln {VOCAB} = {:.3}）",
+        (VOCAB as f64).ln()
+    );
     let tcfg = LmTrainConfig {
         steps: a.steps,
         batch: a.batch,
@@ -390,11 +417,16 @@ pub struct AdapterInfo {
 
 fn load_adapter(dir: &Path) -> anyhow::Result<ChineseGptLora> {
     let path = dir.join("adapter.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("读不到 {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("读不到 {}", path.display()))?;
     let info: AdapterInfo =
         serde_json::from_str(&text).with_context(|| format!("{} 的格式不对", path.display()))?;
     if info.r != LORA_RANK {
-        bail!("{}：r 是 {}，本书 GPT 的适配器是秩 {LORA_RANK}", path.display(), info.r);
+        bail!(
+            "{}：r 是 {}，本书 GPT 的适配器是秩 {LORA_RANK}",
+            path.display(),
+            info.r
+        );
     }
     if !info.lora_alpha.is_finite() {
         bail!("{}：lora_alpha 不是有限数", path.display());
@@ -423,13 +455,24 @@ fn generate(a: GenerateArgs) -> anyhow::Result<()> {
     }
     for k in 0..a.samples {
         let started = Instant::now();
-        let new = gpt.generate(&ids, a.max_new.min(room), sampling, Some(END), !a.no_cache, a.seed + k as u64)?;
+        let new = gpt.generate(
+            &ids,
+            a.max_new.min(room),
+            sampling,
+            Some(END),
+            !a.no_cache,
+            a.seed + k as u64,
+        )?;
         println!("{}|{}", a.prompt, decode(&vocab, &new));
         eprintln!(
             "（{} 个字，{:.3} 秒，{}）",
             new.len(),
             started.elapsed().as_secs_f64(),
-            if a.no_cache { "不用 KV cache" } else { "KV cache" }
+            if a.no_cache {
+                "不用 KV cache"
+            } else {
+                "KV cache"
+            }
         );
     }
     Ok(())
@@ -475,7 +518,10 @@ pub fn median(xs: &[f64]) -> f64 {
 fn speed(a: SpeedArgs) -> anyhow::Result<()> {
     let (gpt, model) = match &a.model {
         Some(dir) => (load_model(dir)?.0, dir.display().to_string()),
-        None => (ChineseGpt::init(&Cpu::seed_from_u64(0)), "随机初始化".to_string()),
+        None => (
+            ChineseGpt::init(&Cpu::seed_from_u64(0)),
+            "随机初始化".to_string(),
+        ),
     };
     if a.rounds == 0 {
         bail!("--rounds 至少为 1");
@@ -483,13 +529,20 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
     let mut rows = Vec::new();
     for &n in &a.lengths {
         if n == 0 || n >= CONTEXT {
-            bail!("--lengths 里的 {n}：应在 1 到 {}（开头占 1 个位置）之间", CONTEXT - 1);
+            bail!(
+                "--lengths 里的 {n}：应在 1 到 {}（开头占 1 个位置）之间",
+                CONTEXT - 1
+            );
         }
         let (mut no_cache, mut cache) = (Vec::new(), Vec::new());
         let mut outputs = Vec::new();
         for round in 0..a.rounds {
             // 交替先后，免得总是同一种做法先跑、占到更热的缓存
-            let order = if round % 2 == 0 { [false, true] } else { [true, false] };
+            let order = if round % 2 == 0 {
+                [false, true]
+            } else {
+                [true, false]
+            };
             for use_cache in order {
                 let started = Instant::now();
                 let ids = gpt.generate(&[END], n, Sampling::Greedy, None, use_cache, 0)?;
@@ -503,7 +556,9 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
         }
         let mut kv = crate::gpt::model::KvCache::new();
         let input = Cpu::default().tensor_from_vec(vec![END; n], (1, n));
-        gpt.forward_with(input, Some(&mut kv), &eval_cfg(), Mode::Eval, |_| crate::transformer::hooks::NoHooks)?;
+        gpt.forward_with(input, Some(&mut kv), &eval_cfg(), Mode::Eval, |_| {
+            crate::transformer::hooks::NoHooks
+        })?;
         let row = SpeedRow {
             tokens: n,
             speedup: median(&no_cache) / median(&cache),
@@ -607,7 +662,9 @@ impl LoraJob<'_> {
         let cfg = GptConfig::default();
         let base = self.base;
         let loss_of = |g: &ChineseGpt| {
-            mean_loss(&dev, valid_books, |t, y| Ok(lm_loss(g.forward(t, &eval_cfg(), Mode::Eval)?, y)))
+            mean_loss(&dev, valid_books, |t, y| {
+                Ok(lm_loss(g.forward(t, &eval_cfg(), Mode::Eval)?, y))
+            })
         };
         // ANCHOR: lora_run
         // 基座冻结，只训练适配器：参数是 adapters，损失函数借用 base
@@ -632,7 +689,9 @@ fn lora(a: LoraArgs) -> anyhow::Result<()> {
     let of = |rs: &[Review], books: bool| -> Vec<usize> {
         encode_stream(
             &vocab,
-            rs.iter().filter(|r| is_book_review(&r.text) == books).map(|r| r.text.as_str()),
+            rs.iter()
+                .filter(|r| is_book_review(&r.text) == books)
+                .map(|r| r.text.as_str()),
         )
     };
     let train = of(&splits.train, true);
@@ -642,7 +701,9 @@ fn lora(a: LoraArgs) -> anyhow::Result<()> {
     );
     let dev = Cpu::seed_from_u64(a.seed);
     let loss_of = |g: &ChineseGpt, w: &[(Vec<usize>, Vec<usize>)]| {
-        mean_loss(&dev, w, |t, y| Ok(lm_loss(g.forward(t, &eval_cfg(), Mode::Eval)?, y)))
+        mean_loss(&dev, w, |t, y| {
+            Ok(lm_loss(g.forward(t, &eval_cfg(), Mode::Eval)?, y))
+        })
     };
     let domain_loss = |g: &ChineseGpt| -> anyhow::Result<DomainLoss> {
         Ok(DomainLoss {
@@ -700,7 +761,8 @@ fn lora(a: LoraArgs) -> anyhow::Result<()> {
         report,
         samples: sample(&merged)?,
     });
-    let (all, report) = job.run::<crate::lora::encoder::AllLinear>(&valid_books, &mut print("LoRA 全部"))?;
+    let (all, report) =
+        job.run::<crate::lora::encoder::AllLinear>(&valid_books, &mut print("LoRA 全部"))?;
     let merged = all.merged(&base);
     runs.push(TunedRun {
         name: format!("LoRA：全部 6 种线性层，r = {LORA_RANK}"),
@@ -732,8 +794,14 @@ fn lora(a: LoraArgs) -> anyhow::Result<()> {
         samples: sample(&full)?,
     });
     let base_samples = sample(&base)?;
-    println!("{:<30} {:>10} {:>10} {:>10} {:>8}", "", "可训练参数", "书评损失", "其余损失", "秒/步");
-    println!("{:<30} {:>10} {:>10.3} {:>10.3}", "基座", "—", before.books, before.others);
+    println!(
+        "{:<30} {:>10} {:>10} {:>10} {:>8}",
+        "", "可训练参数", "书评损失", "其余损失", "秒/步"
+    );
+    println!(
+        "{:<30} {:>10} {:>10.3} {:>10.3}",
+        "基座", "—", before.books, before.others
+    );
     for r in &runs {
         println!(
             "{:<30} {:>10} {:>10.3} {:>10.3} {:>8.3}",
@@ -783,7 +851,10 @@ fn lora(a: LoraArgs) -> anyhow::Result<()> {
 fn parity() -> anyhow::Result<()> {
     let p = crate::gpt::parity::compare_gpt(&crate::gpt::parity::fixture_path())?;
     for c in &p.comparisons {
-        println!("{:<32} {:>5} 个元素  最大误差 {:.2e}", c.name, c.elements, c.max_abs_error);
+        println!(
+            "{:<32} {:>5} 个元素  最大误差 {:.2e}",
+            c.name, c.elements, c.max_abs_error
+        );
     }
     println!("贪心生成：PyTorch {:?}", p.greedy_reference);
     println!("          本书（不用缓存）{:?}", p.greedy_no_cache);

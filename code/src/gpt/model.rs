@@ -528,12 +528,8 @@ mod tests {
     fn generating_with_and_without_the_cache_picks_the_same_tokens() {
         let (_, gpt) = tiny();
         let sampling = Sampling::new(1.0, Some(5)).unwrap();
-        let x = gpt
-            .generate(&[2, 4], 10, sampling, None, false, 3)
-            .unwrap();
-        let y = gpt
-            .generate(&[2, 4], 10, sampling, None, true, 3)
-            .unwrap();
+        let x = gpt.generate(&[2, 4], 10, sampling, None, false, 3).unwrap();
+        let y = gpt.generate(&[2, 4], 10, sampling, None, true, 3).unwrap();
         assert_eq!(x.len(), 10);
         assert_eq!(x, y);
     }

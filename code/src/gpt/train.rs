@@ -22,7 +22,10 @@ pub const END: usize = 3;
 
 // ANCHOR: stream
 /// 把文本逐字编码，每条后面接一个 [`END`]，连成一条长序列（不在词表里的字记为 `[UNK]`）。
-pub fn encode_stream<'a>(vocab: &CharVocab, texts: impl IntoIterator<Item = &'a str>) -> Vec<usize> {
+pub fn encode_stream<'a>(
+    vocab: &CharVocab,
+    texts: impl IntoIterator<Item = &'a str>,
+) -> Vec<usize> {
     let mut out = Vec::new();
     for text in texts {
         out.extend(vocab.encode(text, usize::MAX));
@@ -39,7 +42,10 @@ pub fn sample_windows<R: Rng>(
     rng: &mut R,
 ) -> (Vec<usize>, Vec<usize>) {
     assert!(stream.len() > seq + 1, "语料比一个窗口还短");
-    let (mut inputs, mut targets) = (Vec::with_capacity(batch * seq), Vec::with_capacity(batch * seq));
+    let (mut inputs, mut targets) = (
+        Vec::with_capacity(batch * seq),
+        Vec::with_capacity(batch * seq),
+    );
     for _ in 0..batch {
         let start = rng.gen_range(0..stream.len() - seq);
         inputs.extend_from_slice(&stream[start..start + seq]);
@@ -55,7 +61,12 @@ pub fn eval_windows(stream: &[usize], seq: usize, max: usize) -> Vec<(Vec<usize>
         .map(|k| k * seq)
         .take_while(|&s| s + seq < stream.len())
         .take(max)
-        .map(|s| (stream[s..s + seq].to_vec(), stream[s + 1..s + seq + 1].to_vec()))
+        .map(|s| {
+            (
+                stream[s..s + seq].to_vec(),
+                stream[s + 1..s + seq + 1].to_vec(),
+            )
+        })
         .collect()
 }
 
@@ -108,7 +119,11 @@ pub fn train_lm<E, D, P>(
     dev: &D,
     stream: &[usize],
     cfg: &LmTrainConfig,
-    loss: impl Fn(&P, Tensor<(usize, usize), usize, D, OwnedTape<E, D>>, &[usize]) -> Result<Tensor<Rank0, E, D, OwnedTape<E, D>>, GptError>,
+    loss: impl Fn(
+        &P,
+        Tensor<(usize, usize), usize, D, OwnedTape<E, D>>,
+        &[usize],
+    ) -> Result<Tensor<Rank0, E, D, OwnedTape<E, D>>, GptError>,
     valid: impl Fn(&P) -> Result<f64, GptError>,
     on_point: &mut dyn FnMut(&LmPoint),
 ) -> Result<LmReport, GptError>
@@ -156,7 +171,10 @@ where
 pub fn mean_loss<E: Real, D: Device<E>>(
     dev: &D,
     windows: &[(Vec<usize>, Vec<usize>)],
-    logits_loss: impl Fn(Tensor<(usize, usize), usize, D>, &[usize]) -> Result<Tensor<Rank0, E, D>, GptError>,
+    logits_loss: impl Fn(
+        Tensor<(usize, usize), usize, D>,
+        &[usize],
+    ) -> Result<Tensor<Rank0, E, D>, GptError>,
 ) -> Result<f64, GptError> {
     let mut total = 0.0;
     for chunk in windows.chunks(16) {

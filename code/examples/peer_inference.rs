@@ -104,7 +104,7 @@ fn summarize(path: &Path) {
         (Some(a), Some(b)) => format!("{:.2}", a.0 / b.0),
         _ => "—".into(),
     };
-    println!("| 推理（last_hidden_state） | 本书（毫秒） | PyTorch（毫秒） | candle（毫秒） | 本书 / PyTorch（目标 ≤ 1.0） | candle / 本书（目标 ≥ 3） |");
+    println!("| 情形 | 本书（毫秒） | PyTorch（毫秒） | candle（毫秒） | 本书 / PyTorch（目标 ≤ 1.0） | candle / 本书（目标 ≥ 3） |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for case in &order {
         let (o, t, c) = (

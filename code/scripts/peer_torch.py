@@ -3,6 +3,8 @@
 
 用法：python3 code/scripts/peer_torch.py 模型目录 batch seq rounds
       python3 code/scripts/peer_torch.py --make-bert-base 目录 词表目录   写一个随机权重的 bert-base（词表 30522，取自词表目录的 vocab.txt）
+      python3 code/scripts/peer_torch.py --train batch seq rounds          bert-base-chinese 大小（随机权重）的全量微调一步：前向、交叉熵、反向
+                                                                           （不含优化器；dropout 0.1，与本书的 step_timing 相同）
 需要 torch 与 transformers。
 """
 import json
@@ -27,6 +29,27 @@ def main():
                          intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2)
         BertModel(cfg).save_pretrained(args[1], safe_serialization=True)
         shutil.copy(os.path.join(args[2], "vocab.txt"), os.path.join(args[1], "vocab.txt"))
+        return
+    if args[:1] == ["--train"] and len(args) == 4:
+        from transformers import BertForSequenceClassification
+        batch, seq, rounds = int(args[1]), int(args[2]), int(args[3])
+        torch.manual_seed(0)
+        cfg = BertConfig(vocab_size=21128, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                         intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2,
+                         hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, num_labels=2)
+        model = BertForSequenceClassification(cfg).train()
+        ids = torch.tensor([(i * 7919 + 13) % 21128 for i in range(batch * seq)]).reshape(batch, seq)
+        labels = torch.tensor([i % 2 for i in range(batch)])
+        times = []
+        for r in range(rounds + 1):
+            t = time.perf_counter()
+            model.zero_grad(set_to_none=True)
+            model(input_ids=ids, labels=labels).loss.backward()
+            if r > 0:
+                times.append((time.perf_counter() - t) * 1e3)
+        times.sort()
+        print(json.dumps({"impl": "torch", "median_ms": times[len(times) // 2], "min_ms": times[0], "max_ms": times[-1],
+                          "torch": torch.__version__}))
         return
     if len(args) != 4:
         print(__doc__, file=sys.stderr)

@@ -4,17 +4,66 @@
 //! `1000 + (b·seq + s)·7919 mod (vocab − 1000)`，不填充。
 //!
 //! 用法：candle-bench 模型目录 batch seq rounds
+//!       candle-bench --train batch seq rounds   bert-base-chinese 大小（词表 21128，随机权重）的全量微调一步：前向到 [CLS] 上的分类头、
+//!                                           交叉熵、反向（不含优化器），与 benches/train_step.rs 的 `full_8x128` 同形状。
+//!                                           candle 的 BERT 没有实现 dropout（恒等），本书与 PyTorch 一侧的 dropout 是 0.1。
+//!                                           LoRA 一步不测：candle-transformers 的 BertModel 没有接 LoRA 的地方。
 
 use std::time::Instant;
 
-use candle_core::{DType, Device, Tensor};
-use candle_nn::VarBuilder;
+use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_nn::{Module, VarBuilder, VarMap};
 use candle_transformers::models::bert::{BertModel, Config};
+
+fn report(mut times: Vec<f64>) {
+    times.sort_by(f64::total_cmp);
+    println!(
+        "{{\"impl\": \"candle\", \"median_ms\": {}, \"min_ms\": {}, \"max_ms\": {}}}",
+        times[times.len() / 2],
+        times[0],
+        times[times.len() - 1]
+    );
+}
+
+fn train(batch: usize, seq: usize, rounds: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let config: Config = serde_json::from_str(
+        r#"{"vocab_size": 21128, "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12,
+            "intermediate_size": 3072, "hidden_act": "gelu", "hidden_dropout_prob": 0.1, "max_position_embeddings": 512,
+            "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": 1e-12, "pad_token_id": 0, "model_type": "bert"}"#,
+    )?;
+    let device = Device::Cpu;
+    let varmap = VarMap::new();
+    let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
+    let model = BertModel::load(vb.pp("bert"), &config)?;
+    let head = candle_nn::linear(768, 2, vb.pp("classifier"))?;
+    let ids: Vec<u32> = (0..batch * seq).map(|i| ((i * 7919 + 13) % 21128) as u32).collect();
+    let input = Tensor::from_vec(ids, (batch, seq), &device)?;
+    let types = input.zeros_like()?;
+    let mask = input.ones_like()?;
+    let labels = Tensor::from_vec((0..batch as u32).map(|i| i % 2).collect::<Vec<u32>>(), batch, &device)?;
+    let mut times = Vec::new();
+    for r in 0..=rounds {
+        let t = Instant::now();
+        let hidden = model.forward(&input, &types, Some(&mask))?;
+        let logits = head.forward(&hidden.i((.., 0))?)?;
+        let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
+        let grads = loss.backward()?;
+        std::hint::black_box(&grads);
+        if r > 0 {
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    report(times);
+    Ok(())
+}
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
+    if args.len() == 5 && args[1] == "--train" {
+        return train(args[2].parse()?, args[3].parse()?, args[4].parse()?);
+    }
     if args.len() != 5 {
-        eprintln!("用法：candle-bench 模型目录 batch seq rounds");
+        eprintln!("用法：candle-bench 模型目录 batch seq rounds，或 candle-bench --train batch seq rounds");
         std::process::exit(2);
     }
     let dir = std::path::Path::new(&args[1]);
@@ -44,12 +93,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             times.push(t.elapsed().as_secs_f64() * 1e3);
         }
     }
-    times.sort_by(f64::total_cmp);
-    println!(
-        "{{\"impl\": \"candle\", \"median_ms\": {}, \"min_ms\": {}, \"max_ms\": {}}}",
-        times[times.len() / 2],
-        times[0],
-        times[times.len() - 1]
-    );
+    report(times);
     Ok(())
 }

@@ -341,6 +341,9 @@ where
     let lengths: Vec<usize> = data.train.iter().map(|(ids, _)| ids.len()).collect();
 
     // 从检查点恢复，或从头开始
+    // 上一次写检查点时若恰好在两次改名之间被杀（不支持原子交换的系统），先把检查点改回原处，免得悄悄从头训练
+    crate::io::recover_dir(&ckpt_dir)
+        .map_err(|e| FinetuneError::Io(ckpt_dir.clone(), e.to_string()))?;
     let (mut opt, mut state) = if ckpt_dir.join(STATE).exists() {
         if !resume {
             return Err(FinetuneError::CheckpointExists(ckpt_dir));

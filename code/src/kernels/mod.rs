@@ -133,6 +133,17 @@ pub trait Kernels<E: Dtype>: Device<E> {
         linear_composite(x, w, b)
     }
 
+    /// 线性层 x·Wᵀ + b，权重冻结、输入也不需要梯度（LoRA 时第 0 层的 W_q、W_k、W_v：输入来自冻结的嵌入层，它的梯度没有人用）：
+    /// 反向里这一层什么也不用算——省掉 ∂x = g·W 这次矩阵乘法（附录 B）。输出仍然带着 tape，之后的运算照常记录。
+    fn linear_no_grad<const I: usize, const O: usize, T: Tape<E, Self>>(
+        x: Tensor<(usize, usize, Const<I>), E, Self, T>,
+        w: &Tensor<Rank2<O, I>, E, Self>,
+        b: &Tensor<Rank1<O>, E, Self>,
+    ) -> Tensor<(usize, usize, Const<O>), E, Self, T> {
+        let (x, tape) = x.split_tape();
+        Self::linear(x, w, b, false).put_tape(tape)
+    }
+
     /// 冻结的线性层 x·Wᵀ + b，W 按需还原（[`LazyWeight`]）。默认实现还原成张量后走组合写法：
     /// 反向要用 W，张量就留在 tape 上直到反向结束——省下的只是两步之间的内存。CPU 的内核在反向里再还原一次，
     /// 训练步里不留全精度的 W。

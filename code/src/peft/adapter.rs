@@ -562,6 +562,8 @@ pub struct PeftHooks<'a, const M: usize, const H: usize, const F: usize, E: Dtyp
     pub dropout: f64,
     /// 训练还是推理。
     pub mode: Mode,
+    /// 是否是第 0 层：它的输入来自冻结的嵌入层（PEFT 的目标只能是线性层），不需要梯度。
+    pub first_layer: bool,
 }
 
 impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>>
@@ -614,6 +616,9 @@ impl<const M: usize, const H: usize, const F: usize, E: Real, D: Kernels<E>> Att
     /// 有适配器的模型里，原来的线性层总是冻结的。
     fn base_frozen(&self) -> bool {
         true
+    }
+    fn input_needs_grad(&self) -> bool {
+        !self.first_layer
     }
     fn attention_weight(&self, proj: Proj) -> Option<&Arc<dyn LazyWeight<E>>> {
         self.quant.map(|q| &q[proj as usize])

@@ -365,6 +365,7 @@ where
             pooler_copy: &self.adapters.pooler_copy,
             dropout: self.lora.lora_dropout,
             mode,
+            first_layer: layer == Some(0),
         }
     }
 

@@ -16,6 +16,11 @@ pub trait AttentionHooks<const M: usize, E: Dtype, D: Device<E>> {
     fn base_frozen(&self) -> bool {
         false
     }
+    /// 这一层的输入是否需要梯度。基座冻结、且这一层下面没有任何可训练的东西时（LoRA 的第 0 层：嵌入层冻结）返回 false，
+    /// W_q、W_k、W_v 的反向就不算 ∂x（附录 B）。默认 true。
+    fn input_needs_grad(&self) -> bool {
+        true
+    }
     /// 投影 `proj`（`Query`…`Output`）的权重若量化存放（4.5 节），给出按需还原它的对象，前向就不用层里存的 W。
     /// 默认 `None`：用层里的 W。
     fn attention_weight(&self, _proj: Proj) -> Option<&Arc<dyn LazyWeight<E>>> {

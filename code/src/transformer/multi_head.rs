@@ -84,8 +84,11 @@ impl<const M: usize, const H: usize, E: Dtype, D: Kernels<E>> MultiHeadAttention
         let train = !hooks.base_frozen();
         // ANCHOR: lazy_proj
         // 量化存放的基座（4.5 节）由钩子给出按需还原的权重
+        // 权重冻结、输入也不要梯度时（LoRA 的第 0 层），Q、K、V 三个投影在反向里什么也不用算
+        let no_input_grad = !train && !hooks.input_needs_grad();
         let proj = |p: Proj, l: &Linear<M, M, E, D>, t| match hooks.attention_weight(p) {
             Some(w) => D::linear_lazy(t, w, &l.bias),
+            None if no_input_grad && p != Proj::Output => D::linear_no_grad(t, &l.weight, &l.bias),
             None => D::linear(t, &l.weight, &l.bias, train),
         };
         // ANCHOR_END: lazy_proj

@@ -141,7 +141,7 @@ pub trait Kernels<E: Dtype>: Device<E> {
         b: &Tensor<Rank1<O>, E, Self>,
     ) -> Tensor<(usize, usize, Const<O>), E, Self, T> {
         let (x, tape) = x.split_tape();
-        Self::linear(x, w, b, false).put_tape(tape)
+        <Self as Kernels<E>>::linear(x, w, b, false).put_tape(tape)
     }
 
     /// 冻结的线性层 x·Wᵀ + b，W 按需还原（[`LazyWeight`]）。默认实现还原成张量后走组合写法：

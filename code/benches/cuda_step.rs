@@ -5,7 +5,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use dfdx::prelude::*;
 use llm_book::bert::model::{bert_config, BertBase, BertClassifier, BERT_BASE_CHINESE_DIMS};
-use llm_book::experiments::perf::classifier_step;
+use llm_book::experiments::perf::{bench_batch, classifier_step};
 use llm_book::peft::config::LoraConfig;
 use llm_book::peft::model::PeftBert;
 use llm_book::train::SequenceClassifier;
@@ -19,24 +19,13 @@ fn gpu() -> Cuda {
     })
 }
 
-/// 一批词 id。
-type Tokens = Tensor<(usize, usize), usize, Cuda>;
-
-fn batch(dev: &Cuda, b: usize, s: usize, vocab: usize) -> (Tokens, PaddingMask<f32, Cuda>) {
-    let ids: Vec<usize> = (0..b * s).map(|i| (i * 7919 + 13) % vocab).collect();
-    (
-        dev.tensor_from_vec(ids, (b, s)),
-        PaddingMask::from_lengths(dev, &vec![s; b], s).unwrap(),
-    )
-}
-
 fn encoder(c: &mut Criterion) {
     let dev = gpu();
     let model = SeedEncoder::<f32, Cuda>::new(&dev, EncoderConfig::default());
     let mut group = c.benchmark_group("cuda_train_step_encoder_d512");
     group.sample_size(20);
     for (b, s) in [(8, 128), (2, 50)] {
-        let (tokens, mask) = batch(&dev, b, s, 10000);
+        let (tokens, mask, _) = bench_batch(&dev, b, s, 10000);
         let g: Tensor<(usize, usize, Const<512>), f32, Cuda> =
             dev.sample_normal_like(&(b, s, Const));
         group.bench_function(format!("{b}x{s}"), |bench| {
@@ -69,13 +58,7 @@ fn step<Mo: SequenceClassifier<f32, Cuda>>(
 fn bert_base(c: &mut Criterion) {
     let dev = gpu();
     let config = bert_config(1e-12, 0.1, 512);
-    let (tokens, mask) = batch(&dev, 8, 128, 21128);
-    let labels = dev.tensor_from_vec(
-        (0..8)
-            .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
-            .collect(),
-        (8, 2),
-    );
+    let (tokens, mask, labels) = bench_batch(&dev, 8, 128, 21128);
     let mut group = c.benchmark_group("cuda_train_step_bert_base");
     group.sample_size(20);
     let full = BertClassifier {

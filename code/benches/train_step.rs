@@ -13,27 +13,15 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use dfdx::prelude::*;
 use llm_book::bert::model::{bert_config, BertBase, BertClassifier, BERT_BASE_CHINESE_DIMS};
-use llm_book::experiments::perf::classifier_step;
+use llm_book::experiments::perf::{bench_batch, classifier_step};
 use llm_book::kernels::cpu::backward_from;
 use llm_book::peft::config::LoraConfig;
 use llm_book::peft::model::PeftBert;
 use llm_book::train::SequenceClassifier;
-use llm_book::transformer::attention::PaddingMask;
 use llm_book::transformer::encoder::{EncoderConfig, Mode, SeedEncoder};
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// 一批词 id。
-type Tokens = Tensor<(usize, usize), usize, Cpu>;
-
-/// 一批随机的词 id 与全长的掩码。
-fn batch(dev: &Cpu, b: usize, s: usize, vocab: usize) -> (Tokens, PaddingMask<f32, Cpu>) {
-    let ids: Vec<usize> = (0..b * s).map(|i| (i * 7919 + 13) % vocab).collect();
-    let tokens = dev.tensor_from_vec(ids, (b, s));
-    let mask = PaddingMask::from_lengths(dev, &vec![s; b], s).unwrap();
-    (tokens, mask)
-}
 
 fn encoder(c: &mut Criterion) {
     let dev = Cpu::seed_from_u64(0);
@@ -41,7 +29,7 @@ fn encoder(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step_encoder_d512");
     group.sample_size(10);
     for (b, s) in [(8, 128), (2, 50)] {
-        let (tokens, mask) = batch(&dev, b, s, 10000);
+        let (tokens, mask, _) = bench_batch(&dev, b, s, 10000);
         let g: Tensor<(usize, usize, Const<512>), f32, Cpu> =
             dev.sample_normal_like(&(b, s, Const));
         group.bench_function(format!("{b}x{s}"), |bench| {
@@ -59,13 +47,7 @@ fn encoder(c: &mut Criterion) {
 fn bert_base(c: &mut Criterion) {
     let dev = Cpu::seed_from_u64(0);
     let config = bert_config(1e-12, 0.1, 512);
-    let (tokens, mask) = batch(&dev, 8, 128, 21128);
-    let labels = dev.tensor_from_vec(
-        (0..8)
-            .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
-            .collect(),
-        (8, 2),
-    );
+    let (tokens, mask, labels) = bench_batch(&dev, 8, 128, 21128);
     let mut group = c.benchmark_group("train_step_bert_base");
     group.sample_size(10);
     let full = BertClassifier {
@@ -95,13 +77,7 @@ fn optimizer(c: &mut Criterion) {
     use llm_book::train::adamw::{AdamW, AdamWConfig};
     let dev = Cpu::seed_from_u64(2);
     let config = bert_config(1e-12, 0.1, 512);
-    let (tokens, mask) = batch(&dev, 8, 128, 21128);
-    let labels = dev.tensor_from_vec(
-        (0..8)
-            .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
-            .collect(),
-        (8, 2),
-    );
+    let (tokens, mask, labels) = bench_batch(&dev, 8, 128, 21128);
     let mut group = c.benchmark_group("optimizer_bert_base");
     group.sample_size(10);
     let mut full = BertClassifier {
@@ -136,7 +112,7 @@ fn optimizer(c: &mut Criterion) {
 fn bert_inference(c: &mut Criterion) {
     let dev = Cpu::seed_from_u64(1);
     let config = bert_config(1e-12, 0.1, 512);
-    let (tokens, mask) = batch(&dev, 8, 128, 21128);
+    let (tokens, mask, _) = bench_batch(&dev, 8, 128, 21128);
     let mut group = c.benchmark_group("inference_bert_base");
     group.sample_size(10);
     let base = BertClassifier {

@@ -15,11 +15,10 @@ use std::time::Instant;
 use dfdx::nn::NumParams;
 use dfdx::prelude::*;
 use llm_book::bert::model::{bert_config, BertBase, BERT_BASE_CHINESE_DIMS};
-use llm_book::experiments::perf::classifier_step;
+use llm_book::experiments::perf::{bench_batch, classifier_step};
 use llm_book::peft::config::LoraConfig;
 use llm_book::peft::model::PeftBert;
 use llm_book::quant::QuantKind;
-use llm_book::transformer::attention::PaddingMask;
 use serde::{Deserialize, Serialize};
 
 #[global_allocator]
@@ -92,15 +91,7 @@ fn measure(kind: Option<QuantKind>) -> Row {
     // 从这里起与命令行（main）一样，让 mimalloc 不把释放的内存还给系统：每步还原出的权重缓冲区就不必每次重新缺页
     llm_book::alloc::keep_freed_memory();
 
-    let ids: Vec<usize> = (0..8 * 128).map(|i| (i * 7919 + 13) % 21128).collect();
-    let tokens = dev.tensor_from_vec(ids, (8, 128));
-    let mask = PaddingMask::from_lengths(&dev, &[128; 8], 128).unwrap();
-    let labels = dev.tensor_from_vec(
-        (0..8)
-            .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
-            .collect(),
-        (8, 2),
-    );
+    let (tokens, mask, labels) = bench_batch(&dev, 8, 128, 21128);
     let mut grads = None;
     let mut times = Vec::new();
     for r in 0..=rounds {

@@ -14,7 +14,7 @@ use dfdx::prelude::*;
 use llm_book::bert::model::{bert_config, BertBase, BertClassifier, BERT_BASE_CHINESE_DIMS};
 use llm_book::bert::runtime::LayerStack;
 use llm_book::bert::runtime::SavedLinear;
-use llm_book::experiments::perf::classifier_step;
+use llm_book::experiments::perf::{bench_batch, classifier_step};
 use llm_book::peft::adapter::{PeftAdapters, PeftLayer, SiteLora};
 use llm_book::peft::config::{AdapterPlan, LoraConfig};
 use llm_book::peft::model::{PeftBert, DEFAULT_ADAPTER};
@@ -55,15 +55,7 @@ fn main() {
         .unwrap_or(6);
     let dev = Cpu::seed_from_u64(0);
     let config = bert_config(1e-12, 0.1, 512);
-    let ids: Vec<usize> = (0..8 * 128).map(|i| (i * 7919 + 13) % 21128).collect();
-    let tokens = dev.tensor_from_vec(ids, (8, 128));
-    let mask = PaddingMask::from_lengths(&dev, &[128; 8], 128).unwrap();
-    let labels = dev.tensor_from_vec(
-        (0..8)
-            .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
-            .collect(),
-        (8, 2),
-    );
+    let (tokens, mask, labels) = bench_batch(&dev, 8, 128, 21128);
     let full = BertClassifier {
         params: BertBase::<f32, Cpu>::new(&dev, &BERT_BASE_CHINESE_DIMS),
         config,

@@ -13,12 +13,11 @@ use std::time::Instant;
 use dfdx::nn::NumParams;
 use dfdx::prelude::*;
 use llm_book::bert::model::{bert_config, BertBase, BertClassifier, BERT_BASE_CHINESE_DIMS};
-use llm_book::experiments::perf::classifier_step;
+use llm_book::experiments::perf::{bench_batch, classifier_step};
 use llm_book::peft::config::LoraConfig;
 use llm_book::peft::model::PeftBert;
 use llm_book::train::adamw::{AdamW, AdamWConfig};
 use llm_book::train::SequenceClassifier;
-use llm_book::transformer::attention::PaddingMask;
 use serde::{Deserialize, Serialize};
 
 #[global_allocator]
@@ -65,15 +64,7 @@ fn train<Mo: SequenceClassifier<f32, Cpu>>(
     rounds: usize,
 ) -> (Vec<f64>, Gradients<f32, Cpu>, usize) {
     let dev = Cpu::seed_from_u64(1);
-    let ids: Vec<usize> = (0..8 * 128).map(|i| (i * 7919 + 13) % 21128).collect();
-    let tokens = dev.tensor_from_vec(ids, (8, 128));
-    let mask = PaddingMask::from_lengths(&dev, &[128; 8], 128).unwrap();
-    let labels = dev.tensor_from_vec(
-        (0..8)
-            .flat_map(|i| if i % 2 == 0 { [1.0, 0.0] } else { [0.0, 1.0] })
-            .collect(),
-        (8, 2),
-    );
+    let (tokens, mask, labels) = bench_batch(&dev, 8, 128, 21128);
     let mut opt = AdamW::<f32>::new(AdamWConfig::default());
     let mut grads = None;
     let mut times = Vec::new();

@@ -707,14 +707,15 @@ fn gpt_loss_figure() -> anyhow::Result<String> {
 }
 
 fn kv_cache_figure() -> anyhow::Result<String> {
-    use crate::experiments::gpt::{median, SpeedResult};
+    use crate::experiments::gpt::SpeedResult;
+    use crate::experiments::median;
     let r: SpeedResult = load_result("part5-kv-cache", "gpt speed --record part5-kv-cache")?;
     let line = |name: &str, pick: fn(&crate::experiments::gpt::SpeedRow) -> &Vec<f64>| Series {
         name: name.into(),
         points: r
             .rows
             .iter()
-            .map(|row| (row.tokens as f64, 1e3 * median(pick(row))))
+            .map(|row| (row.tokens as f64, 1e3 * median(pick(row).clone())))
             .collect(),
         ..Default::default()
     };

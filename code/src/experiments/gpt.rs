@@ -173,13 +173,6 @@ pub fn run(cmd: GptCommand) -> anyhow::Result<()> {
     }
 }
 
-fn eval_cfg() -> GptConfig {
-    GptConfig {
-        dropout: 0.0,
-        ..Default::default()
-    }
-}
-
 fn texts(reviews: &[Review]) -> impl Iterator<Item = &str> {
     reviews.iter().map(|r| r.text.as_str())
 }
@@ -309,7 +302,7 @@ fn train(a: TrainArgs) -> anyhow::Result<()> {
     let cfg = GptConfig::default();
     let valid_loss = |g: &ChineseGpt| {
         mean_loss(&dev, &windows, |t, y| {
-            Ok(lm_loss(g.forward(t, &eval_cfg(), Mode::Eval)?, y))
+            Ok(lm_loss(g.forward(t, &cfg, Mode::Eval)?, y))
         })
     };
     let initial_valid_loss = valid_loss(&gpt)?;
@@ -504,17 +497,6 @@ pub struct SpeedResult {
     pub machine: String,
 }
 
-/// 中位数。
-pub fn median(xs: &[f64]) -> f64 {
-    let mut v = xs.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
-}
-
 fn speed(a: SpeedArgs) -> anyhow::Result<()> {
     let (gpt, model) = match &a.model {
         Some(dir) => (load_model(dir)?.0, dir.display().to_string()),
@@ -556,12 +538,16 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
         }
         let mut kv = crate::gpt::model::KvCache::new();
         let input = Cpu::default().tensor_from_vec(vec![END; n], (1, n));
-        gpt.forward_with(input, Some(&mut kv), &eval_cfg(), Mode::Eval, |_| {
-            crate::transformer::hooks::NoHooks
-        })?;
+        gpt.forward_with(
+            input,
+            Some(&mut kv),
+            &GptConfig::default(),
+            Mode::Eval,
+            |_| crate::transformer::hooks::NoHooks,
+        )?;
         let row = SpeedRow {
             tokens: n,
-            speedup: median(&no_cache) / median(&cache),
+            speedup: super::median(no_cache.clone()) / super::median(cache.clone()),
             no_cache_seconds: no_cache,
             cache_seconds: cache,
             cache_bytes: kv.elements() * std::mem::size_of::<f32>(),
@@ -569,8 +555,8 @@ fn speed(a: SpeedArgs) -> anyhow::Result<()> {
         println!(
             "生成 {:>3} 个字：不用缓存 {:.3} 秒，用缓存 {:.3} 秒（中位数），快 {:.1} 倍；缓存 {:.0} KiB",
             n,
-            median(&row.no_cache_seconds),
-            median(&row.cache_seconds),
+            super::median(row.no_cache_seconds.clone()),
+            super::median(row.cache_seconds.clone()),
             row.speedup,
             row.cache_bytes as f64 / 1024.0
         );
@@ -663,7 +649,7 @@ impl LoraJob<'_> {
         let base = self.base;
         let loss_of = |g: &ChineseGpt| {
             mean_loss(&dev, valid_books, |t, y| {
-                Ok(lm_loss(g.forward(t, &eval_cfg(), Mode::Eval)?, y))
+                Ok(lm_loss(g.forward(t, &GptConfig::default(), Mode::Eval)?, y))
             })
         };
         // ANCHOR: lora_run
@@ -702,7 +688,7 @@ fn lora(a: LoraArgs) -> anyhow::Result<()> {
     let dev = Cpu::seed_from_u64(a.seed);
     let loss_of = |g: &ChineseGpt, w: &[(Vec<usize>, Vec<usize>)]| {
         mean_loss(&dev, w, |t, y| {
-            Ok(lm_loss(g.forward(t, &eval_cfg(), Mode::Eval)?, y))
+            Ok(lm_loss(g.forward(t, &GptConfig::default(), Mode::Eval)?, y))
         })
     };
     let domain_loss = |g: &ChineseGpt| -> anyhow::Result<DomainLoss> {

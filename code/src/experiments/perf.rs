@@ -41,6 +41,37 @@ pub fn classifier_step<E, D, Mo>(
     *grads = Some(cross_entropy_with_logits_loss(logits, labels.clone()).backward());
 }
 
+/// 基准与内存测量共用的一批输入：`b` 条序列、每条 `s` 个词 id（`(i·7919 + 13) mod vocab`，确定的伪随机）、全长的填充掩码，
+/// 以及两类交替的 one-hot 标签 `(b, 2)`。criterion 的 `train_step`、`cuda_step` 与例子 `step_timing`、`qlora_memory`、`train_memory`
+/// 都用它，测的是同一批数据。
+pub fn bench_batch<E: Dtype, D: Device<E>>(
+    dev: &D,
+    b: usize,
+    s: usize,
+    vocab: usize,
+) -> (
+    Tensor<(usize, usize), usize, D>,
+    PaddingMask<E, D>,
+    Tensor<(usize, usize), E, D>,
+) {
+    let ids: Vec<usize> = (0..b * s).map(|i| (i * 7919 + 13) % vocab).collect();
+    let mask = PaddingMask::from_lengths(dev, &vec![s; b], s).expect("全长的掩码");
+    let labels = (0..b)
+        .flat_map(|i| {
+            if i % 2 == 0 {
+                [E::ONE, E::default()]
+            } else {
+                [E::default(), E::ONE]
+            }
+        })
+        .collect();
+    (
+        dev.tensor_from_vec(ids, (b, s)),
+        mask,
+        dev.tensor_from_vec(labels, (b, 2)),
+    )
+}
+
 /// 表中的一行。
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PerfRow {

@@ -73,10 +73,7 @@ pub fn compare_gpt(path: &Path) -> Result<GptParity, CheckpointError> {
 
     let mut gpt = FixtureGpt::init(&dev);
     ckpt.load_into(&mut gpt, "params.")?;
-    let cfg = GptConfig {
-        dropout: 0.0,
-        ..Default::default()
-    };
+    let cfg = GptConfig::default(); // Mode::Eval 时没有 dropout
     let shape = &ckpt.get("tokens")?.shape;
     let (batch, seq) = (shape[0], shape[1]);
     let tokens = dev.tensor_from_vec(ids(&ckpt, "tokens")?, (batch, seq));

@@ -27,24 +27,41 @@ pub fn localize(cmd: Command) -> Command {
     cmd.mut_subcommands(localize)
 }
 
-/// 参数放进“选项”一节；默认值用中文写在说明后面。
+/// 参数放进“选项”一节；可选的取值与默认值用中文写在说明后面（clap 自己写的是“Possible values”“default”）。
 fn localize_arg(arg: Arg) -> Arg {
-    let arg = if arg.get_help_heading().is_none() && !arg.is_positional() {
-        arg.help_heading("选项")
-    } else {
-        arg
+    let arg = match (arg.get_help_heading(), arg.is_positional()) {
+        (None, false) => arg.help_heading("选项"),
+        (None, true) => arg.help_heading("参数"),
+        _ => arg,
     };
     let defaults: Vec<String> = arg
         .get_default_values()
         .iter()
         .map(|v| v.to_string_lossy().into_owned())
         .collect();
-    if defaults.is_empty() || arg.is_hide_default_value_set() {
+    let arg = if defaults.is_empty() || arg.is_hide_default_value_set() {
+        arg
+    } else {
+        let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+        arg.hide_default_value(true)
+            .help(format!("{help}（默认：{}）", defaults.join("、")))
+    };
+    localize_possible_values(arg)
+}
+
+/// 取值有说明的参数（如 `--init-lora-weights`）：`--help` 里逐个列出“取值：说明”，代替 clap 的英文列表。
+fn localize_possible_values(arg: Arg) -> Arg {
+    let takes_values = arg.get_action().takes_values();
+    let values: Vec<String> = (arg.get_possible_values().iter())
+        .filter(|v| !v.is_hide_set())
+        .filter_map(|v| Some(format!("  {}：{}", v.get_name(), v.get_help()?)))
+        .collect();
+    if !takes_values || values.is_empty() || arg.is_hide_possible_values_set() {
         return arg;
     }
     let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
-    arg.hide_default_value(true)
-        .help(format!("{help}（默认：{}）", defaults.join("、")))
+    arg.hide_possible_values(true)
+        .long_help(format!("{help}\n取值：\n{}", values.join("\n")))
 }
 
 /// 解析命令行；出错时打印中文说明并以非零码退出（要求帮助时打印帮助并以 0 退出）。
@@ -54,7 +71,11 @@ pub fn parse<P: CommandFactory + FromArgMatches>() -> P {
     match result {
         Ok(p) => p,
         Err(e) => match e.kind() {
-            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => e.exit(),
+            // clap 在用法一行里写死了英文的 “[OPTIONS]”
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                print!("{}", e.render().to_string().replace("[OPTIONS]", "[选项]"));
+                std::process::exit(0)
+            }
             // 不带参数运行时列出全部实验，这不是错误
             ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
                 let _ = e.print();

@@ -730,3 +730,34 @@ fn kv_cache_figure() -> anyhow::Result<String> {
     }
     .to_svg()
 }
+
+/// `figures` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct FiguresArgs {
+    /// 输出目录（默认为仓库的 src/figures）
+    #[arg(long, value_name = "目录")]
+    pub out: Option<std::path::PathBuf>,
+}
+
+/// `cargo run --release -- figures`：按登记表逐张渲染并原子写入，最后列出每张图与它的说明。
+pub fn run(a: FiguresArgs) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let dir = a.out.unwrap_or_else(book_dir);
+    let all = all();
+    let bar = indicatif::ProgressBar::new(all.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").expect("进度条模板"),
+    );
+    for fig in &all {
+        bar.set_message(fig.file);
+        let svg = (fig.render)().with_context(|| format!("渲染 {} 失败", fig.file))?;
+        let path = dir.join(fig.file);
+        crate::io::write_atomic(&path, svg.as_bytes())
+            .with_context(|| format!("写入 {} 失败", path.display()))?;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for fig in &all {
+        println!("{}  {}", dir.join(fig.file).display(), fig.about);
+    }
+    Ok(())
+}

@@ -868,3 +868,49 @@ fn gpt_trains_generates_and_rejects_bad_input() {
         let _ = std::fs::remove_dir_all(d);
     }
 }
+
+/// 一页帮助里列出的子命令名（“实验:” 一节每行的第一个词）。
+fn subcommands(help: &str) -> Vec<String> {
+    (help.lines())
+        .skip_while(|l| !l.starts_with("实验"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
+}
+
+#[test]
+fn every_help_page_is_chinese() {
+    let top = run(&["--help"]);
+    assert!(top.status.success(), "{}", stderr(&top));
+    let mut pages = vec![(Vec::new(), stdout(&top))];
+    for cmd in subcommands(&stdout(&top)) {
+        let o = run(&[&cmd, "--help"]);
+        assert!(o.status.success(), "{cmd} --help：{}", stderr(&o));
+        for sub in subcommands(&stdout(&o)) {
+            let o = run(&[&cmd, &sub, "--help"]);
+            assert!(o.status.success(), "{cmd} {sub} --help：{}", stderr(&o));
+            pages.push((vec![cmd.clone(), sub], stdout(&o)));
+        }
+        pages.push((vec![cmd], stdout(&o)));
+    }
+    // 总览一页、21 个实验、gpt 下的 5 个
+    assert!(pages.len() >= 27, "只找到 {} 页帮助", pages.len());
+    for (cmd, page) in &pages {
+        assert!(page.contains("用法："), "{cmd:?}：{page}");
+        for english in [
+            "Usage",
+            "Options",
+            "Arguments",
+            "[OPTIONS]",
+            "Possible values",
+            "[default",
+            "Commands",
+        ] {
+            assert!(
+                !page.contains(english),
+                "{cmd:?} 的帮助里有 {english}：{page}"
+            );
+        }
+    }
+}

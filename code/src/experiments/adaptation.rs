@@ -186,3 +186,52 @@ impl DeviceTask for AdaptationTask<'_> {
         Ok(result)
     }
 }
+
+/// `adaptation` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct AdaptationArgs {
+    /// 训练轮数
+    #[arg(long, default_value_t = 2, value_name = "轮数")]
+    pub epochs: usize,
+    #[command(flatten)]
+    pub device: super::args::OnDevice,
+}
+
+/// `cargo run --release -- adaptation`：四种方法各训练一次，打印表并写 `part2-adaptation.json`。
+pub fn run(a: AdaptationArgs) -> anyhow::Result<()> {
+    let (short, full) = prepare(SHORT_LEN)?;
+    let bar = super::args::step_bar(0);
+    let mut on_step = |method: &str, e: StepEvent| {
+        bar.set_length(e.total as u64);
+        bar.set_position(e.step as u64);
+        bar.set_message(format!("{method} 损失 {:.4}", e.loss));
+    };
+    let task = AdaptationTask {
+        short: &short,
+        full: &full,
+        epochs: a.epochs,
+        on_step: &mut on_step,
+    };
+    let result = a.device.run(0, task)??;
+    bar.finish_and_clear();
+    println!(
+        "基座：{} 个参数，完整评论（≤128 字）测试准确率 {:.4}；迁移任务：只看前 {SHORT_LEN} 个字，训练 {} 轮（{}）",
+        result.base_params, result.base_accuracy_full, a.epochs, result.machine
+    );
+    println!(
+        "{:<22} {:>8} {:>8} {:>10} {:>12} {:>10}",
+        "方法", "准确率", "F1", "可训练参数", "优化器内存", "每步秒数"
+    );
+    for m in &result.methods {
+        println!(
+            "{:<22} {:>8.4} {:>8.4} {:>10} {:>10.2} MiB {:>10.4}",
+            m.method,
+            m.accuracy,
+            m.f1,
+            m.trainable,
+            m.optimizer_bytes as f64 / 1048576.0,
+            m.seconds_per_step
+        );
+    }
+    super::args::DryRun::default().save("part2-adaptation", &result)
+}

@@ -213,3 +213,58 @@ mod tests {
         );
     }
 }
+
+/// `attention` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct AttentionArgs {
+    /// 模型：本地目录，或 Hub 上的名字
+    #[arg(long, value_name = "目录或名字")]
+    pub model: String,
+    /// PEFT 格式的适配器目录：先合并进基座，看微调之后的注意力
+    #[arg(long, value_name = "目录")]
+    pub adapter: Option<PathBuf>,
+    /// 只画这些层（从 0 数，逗号分隔；默认全部）
+    #[arg(long, value_delimiter = ',', value_name = "层")]
+    pub layers: Vec<usize>,
+    /// 图写到哪里
+    #[arg(long, default_value = "attention.svg", value_name = "文件")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub record: super::args::Record,
+    /// 最大长度（记号数；默认 128，模型的位置更少时取 max_position_embeddings）
+    #[arg(long, value_name = "长度")]
+    pub max_len: Option<usize>,
+    #[command(flatten)]
+    pub device: super::args::OnDevice,
+    /// 文本
+    #[arg(value_name = "文本")]
+    pub text: String,
+}
+
+/// `cargo run --release -- attention`：画热力图、打印每个头里 [CLS] 最关注的记号。
+pub fn run(a: AttentionArgs) -> anyhow::Result<()> {
+    let job = AttentionJob {
+        model_dir: crate::bert::hub::resolve_model(&a.model)?,
+        adapter: a.adapter,
+        text: a.text,
+        max_len: a.max_len,
+    };
+    let maps = a.device.run(0, job)??;
+    // 先画图（层号不对时在这里报错），再写文件
+    let svg = maps.figure(&a.layers)?;
+    crate::io::write_atomic(&a.out, svg.as_bytes())?;
+    println!("记号：{}", maps.tokens.join(" "));
+    for (l, heads) in maps.weights.iter().enumerate() {
+        let cls: Vec<String> = (heads.iter().enumerate())
+            .map(|(h, w)| {
+                let (j, p) = (w[0].iter().enumerate())
+                    .max_by(|a, b| a.1.total_cmp(b.1))
+                    .expect("至少一个记号");
+                format!("头 {h} → {} {p:.2}", maps.tokens[j])
+            })
+            .collect();
+        println!("第 {l} 层，[CLS] 最关注：{}", cls.join("，"));
+    }
+    println!("图写入 {}", a.out.display());
+    a.record.save(&maps)
+}

@@ -44,6 +44,17 @@ pub enum Method {
     Lora(Box<LoraConfig>),
 }
 
+impl Method {
+    /// 没有给 `--lr` 时的峰值学习率：全量微调 3e-5（BERT 论文的 2e-5–5e-5 之间），
+    /// 其余（LoRA、线性探测、从零训练）5e-4：新初始化的参数要大一个数量级的学习率。
+    pub fn default_lr(&self) -> f64 {
+        match self {
+            Method::Full => 3e-5,
+            Method::Scratch | Method::Probe | Method::Lora(_) => 5e-4,
+        }
+    }
+}
+
 /// 一次微调的结果（`cargo run --release -- finetune` 写进输出目录的 `summary.json`）。
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FinetuneSummary {
@@ -679,4 +690,72 @@ mod tests {
         );
         assert_eq!(adapter_names(&dirs(&["x/a", "x/a"])), ["x/a", "x/a"]);
     }
+}
+
+/// `classify` 与 `embed` 共同的参数。
+#[derive(clap::Args, Debug)]
+pub struct InferArgs {
+    /// 模型：本地目录（config.json、model.safetensors、tokenizer.json 或 vocab.txt），或 Hub 上的名字（如 hfl/rbt3）
+    #[arg(long, value_name = "目录或名字")]
+    pub model: String,
+    /// 最大长度（记号数；默认 128，模型的位置更少时取 max_position_embeddings）
+    #[arg(long, value_name = "长度")]
+    pub max_len: Option<usize>,
+    #[command(flatten)]
+    pub device: super::args::OnDevice,
+    /// 文本（可给多段）
+    #[arg(required = true, value_name = "文本")]
+    pub texts: Vec<String>,
+}
+
+/// `classify` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct ClassifyArgs {
+    #[command(flatten)]
+    pub infer: InferArgs,
+    /// PEFT 格式的适配器目录（adapter_config.json、adapter_model.safetensors）；可以给几次，
+    /// 几个适配器共用一个基座、逐个输出（4.6 节）
+    #[arg(long, value_name = "目录")]
+    pub adapter: Vec<PathBuf>,
+}
+
+/// `cargo run --release -- classify`：每段文本一行，`[适配器]\t类别\t各类概率\t文本`。
+pub fn classify(a: ClassifyArgs) -> anyhow::Result<()> {
+    let Inference::Predictions(preds) = infer(a.infer, a.adapter, true)? else {
+        unreachable!("分类总是返回预测")
+    };
+    for p in preds {
+        let probs: Vec<String> = (p.probabilities.iter())
+            .map(|(name, prob)| format!("{name} {prob:.4}"))
+            .collect();
+        match &p.adapter {
+            Some(a) => println!("{a}\t{}\t{}\t{}", p.label, probs.join("  "), p.text),
+            None => println!("{}\t{}\t{}", p.label, probs.join("  "), p.text),
+        }
+    }
+    Ok(())
+}
+
+/// `cargo run --release -- embed`：输出 JSON `[{"text", "embedding"}]`。
+pub fn embed(a: InferArgs) -> anyhow::Result<()> {
+    let texts = a.texts.clone();
+    let Inference::Embeddings(vectors) = infer(a, Vec::new(), false)? else {
+        unreachable!("句向量总是返回向量")
+    };
+    let items: Vec<serde_json::Value> = (texts.iter().zip(vectors))
+        .map(|(t, v)| serde_json::json!({ "text": t, "embedding": v }))
+        .collect();
+    println!("{}", serde_json::to_string(&items)?);
+    Ok(())
+}
+
+fn infer(a: InferArgs, adapters: Vec<PathBuf>, classify: bool) -> anyhow::Result<Inference> {
+    let job = InferJob {
+        model_dir: crate::bert::hub::resolve_model(&a.model)?,
+        adapters,
+        texts: a.texts,
+        max_len: a.max_len,
+        classify,
+    };
+    a.device.run(0, job)?
 }

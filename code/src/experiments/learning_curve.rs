@@ -423,3 +423,62 @@ mod tests {
         assert!(e.contains("评估时刻") && e.contains("r1.json"), "{e}");
     }
 }
+
+/// `learning-curve` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct LearningCurveArgs {
+    /// 结果目录（默认 code/results/learning-curve，其中的 sweep/、runs/、timing/）
+    #[arg(long, value_name = "目录")]
+    pub dir: Option<std::path::PathBuf>,
+    /// 只打印这几个扫描结果（同一种方法）里选出的学习率（learning-curve.sh 用）
+    #[arg(long, value_name = "文件", num_args = 1..)]
+    pub choose_lr: Vec<std::path::PathBuf>,
+}
+
+/// `cargo run --release -- learning-curve`：汇总学习率扫描与各次运行，打印并写 `appendix-a-learning-curve.json`。
+pub fn run(a: LearningCurveArgs) -> anyhow::Result<()> {
+    use lora_table::{read_run, read_runs};
+    if !a.choose_lr.is_empty() {
+        let sweep = (a.choose_lr.iter())
+            .map(|p| read_run(p))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        println!("{}", choose_lr(&sweep)?);
+        return Ok(());
+    }
+    let dir = (a.dir).unwrap_or_else(|| super::results_dir().join("learning-curve"));
+    let timing = if dir.join("timing").is_dir() {
+        read_runs(&dir.join("timing"))?
+    } else {
+        Vec::new()
+    };
+    let curve = summarize(
+        &read_runs(&dir.join("sweep"))?,
+        &read_runs(&dir.join("runs"))?,
+        &timing,
+    )?;
+    println!(
+        "{}：每次 {} 步、批大小 {}、最长 {} 个记号，验证集 {} 条；{}\n",
+        curve.model,
+        curve.steps,
+        curve.batch_size,
+        curve.max_len,
+        curve.valid_examples,
+        curve.machine
+    );
+    for sw in &curve.sweeps {
+        let grid: Vec<String> = (sw.grid.iter())
+            .map(|(lr, acc)| format!("{lr:.0e} → {:.2}%", 100.0 * acc))
+            .collect();
+        println!(
+            "学习率扫描 {}：{}；选 {:.0e}",
+            sw.method,
+            grid.join("，"),
+            sw.chosen
+        );
+    }
+    println!();
+    print!("{}", curve.markdown());
+    super::args::DryRun::default().save("appendix-a-learning-curve", &curve)?;
+    println!("图由 `cargo run --release -- figures` 重画");
+    Ok(())
+}

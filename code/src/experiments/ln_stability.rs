@@ -112,3 +112,80 @@ impl DeviceTask for LnTask<'_> {
         })
     }
 }
+
+/// `ln-stability` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct LnStabilityArgs {
+    /// 每次训练的步数
+    #[arg(long, default_value_t = 300, value_name = "步数")]
+    pub steps: usize,
+    /// 种子个数（0, 1, …）
+    #[arg(long, default_value_t = 3, value_name = "个数")]
+    pub seeds: u64,
+    /// 学习率（可给多个，逗号分隔）
+    #[arg(
+        long,
+        default_value = "0.001",
+        value_delimiter = ',',
+        value_name = "学习率"
+    )]
+    pub lr: Vec<f64>,
+    #[command(flatten)]
+    pub device: super::args::OnDevice,
+    #[command(flatten)]
+    pub dry_run: super::args::DryRun,
+}
+
+/// `cargo run --release -- ln-stability`：每个学习率 × {Pre-LN, Post-LN} × 种子各训练一次，写 `part1-ln-stability.json`。
+pub fn run(a: LnStabilityArgs) -> anyhow::Result<()> {
+    let (data, _, _) = super::sentiment::prepare()?;
+    let data = truncate(&data);
+    let mut result = LnStabilityResult {
+        machine: super::machine_description(),
+        steps: a.steps,
+        runs: Vec::new(),
+    };
+    let total = a.lr.len() as u64 * 2 * a.seeds;
+    let bar = super::args::step_bar(total * a.steps as u64);
+    for &lr in &a.lr {
+        for pre_ln in [true, false] {
+            for seed in 0..a.seeds {
+                let done = result.runs.len() as u64 * a.steps as u64;
+                let label = format!(
+                    "{} lr={lr} 种子 {seed}",
+                    if pre_ln { "Pre-LN" } else { "Post-LN" }
+                );
+                let mut on_step = |e: StepEvent| {
+                    bar.set_position(done + e.step as u64);
+                    bar.set_message(format!("{label} 损失 {:.4}", e.loss));
+                };
+                let train = TrainConfig {
+                    epochs: 100,
+                    max_steps: Some(a.steps),
+                    batch_size: 32,
+                    lr,
+                    seed,
+                    log_every: 10,
+                };
+                let task = LnTask {
+                    pre_ln,
+                    train,
+                    data: &data,
+                    on_step: &mut on_step,
+                };
+                let run = a.device.run(seed, task)??;
+                bar.suspend(|| {
+                    println!(
+                        "{label}：最后 10 步平均损失 {:.4}，验证集准确率 {:.4}{}",
+                        run.loss_curve.last().map_or(f64::NAN, |p| p.1),
+                        run.valid_accuracy,
+                        if run.diverged { "（发散）" } else { "" }
+                    )
+                });
+                result.runs.push(run);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    a.dry_run.save("part1-ln-stability", &result)
+}

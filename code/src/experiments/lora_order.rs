@@ -86,3 +86,30 @@ mod tests {
         assert_eq!(ba_x_flops(32, 1024, 1024, 8), 16_777_216 + 67_108_864);
     }
 }
+
+/// `lora-order` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct LoraOrderArgs {
+    #[command(flatten)]
+    pub criterion: super::args::CriterionDir,
+}
+
+/// `cargo run --release -- lora-order`：读 `cargo bench --bench lora_order` 的结果，打印并写 `part2-lora-order.json`。
+pub fn run(a: LoraOrderArgs) -> anyhow::Result<()> {
+    let result = collect(&a.criterion.path(), super::machine_description())?;
+    println!("LoRA 分支的计算顺序（{TOKENS} 个词，d×d 方阵）：");
+    for p in &result.order {
+        println!(
+            "  d = {:>4}，r = {:>2}：B(Ax) {:>8.4} 毫秒，(BA)x {:>8.4} 毫秒，耗时之比 {:>6.1}，FLOP 之比 {:>6.1}",
+            p.d,
+            p.r,
+            p.b_ax_ms,
+            p.ba_x_ms,
+            p.ba_x_ms / p.b_ax_ms,
+            p.flop_ratio
+        );
+    }
+    let (base, merged, unmerged) = result.inference_ms;
+    println!("推理（1024×1024，秩 16）：原层 {base:.4} 毫秒，合并后 {merged:.4} 毫秒，未合并 {unmerged:.4} 毫秒");
+    super::args::DryRun::default().save("part2-lora-order", &result)
+}

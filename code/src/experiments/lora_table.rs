@@ -368,3 +368,35 @@ mod tests {
         assert!(err.contains("lora-r8-t0.json"), "{err}");
     }
 }
+
+/// `lora-table` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct LoraTableArgs {
+    /// 各次运行的结果目录（默认 code/results/part-a）
+    #[arg(long, value_name = "目录")]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+/// `cargo run --release -- lora-table`：汇总 `lora-table.sh` 的各次运行，打印并写 `appendix-a-table.json`。
+pub fn run(a: LoraTableArgs) -> anyhow::Result<()> {
+    let dir = (a.dir).unwrap_or_else(|| super::results_dir().join("part-a"));
+    // 耗时测量（lora-table.sh timing）放在旁边的 <目录>-timing；没有时“每步”取各次运行的中位数
+    let timing_dir = dir.with_file_name(format!(
+        "{}-timing",
+        dir.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let timing = if timing_dir.is_dir() {
+        read_runs(&timing_dir)?
+    } else {
+        Vec::new()
+    };
+    let table = summarize(&read_runs(&dir)?, &timing)?;
+    println!(
+        "{}：每格 {} 步、批大小 {}、最长 {} 个记号；{}\n",
+        table.model, table.steps, table.batch_size, table.max_len, table.machine
+    );
+    print!("{}", table.markdown());
+    super::args::DryRun::default().save("appendix-a-table", &table)?;
+    println!("图由 `cargo run --release -- figures` 重画");
+    Ok(())
+}

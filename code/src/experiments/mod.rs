@@ -1,11 +1,20 @@
 //! 书中的实验：每个实验训练或测量一次，把结果存成 `code/results/<名字>.json`（提交到仓库），
 //! 书中的图由 [`crate::figures`] 从这些结果确定性地画出，书中的数字也来自这些结果。
 //!
+//! 每个实验模块也拥有自己的命令：参数结构（`#[derive(clap::Args)]`，默认值取自它的配置）、运行函数与打印；
+//! `main.rs` 只做分派，几个命令共用的参数（`--device`、`--record`、`--dry-run`……）在 `args.rs`。
+//!
 //! | 文件 | 章节 |
 //! | --- | --- |
+//! | `args.rs` | 各命令共用的参数与进度条 |
+//! | `checks.rs` | 第 0、1 部分的数值核对：`gelu-grad`、`positional`、`parity` |
+//! | `recovery.rs` | 2.7 节：LoRA 恢复一个已知秩的 ΔW |
 //! | `adaptation.rs` | 2.7 节：任务迁移——不训练、只训分类头、LoRA 与全量微调 |
 //! | `classify.rs` | 3.6 节：任意 BERT 目录上的中文文本分类（全量或 LoRA），`classify`、`embed` 推理 |
-//! | `pretrain.rs` | 附录 A：离线预训练中文迷你 BERT |
+//! | `finetune.rs` | 3.6、3.8 节与第 4 部分：`finetune` 命令的参数与输出 |
+//! | `attention.rs` | 3.6 节：每层每个头的注意力热力图 |
+//! | `gpt.rs` | 第 5 部分：中文字符级 GPT |
+//! | `pretrain.rs` | 附录 A：离线预训练中文迷你 BERT，`fill-mask`、`convert` |
 //! | `sentiment.rs` | 1.8 节：从零训练中文情感分类、注意力图 |
 //! | `ln_stability.rs` | 1.8 节：Pre-LN 与 Post-LN 的训练稳定性 |
 //! | `lora_table.rs` | 附录 A：LoRA 与全量微调的对比表（汇总 `results/part-a/` 的各次运行） |
@@ -20,8 +29,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 pub mod adaptation;
+pub mod args;
 pub mod attention;
+pub mod checks;
 pub mod classify;
+pub mod finetune;
 pub mod gpt;
 pub mod learning_curve;
 pub mod ln_stability;
@@ -29,6 +41,7 @@ pub mod lora_order;
 pub mod lora_table;
 pub mod perf;
 pub mod pretrain;
+pub mod recovery;
 pub mod sentiment;
 pub mod seq_cost;
 

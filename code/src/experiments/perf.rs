@@ -525,3 +525,48 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
+
+/// `perf` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct PerfArgs {
+    /// bench.sh 存下的多轮测量（其中的 round-1、round-2……）；每一格取各轮的中位数
+    #[arg(long, value_name = "目录", conflicts_with_all = ["criterion_dir", "torch"])]
+    pub rounds: Option<std::path::PathBuf>,
+    /// 只有一轮时：criterion 的结果目录（默认 <仓库>/target/criterion）
+    #[arg(long, value_name = "目录")]
+    pub criterion_dir: Option<std::path::PathBuf>,
+    /// 只有一轮时：code/scripts/bench_torch.py 写的 JSON（不给则不算比值）
+    #[arg(long, value_name = "文件")]
+    pub torch: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub dry_run: super::args::DryRun,
+}
+
+/// `cargo run --release -- perf`：读各轮测量，打印本书 / PyTorch 的表，写 `appendix-b-perf.json`。
+pub fn run(a: PerfArgs) -> anyhow::Result<()> {
+    let rounds = match a.rounds {
+        Some(dir) => Round::list(&dir)?,
+        None => vec![Round {
+            criterion_dir: (a.criterion_dir).unwrap_or_else(super::default_criterion_dir),
+            torch: a.torch,
+        }],
+    };
+    let table = collect(&rounds, super::machine_description())?;
+    println!(
+        "{}；{}；{} 轮，每格取各轮的中位数\n",
+        table.machine,
+        table.torch.as_deref().unwrap_or("没有 PyTorch 的测量"),
+        table.rounds
+    );
+    print!("{}", table.markdown());
+    let torch = (table.lora_over_full_torch).map_or(String::new(), |t| format!("；PyTorch {t:.2}"));
+    println!(
+        "\nbert-base：LoRA 一步 / 全量微调一步 = {:.2}（目标 ≤ 0.70{torch}）",
+        table.lora_over_full
+    );
+    println!(
+        "bert-base 推理 [8,128]：合并后的 LoRA / 原模型 = {:.3}（目标 1 ± 0.03），未合并的 LoRA / 原模型 = {:.3}",
+        table.merged_over_base, table.unmerged_over_base
+    );
+    a.dry_run.save("appendix-b-perf", &table)
+}

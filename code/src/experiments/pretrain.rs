@@ -78,6 +78,13 @@ pub struct PretrainJob<'a> {
 impl DeviceTask for PretrainJob<'_> {
     type Output = anyhow::Result<Option<PretrainSummary>>;
     fn run<D: Kernels<f32> + Kernels<f64>>(self, dev: D) -> Self::Output {
+        // 至少 [CLS]、一个字、[SEP]；位置嵌入只有 max_positions 行
+        anyhow::ensure!(
+            (3..=MINI_DIMS.max_positions).contains(&self.max_len),
+            "max_len（--max-len）为 {}：应在 3 到 {}（迷你 BERT 的位置数）之间",
+            self.max_len,
+            MINI_DIMS.max_positions
+        );
         std::fs::create_dir_all(&self.out)
             .with_context(|| format!("无法创建输出目录 {}", self.out.display()))?;
         // 字表只由训练集决定：接着训练时重建出同一个
@@ -255,4 +262,182 @@ impl<D: Kernels<f32>> crate::bert::presets::WidthTask for FillOn<'_, D> {
         }
         Ok(out)
     }
+}
+
+/// `pretrain` 的参数（默认值取自 [`PretrainConfig::default`]，与仓库里的模型相同）。
+#[derive(clap::Args, Debug)]
+pub struct PretrainArgs {
+    /// 输出目录：vocab.txt、checkpoint/、model/
+    #[arg(long, default_value = "runs/mini-chinese-bert", value_name = "目录")]
+    pub out: PathBuf,
+    /// 总步数（默认值与仓库里的模型相同；2 核 CPU 上约 70 分钟）
+    #[arg(long, default_value_t = PretrainConfig::default().steps, value_name = "步数")]
+    pub steps: usize,
+    /// 批大小
+    #[arg(long, default_value_t = PretrainConfig::default().batch_size, value_name = "条数")]
+    pub batch_size: usize,
+    /// 最大长度（记号数，含 [CLS]、[SEP]；3 到 128）
+    #[arg(long, default_value_t = 64, value_name = "长度")]
+    pub max_len: usize,
+    /// 峰值学习率
+    #[arg(long, default_value_t = PretrainConfig::default().optim.lr, value_name = "学习率")]
+    pub lr: f64,
+    /// 每多少步在验证集上评估一次
+    #[arg(long, default_value_t = PretrainConfig::default().eval_every, value_name = "步数")]
+    pub eval_every: usize,
+    /// 随机种子
+    #[arg(long, default_value_t = PretrainConfig::default().seed, value_name = "种子")]
+    pub seed: u64,
+    /// 从输出目录里的检查点接着训练
+    #[arg(long)]
+    pub resume: bool,
+    #[command(flatten)]
+    pub data: super::args::ReviewsDir,
+    /// model/ 里权重的存储类型：f32、f16 或 bf16（默认 f16，与仓库里的 code/models/mini-chinese-bert 相同）
+    #[arg(long, value_enum, default_value = "f16", value_name = "类型")]
+    pub dtype: crate::checkpoint::StoreDtype,
+    #[command(flatten)]
+    pub record: super::args::Record,
+    #[command(flatten)]
+    pub device: super::args::OnDevice,
+}
+
+/// `cargo run --release -- pretrain`：训练、每次评估打印一行，写 `<out>/model/` 与 `<out>/summary.json`。
+pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
+    let config = PretrainConfig {
+        steps: a.steps,
+        batch_size: a.batch_size,
+        optim: crate::train::adamw::AdamWConfig {
+            lr: a.lr,
+            ..PretrainConfig::default().optim
+        },
+        eval_every: a.eval_every,
+        seed: a.seed,
+        ..Default::default()
+    };
+    let splits = a.data.load()?;
+    let bar = super::args::step_bar(config.steps as u64);
+    let mut on_start = |train: usize, valid: usize, unk: f64| {
+        bar.suspend(|| {
+            println!(
+                "预训练语料：训练集 {train} 条（验证集 {valid} 条只用来评估，测试集不用）；[UNK] 占 {:.2}%",
+                100.0 * unk
+            )
+        })
+    };
+    let mut on_event = |e: PretrainEvent| {
+        match e {
+            PretrainEvent::Resumed { step } => {
+                bar.suspend(|| println!("从第 {step} 步的检查点接着训练"))
+            }
+            PretrainEvent::Step { step, loss, .. } => {
+                bar.set_position(step as u64);
+                bar.set_message(format!("损失 {loss:.4}"));
+            }
+            PretrainEvent::Eval(row) => bar.suspend(|| {
+                println!(
+                    "第 {} 步  训练损失 {:.4}  验证集：掩码位置的损失 {:.4}，准确率 {:.4}（{} 个位置）  已训练 {:.0} 秒",
+                    row.step, row.train_loss, row.valid.loss, row.valid.accuracy, row.valid.targets, row.train_seconds
+                )
+            }),
+        }
+        ControlFlow::Continue(())
+    };
+    let job = PretrainJob {
+        splits: &splits,
+        config,
+        max_len: a.max_len,
+        out: a.out.clone(),
+        resume: a.resume,
+        dtype: a.dtype,
+        on_start: &mut on_start,
+        on_event: &mut on_event,
+    };
+    let summary = a
+        .device
+        .run(config.seed, job)??
+        .expect("没有中断时总有结果");
+    bar.finish_and_clear();
+    let last = summary.rows.last().expect("至少评估一次");
+    println!(
+        "完成：{} 步，每步 {:.3} 秒（{}）；模型写入 {}",
+        last.step,
+        last.train_seconds / last.step.max(1) as f64,
+        summary.machine,
+        a.out.join("model").display()
+    );
+    let text = serde_json::to_string_pretty(&summary)? + "\n";
+    crate::io::write_atomic(&a.out.join("summary.json"), text.as_bytes())?;
+    a.record.save(&summary)
+}
+
+/// `fill-mask` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct FillMaskArgs {
+    /// BertForMaskedLM 的模型目录（如仓库里的 models/mini-chinese-bert、pretrain 写出的 runs/mini-chinese-bert/model），或 Hub 上的名字
+    #[arg(long, value_name = "目录或名字")]
+    pub model: String,
+    /// 每个位置给出几个
+    #[arg(long, default_value_t = 5, value_name = "个数")]
+    pub top: usize,
+    /// 输出 JSON（给 Python 的核对脚本用）
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub device: super::args::OnDevice,
+    /// 含 [MASK] 的文本（可给多段）
+    #[arg(required = true, value_name = "文本")]
+    pub texts: Vec<String>,
+}
+
+/// `cargo run --release -- fill-mask`：每个 [MASK] 一行，最可能的几个记号与概率。
+pub fn fill_mask(a: FillMaskArgs) -> anyhow::Result<()> {
+    let job = FillMaskJob {
+        model_dir: crate::bert::hub::resolve_model(&a.model)?,
+        texts: a.texts,
+        k: a.top,
+    };
+    let results = a.device.run(0, job)??;
+    if a.json {
+        println!("{}", serde_json::to_string(&results)?);
+        return Ok(());
+    }
+    for r in results {
+        let top: Vec<String> = (r.top.iter())
+            .map(|(t, p)| format!("{t} {:.1}%", 100.0 * p))
+            .collect();
+        println!(
+            "{}  第 {} 个 [MASK]：{}",
+            r.text,
+            r.index + 1,
+            top.join("  ")
+        );
+    }
+    Ok(())
+}
+
+/// `convert` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct ConvertArgs {
+    /// 要改存的 safetensors 文件
+    #[arg(value_name = "文件")]
+    pub file: PathBuf,
+    /// 目标类型
+    #[arg(long, value_enum, value_name = "类型")]
+    pub dtype: crate::checkpoint::StoreDtype,
+}
+
+/// `cargo run --release -- convert`：把文件里的浮点张量就地改存为另一种类型，打印前后的字节数。
+pub fn convert(a: ConvertArgs) -> anyhow::Result<()> {
+    let before = (std::fs::metadata(&a.file))
+        .with_context(|| format!("读不到 {}", a.file.display()))?
+        .len();
+    crate::checkpoint::convert_floats(&a.file, a.dtype)?;
+    let after = std::fs::metadata(&a.file)?.len();
+    println!(
+        "{}：{before} → {after} 字节（浮点张量改存为 {:?}）",
+        a.file.display(),
+        a.dtype
+    );
+    Ok(())
 }

@@ -179,3 +179,97 @@ impl DeviceTask for SentimentTask<'_> {
         Ok((report, sample, params))
     }
 }
+
+/// `sentiment` 的参数（默认值取自 [`SentimentSettings::default`]）。
+#[derive(clap::Args, Debug)]
+pub struct SentimentArgs {
+    /// 训练轮数
+    #[arg(long, default_value_t = SentimentSettings::default().train.epochs, value_name = "轮数")]
+    pub epochs: usize,
+    /// 最多训练的步数（用于快速试跑）
+    #[arg(long, value_name = "步数")]
+    pub max_steps: Option<usize>,
+    /// 随机种子
+    #[arg(long, default_value_t = SentimentSettings::default().train.seed, value_name = "种子")]
+    pub seed: u64,
+    /// 用 Post-LN（默认 Pre-LN）
+    #[arg(long)]
+    pub post_ln: bool,
+    #[command(flatten)]
+    pub device: super::args::OnDevice,
+    #[command(flatten)]
+    pub dry_run: super::args::DryRun,
+}
+
+/// `cargo run --release -- sentiment`：训练、打印各轮的验证指标与测试结果，写 `part1-sentiment[-post-ln].json`。
+pub fn run(a: SentimentArgs) -> anyhow::Result<()> {
+    let (data, vocab, stats) = prepare()?;
+    println!(
+        "语料：负面 {} 行、正面 {} 行；去重并丢掉 {} 条冲突后 {} + {} 条；训练 {}，验证 {}，测试 {}",
+        stats.raw.0,
+        stats.raw.1,
+        stats.conflicting,
+        stats.unique.0,
+        stats.unique.1,
+        data.train.len(),
+        data.valid.len(),
+        data.test.len()
+    );
+    let mut settings = SentimentSettings {
+        pre_ln: !a.post_ln,
+        ..Default::default()
+    };
+    settings.train.epochs = a.epochs;
+    settings.train.max_steps = a.max_steps;
+    settings.train.seed = a.seed;
+    let bar = super::args::step_bar(0);
+    let mut on_step = |e: StepEvent| {
+        bar.set_length(e.total as u64);
+        bar.set_position(e.step as u64);
+        bar.set_message(format!("损失 {:.4}", e.loss));
+    };
+    let name = if a.post_ln {
+        "part1-sentiment-post-ln"
+    } else {
+        "part1-sentiment"
+    };
+    let save_to =
+        (!a.dry_run.dry_run).then(|| super::results_dir().join(format!("{name}.safetensors")));
+    let task = SentimentTask {
+        settings,
+        data: &data,
+        vocab: &vocab,
+        on_step: &mut on_step,
+        save_to,
+    };
+    let (report, attention, params) = a.device.run(a.seed, task)??;
+    bar.finish_and_clear();
+    for (epoch, m) in report.valid.iter().enumerate() {
+        println!(
+            "第 {} 轮  验证集：准确率 {:.4}，F1 {:.4}，损失 {:.4}",
+            epoch + 1,
+            m.accuracy,
+            m.f1,
+            m.loss
+        );
+    }
+    let machine = super::machine_description();
+    println!(
+        "测试集：准确率 {:.4}，F1 {:.4}；参数 {params}；{} 步，每步 {:.3} 秒（{machine}）",
+        report.test.accuracy, report.test.f1, report.steps, report.seconds_per_step,
+    );
+    let result = SentimentResult {
+        machine,
+        corpus: (
+            stats.raw.0,
+            stats.raw.1,
+            stats.unique.0 + stats.unique.1,
+            stats.conflicting,
+        ),
+        splits: (data.train.len(), data.valid.len(), data.test.len()),
+        params,
+        report,
+        attention,
+    };
+    a.dry_run.save(name, &result)
+}

@@ -99,3 +99,32 @@ mod tests {
         assert_eq!(attention_flops(2 * d, d), 2.0 * (8 * 2 * d * d * d) as f64);
     }
 }
+
+/// `seq-cost` 的参数。
+#[derive(clap::Args, Debug)]
+pub struct SeqCostArgs {
+    #[command(flatten)]
+    pub criterion: super::args::CriterionDir,
+}
+
+/// `cargo run --release -- seq-cost`：读 `cargo bench --bench seq_cost` 的结果，打印并写 `part1-seq-cost.json`。
+pub fn run(a: SeqCostArgs) -> anyhow::Result<()> {
+    let result = collect(&a.criterion.path(), super::machine_description())?;
+    for (name, curve) in [
+        ("多头注意力", &result.attention),
+        ("编码器层", &result.layer),
+    ] {
+        println!(
+            "{name}（d_model 512，批大小 1）：拟合的有效吞吐量 {:.1} GFLOP/s",
+            curve.gflops
+        );
+        for (seq, ms, flops) in &curve.points {
+            println!(
+                "  S = {seq:>4}：{ms:>9.3} 毫秒，{:>7.3} GFLOP，按公式 {:>9.3} 毫秒",
+                flops / 1e9,
+                flops / curve.gflops / 1e6
+            );
+        }
+    }
+    super::args::DryRun::default().save("part1-seq-cost", &result)
+}

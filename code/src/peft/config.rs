@@ -789,7 +789,7 @@ pub fn adalora_scaling(lora_alpha: f64, init_r: usize) -> f64 {
 
 // ANCHOR: init_kind
 /// `init_lora_weights` 的几种取值（4.3 节）。
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum InitLoraWeights {
     /// `true`：A ~ U(−1/√d_in, 1/√d_in)（PyTorch 对 `nn.Linear` 的 Kaiming 均匀分布），B = 0。
     #[default]

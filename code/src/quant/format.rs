@@ -48,7 +48,9 @@ fn nf4_midpoints() -> [f32; 15] {
 }
 
 /// 量化格式。
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum QuantKind {
     /// 每行一个 absmax 的 int8。

@@ -148,8 +148,7 @@ impl DeviceTask for SentimentTask<'_> {
         if let Some((ids, label)) = attention_sentence(self.data) {
             let batch = make_batch::<f32, D>(&dev, &[(&ids[..], *label)]);
             let (logits, attention) = model.forward(batch.tokens, &batch.mask, Mode::Eval)?;
-            let logits = logits.as_vec();
-            let p = 1.0 / (1.0 + ((logits[0] - logits[1]) as f64).exp());
+            let p = super::softmax(&logits.as_vec())[1];
             let last = attention.last().expect("至少一层");
             let (_, h, n, _) = *last.shape(); // (1, H, S, S)
             let last = last.as_vec();

@@ -13,7 +13,7 @@ use dfdx::nn::modules::{Linear, Module, ModuleVisitor, Repeated, TensorCollectio
 use dfdx::nn::BuildModule;
 use dfdx::prelude::*;
 
-use super::layer::LoraOptions;
+use super::layer::{delta_weight, kaiming_uniform, LoraOptions};
 use super::rank::RankBound;
 use crate::basics::tensors::Real;
 use crate::transformer::attention::PaddingMask;
@@ -69,9 +69,8 @@ impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>> Ada
     {
         #[allow(clippy::let_unit_value)]
         let () = RankBound::<I, O, R>::VALID;
-        let bound = E::from_f64(1.0 / (I as f64).sqrt()).unwrap();
         Self {
-            lora_a: dev.sample(rand_distr::Uniform::new(-bound, bound)),
+            lora_a: dev.sample(kaiming_uniform(I)),
             lora_b: dev.zeros(),
         }
     }
@@ -96,8 +95,8 @@ impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>> Ada
     where
         E: Real,
     {
-        let delta = self.lora_b.clone().matmul(self.lora_a.clone()); // (O, I)
-        linear.weight = linear.weight.clone() + delta * E::from_f64(opts.alpha / R as f64).unwrap();
+        let delta = delta_weight(&self.lora_a, &self.lora_b, opts.alpha / R as f64);
+        linear.weight = linear.weight.clone() + delta;
     }
 }
 

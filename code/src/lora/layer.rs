@@ -49,12 +49,10 @@ impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Kernels<E>>
         #[allow(clippy::let_unit_value)]
         let () = RankBound::<IN, OUT, R>::VALID;
         let dev = base.weight.device().clone();
-        let bound = E::from_f64(1.0 / (IN as f64).sqrt()).unwrap();
-        let lora_a = dev.sample(rand_distr::Uniform::new(-bound, bound));
         Self {
             weight: base.weight.clone(),
             bias: base.bias.clone(),
-            lora_a,
+            lora_a: dev.sample(kaiming_uniform(IN)),
             lora_b: dev.zeros(),
         }
     }
@@ -68,6 +66,13 @@ impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Kernels<E>>
     pub fn scaling(&self, opts: &LoraOptions) -> f64 {
         opts.alpha / self.rank() as f64
     }
+}
+
+/// A 的初始分布 U(−1/√fan_in, 1/√fan_in)：PyTorch 给 `nn.Linear` 的 kaiming_uniform_(a=√5)，PEFT 用它初始化 A。
+/// 本书所有 LoRA（2.2 节的 [`LoraLinear`]、2.4 节的适配器、3.4 节的 PEFT 适配器）都从这里取。
+pub fn kaiming_uniform<E: Real>(fan_in: usize) -> rand_distr::Uniform<E> {
+    let bound = E::from_f64(1.0 / (fan_in as f64).sqrt()).unwrap();
+    rand_distr::Uniform::new(-bound, bound)
 }
 // ANCHOR_END: from_base
 
@@ -160,10 +165,9 @@ impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Kernels<E>>
 {
     /// 合并：W = W₀ + (α/r)·BA，得到一个普通的线性层，推理时与原层一样快。
     pub fn merge(&self, opts: &LoraOptions) -> Linear<IN, OUT, E, D> {
-        let delta = self.lora_b.clone().matmul(self.lora_a.clone()); // (OUT, IN)
-        let weight = self.weight.clone() + delta * E::from_f64(self.scaling(opts)).unwrap();
+        let delta = delta_weight(&self.lora_a, &self.lora_b, self.scaling(opts));
         Linear {
-            weight,
+            weight: self.weight.clone() + delta,
             bias: self.bias.clone(),
         }
     }
@@ -174,13 +178,22 @@ impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Kernels<E>>
         merged: &Linear<IN, OUT, E, D>,
         opts: &LoraOptions,
     ) -> Linear<IN, OUT, E, D> {
-        let delta = self.lora_b.clone().matmul(self.lora_a.clone());
-        let weight = merged.weight.clone() - delta * E::from_f64(self.scaling(opts)).unwrap();
+        let delta = delta_weight(&self.lora_a, &self.lora_b, self.scaling(opts));
         Linear {
-            weight,
+            weight: merged.weight.clone() - delta,
             bias: merged.bias.clone(),
         }
     }
+}
+
+/// 权重的增量 s·BA `(OUT, IN)`。合并、拆分，以及 4.3 节 PiSSA 的 W_res = W − s·B₀A₀，都用这一个函数；
+/// 秩 R 与 [`low_rank`] 一样可以是编译期的 `Const<R>` 或运行期的 `usize`。
+pub fn delta_weight<const IN: usize, const OUT: usize, R: Dim, E: Real, D: Device<E>>(
+    a: &Tensor<(R, Const<IN>), E, D>,
+    b: &Tensor<(Const<OUT>, R), E, D>,
+    scaling: f64,
+) -> Tensor<Rank2<OUT, IN>, E, D> {
+    b.clone().matmul(a.clone()) * E::from_f64(scaling).unwrap()
 }
 // ANCHOR_END: merge
 
@@ -217,10 +230,7 @@ impl<const IN: usize, const OUT: usize, const R: usize, E: Real, D: Kernels<E>>
                     "lora_a",
                     |s| &s.lora_a,
                     |s| &mut s.lora_a,
-                    TensorOptions::reset_with(|t| {
-                        let b = E::from_f64(1.0 / (IN as f64).sqrt()).unwrap();
-                        t.try_fill_with_distr(rand_distr::Uniform::new(-b, b))
-                    }),
+                    TensorOptions::reset_with(|t| t.try_fill_with_distr(kaiming_uniform(IN))),
                 ),
                 Self::tensor(
                     "lora_b",

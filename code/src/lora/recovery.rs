@@ -11,7 +11,7 @@ use dfdx::prelude::*;
 use nalgebra::DMatrix;
 use serde::{Deserialize, Serialize};
 
-use super::layer::{LoraLinear, LoraOptions};
+use super::layer::{delta_weight, LoraLinear, LoraOptions};
 use crate::transformer::encoder::Mode;
 
 /// 矩阵的边长。
@@ -167,7 +167,7 @@ pub fn fit_low_rank<const R: usize>(
         },
     );
     let learned = |lora: &LoraLinear<DIM, DIM, R, f64, Cpu>| {
-        let m = lora.lora_b.clone().matmul(lora.lora_a.clone()) * scaling;
+        let m = delta_weight(&lora.lora_a, &lora.lora_b, scaling);
         DMatrix::from_row_slice(DIM, DIM, &m.as_vec())
     };
     let mut grads = lora.alloc_grads();

@@ -17,6 +17,7 @@ use super::{adalora, dora, init};
 use crate::basics::tensors::Real;
 use crate::bert::model::PoolerHook;
 use crate::bert::runtime::{Head, LayerStack, SavedLinear};
+use crate::lora::layer::{delta_weight, kaiming_uniform};
 use crate::transformer::encoder::{EncoderLayer, Mode};
 use crate::transformer::hooks::{AttentionHooks, FfnHooks, Hidden, Proj};
 
@@ -52,10 +53,6 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
     /// DoRA 时长度向量 m 取 ‖W + s·BA‖ 每行的范数（B = 0 时就是 ‖W‖），同样不改变输出。没有选中时什么也不建。
     pub fn init(dev: &D, spec: Option<SiteSpec>, base: &Linear<I, O, E, D>) -> Self {
         let lora = spec.map(|s| {
-            let uniform = |fan_in: usize| {
-                let bound = E::from_f64(1.0 / (fan_in as f64).sqrt()).unwrap();
-                rand_distr::Uniform::new(-bound, bound)
-            };
             let (lora_a, lora_b) = match s.init {
                 // AdaLoRA（4.4 节）：A、B 取 N(0, 0.02²)，E = 0（一开始同样不改变输出）
                 _ if s.svd => (
@@ -63,12 +60,12 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
                     normal(dev, (Const::<O>, s.r), 0.02),
                 ),
                 InitLoraWeights::Kaiming => (
-                    dev.sample_like(&(s.r, Const), uniform(I)),
+                    dev.sample_like(&(s.r, Const), kaiming_uniform(I)),
                     dev.zeros_like(&(Const, s.r)),
                 ),
                 InitLoraWeights::Uniform => (
-                    dev.sample_like(&(s.r, Const), uniform(I)),
-                    dev.sample_like(&(Const, s.r), uniform(s.r)),
+                    dev.sample_like(&(s.r, Const), kaiming_uniform(I)),
+                    dev.sample_like(&(Const, s.r), kaiming_uniform(s.r)),
                 ),
                 InitLoraWeights::Gaussian => (
                     normal(dev, (s.r, Const::<I>), 1.0 / s.r as f64),
@@ -147,8 +144,7 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
     /// 于是 W_res + s·B₀A₀ = W，加上适配器后输出不变。没有 LoRA 时什么也不做。
     pub fn subtract_from(&self, linear: &mut Linear<I, O, E, D>) {
         let Some(l) = &self.lora else { return };
-        let delta = l.lora_b.clone().matmul(l.lora_a.clone()); // (O, I)
-        linear.weight = linear.weight.clone() - delta * E::from_f64(l.scaling).unwrap();
+        linear.weight = linear.weight.clone() - delta_weight(&l.lora_a, &l.lora_b, l.scaling);
     }
 
     /// 合并进原线性层：W ← W + s·BA（DoRA：W ← (m/‖W + s·BA‖) ⊙ (W + s·BA)；AdaLoRA：W ← W + s·B·diag(E)·A）；
@@ -163,8 +159,7 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
                     Some(e) => adalora::scaled_rows(&l.lora_a, e), // AdaLoRA：diag(E)·A
                     None => l.lora_a.clone(),
                 };
-                let delta = l.lora_b.clone().matmul(a); // (O, I)
-                linear.weight.clone() + delta * E::from_f64(l.scaling).unwrap()
+                linear.weight.clone() + delta_weight(&a, &l.lora_b, l.scaling)
             }
             Some(m) => dora::merged_weight(&linear.weight, &l.lora_a, &l.lora_b, m, l.scaling),
         };

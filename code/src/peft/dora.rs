@@ -13,6 +13,7 @@ use dfdx::prelude::*;
 
 use crate::basics::tensors::Real;
 use crate::kernels::Kernels;
+use crate::lora::layer::delta_weight;
 use crate::transformer::hooks::Hidden;
 
 // ANCHOR: weight_norm
@@ -26,8 +27,7 @@ pub fn weight_norm<const I: usize, const O: usize, E: Real, D: Device<E>>(
     b: &Tensor<(Const<O>, usize), E, D>,
     scaling: f64,
 ) -> Tensor<(Const<O>,), E, D> {
-    let delta = b.clone().matmul(a.clone()) * E::from_f64(scaling).unwrap(); // (O, I)
-    (w.clone() + delta)
+    (w.clone() + delta_weight(a, b, scaling))
         .square()
         .sum::<(Const<O>,), Axis<1>>()
         .sqrt()
@@ -87,8 +87,7 @@ pub fn merged_weight<const I: usize, const O: usize, E: Real, D: Device<E>>(
     magnitude: &Tensor<(Const<O>,), E, D>,
     scaling: f64,
 ) -> Tensor<(Const<O>, Const<I>), E, D> {
-    let delta = b.clone().matmul(a.clone()) * E::from_f64(scaling).unwrap();
-    let direction = weight.clone() + delta;
+    let direction = weight.clone() + delta_weight(a, b, scaling);
     let norm = weight_norm(weight, a, b, scaling);
     let factor = (magnitude.clone() / norm).broadcast_like::<_, Axis<1>>(direction.shape());
     direction * factor

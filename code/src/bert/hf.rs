@@ -29,6 +29,12 @@ const LAYER_NAMES: [(&str, &str); 8] = [
     (".norm2.", ".output.LayerNorm."),
 ];
 
+/// 任务头（池化层 `bert.pooler.*`、分类头 `classifier.*`）的键：读检查点时只缺它们不算错，缺的新建
+/// （transformers 的 `from_pretrained` 也这样；`BertForMaskedLM` 存的文件就没有它们）。
+pub fn is_task_head_key(key: &str) -> bool {
+    key.starts_with("classifier.") || key.starts_with("bert.pooler.")
+}
+
 /// 一个字段路径在 HF 文件中可能的键，按优先顺序。
 pub fn hf_candidates(path: &str) -> Vec<String> {
     if path.starts_with("classifier.") {
@@ -105,9 +111,7 @@ where
         }) if shape_mismatch.is_empty()
             && unexpected.is_empty()
             && !missing.is_empty()
-            && missing
-                .iter()
-                .all(|k| k.starts_with("classifier.") || k.starts_with("bert.pooler.")) =>
+            && missing.iter().all(|k| is_task_head_key(k)) =>
         {
             let dev = params.classifier.weight.device().clone();
             // 标准差与 transformers 的 N(0, 0.02²) 相同：U(±0.02·√3)

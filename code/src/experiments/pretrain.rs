@@ -207,9 +207,7 @@ impl<D: Kernels<f32>> crate::bert::presets::WidthTask for FillOn<'_, D> {
                 shape_mismatch,
                 ..
             }) if shape_mismatch.is_empty()
-                && missing
-                    .iter()
-                    .all(|k| k.starts_with("bert.pooler.") || k.starts_with("classifier.")) => {}
+                && missing.iter().all(|k| crate::bert::hf::is_task_head_key(k)) => {}
             Err(e) => return Err(e).context(
                 "读掩码语言模型的权重失败（需要 cls.predictions.*，即 BertForMaskedLM 存的文件）",
             ),

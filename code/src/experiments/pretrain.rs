@@ -332,7 +332,7 @@ pub fn run(a: PretrainArgs) -> anyhow::Result<()> {
                 bar.set_position(step as u64);
                 bar.set_message(format!("损失 {loss:.4}"));
             }
-            PretrainEvent::Eval(row) => bar.suspend(|| {
+            PretrainEvent::Eval { row, .. } => bar.suspend(|| {
                 println!(
                     "第 {} 步  训练损失 {:.4}  验证集：掩码位置的损失 {:.4}，准确率 {:.4}（{} 个位置）  已训练 {:.0} 秒",
                     row.step, row.train_loss, row.valid.loss, row.valid.accuracy, row.valid.targets, row.train_seconds

@@ -3,7 +3,7 @@
 //! 训练循环只认“参数”和“损失函数”：5.2 节训练整个 GPT，5.5 节只训练 LoRA 适配器（基座由损失函数借用），
 //! 用的是同一个函数。
 
-use std::time::Instant;
+use std::ops::ControlFlow;
 
 use dfdx::nn::modules::TensorCollection;
 use dfdx::prelude::*;
@@ -16,6 +16,7 @@ use crate::basics::tensors::Real;
 use crate::data::vocab::CharVocab;
 use crate::kernels::Kernels;
 use crate::train::adamw::{linear_schedule, AdamW, AdamWConfig};
+use crate::train::trainer::{run, EvalPoint, Plan, Progress, TrainEvent, TrainTask};
 
 /// 一条评论结束的记号：`[SEP]`（id 3）。生成时选出它就停下。
 pub const END: usize = 3;
@@ -114,6 +115,7 @@ pub struct LmReport {
 // ANCHOR: train_lm
 /// 训练 `params`：每步随机取窗口，`loss(params, 输入, 目标)` 给出带 tape 的损失，AdamW 更新 `params`
 /// （线性预热再线性衰减，梯度范数裁剪到 1）。每 `eval_every` 步调用一次 `valid(params)`。
+/// 循环是全书共用的 [`trainer::run`](crate::train::trainer::run)；这里只说一步的损失与怎样评估。
 pub fn train_lm<E, D, P>(
     params: &mut P,
     dev: &D,
@@ -137,33 +139,94 @@ where
         weight_decay: cfg.weight_decay,
         ..Default::default()
     });
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut grads = params.alloc_grads();
-    let mut report = LmReport::default();
-    let (mut window, mut train_seconds) = (Vec::new(), 0.0);
-    for step in 0..cfg.steps {
-        let started = Instant::now();
-        let (inputs, targets) = sample_windows(stream, cfg.batch, cfg.seq, &mut rng);
-        let tokens = dev.tensor_from_vec(inputs, (cfg.batch, cfg.seq));
-        let l = loss(params, tokens.traced(grads), &targets)?;
-        window.push(l.as_vec()[0].to_f64().unwrap_or(f64::NAN));
-        grads = l.backward();
-        opt.step(params, &grads, linear_schedule(step, cfg.warmup, cfg.steps));
-        params.zero_grads(&mut grads);
-        train_seconds += started.elapsed().as_secs_f64();
-        if (step + 1) % cfg.eval_every == 0 || step + 1 == cfg.steps {
-            let point = LmPoint {
-                step: step + 1,
-                train_loss: window.iter().sum::<f64>() / window.len() as f64,
-                valid_loss: valid(params)?,
-            };
-            window.clear();
-            on_point(&point);
-            report.curve.push(point);
+    let mut task = LmTask {
+        params,
+        dev,
+        stream,
+        cfg,
+        rng: StdRng::seed_from_u64(cfg.seed),
+        loss,
+        valid,
+    };
+    let plan = Plan {
+        total: cfg.steps,
+        lr_scale: &|step| linear_schedule(step, cfg.warmup, cfg.steps),
+        step_key: None,
+        eval_at: &|step| step % cfg.eval_every.max(1) == 0 || step == cfg.steps,
+        checkpoint_every: None,
+    };
+    let mut on_event = |e: TrainEvent<LmPoint>| {
+        if let TrainEvent::Eval { row, .. } = e {
+            on_point(&row);
         }
+        ControlFlow::Continue(())
+    };
+    let mut progress = Progress::default();
+    // 回调从不要求停下：循环总是走完
+    let _ = run(
+        &mut task,
+        &mut opt,
+        &mut progress,
+        &plan,
+        &mut |_, _, _| Ok(()),
+        &mut on_event,
+    )?;
+    Ok(LmReport {
+        seconds_per_step: progress.train_seconds / progress.step.max(1) as f64,
+        curve: progress.rows,
+    })
+}
+
+/// [`train_lm`] 的一步（随机取 `batch` 个窗口）与评估。
+struct LmTask<'a, P, D, L, V> {
+    params: &'a mut P,
+    dev: &'a D,
+    stream: &'a [usize],
+    cfg: &'a LmTrainConfig,
+    rng: StdRng,
+    loss: L,
+    valid: V,
+}
+
+impl<E, D, P, L, V> TrainTask<E, D> for LmTask<'_, P, D, L, V>
+where
+    E: Dtype,
+    D: Device<E>,
+    P: TensorCollection<E, D>,
+    L: Fn(
+        &P,
+        Tensor<(usize, usize), usize, D, OwnedTape<E, D>>,
+        &[usize],
+    ) -> Result<Tensor<Rank0, E, D, OwnedTape<E, D>>, GptError>,
+    V: Fn(&P) -> Result<f64, GptError>,
+{
+    type Params = P;
+    type Row = LmPoint;
+    type Error = GptError;
+    fn params(&self) -> &P {
+        self.params
     }
-    report.seconds_per_step = train_seconds / cfg.steps.max(1) as f64;
-    Ok(report)
+    fn params_mut(&mut self) -> &mut P {
+        self.params
+    }
+    fn loss(
+        &mut self,
+        _step: usize,
+        grads: Gradients<E, D>,
+    ) -> Result<Tensor<Rank0, E, D, OwnedTape<E, D>>, GptError> {
+        let (batch, seq) = (self.cfg.batch, self.cfg.seq);
+        let (inputs, targets) = sample_windows(self.stream, batch, seq, &mut self.rng);
+        let tokens = self.dev.tensor_from_vec(inputs, (batch, seq));
+        (self.loss)(self.params, tokens.traced(grads), &targets)
+    }
+    fn evaluate(&mut self, at: &EvalPoint) -> Result<(LmPoint, bool), GptError> {
+        let point = LmPoint {
+            step: at.step,
+            train_loss: at.train_loss,
+            valid_loss: (self.valid)(self.params)?,
+        };
+        Ok((point, false))
+    }
 }
 // ANCHOR_END: train_lm
 

@@ -7,22 +7,23 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use crate::kernels::Kernels;
-use dfdx::nn::ZeroGrads;
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
-use super::adamw::{linear_schedule, AdamW, AdamWConfig};
+use super::adamw::{linear_schedule, AdamW, AdamWConfig, StepInfo};
+use super::trainer::{
+    check_same_config, open_checkpoint, run, save_checkpoint, EvalPoint, Plan, Progress,
+    TrainEvent, TrainTask, STATE,
+};
 use super::{evaluate_detailed, EncodedData, Metrics, SequenceClassifier};
 use crate::basics::tensors::Real;
 use crate::checkpoint::{save_params, Checkpoint, CheckpointError};
 use crate::data::batch::make_pair_batch;
-use crate::kernels::step_key::StepKey;
 use crate::transformer::encoder::{InputError, Mode};
 
 // ANCHOR: config
@@ -99,18 +100,12 @@ pub struct MetricsRow {
 pub struct FinetuneState {
     /// 超参数。
     pub config: FinetuneConfig,
-    /// 已完成的步数。
-    pub step: usize,
-    /// 评估的历史。
-    pub rows: Vec<MetricsRow>,
+    /// 训练循环的进度：步数、评估的历史、上次评估以来的累计、训练秒数。
+    #[serde(flatten)]
+    pub progress: Progress<MetricsRow>,
     /// 最好的验证准确率及其步数。
     pub best: Option<(usize, f64)>,
-    /// 上次评估以来的 (损失之和, 梯度范数之和, 步数)。
-    pub window: (f64, f64, usize),
-    /// 累计训练秒数。
-    pub train_seconds: f64,
-    /// 类别 id → 名字（与 transformers 的 `config.json` 写法相同；早于这个字段的检查点里没有它）。
-    #[serde(default)]
+    /// 类别 id → 名字（与 transformers 的 `config.json` 写法相同）。
     pub id2label: std::collections::BTreeMap<String, String>,
     /// 模型自己的训练状态（[`SequenceClassifier::training_state`]：AdaLoRA 的分数与 rank_pattern）。
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -151,33 +146,8 @@ pub struct FinetuneReport {
     pub optimizer_bytes: usize,
 }
 
-/// 训练过程中的事件（给进度条用）。返回 `ControlFlow::Break` 会立刻停下（模拟中断；检查点保留最近写的那个）。
-#[derive(Clone, Copy, Debug)]
-pub enum FinetuneEvent {
-    /// 从检查点接着训练。
-    Resumed {
-        /// 检查点的步数。
-        step: usize,
-    },
-    /// 完成一步。
-    Step {
-        /// 已完成的步数。
-        step: usize,
-        /// 总步数。
-        total: usize,
-        /// 损失。
-        loss: f64,
-        /// 学习率。
-        lr: f64,
-    },
-    /// 完成一次评估。
-    Eval {
-        /// 这一行指标。
-        row: MetricsRow,
-        /// 是否是目前最好的。
-        best: bool,
-    },
-}
+/// 微调的事件（[`TrainEvent`]，每次评估给出指标的一行）。
+pub type FinetuneEvent = TrainEvent<MetricsRow>;
 
 /// 微调中的错误。
 #[derive(Debug)]
@@ -293,15 +263,10 @@ pub fn epoch_batches(
 }
 // ANCHOR_END: buckets
 
-/// 检查点目录里的三个文件。
-pub(crate) const PARAMS: &str = "params.safetensors";
-pub(crate) const OPTIMIZER: &str = "optimizer.safetensors";
-pub(crate) const STATE: &str = "state.json";
-
 // ANCHOR: finetune
 /// 微调 `model`，结果写到 `out`：`metrics.csv`、`best.safetensors`（验证准确率最好时的可训练参数）、
 /// `checkpoint/`（接着训练用）、`report.json`。`resume` 为真且 `out/checkpoint` 存在时从那里接着训练。
-/// 结束时模型里是最好的参数。
+/// 结束时模型里是最好的参数。循环本身是 [`trainer::run`](super::trainer::run)，这里只有微调自己的部分。
 pub fn finetune<E, D, Mo>(
     model: &mut Mo,
     dev: &D,
@@ -324,10 +289,7 @@ where
     }
     let ckpt_dir = out.join("checkpoint");
     let per_epoch = data.train.len().div_ceil(cfg.batch_size);
-    let total = cfg
-        .max_steps
-        .unwrap_or(usize::MAX)
-        .min(per_epoch * cfg.epochs);
+    let total = (cfg.max_steps.unwrap_or(usize::MAX)).min(per_epoch * cfg.epochs);
     if let Some((field, planned)) = model.planned_steps() {
         if planned > total {
             return Err(FinetuneError::ScheduleLonger {
@@ -338,161 +300,115 @@ where
         }
     }
     let warmup = (cfg.warmup_ratio * total as f64).round() as usize;
-    let lengths: Vec<usize> = data.train.iter().map(|(ids, _)| ids.len()).collect();
+    let id2label = id2label(&data.labels);
 
     // 从检查点恢复，或从头开始
-    // 上一次写检查点时若恰好在两次改名之间被杀（不支持原子交换的系统），先把检查点改回原处，免得悄悄从头训练
-    crate::io::recover_dir(&ckpt_dir)
-        .map_err(|e| FinetuneError::Io(ckpt_dir.clone(), e.to_string()))?;
-    let (mut opt, mut state) = if ckpt_dir.join(STATE).exists() {
-        if !resume {
-            return Err(FinetuneError::CheckpointExists(ckpt_dir));
-        }
-        let state: FinetuneState = read_state(&ckpt_dir.join(STATE))?;
+    let check = |state: &FinetuneState| {
         check_same_config(&state.config, cfg)?;
-        if state.id2label != id2label(&data.labels) {
+        if state.id2label != id2label {
             return Err(FinetuneError::LabelsChanged {
                 checkpoint: state.id2label.values().cloned().collect(),
                 data: data.labels.clone(),
             });
         }
-        Checkpoint::read(&ckpt_dir.join(PARAMS))?.load_into(model.params_mut(), "")?;
-        if let Some(saved) = state.model_state.clone() {
-            model
-                .restore_training_state(saved)
-                .map_err(|e| FinetuneError::Io(ckpt_dir.join(STATE), e))?;
-        }
-        let opt = AdamW::load(cfg.optim, &ckpt_dir.join(OPTIMIZER))?;
-        let _ = on_event(FinetuneEvent::Resumed { step: state.step });
-        (opt, state)
-    } else {
+        Ok(())
+    };
+    let (mut opt, state) =
+        match open_checkpoint(&ckpt_dir, resume, check, model.params_mut(), cfg.optim)? {
+            Some((state, opt)) => {
+                let state: FinetuneState = state;
+                if let Some(saved) = state.model_state.clone() {
+                    (model.restore_training_state(saved))
+                        .map_err(|e| FinetuneError::Io(ckpt_dir.join(STATE), e))?;
+                }
+                let _ = on_event(TrainEvent::Resumed {
+                    step: state.progress.step,
+                });
+                (opt, state)
+            }
+            None => (
+                AdamW::new(cfg.optim),
+                FinetuneState {
+                    config: *cfg,
+                    progress: Progress::default(),
+                    best: None,
+                    id2label: id2label.clone(),
+                    model_state: None,
+                    best_model_state: None,
+                },
+            ),
+        };
+
+    let mut progress = state.progress;
+    let mut task = Finetune {
+        model,
+        dev,
+        data,
+        out,
+        batch_size: cfg.batch_size,
+        per_epoch,
+        total,
+        lengths: data.train.iter().map(|(ids, _)| ids.len()).collect(),
+        bucket: cfg.bucket_by_length,
+        seed: cfg.seed,
+        epoch: None,
+        best: state.best,
+        best_model_state: state.best_model_state,
+        padding: (0, 0),
+    };
+    let plan = Plan {
+        total,
+        lr_scale: &|step| linear_schedule(step, warmup, total),
+        step_key: Some(cfg.seed),
+        eval_at: &|step| {
+            step % cfg.eval_every.max(1) == 0
+                || (cfg.eval_each_epoch && step % per_epoch == 0)
+                || step == total
+        },
+        checkpoint_every: Some(cfg.checkpoint_every),
+    };
+    let mut save = |task: &Finetune<D, Mo>, opt: &AdamW<E>, progress: &Progress<MetricsRow>| {
+        write_csv(&out.join("metrics.csv"), &progress.rows)?;
         let state = FinetuneState {
             config: *cfg,
-            step: 0,
-            rows: Vec::new(),
-            best: None,
-            window: (0.0, 0.0, 0),
-            train_seconds: 0.0,
-            id2label: id2label(&data.labels),
-            model_state: None,
-            best_model_state: None,
+            progress: progress.clone(),
+            best: task.best,
+            id2label: id2label.clone(),
+            model_state: task.model.training_state(),
+            best_model_state: task.best_model_state.clone(),
         };
-        (AdamW::new(cfg.optim), state)
+        save_checkpoint(task.model.params(), opt, &state, &ckpt_dir)
     };
-
-    let mut grads = model.params().alloc_grads();
-    let (mut padded, mut positions) = (0usize, 0usize);
-    while state.step < total {
-        let epoch = state.step / per_epoch;
-        let batches = epoch_batches(
-            &lengths,
-            cfg.batch_size,
-            cfg.seed,
-            epoch,
-            cfg.bucket_by_length,
-        );
-        let batch_ids = &batches[state.step % per_epoch];
-        let examples: Vec<(&[usize], usize)> = batch_ids
-            .iter()
-            .map(|&i| (&data.train[i].0[..], data.train[i].1))
-            .collect();
-        let started = Instant::now();
-        // 这一步的 dropout 掩码只由（种子, 步数, 第几处）决定
-        let _key = StepKey::enter(cfg.seed, state.step);
-        let batch = make_pair_batch::<E, D>(dev, &examples, data.pair_sep);
-        let (b, s) = *batch.tokens.shape();
-        positions += b * s;
-        padded += b * s - batch.mask.lengths.iter().sum::<usize>();
-        let logits = model.logits(
-            batch.tokens.traced(grads),
-            batch.token_types,
-            &batch.mask,
-            Mode::Train,
-        )?;
-        let onehot = super::one_hot(dev, &batch.labels, model.num_labels());
-        let loss = cross_entropy_with_logits_loss(logits, onehot);
-        // AdaLoRA 的正交正则与 PEFT 一样加进损失（记下的损失含它）
-        let loss = match model.regularizer() {
-            Some(reg) => loss + reg,
-            None => loss,
-        };
-        let value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
-        grads = loss.backward();
-        let info = opt.step(
-            model.params_mut(),
-            &grads,
-            linear_schedule(state.step, warmup, total),
-        );
-        model.after_step(state.step, &grads, info.clip);
-        model.params().zero_grads(&mut grads);
-        state.train_seconds += started.elapsed().as_secs_f64();
-        state.step += 1;
-        state.window.0 += value;
-        state.window.1 += info.grad_norm;
-        state.window.2 += 1;
-        if on_event(FinetuneEvent::Step {
-            step: state.step,
-            total,
-            loss: value,
-            lr: info.lr,
-        })
-        .is_break()
-        {
-            return Ok(None);
-        }
-
-        let end_of_epoch = cfg.eval_each_epoch && state.step % per_epoch == 0;
-        if state.step % cfg.eval_every.max(1) == 0 || end_of_epoch || state.step == total {
-            let (valid, _) =
-                evaluate_detailed(&*model, dev, &data.valid, data.pair_sep, cfg.batch_size)?;
-            let n = state.window.2.max(1) as f64;
-            let row = MetricsRow {
-                step: state.step,
-                epoch: state.step as f64 / per_epoch as f64,
-                lr: info.lr,
-                train_loss: state.window.0 / n,
-                grad_norm: state.window.1 / n,
-                valid,
-                train_seconds: state.train_seconds,
-            };
-            state.window = (0.0, 0.0, 0);
-            state.rows.push(row);
-            // 还没定型的参数（AdaLoRA 的秩还在变）不参加评选；到最后一步还没有可选的，就留最后一步的
-            let eligible = model.settled() || (state.best.is_none() && state.step == total);
-            let best = eligible && state.best.is_none_or(|(_, acc)| valid.accuracy > acc);
-            if best {
-                state.best = Some((state.step, valid.accuracy));
-                save_params(model.params(), &out.join("best.safetensors"))?;
-                state.best_model_state = model.training_state();
-            }
-            write_csv(&out.join("metrics.csv"), &state.rows)?;
-            state.model_state = model.training_state();
-            save_checkpoint(model.params(), &opt, &state, &ckpt_dir)?;
-            if on_event(FinetuneEvent::Eval { row, best }).is_break() {
-                return Ok(None);
-            }
-        } else if state.step % cfg.checkpoint_every.max(1) == 0 {
-            state.model_state = model.training_state();
-            save_checkpoint(model.params(), &opt, &state, &ckpt_dir)?;
-        }
+    if run(
+        &mut task,
+        &mut opt,
+        &mut progress,
+        &plan,
+        &mut save,
+        on_event,
+    )?
+    .is_break()
+    {
+        return Ok(None);
     }
 
     // 用最好的参数评估测试集
+    let model = task.model;
     Checkpoint::read(&out.join("best.safetensors"))?.load_into(model.params_mut(), "")?;
-    if let Some(best) = state.best_model_state.clone() {
-        model
-            .restore_training_state(best)
+    if let Some(best) = task.best_model_state.clone() {
+        (model.restore_training_state(best))
             .map_err(|e| FinetuneError::Io(ckpt_dir.join(STATE), e))?;
     }
     let (test, confusion) =
         evaluate_detailed(&*model, dev, &data.test, data.pair_sep, cfg.batch_size)?;
+    let (padded, positions) = task.padding;
     let report = FinetuneReport {
-        rows: state.rows.clone(),
-        best_step: state.best.map_or(0, |(s, _)| s),
+        rows: progress.rows.clone(),
+        best_step: task.best.map_or(0, |(s, _)| s),
         test,
         confusion,
-        steps: state.step,
-        seconds_per_step: state.train_seconds / state.step.max(1) as f64,
+        steps: progress.step,
+        seconds_per_step: progress.train_seconds / progress.step.max(1) as f64,
         padding_ratio: padded as f64 / positions.max(1) as f64,
         optimizer_bytes: opt.state_bytes(),
     };
@@ -504,76 +420,114 @@ where
     let _ = std::fs::remove_dir_all(&ckpt_dir);
     Ok(Some(report))
 }
-// ANCHOR_END: finetune
 
-/// 原子地写检查点目录：可训练参数、优化器状态、训练状态三者总是同一步的（微调与附录 A 的预训练共用）。
-pub(crate) fn save_checkpoint<E, D, P, S>(
-    params: &P,
-    opt: &AdamW<E>,
-    state: &S,
-    dir: &Path,
-) -> Result<(), FinetuneError>
+/// 微调的 [`TrainTask`]：一步是分桶组出的一批上的交叉熵（AdaLoRA 再加正交正则），评估时留下最好的参数。
+struct Finetune<'a, D, Mo> {
+    model: &'a mut Mo,
+    dev: &'a D,
+    data: &'a EncodedData,
+    out: &'a Path,
+    batch_size: usize,
+    per_epoch: usize,
+    total: usize,
+    lengths: Vec<usize>,
+    bucket: bool,
+    seed: u64,
+    /// 当前一轮的批次（轮次, 批次）：每轮算一次。
+    epoch: Option<(usize, Vec<Vec<usize>>)>,
+    best: Option<(usize, f64)>,
+    best_model_state: Option<serde_json::Value>,
+    /// 本次运行里（填充的位置, 全部位置）。
+    padding: (usize, usize),
+}
+
+impl<E, D, Mo> TrainTask<E, D> for Finetune<'_, D, Mo>
 where
     E: Real + dfdx::tensor::safetensors::SafeDtype,
     D: Kernels<E>,
-    P: dfdx::nn::tensor_collection::TensorCollection<E, D>,
-    S: Serialize,
+    Mo: SequenceClassifier<E, D>,
 {
-    crate::io::write_dir_atomic(dir, |tmp| {
-        let other = |e: CheckpointError| std::io::Error::other(e.to_string());
-        save_params(params, &tmp.join(PARAMS)).map_err(other)?;
-        opt.save(&tmp.join(OPTIMIZER)).map_err(other)?;
-        let json = serde_json::to_string_pretty(state).map_err(std::io::Error::other)?;
-        std::fs::write(tmp.join(STATE), json + "\n")
-    })
-    .map_err(|e| FinetuneError::Io(dir.to_path_buf(), e.to_string()))
-}
-
-pub(crate) fn read_state<S: serde::de::DeserializeOwned>(path: &Path) -> Result<S, FinetuneError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| FinetuneError::Io(path.into(), e.to_string()))?;
-    serde_json::from_str(&text)
-        .map_err(|e| FinetuneError::Io(path.into(), format!("不是有效的训练状态文件：{e}")))
-}
-
-/// 逐个字段比较两份超参数，第一个不同的字段给出名字与两边的值。
-pub(crate) fn check_same_config<C: Serialize>(saved: &C, now: &C) -> Result<(), FinetuneError> {
-    let flat = |c: &C| {
-        let mut out = Vec::new();
-        flatten(
-            "",
-            &serde_json::to_value(c).expect("超参数总能转成 JSON"),
-            &mut out,
-        );
-        out
-    };
-    for ((field, a), (_, b)) in flat(saved).into_iter().zip(flat(now)) {
-        if a != b {
-            return Err(FinetuneError::ConfigChanged {
-                field,
-                saved: a.to_string(),
-                now: b.to_string(),
-            });
-        }
+    type Params = Mo::Params;
+    type Row = MetricsRow;
+    type Error = FinetuneError;
+    fn params(&self) -> &Mo::Params {
+        self.model.params()
     }
-    Ok(())
-}
-
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, v) in m {
-                let name = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&name, v, out);
-            }
+    fn params_mut(&mut self) -> &mut Mo::Params {
+        self.model.params_mut()
+    }
+    fn loss(
+        &mut self,
+        step: usize,
+        grads: Gradients<E, D>,
+    ) -> Result<Tensor<Rank0, E, D, OwnedTape<E, D>>, FinetuneError> {
+        let epoch = step / self.per_epoch;
+        if self.epoch.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let batches = epoch_batches(
+                &self.lengths,
+                self.batch_size,
+                self.seed,
+                epoch,
+                self.bucket,
+            );
+            self.epoch = Some((epoch, batches));
         }
-        other => out.push((prefix.to_string(), other.clone())),
+        let (_, batches) = self.epoch.as_ref().expect("刚算好");
+        let train = &self.data.train;
+        let examples: Vec<(&[usize], usize)> = (batches[step % self.per_epoch].iter())
+            .map(|&i| (&train[i].0[..], train[i].1))
+            .collect();
+        let batch = make_pair_batch::<E, D>(self.dev, &examples, self.data.pair_sep);
+        let (b, s) = *batch.tokens.shape();
+        self.padding.1 += b * s;
+        self.padding.0 += b * s - batch.mask.lengths.iter().sum::<usize>();
+        let logits = self.model.logits(
+            batch.tokens.traced(grads),
+            batch.token_types,
+            &batch.mask,
+            Mode::Train,
+        )?;
+        let onehot = super::one_hot(self.dev, &batch.labels, self.model.num_labels());
+        let loss = cross_entropy_with_logits_loss(logits, onehot);
+        // AdaLoRA 的正交正则与 PEFT 一样加进损失（记下的损失含它）
+        Ok(match self.model.regularizer() {
+            Some(reg) => loss + reg,
+            None => loss,
+        })
+    }
+    fn after_update(&mut self, step: usize, grads: &Gradients<E, D>, info: &StepInfo) {
+        self.model.after_step(step, grads, info.clip);
+    }
+    fn evaluate(&mut self, at: &EvalPoint) -> Result<(MetricsRow, bool), FinetuneError> {
+        let data = self.data;
+        let (valid, _) = evaluate_detailed(
+            &*self.model,
+            self.dev,
+            &data.valid,
+            data.pair_sep,
+            self.batch_size,
+        )?;
+        let row = MetricsRow {
+            step: at.step,
+            epoch: at.step as f64 / self.per_epoch as f64,
+            lr: at.lr,
+            train_loss: at.train_loss,
+            grad_norm: at.grad_norm,
+            valid,
+            train_seconds: at.train_seconds,
+        };
+        // 还没定型的参数（AdaLoRA 的秩还在变）不参加评选；到最后一步还没有可选的，就留最后一步的
+        let eligible = self.model.settled() || (self.best.is_none() && at.step == self.total);
+        let best = eligible && self.best.is_none_or(|(_, acc)| valid.accuracy > acc);
+        if best {
+            self.best = Some((at.step, valid.accuracy));
+            save_params(self.model.params(), &self.out.join("best.safetensors"))?;
+            self.best_model_state = self.model.training_state();
+        }
+        Ok((row, best))
     }
 }
+// ANCHOR_END: finetune
 
 /// 指标写成 CSV（每次整份重写，原子地）。
 fn write_csv(path: &Path, rows: &[MetricsRow]) -> Result<(), FinetuneError> {

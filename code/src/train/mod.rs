@@ -1,18 +1,19 @@
-//! 全书共用的训练循环：分类任务的训练、评估与记录。
+//! 训练：全书唯一的训练循环（[`trainer`]），以及分类任务的训练、评估与记录。
 //!
 //! 第 1 部分从零训练的编码器、第 2 部分的 LoRA、第 3 部分的 BERT 都实现 [`SequenceClassifier`]，
-//! 由同一个 [`train_classifier`] 训练；实验命令只负责解析参数、画进度条和保存结果。
+//! 由 [`train_classifier`]（对照实验：恒定学习率的 Adam）或 [`finetune::finetune`]（微调的完整流程）训练；
+//! 两者、附录 A 的 [`pretrain::pretrain`] 与第 5 部分的 GPT 都是 [`trainer::run`] 加上各自的 [`trainer::TrainTask`]。
 
-use std::time::Instant;
+use std::ops::ControlFlow;
 
 pub mod adamw;
 pub mod finetune;
 pub mod pretrain;
+pub mod trainer;
 
 use crate::kernels::Kernels;
 use dfdx::nn::tensor_collection::TensorCollection;
-use dfdx::nn::ZeroGrads;
-use dfdx::optim::{Adam, AdamConfig, Optimizer};
+use dfdx::optim::{Adam, AdamConfig};
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -24,6 +25,7 @@ use crate::data::batch::make_pair_batch;
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::classifier::Classifier;
 use crate::transformer::encoder::{InputError, Mode};
+use trainer::{run, EvalPoint, Plan, Progress, TrainEvent, TrainTask};
 
 /// 一个序列分类模型：参数可由优化器更新，前向给出 logits。
 ///
@@ -189,7 +191,8 @@ pub struct StepEvent {
 }
 
 // ANCHOR: train
-/// 用 Adam 训练 `model`，每轮结束评估验证集，最后评估测试集。
+/// 用 Adam（恒定学习率）训练 `model`，每轮结束评估验证集，最后评估测试集。循环是 [`trainer::run`]；
+/// 这里的 [`ClassifierTask`] 只说一步的损失是什么（每轮重新打乱后的一批上的交叉熵）、评估什么。
 pub fn train_classifier<E: Real, D: Kernels<E>, Mo: SequenceClassifier<E, D>>(
     model: &mut Mo,
     dev: &D,
@@ -204,70 +207,112 @@ pub fn train_classifier<E: Real, D: Kernels<E>, Mo: SequenceClassifier<E, D>>(
             ..Default::default()
         },
     );
-    let mut grads = model.params().alloc_grads();
-    let mut rng = StdRng::seed_from_u64(cfg.seed);
-    let mut order: Vec<usize> = (0..data.train.len()).collect();
-    let per_epoch = data.train.len().div_ceil(cfg.batch_size);
-    let total = cfg
-        .max_steps
-        .unwrap_or(usize::MAX)
-        .min(per_epoch * cfg.epochs);
+    let per_epoch = data.train.len().div_ceil(cfg.batch_size).max(1);
+    let total = (cfg.max_steps.unwrap_or(usize::MAX)).min(per_epoch * cfg.epochs);
+    let mut task = ClassifierTask {
+        model,
+        dev,
+        data,
+        batch_size: cfg.batch_size,
+        per_epoch,
+        rng: StdRng::seed_from_u64(cfg.seed),
+        order: (0..data.train.len()).collect(),
+    };
+    let plan = Plan {
+        total,
+        lr_scale: &|_| 1.0,
+        step_key: None,
+        eval_at: &|step| step % per_epoch == 0 || step == total,
+        checkpoint_every: None,
+    };
+    // 进度条与每 log_every 步的平均损失
     let mut report = TrainReport::default();
-    let (mut window, mut step, started) = (Vec::new(), 0, Instant::now());
-    for _ in 0..cfg.epochs {
-        order.shuffle(&mut rng);
-        for chunk in order.chunks(cfg.batch_size) {
-            let examples: Vec<(&[usize], usize)> = chunk
-                .iter()
-                .map(|&i| (&data.train[i].0[..], data.train[i].1))
-                .collect();
-            let batch = make_pair_batch::<E, D>(dev, &examples, data.pair_sep);
-            let types = batch.token_types;
-            let logits =
-                model.logits(batch.tokens.traced(grads), types, &batch.mask, Mode::Train)?;
-            let loss = cross_entropy_with_logits_loss(
-                logits,
-                one_hot(dev, &batch.labels, model.num_labels()),
-            );
-            let value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
-            grads = loss.backward();
-            opt.update(model.params_mut(), &grads)
-                .expect("所有参数都有梯度");
-            model.params().zero_grads(&mut grads);
-            step += 1;
-            report.diverged |= !value.is_finite();
-            window.push(value);
+    let mut window = Vec::new();
+    let mut on_event = |e: TrainEvent<Metrics>| {
+        if let TrainEvent::Step {
+            step, total, loss, ..
+        } = e
+        {
+            report.diverged |= !loss.is_finite();
+            window.push(loss);
             if window.len() == cfg.log_every {
-                report
-                    .loss_curve
-                    .push((step, window.iter().sum::<f64>() / window.len() as f64));
+                let mean = window.iter().sum::<f64>() / window.len() as f64;
+                report.loss_curve.push((step, mean));
                 window.clear();
             }
-            on_step(StepEvent {
-                step,
-                total,
-                loss: value,
-            });
-            if step >= total {
-                break;
-            }
+            on_step(StepEvent { step, total, loss });
         }
-        // 每轮（或提前停下的最后一轮）结束时评估验证集
-        report.valid.push(evaluate(
-            model,
-            dev,
-            &data.valid,
-            data.pair_sep,
-            cfg.batch_size,
-        )?);
-        if step >= total {
-            break;
-        }
-    }
-    report.steps = step;
-    report.seconds_per_step = started.elapsed().as_secs_f64() / step.max(1) as f64;
-    report.test = evaluate(model, dev, &data.test, data.pair_sep, cfg.batch_size)?;
+        ControlFlow::Continue(())
+    };
+    let mut progress = Progress::default();
+    // 回调从不要求停下：循环总是走完
+    let _ = run(
+        &mut task,
+        &mut opt,
+        &mut progress,
+        &plan,
+        &mut |_, _, _| Ok(()),
+        &mut on_event,
+    )?;
+    report.valid = progress.rows;
+    report.steps = progress.step;
+    report.seconds_per_step = progress.train_seconds / progress.step.max(1) as f64;
+    report.test = evaluate(task.model, dev, &data.test, data.pair_sep, cfg.batch_size)?;
     Ok(report)
+}
+
+/// [`train_classifier`] 的一步与评估。
+struct ClassifierTask<'a, D, Mo> {
+    model: &'a mut Mo,
+    dev: &'a D,
+    data: &'a EncodedData,
+    batch_size: usize,
+    per_epoch: usize,
+    rng: StdRng,
+    /// 这一轮的顺序：每轮开始时重新打乱。
+    order: Vec<usize>,
+}
+
+impl<E: Real, D: Kernels<E>, Mo: SequenceClassifier<E, D>> TrainTask<E, D>
+    for ClassifierTask<'_, D, Mo>
+{
+    type Params = Mo::Params;
+    type Row = Metrics;
+    type Error = InputError;
+    fn params(&self) -> &Mo::Params {
+        self.model.params()
+    }
+    fn params_mut(&mut self) -> &mut Mo::Params {
+        self.model.params_mut()
+    }
+    fn loss(
+        &mut self,
+        step: usize,
+        grads: Gradients<E, D>,
+    ) -> Result<Tensor<Rank0, E, D, OwnedTape<E, D>>, InputError> {
+        if step % self.per_epoch == 0 {
+            self.order.shuffle(&mut self.rng);
+        }
+        let start = (step % self.per_epoch) * self.batch_size;
+        let chunk = &self.order[start..(start + self.batch_size).min(self.order.len())];
+        let train = &self.data.train;
+        let examples: Vec<(&[usize], usize)> = chunk
+            .iter()
+            .map(|&i| (&train[i].0[..], train[i].1))
+            .collect();
+        let batch = make_pair_batch::<E, D>(self.dev, &examples, self.data.pair_sep);
+        let tokens = batch.tokens.traced(grads);
+        let logits = self
+            .model
+            .logits(tokens, batch.token_types, &batch.mask, Mode::Train)?;
+        let labels = one_hot(self.dev, &batch.labels, self.model.num_labels());
+        Ok(cross_entropy_with_logits_loss(logits, labels))
+    }
+    fn evaluate(&mut self, _: &EvalPoint) -> Result<(Metrics, bool), InputError> {
+        let (data, n) = (self.data, self.batch_size);
+        let valid = evaluate(&*self.model, self.dev, &data.valid, data.pair_sep, n)?;
+        Ok((valid, false))
+    }
 }
 // ANCHOR_END: train
 

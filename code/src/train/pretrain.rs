@@ -5,24 +5,21 @@
 
 use std::ops::ControlFlow;
 use std::path::Path;
-use std::time::Instant;
 
-use crate::kernels::step_key::StepKey;
 use crate::kernels::Kernels;
-use dfdx::nn::ZeroGrads;
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::{Deserialize, Serialize};
 
 use super::adamw::{linear_schedule, AdamW, AdamWConfig};
-use super::finetune::{
-    check_same_config, epoch_batches, read_state, save_checkpoint, FinetuneError, OPTIMIZER,
-    PARAMS, STATE,
+use super::finetune::{epoch_batches, FinetuneError};
+use super::trainer::{
+    check_same_config, open_checkpoint, run, save_checkpoint, EvalPoint, Plan, Progress,
+    TrainEvent, TrainTask,
 };
 use crate::basics::tensors::Real;
 use crate::bert::mlm::{mask_tokens, BertMlm, Masked};
-use crate::checkpoint::Checkpoint;
 use crate::data::batch::make_batch;
 use crate::data::vocab::SPECIAL_TOKENS;
 use crate::transformer::encoder::{EncoderConfig, Mode};
@@ -103,36 +100,13 @@ pub struct PretrainRow {
 pub struct PretrainState {
     /// 超参数。
     pub config: PretrainConfig,
-    /// 已完成的步数。
-    pub step: usize,
-    /// 评估的历史。
-    pub rows: Vec<PretrainRow>,
-    /// 上次评估以来的 (损失之和, 步数)。
-    pub window: (f64, usize),
-    /// 累计训练秒数。
-    pub train_seconds: f64,
+    /// 训练循环的进度：步数、评估的历史、上次评估以来的累计、训练秒数。
+    #[serde(flatten)]
+    pub progress: Progress<PretrainRow>,
 }
 
-/// 训练过程中的事件。返回 `ControlFlow::Break` 立刻停下（模拟中断）。
-#[derive(Clone, Copy, Debug)]
-pub enum PretrainEvent {
-    /// 从检查点接着训练。
-    Resumed {
-        /// 检查点的步数。
-        step: usize,
-    },
-    /// 完成一步。
-    Step {
-        /// 已完成的步数。
-        step: usize,
-        /// 总步数。
-        total: usize,
-        /// 损失。
-        loss: f64,
-    },
-    /// 完成一次评估。
-    Eval(PretrainRow),
-}
+/// 预训练的事件（[`TrainEvent`]，每次评估给出一行 [`PretrainRow`]；不评选最好的一步，`best` 总是 false）。
+pub type PretrainEvent = TrainEvent<PretrainRow>;
 
 /// 第 `step` 步的掩码：只由（种子, 步数）决定。
 fn step_rng(seed: u64, step: usize) -> StdRng {
@@ -142,6 +116,7 @@ fn step_rng(seed: u64, step: usize) -> StdRng {
 // ANCHOR: pretrain
 /// 预训练 `model`：`train`、`valid` 是编码好的句子（含 `[CLS]`、`[SEP]`）。检查点写在 `out/checkpoint`，
 /// `resume` 为真时从那里接着训练；结束时写 `out/pretrain-report.json` 并删掉检查点。
+/// 循环是 [`trainer::run`](super::trainer::run)（与 3.6 节的微调同一个），这里只有掩码语言模型自己的部分。
 #[allow(clippy::too_many_arguments)]
 pub fn pretrain<const M: usize, const H: usize, const F: usize, E, D>(
     model: &mut BertMlm<M, H, F, E, D>,
@@ -162,102 +137,126 @@ where
         return Err(FinetuneError::EmptyData("预训练文本"));
     }
     let ckpt_dir = out.join("checkpoint");
-    // 上一次写检查点时若恰好在两次改名之间被杀（不支持原子交换的系统），先把检查点改回原处，免得悄悄从头训练
-    crate::io::recover_dir(&ckpt_dir)
-        .map_err(|e| FinetuneError::Io(ckpt_dir.clone(), e.to_string()))?;
-    let (mut opt, mut state) = if ckpt_dir.join(STATE).exists() {
-        if !resume {
-            return Err(FinetuneError::CheckpointExists(ckpt_dir));
+    let check = |state: &PretrainState| check_same_config(&state.config, cfg);
+    let (mut opt, mut progress) = match open_checkpoint(&ckpt_dir, resume, check, model, cfg.optim)?
+    {
+        Some((state, opt)) => {
+            let state: PretrainState = state;
+            let _ = on_event(TrainEvent::Resumed {
+                step: state.progress.step,
+            });
+            (opt, state.progress)
         }
-        let state: PretrainState = read_state(&ckpt_dir.join(STATE))?;
-        check_same_config(&state.config, cfg)?;
-        Checkpoint::read(&ckpt_dir.join(PARAMS))?.load_into(model, "")?;
-        let opt = AdamW::load(cfg.optim, &ckpt_dir.join(OPTIMIZER))?;
-        let _ = on_event(PretrainEvent::Resumed { step: state.step });
-        (opt, state)
-    } else {
-        let state = PretrainState {
-            config: *cfg,
-            step: 0,
-            rows: Vec::new(),
-            window: (0.0, 0),
-            train_seconds: 0.0,
-        };
-        (AdamW::new(cfg.optim), state)
+        None => (AdamW::new(cfg.optim), Progress::default()),
     };
-    let lengths: Vec<usize> = train.iter().map(Vec::len).collect();
     let per_epoch = train.len().div_ceil(cfg.batch_size);
     let warmup = (cfg.warmup_ratio * cfg.steps as f64).round() as usize;
-    let mut grads = model.alloc_grads();
-    while state.step < cfg.steps {
-        let batches = epoch_batches(
-            &lengths,
-            cfg.batch_size,
-            cfg.seed,
-            state.step / per_epoch,
-            true,
-        );
-        let ids: Vec<Vec<usize>> = batches[state.step % per_epoch]
-            .iter()
-            .map(|&i| train[i].clone())
-            .collect();
-        let started = Instant::now();
-        // 这一步的 dropout 掩码只由（种子, 步数, 第几处）决定，与掩码语言模型的掩码一样
-        let _key = StepKey::enter(cfg.seed, state.step);
-        let masked = mask_tokens(
-            &ids,
-            &mut step_rng(cfg.seed, state.step),
-            cfg.mask_rate,
-            MASK_ID,
-            SPECIAL_TOKENS.len(),
-            model.bert.embeddings.word_embeddings.rows(),
-        );
-        let (loss, _) = mlm_loss(model, enc, dev, &masked, |t| t.traced(grads), Mode::Train)?;
-        let value = loss.as_vec()[0].to_f64().unwrap_or(f64::NAN);
-        grads = loss.backward();
-        let info = opt.step(
-            model,
-            &grads,
-            linear_schedule(state.step, warmup, cfg.steps),
-        );
-        model.zero_grads(&mut grads);
-        state.train_seconds += started.elapsed().as_secs_f64();
-        state.step += 1;
-        state.window.0 += value;
-        state.window.1 += 1;
-        if on_event(PretrainEvent::Step {
-            step: state.step,
-            total: cfg.steps,
-            loss: value,
-        })
-        .is_break()
-        {
-            return Ok(None);
-        }
-        if state.step % cfg.eval_every.max(1) == 0 || state.step == cfg.steps {
-            let row = PretrainRow {
-                step: state.step,
-                lr: info.lr,
-                train_loss: state.window.0 / state.window.1.max(1) as f64,
-                valid: evaluate_mlm(model, enc, dev, valid, cfg)?,
-                train_seconds: state.train_seconds,
+    let mut task = Pretrain {
+        model,
+        enc,
+        dev,
+        train,
+        valid,
+        cfg,
+        lengths: train.iter().map(Vec::len).collect(),
+        per_epoch,
+    };
+    let plan = Plan {
+        total: cfg.steps,
+        lr_scale: &|step| linear_schedule(step, warmup, cfg.steps),
+        // dropout 的掩码与掩码语言模型的掩码一样，只由（种子, 步数）决定
+        step_key: Some(cfg.seed),
+        eval_at: &|step| step % cfg.eval_every.max(1) == 0 || step == cfg.steps,
+        checkpoint_every: Some(cfg.checkpoint_every),
+    };
+    let mut save =
+        |task: &Pretrain<M, H, F, E, D>, opt: &AdamW<E>, progress: &Progress<PretrainRow>| {
+            let state = PretrainState {
+                config: *cfg,
+                progress: progress.clone(),
             };
-            state.window = (0.0, 0);
-            state.rows.push(row);
-            save_checkpoint(&*model, &opt, &state, &ckpt_dir)?;
-            if on_event(PretrainEvent::Eval(row)).is_break() {
-                return Ok(None);
-            }
-        } else if state.step % cfg.checkpoint_every.max(1) == 0 {
-            save_checkpoint(&*model, &opt, &state, &ckpt_dir)?;
-        }
+            save_checkpoint(&*task.model, opt, &state, &ckpt_dir)
+        };
+    if run(
+        &mut task,
+        &mut opt,
+        &mut progress,
+        &plan,
+        &mut save,
+        on_event,
+    )?
+    .is_break()
+    {
+        return Ok(None);
     }
-    let json = serde_json::to_string_pretty(&state.rows).expect("指标总能写成 JSON") + "\n";
+    let json = serde_json::to_string_pretty(&progress.rows).expect("指标总能写成 JSON") + "\n";
     let path = out.join("pretrain-report.json");
     crate::io::write_atomic(&path, json.as_bytes())
         .map_err(|e| FinetuneError::Io(path, e.to_string()))?;
     let _ = std::fs::remove_dir_all(&ckpt_dir);
-    Ok(Some(state.rows))
+    Ok(Some(progress.rows))
+}
+
+/// 预训练的 [`TrainTask`]：一步是分桶组出的一批句子，掩掉 15% 的记号后在被掩的位置上的交叉熵。
+struct Pretrain<'a, const M: usize, const H: usize, const F: usize, E: Dtype, D: Device<E>> {
+    model: &'a mut BertMlm<M, H, F, E, D>,
+    enc: &'a EncoderConfig,
+    dev: &'a D,
+    train: &'a [Vec<usize>],
+    valid: &'a [Vec<usize>],
+    cfg: &'a PretrainConfig,
+    lengths: Vec<usize>,
+    per_epoch: usize,
+}
+
+impl<const M: usize, const H: usize, const F: usize, E, D> TrainTask<E, D>
+    for Pretrain<'_, M, H, F, E, D>
+where
+    E: Real + dfdx::tensor::safetensors::SafeDtype,
+    D: Kernels<E>,
+{
+    type Params = BertMlm<M, H, F, E, D>;
+    type Row = PretrainRow;
+    type Error = FinetuneError;
+    fn params(&self) -> &Self::Params {
+        self.model
+    }
+    fn params_mut(&mut self) -> &mut Self::Params {
+        self.model
+    }
+    fn loss(
+        &mut self,
+        step: usize,
+        grads: Gradients<E, D>,
+    ) -> Result<Tensor<Rank0, E, D, OwnedTape<E, D>>, FinetuneError> {
+        let cfg = self.cfg;
+        let epoch = step / self.per_epoch;
+        let batches = epoch_batches(&self.lengths, cfg.batch_size, cfg.seed, epoch, true);
+        let ids: Vec<Vec<usize>> = (batches[step % self.per_epoch].iter())
+            .map(|&i| self.train[i].clone())
+            .collect();
+        let masked = mask_tokens(
+            &ids,
+            &mut step_rng(cfg.seed, step),
+            cfg.mask_rate,
+            MASK_ID,
+            SPECIAL_TOKENS.len(),
+            self.model.bert.embeddings.word_embeddings.rows(),
+        );
+        let trace = |t: Tensor<(usize, usize), usize, D>| t.traced(grads);
+        let (loss, _) = mlm_loss(self.model, self.enc, self.dev, &masked, trace, Mode::Train)?;
+        Ok(loss)
+    }
+    fn evaluate(&mut self, at: &EvalPoint) -> Result<(PretrainRow, bool), FinetuneError> {
+        let row = PretrainRow {
+            step: at.step,
+            lr: at.lr,
+            train_loss: at.train_loss,
+            valid: evaluate_mlm(self.model, self.enc, self.dev, self.valid, self.cfg)?,
+            train_seconds: at.train_seconds,
+        };
+        Ok((row, false))
+    }
 }
 // ANCHOR_END: pretrain
 
@@ -337,7 +336,7 @@ mod tests {
     use crate::bert::hf::{fixtures_dir, load_dir, HeadSource};
     use crate::bert::mlm::{mlm_candidates, save_mlm_dir};
     use crate::bert::model::bert_config;
-    use crate::checkpoint::StoreDtype;
+    use crate::checkpoint::{Checkpoint, StoreDtype};
     use crate::transformer::attention::PaddingMask;
 
     type Tiny = BertMlm<32, 4, 48, f32, Cpu>;

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ::safetensors::tensor::{Dtype as SafeDtype, SafeTensors};
 use dfdx::nn::tensor_collection::{
@@ -16,13 +17,67 @@ use dfdx::nn::tensor_collection::{
 };
 use dfdx::prelude::*;
 
-/// 从文件读出的一个张量，数据已转成 f64（f32、f64、f16、bf16、i64、i32 都可以）。
-#[derive(Clone, Debug, PartialEq)]
+/// 从文件读出的一个张量：保持文件里的类型与字节（f32、f64、f16、bf16、i64、i32、u8、i8），
+/// 读进模型时才逐个转换成模型的类型——bert-base 的 f32 检查点读进来只占文件本身的大小，不再先变成两倍大的 f64。
+/// 文件的字节只在内存里放一份，各个张量记下自己的那一段。
+#[derive(Clone)]
 pub struct StoredTensor {
     /// 形状。
     pub shape: Vec<usize>,
-    /// 行优先展平的数据。
-    pub data: Vec<f64>,
+    /// 文件里的类型。
+    pub dtype: SafeDtype,
+    /// 整个文件的字节（各张量共用）。
+    file: Arc<Vec<u8>>,
+    /// 这个张量的字节（行优先展平、小端）在文件里的位置。
+    range: std::ops::Range<usize>,
+}
+
+impl fmt::Debug for StoredTensor {
+    /// 不打印字节（整个文件）：形状、类型与元素个数。
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredTensor")
+            .field("shape", &self.shape)
+            .field("dtype", &self.dtype)
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl PartialEq for StoredTensor {
+    fn eq(&self, other: &Self) -> bool {
+        self.shape == other.shape && self.dtype == other.dtype && self.bytes() == other.bytes()
+    }
+}
+
+impl StoredTensor {
+    /// 这个张量在文件里的字节。
+    fn bytes(&self) -> &[u8] {
+        &self.file[self.range.clone()]
+    }
+
+    /// 元素个数。
+    pub fn len(&self) -> usize {
+        self.range.len() / self.dtype.size()
+    }
+
+    /// 是否没有元素。
+    pub fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    /// 全部元素转成 `E`（f32、f64、f16、bf16 与整数都在 f64 里精确，再转成 `E`）。
+    pub fn to_vec<E: Dtype>(&self) -> Vec<E> {
+        let mut out = Vec::with_capacity(self.len());
+        decode(self.dtype, self.bytes(), |v| {
+            out.push(E::from_f64(v).unwrap())
+        });
+        out
+    }
+
+    /// 全部元素转成 f64（参考数据的比较用）。
+    pub fn values(&self) -> Vec<f64> {
+        self.to_vec()
+    }
 }
 
 /// 读进内存的 safetensors 文件。
@@ -41,27 +96,34 @@ impl Checkpoint {
             path: path.to_path_buf(),
             error: e.to_string(),
         })?;
-        Self::from_bytes(path, &bytes)
+        Self::from_bytes(path, bytes)
     }
 
-    /// 从内存中的字节解析（`path` 只用于错误信息）。
-    pub fn from_bytes(path: &Path, bytes: &[u8]) -> Result<Self, CheckpointError> {
-        let file = SafeTensors::deserialize(bytes).map_err(|e| CheckpointError::Format {
+    /// 从内存中的字节解析（`path` 只用于错误信息）。字节不复制：各张量指向其中自己的一段。
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Self, CheckpointError> {
+        let bytes = Arc::new(bytes);
+        let file = SafeTensors::deserialize(&bytes).map_err(|e| CheckpointError::Format {
             path: path.to_path_buf(),
             error: format!("{e:?}"),
         })?;
         let mut tensors = BTreeMap::new();
         for (name, view) in file.tensors() {
-            let data = decode(view.dtype(), view.data()).ok_or_else(|| CheckpointError::Dtype {
-                path: path.to_path_buf(),
-                name: name.clone(),
-                dtype: format!("{:?}", view.dtype()),
-            })?;
+            if !supported(view.dtype()) {
+                return Err(CheckpointError::Dtype {
+                    path: path.to_path_buf(),
+                    name: name.clone(),
+                    dtype: format!("{:?}", view.dtype()),
+                });
+            }
+            // safetensors 的视图就是文件字节里的一段：由指针的差得到位置
+            let start = view.data().as_ptr() as usize - bytes.as_ptr() as usize;
             tensors.insert(
                 name,
                 StoredTensor {
                     shape: view.shape().to_vec(),
-                    data,
+                    dtype: view.dtype(),
+                    file: Arc::clone(&bytes),
+                    range: start..start + view.data().len(),
                 },
             );
         }
@@ -159,10 +221,7 @@ impl Checkpoint {
                 unexpected: vec![],
             });
         }
-        Ok(dev.tensor_from_vec(
-            t.data.iter().map(|&v| E::from_f64(v).unwrap()).collect(),
-            shape,
-        ))
+        Ok(dev.tensor_from_vec(t.to_vec(), shape))
     }
 }
 
@@ -293,7 +352,7 @@ pub fn convert_floats(path: &Path, dtype: StoreDtype) -> Result<(), CheckpointEr
             ));
             continue;
         }
-        let data = &checkpoint.get(&name)?.data;
+        let data = &checkpoint.get(&name)?.values();
         let (safe, encoded): (SafeDtype, Vec<u8>) = match dtype {
             StoreDtype::F32 => (
                 SafeDtype::F32,
@@ -387,28 +446,33 @@ impl<E: Dtype + dfdx::tensor::safetensors::SafeDtype, D: Device<E>> TensorVisito
     }
 }
 
-/// 按 dtype 解码小端字节。
-fn decode(dtype: SafeDtype, bytes: &[u8]) -> Option<Vec<f64>> {
+/// [`decode`] 认得的类型。
+fn supported(dtype: SafeDtype) -> bool {
+    use SafeDtype::*;
+    matches!(dtype, F32 | F64 | F16 | BF16 | I64 | I32 | U8 | I8)
+}
+
+/// 按 dtype 逐个解码小端字节，每个数（在 f64 里精确）交给 `f`。
+fn decode(dtype: SafeDtype, bytes: &[u8], mut f: impl FnMut(f64)) {
     macro_rules! le {
-        ($n:literal, $f:expr) => {
-            bytes
-                .chunks_exact($n)
-                .map(|c| $f(c.try_into().unwrap()))
-                .collect()
+        ($n:literal, $g:expr) => {
+            for c in bytes.chunks_exact($n) {
+                f($g(c.try_into().unwrap()))
+            }
         };
     }
-    Some(match dtype {
+    match dtype {
         SafeDtype::F32 => le!(4, |b| f32::from_le_bytes(b) as f64),
         SafeDtype::F64 => le!(8, f64::from_le_bytes),
         SafeDtype::F16 => le!(2, |b| half::f16::from_le_bytes(b).to_f64()),
         SafeDtype::BF16 => le!(2, |b| half::bf16::from_le_bytes(b).to_f64()),
         SafeDtype::I64 => le!(8, |b| i64::from_le_bytes(b) as f64),
         SafeDtype::I32 => le!(4, |b| i32::from_le_bytes(b) as f64),
-        // 量化的码（4.5 节的参考数据）：每个字节一个数，f64 里精确
-        SafeDtype::U8 => bytes.iter().map(|&b| b as f64).collect(),
-        SafeDtype::I8 => bytes.iter().map(|&b| b as i8 as f64).collect(),
-        _ => return None,
-    })
+        // 量化的码（4.5 节的参考数据）：每个字节一个数
+        SafeDtype::U8 => le!(1, |b: [u8; 1]| b[0] as f64),
+        SafeDtype::I8 => le!(1, |b: [u8; 1]| b[0] as i8 as f64),
+        other => unreachable!("读文件时已拒绝 {other:?}"),
+    }
 }
 
 struct Loader<'a> {
@@ -447,12 +511,7 @@ impl<E: Dtype, D: Device<E>> TensorVisitor<E, D> for Loader<'_> {
                 self.used.insert(key);
             }
             Some(stored) => {
-                let data: Vec<E> = stored
-                    .data
-                    .iter()
-                    .map(|&v| E::from_f64(v).unwrap())
-                    .collect();
-                t.copy_from(&data);
+                t.copy_from(&stored.to_vec::<E>());
                 self.used.insert(key);
             }
         }
@@ -601,7 +660,7 @@ mod tests {
             ("ln.weight", vec![3], vec![1.0, 2.0, 3.0]),
             ("ln.bias", vec![3], vec![0.5, 0.5, 0.5]),
         ]);
-        let ckpt = Checkpoint::from_bytes(Path::new("t.safetensors"), &bytes).unwrap();
+        let ckpt = Checkpoint::from_bytes(Path::new("t.safetensors"), bytes).unwrap();
         let dev: Cpu = Default::default();
         let mut ln = LayerNorm::<3, f32, Cpu>::build(&dev);
         ckpt.load_into(&mut ln, "ln.").unwrap();
@@ -615,7 +674,7 @@ mod tests {
             ("ln.weight", vec![4], vec![0.0; 4]),
             ("ln.gamma", vec![3], vec![0.0; 3]),
         ]);
-        let ckpt = Checkpoint::from_bytes(Path::new("t.safetensors"), &bytes).unwrap();
+        let ckpt = Checkpoint::from_bytes(Path::new("t.safetensors"), bytes).unwrap();
         let dev: Cpu = Default::default();
         let mut ln = LayerNorm::<3, f32, Cpu>::build(&dev);
         let err = ckpt.load_into(&mut ln, "ln.").unwrap_err();
@@ -631,8 +690,11 @@ mod tests {
     #[test]
     fn truncated_file_is_a_clear_error() {
         let bytes = file(&[("a", vec![2], vec![1.0, 2.0])]);
-        let err = Checkpoint::from_bytes(Path::new("cut.safetensors"), &bytes[..bytes.len() - 3])
-            .unwrap_err();
+        let err = Checkpoint::from_bytes(
+            Path::new("cut.safetensors"),
+            bytes[..bytes.len() - 3].to_vec(),
+        )
+        .unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("cut.safetensors 不是有效的 safetensors 文件"),
@@ -682,14 +744,14 @@ mod tests {
             assert!(bytes.len() < file(&[("w", vec![2, 2], values.clone())]).len());
             let back = &Checkpoint::read(&path).unwrap().tensors["w"];
             assert_eq!(back.shape, [2, 2]);
-            assert_eq!(&back.data[..2], [1.0, -2.0]);
-            assert_eq!(back.data[2], third);
+            assert_eq!(&back.values()[..2], [1.0, -2.0]);
+            assert_eq!(back.values()[2], third);
         }
         // 6e-8 在 f16 里是最小的次正规数 2^-24 ≈ 5.96e-8
         std::fs::write(&path, file(&[("w", vec![4], values.clone())])).unwrap();
         convert_floats(&path, StoreDtype::F16).unwrap();
         assert_eq!(
-            Checkpoint::read(&path).unwrap().tensors["w"].data[3],
+            Checkpoint::read(&path).unwrap().tensors["w"].values()[3],
             2f64.powi(-24)
         );
         // 超出 f16 的范围：错误指出张量与值，原文件不变

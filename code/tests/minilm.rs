@@ -38,7 +38,7 @@ fn model_dir() -> Option<PathBuf> {
 }
 
 fn max_error(ours: &[f32], reference: &Checkpoint, key: &str) -> f64 {
-    let theirs = &reference.get(key).unwrap().data;
+    let theirs = &reference.get(key).unwrap().values();
     assert_eq!(ours.len(), theirs.len(), "{key}");
     ours.iter()
         .zip(theirs)
@@ -77,7 +77,7 @@ fn minilm_matches_transformers() {
     let want_ids: Vec<usize> = reference
         .get("input_ids")
         .unwrap()
-        .data
+        .values()
         .iter()
         .map(|&v| v as usize)
         .collect();

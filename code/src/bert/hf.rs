@@ -161,14 +161,14 @@ pub fn reference_batch<D: Device<f32>>(
     let ids = |key: &str| -> Ids<D> {
         let t = reference.get(key).unwrap();
         dev.tensor_from_vec(
-            t.data.iter().map(|&v| v as usize).collect(),
+            t.values().iter().map(|&v| v as usize).collect(),
             (t.shape[0], t.shape[1]),
         )
     };
     let mask = reference.get("attention_mask").unwrap();
     let seq = mask.shape[1];
     let lengths: Vec<usize> = mask
-        .data
+        .values()
         .chunks(seq)
         .map(|r| r.iter().sum::<f64>() as usize)
         .collect();
@@ -179,7 +179,7 @@ pub fn reference_batch<D: Device<f32>>(
 
 /// `ours` 与参考数据中 `key` 的最大绝对误差（测试共用）。
 pub fn max_error(ours: &[f32], reference: &Checkpoint, key: &str) -> f64 {
-    let theirs = &reference.get(key).unwrap().data;
+    let theirs = &reference.get(key).unwrap().values();
     assert_eq!(ours.len(), theirs.len(), "{key} 的元素个数不同");
     ours.iter()
         .zip(theirs)
@@ -474,11 +474,7 @@ mod dir_tests {
             .filter(|(k, _)| !k.starts_with("classifier."))
             .map(|(k, t)| {
                 let key = k.strip_prefix("bert.").unwrap_or(k).to_string();
-                (
-                    key,
-                    t.shape.clone(),
-                    t.data.iter().map(|&x| x as f32).collect(),
-                )
+                (key, t.shape.clone(), t.to_vec::<f32>())
             })
             .collect();
         crate::checkpoint::save_tensors(&dir.join("model.safetensors"), &kept).unwrap();

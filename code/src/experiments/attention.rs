@@ -241,7 +241,7 @@ pub struct AttentionArgs {
     pub text: String,
 }
 
-/// `cargo run --release -- attention`：画热力图、打印每个头里 [CLS] 最关注的记号。
+/// `cargo run --release -- attention`：画热力图、打印每个头里 `[CLS]` 最关注的记号。
 pub fn run(a: AttentionArgs) -> anyhow::Result<()> {
     let job = AttentionJob {
         model_dir: crate::bert::hub::resolve_model(&a.model)?,

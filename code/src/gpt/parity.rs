@@ -42,7 +42,12 @@ pub struct GptParity {
 }
 
 fn ids(ckpt: &Checkpoint, key: &str) -> Result<Vec<usize>, CheckpointError> {
-    Ok(ckpt.get(key)?.data.iter().map(|&v| v as usize).collect())
+    Ok(ckpt
+        .get(key)?
+        .values()
+        .iter()
+        .map(|&v| v as usize)
+        .collect())
 }
 
 /// 逐项与 PyTorch 比较（CPU，f32）。
@@ -145,7 +150,7 @@ pub fn compare_gpt(path: &Path) -> Result<GptParity, CheckpointError> {
     }
     let mut worst = (String::new(), 0.0f64, 0usize);
     for (name, g) in &named {
-        let reference = &ckpt.get(&format!("grad.{name}"))?.data;
+        let reference = &ckpt.get(&format!("grad.{name}"))?.values();
         assert_eq!(reference.len(), g.len(), "{name}：梯度的元素个数不同");
         worst.2 += g.len();
         for (a, b) in g.iter().zip(reference) {
@@ -210,7 +215,7 @@ pub fn compare_gpt(path: &Path) -> Result<GptParity, CheckpointError> {
             ] {
                 let reference = &ckpt
                     .get(&format!("lora.grad.layers.{i}.{name}.{part}"))?
-                    .data;
+                    .values();
                 elements += g.len();
                 for (a, b) in g.iter().zip(reference) {
                     max = max.max((*a as f64 - b).abs());

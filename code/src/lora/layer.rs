@@ -429,7 +429,7 @@ mod tests {
                     Mode::Eval,
                 )
                 .as_vec();
-            let reference = &ckpt.get(key).unwrap().data;
+            let reference = &ckpt.get(key).unwrap().values();
             let err = ours
                 .iter()
                 .zip(reference)
@@ -444,7 +444,7 @@ mod tests {
             })
             .weight
             .as_vec();
-        let reference = &ckpt.get("merged_weight_alpha4").unwrap().data;
+        let reference = &ckpt.get("merged_weight_alpha4").unwrap().values();
         assert!(merged
             .iter()
             .zip(reference)

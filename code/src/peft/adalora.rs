@@ -441,7 +441,7 @@ mod tests {
         let reference = reference();
         let mut model = fresh_from_reference(&dev, &reference);
         let (tokens, types, mask) = reference_batch(&reference, &dev);
-        let labels: Vec<usize> = (reference.get("labels").unwrap().data.iter())
+        let labels: Vec<usize> = (reference.get("labels").unwrap().values().iter())
             .map(|&v| v as usize)
             .collect();
         // 学习率与 PEFT 每步的预算记在参考文件的元数据里
@@ -483,7 +483,7 @@ mod tests {
                 &reference,
                 &format!("step{step}.loss"),
             ));
-            let want = reference.get(&format!("step{step}.orth")).unwrap().data[0];
+            let want = reference.get(&format!("step{step}.orth")).unwrap().values()[0];
             orth_err = orth_err.max((orth - want).abs());
             grads = loss.backward();
             opt.update(&mut model.adapters, &grads).unwrap();
@@ -537,7 +537,7 @@ mod tests {
         for (key, t) in &ours.tensors {
             let p = peft.get(key).unwrap();
             assert_eq!(t.shape, p.shape, "{key}");
-            for (a, b) in t.data.iter().zip(&p.data) {
+            for (a, b) in t.values().iter().zip(&p.values()) {
                 weight_err = weight_err.max((a - b).abs());
             }
         }

@@ -391,7 +391,7 @@ mod tests {
                     saved
                         .get(k)
                         .unwrap()
-                        .data
+                        .values()
                         .iter()
                         .map(|&x| x as f32)
                         .collect()

@@ -175,7 +175,7 @@ mod tests {
         let mut checked = 0;
         for (key, t) in &saved.tensors {
             if key.ends_with("lora_magnitude_vector") {
-                let ours: Vec<f32> = t.data.iter().map(|v| *v as f32).collect();
+                let ours: Vec<f32> = t.to_vec::<f32>();
                 let err = max_error(&ours, &reference, &format!("init.{key}"));
                 assert!(err <= 1e-6, "{key}：{err}");
                 checked += 1;
@@ -213,7 +213,7 @@ mod tests {
         let (tokens, types, mask) = reference_batch(&reference, &dev);
         let probe: Tensor<(usize, usize), f32, Cpu> = {
             let p = reference.get("probe").unwrap();
-            dev.tensor_from_vec(p.data.iter().map(|v| *v as f32).collect(), (2, 3))
+            dev.tensor_from_vec(p.to_vec::<f32>(), (2, 3))
         };
         let grads = {
             let g = model.adapters.alloc_grads();
@@ -414,11 +414,7 @@ mod tests {
                 } else {
                     k.clone()
                 };
-                (
-                    k,
-                    t.shape.clone(),
-                    t.data.iter().map(|v| *v as f32).collect(),
-                )
+                (k, t.shape.clone(), t.to_vec::<f32>())
             })
             .collect();
         crate::checkpoint::save_tensors(&dir.join(ADAPTER_WEIGHTS), &renamed).unwrap();

@@ -235,7 +235,7 @@ mod tests {
         let dev: Cpu = Default::default();
         let (base, _) = tiny_base(&dev);
         let reference = reference();
-        let theirs = |key: String| reference.get(&key).unwrap().data.clone();
+        let theirs = |key: String| reference.get(&key).unwrap().values();
         let mut worst = 0.0f64;
         for (name, w, rows, cols) in base_weights(&base) {
             let nf4 = QuantMatrix::quantize(QuantKind::Nf4, &w, rows, cols).unwrap();
@@ -296,7 +296,7 @@ mod tests {
         let (tokens, types, mask) = reference_batch(&reference, &dev);
         let probe: Tensor<(usize, usize), f32, Cpu> = {
             let p = reference.get("probe").unwrap();
-            dev.tensor_from_vec(p.data.iter().map(|v| *v as f32).collect(), (2, 3))
+            dev.tensor_from_vec(p.to_vec::<f32>(), (2, 3))
         };
         for kind in [QuantKind::Nf4, QuantKind::Int8] {
             let (base, config) = tiny_base(&dev);

@@ -173,17 +173,12 @@ impl<E: Real + dfdx::tensor::safetensors::SafeDtype> AdamW<E> {
     /// 从 [`save`](Self::save) 写的文件读回（超参数用 `cfg`）。
     pub fn load(cfg: AdamWConfig, path: &std::path::Path) -> Result<Self, CheckpointError> {
         let file = Checkpoint::read(path)?;
-        let t = file.get("t")?.data[0] as usize;
-        let cast = |d: &[f64]| {
-            d.iter()
-                .map(|&x| E::from_f64(x).unwrap())
-                .collect::<Vec<E>>()
-        };
+        let t = file.get("t")?.values()[0] as usize;
         let mut moments = BTreeMap::new();
         for (key, m) in &file.tensors {
             if let Some(name) = key.strip_prefix("m.") {
                 let v = file.get(&format!("v.{name}"))?;
-                moments.insert(name.to_string(), (cast(&m.data), cast(&v.data)));
+                moments.insert(name.to_string(), (m.to_vec::<E>(), v.to_vec::<E>()));
             }
         }
         Ok(Self { cfg, t, moments })

@@ -50,10 +50,10 @@ pub fn compare<S: Shape, D: Device<f32>>(
 ) -> Result<Comparison, CheckpointError> {
     let reference = ckpt.get(key)?;
     let ours = ours.as_vec();
-    assert_eq!(ours.len(), reference.data.len(), "{name}：元素个数不同");
+    assert_eq!(ours.len(), reference.len(), "{name}：元素个数不同");
     let max_abs_error = ours
         .iter()
-        .zip(&reference.data)
+        .zip(&reference.values())
         .map(|(a, b)| (*a as f64 - b).abs())
         .fold(0.0, f64::max);
     Ok(Comparison {
@@ -81,7 +81,7 @@ pub fn compare_all_on<D: Kernels<f32>>(
     };
     let lengths: Vec<usize> = ckpt
         .get("lengths")?
-        .data
+        .values()
         .iter()
         .map(|&v| v as usize)
         .collect();
@@ -189,7 +189,7 @@ pub fn compare_all_on<D: Kernels<f32>>(
 
     let tokens: Tensor<(usize, usize), usize, D> = dev.tensor_from_vec(
         ckpt.get("tokens")?
-            .data
+            .values()
             .iter()
             .map(|&v| v as usize)
             .collect(),

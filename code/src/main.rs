@@ -8,9 +8,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use llm_book::basics::autodiff::{gelu_gradient_table, GeluGradPoint};
-use llm_book::basics::device::{run_on, DeviceKind, DeviceTask};
+use llm_book::basics::device::DeviceKind;
 use llm_book::figures;
 use llm_book::io::write_atomic;
+use llm_book::kernels::device::{run_on, DeviceTask};
 use llm_book::train::pretrain::PretrainConfig;
 
 /// 全局分配器用 mimalloc，并且不把释放的内存还给操作系统（见 `llm_book::alloc`，附录 B）。

@@ -26,6 +26,7 @@ use crate::transformer::norm::layer_norm_composite;
 
 pub mod attention;
 pub mod cpu;
+pub mod device;
 pub mod lora;
 pub mod math;
 pub mod step_key;

@@ -4,11 +4,12 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use dfdx::prelude::*;
+use llm_book::kernels::composite::{
+    gelu as gelu_composite, layer_norm_composite, linear_composite, masked_softmax_composite,
+};
 use llm_book::kernels::cpu::backward_from;
-use llm_book::kernels::{masked_softmax_composite, Kernels, Shape4};
+use llm_book::kernels::{Kernels, Shape4};
 use llm_book::transformer::attention::PaddingMask;
-use llm_book::transformer::gelu::gelu as gelu_composite;
-use llm_book::transformer::norm::layer_norm_composite;
 
 /// 批大小、序列长度、头数、隐藏维、前馈维（bert-base）。
 const B: usize = 8;
@@ -151,7 +152,7 @@ fn gemm(c: &mut Criterion) {
         bench.iter(|| Cpu::linear(x.clone(), &w, &b, true))
     });
     group.bench_function("dfdx_fwd", |bench| {
-        bench.iter(|| llm_book::kernels::linear_composite(x.clone(), &w, &b))
+        bench.iter(|| linear_composite(x.clone(), &w, &b))
     });
     group.finish();
 }

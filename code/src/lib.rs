@@ -6,6 +6,7 @@
 //! | --- | --- |
 //! | [`basics`] | 第 0 部分 · dfdx 与编译期形状 |
 //! | [`transformer`] | 第 1 部分 · Transformer 编码器 |
+//! | [`kernels`] | 附录 B · 融合算子；`kernels::composite` 是各章组合写法的所在，`kernels::device` 在选定的设备上运行（只依赖 [`basics`]） |
 //! | [`checkpoint`] | 按名字读写 safetensors 检查点（第 1、3 部分共用） |
 //! | [`data`] | 语料、词表与组批（1.8 节起） |
 //! | [`train`] | 全书共用的分类训练循环 |

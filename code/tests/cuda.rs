@@ -112,7 +112,7 @@ fn gradients_match_finite_differences_on_gpu() {
                 q.put_tape(tape),
                 self.k.clone().retaped::<T>(),
                 self.v.clone().retaped::<T>(),
-                Some(&self.mask),
+                Some(&self.mask.bias),
                 0.0,
             );
             (out * self.w.clone()).sum()

@@ -80,7 +80,7 @@ fn transformers_fill_mask_agrees_with_ours() {
     let mut texts: Vec<String> = reference.results.iter().map(|r| r.text.clone()).collect();
     texts.dedup();
     let k = reference.results[0].top.len();
-    let ours = llm_book::basics::device::run_on(
+    let ours = llm_book::kernels::device::run_on(
         llm_book::basics::device::DeviceKind::Cpu,
         0,
         FillMaskJob {

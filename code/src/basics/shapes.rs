@@ -7,6 +7,10 @@ use std::fmt;
 
 use dfdx::prelude::*;
 
+/// `(batch, seq, Const<N>)` 的隐藏状态：批与序列长度是运行期的值，宽度 `N` 是类型。
+/// 附录 B 的算子（`kernels`）与各章的钩子、模型共用这一个别名。
+pub type Hidden<const N: usize, E, D, T> = Tensor<(usize, usize, Const<N>), E, D, T>;
+
 // ANCHOR: linear
 /// 全连接层的前向：y = x Wᵀ + b（与 PyTorch 的 `nn.Linear` 同一布局）。
 ///

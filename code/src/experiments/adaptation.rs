@@ -10,10 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use super::results_dir;
 use super::sentiment::{SentimentModel, MAX_LEN as BASE_MAX_LEN};
-use crate::basics::device::DeviceTask;
 use crate::checkpoint::Checkpoint;
 use crate::data::reviews;
 use crate::data::vocab::CharVocab;
+use crate::kernels::device::DeviceTask;
 use crate::lora::analysis::optimizer_bytes;
 use crate::lora::encoder::{Head, HeadOnly, LoraClassifier, QueryValue};
 use crate::lora::layer::LoraOptions;

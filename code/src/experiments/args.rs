@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
-use crate::basics::device::{run_on, DeviceKind, DeviceTask};
+use crate::basics::device::DeviceKind;
+use crate::kernels::device::{run_on, DeviceTask};
 
 /// `--device`：在哪个设备上运行。
 #[derive(clap::Args, Clone, Copy, Debug)]

@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::basics::device::DeviceTask;
 use crate::bert::config::HfBertConfig;
 use crate::bert::hf::{load_dir, BertDir};
 use crate::bert::presets::{dispatch_dir, WidthTask};
 use crate::data::batch::make_batch;
 use crate::experiments::classify::resolve_max_len;
+use crate::kernels::device::DeviceTask;
 use crate::kernels::Kernels;
 use crate::peft::model::PeftBert;
 use crate::plot::{ColorMap, HeatmapGrid};

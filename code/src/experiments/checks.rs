@@ -2,7 +2,7 @@
 //! `positional`（1.3 节：位置编码两种写法在 f32 下的误差）、`parity`（第 1 部分：各组件与 PyTorch 的最大误差）。
 
 use crate::basics::autodiff::{gelu_gradient_table, GeluGradPoint};
-use crate::basics::device::DeviceTask;
+use crate::kernels::device::DeviceTask;
 use crate::kernels::Kernels;
 
 /// `gelu-grad` 的参数。

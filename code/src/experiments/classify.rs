@@ -1,7 +1,7 @@
 //! 3.6、3.8 节：用任意 BERT 模型目录（或 Hub 上的名字）在一个分类任务上微调（全量、线性探测、从零训练或
 //! PEFT 风格的 LoRA），以及推理命令 `classify`、`embed`。
 //!
-//! 命令行读到的是目录与 JSON，模型的宽度 (M, H, F) 却是类型参数：设备由 [`run_on`](crate::basics::device::run_on)
+//! 命令行读到的是目录与 JSON，模型的宽度 (M, H, F) 却是类型参数：设备由 [`run_on`](crate::kernels::device::run_on)
 //! 选，宽度由 [`dispatch_dir`] 选；其余的大小（层数、词表、类别数、LoRA 的秩与目标层）都是运行期的数。
 //! 一切能在读权重之前核对的（`config.json`、LoRA 配置、`--max-len`）都先核对，再建输出目录、读权重、分词。
 
@@ -12,7 +12,6 @@ use crate::kernels::Kernels;
 use anyhow::{bail, Context};
 use serde::{Deserialize, Serialize};
 
-use crate::basics::device::DeviceTask;
 use crate::bert::config::HfBertConfig;
 use crate::bert::hf::{load_dir, BertDir, HeadSource};
 use crate::bert::model::{sentence_embedding, BertClassifier, BertDims, ProbeParams};
@@ -22,6 +21,7 @@ use crate::bert::tokenizer::BertTokenizer;
 use crate::data::batch::make_batch;
 use crate::data::table::Row;
 use crate::data::task::TaskData;
+use crate::kernels::device::DeviceTask;
 use crate::peft::config::LoraConfig;
 use crate::peft::model::{
     check_config, classifier_config_json, save_hf_dir, PeftBert, TrainableParams, DEFAULT_ADAPTER,

@@ -6,8 +6,8 @@
 use crate::kernels::Kernels;
 use serde::{Deserialize, Serialize};
 
-use crate::basics::device::DeviceTask;
 use crate::experiments::sentiment::VOCAB;
+use crate::kernels::device::DeviceTask;
 use crate::train::{train_classifier, EncodedData, StepEvent, TrainConfig};
 use crate::transformer::classifier::Classifier;
 use crate::transformer::encoder::{EncoderConfig, NormPosition};

@@ -9,12 +9,12 @@ use std::path::PathBuf;
 use crate::kernels::Kernels;
 use anyhow::Context;
 
-use crate::basics::device::DeviceTask;
 use crate::bert::mlm::{save_mlm_dir, BertMlm};
 use crate::bert::model::bert_config;
 use crate::bert::tokenizer::BertTokenizer;
 use crate::data::reviews::Splits;
 use crate::data::vocab::CharVocab;
+use crate::kernels::device::DeviceTask;
 use crate::train::pretrain::{pretrain, PretrainConfig, PretrainEvent, PretrainRow};
 
 /// 字表大小（与预设 [`MiniChineseBert`](crate::bert::model::MiniChineseBert) 的 V 相同）。

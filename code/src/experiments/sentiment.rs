@@ -4,10 +4,10 @@ use crate::kernels::Kernels;
 use dfdx::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use crate::basics::device::DeviceTask;
 use crate::data::batch::make_batch;
 use crate::data::reviews::{self, CorpusStats};
 use crate::data::vocab::CharVocab;
+use crate::kernels::device::DeviceTask;
 use crate::train::{train_classifier, EncodedData, StepEvent, TrainConfig, TrainReport};
 use crate::transformer::classifier::Classifier;
 use crate::transformer::encoder::{EncoderConfig, Mode, NormPosition};

@@ -13,7 +13,7 @@
 //! 掩码由（种子, P 里的下标）的哈希决定（与 [`super::cpu::dropout`] 相同），反向时重新算出 P′ 与掩码，不必存它们：
 //! dV = P′ᵀ G，dP = (G Vᵀ) ⊙ 掩码 / (1 − p)，之后同上。
 //!
-//! [`attention_heads_composite`]: crate::transformer::multi_head::attention_heads_composite
+//! [`attention_heads_composite`]: super::composite::attention_heads_composite
 
 use dfdx::prelude::*;
 use rayon::prelude::*;
@@ -24,8 +24,7 @@ use super::cpu::{
 };
 use super::math::FastMath;
 use super::Shape4;
-use crate::transformer::attention::PaddingMask;
-use crate::transformer::hooks::Hidden;
+use crate::basics::shapes::Hidden;
 
 /// 一个 (b, h) 任务里三个矩阵的位置：`(batch, seq, M)` 里第 b 个样本、第 h 个头的 seq×d_k 子矩阵的起点。
 #[derive(Clone, Copy)]
@@ -99,14 +98,14 @@ impl Addr {
 type AttentionDropout<F> = Option<(u64, (u32, F))>;
 
 /// 多头的缩放点积注意力，`q` 为 `(batch, seq_q, M)`，`k`、`v` 为 `(batch, seq_k, M)`，按头切成 `heads` 份；
-/// `dropout` > 0 时对注意力权重做 dropout。返回拼回的输出 `(batch, seq_q, M)` 与注意力权重
+/// `mask` 是加性的偏置 `(batch, seq_k)`；`dropout` > 0 时对注意力权重做 dropout。返回拼回的输出 `(batch, seq_q, M)` 与注意力权重
 /// `(batch, heads, seq_q, seq_k)`（dropout 之前的，不带 tape）。
 pub fn attention<const M: usize, F, T>(
     q: Hidden<M, F, Cpu, T>,
     k: Hidden<M, F, Cpu, T>,
     v: Hidden<M, F, Cpu, T>,
     heads: usize,
-    mask: Option<&PaddingMask<F, Cpu>>,
+    mask: Option<&Tensor<(usize, usize), F, Cpu>>,
     dropout: f64,
 ) -> (Hidden<M, F, Cpu, T>, Tensor<Shape4, F, Cpu>)
 where
@@ -115,21 +114,17 @@ where
     T: Tape<F, Cpu> + Merge<T>,
 {
     let contiguous = is_contiguous(&q) && is_contiguous(&k) && is_contiguous(&v);
-    if !contiguous || mask.is_some_and(|m| !is_contiguous(&m.bias)) {
-        return crate::transformer::multi_head::attention_heads_composite(
-            q, k, v, heads, mask, dropout,
-        );
+    if !contiguous || mask.is_some_and(|m| !is_contiguous(m)) {
+        // 组合写法，对权重的 dropout 仍用 CPU 的融合 dropout（同样由钥匙决定掩码）
+        let drop = |w: Tensor<Shape4, F, Cpu, T>| super::cpu::dropout(w, dropout);
+        return super::composite::attention_heads_composite(q, k, v, heads, mask, drop);
     }
     assert!(heads > 0 && M % heads == 0, "头数 {heads} 应整除 {M}");
     let ((batch, seq_q, _), (batch_k, seq_k, _)) = (*q.shape(), *k.shape());
     assert_eq!(batch, batch_k, "q 与 k 的批大小应相同");
     assert_eq!(k.shape(), v.shape(), "k 与 v 的形状应相同");
     if let Some(m) = mask {
-        assert_eq!(
-            *m.bias.shape(),
-            (batch, seq_k),
-            "掩码的形状应为 (batch, seq_k)"
-        );
+        assert_eq!(*m.shape(), (batch, seq_k), "掩码的形状应为 (batch, seq_k)");
     }
     let hd = Heads {
         batch,
@@ -153,7 +148,7 @@ where
     let (k, tk) = k.split_tape();
     let (v, tv) = v.split_tape();
     let mut tape = tq.merge(tk).merge(tv);
-    let bias: &[F] = mask.map_or(&[], |m| data(&m.bias));
+    let bias: &[F] = mask.map_or(&[], |m| data(m));
     let (qa, ka, va) = (
         Addr::of(data(&q).as_ptr()),
         Addr::of(data(&k).as_ptr()),

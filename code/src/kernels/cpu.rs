@@ -370,7 +370,7 @@ where
     T: Tape<F, Cpu>,
 {
     if !is_contiguous(&x) || bias.is_some_and(|b| !is_contiguous(b)) {
-        return super::masked_softmax_composite(x, bias);
+        return super::composite::masked_softmax_composite(x, bias);
     }
     let shape = *x.shape();
     let (batch, heads, q, n) = shape;
@@ -440,7 +440,7 @@ where
     T: Tape<F, Cpu>,
 {
     if !is_contiguous(&x) {
-        return crate::transformer::gelu::gelu(x);
+        return super::composite::gelu(x);
     }
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
@@ -539,7 +539,7 @@ fn hash32(mut x: u32) -> u32 {
 
 /// 第 i 个元素是否保留：由（这次调用的种子, i）决定，前向与反向各算一次，不必存掩码。
 #[inline(always)]
-fn keeps(seed: u64, i: usize, threshold: u32) -> bool {
+pub(super) fn keeps(seed: u64, i: usize, threshold: u32) -> bool {
     hash32(hash32(i as u32 ^ seed as u32) ^ (seed >> 32) as u32) >= threshold
 }
 
@@ -741,7 +741,7 @@ where
     T: Tape<F, Cpu>,
 {
     if !is_contiguous(&x) || !is_contiguous(w) || !is_contiguous(b) {
-        return crate::transformer::norm::layer_norm_composite(x, w, b, eps);
+        return super::composite::layer_norm_composite(x, w, b, eps);
     }
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
@@ -948,7 +948,7 @@ where
     T: Tape<F, Cpu>,
 {
     if !is_contiguous(&x) || !is_contiguous(w) || !is_contiguous(b) {
-        return super::linear_composite(x, w, b);
+        return super::composite::linear_composite(x, w, b);
     }
     linear_with(x, Weight::Stored(w.clone()), b, train_weights)
 }
@@ -970,7 +970,7 @@ where
         let wt = x
             .device()
             .tensor_from_vec(w.materialize(), (Const::<O>, Const::<I>));
-        return super::linear_composite(x, &wt, b);
+        return super::composite::linear_composite(x, &wt, b);
     }
     linear_with(x, Weight::Lazy(w.clone()), b, false)
 }

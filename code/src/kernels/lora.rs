@@ -1,4 +1,4 @@
-//! CPU 上融合的 LoRA 分支（附录 B）：h = out + s·B(A·x)，一个算子。
+//! CPU 上融合的低秩更新（附录 B，LoRA 的分支）：h = out + s·B(A·x)，一个算子。
 //!
 //! 组合写法（2.2 节的 [`low_rank`]）是两次 dfdx 的 matmul、一次乘 s、一次加法，各自遍历内存、各自分配，
 //! 反向里四个算子各自复制一遍梯度；dfdx 的 matmul 还用另一个库的内核。这里把它们收成三次
@@ -7,7 +7,7 @@
 //! - 前向：down = x·Aᵀ `(rows, r)`（留给反向），h = out + s·down·Bᵀ（先复制 out，再以 β = 1 累加）；
 //! - 反向，上游梯度 g：∂out = g（取走 h 的梯度），gB = s·g·B `(rows, r)`，∂B += s·gᵀ·down，∂A += gBᵀ·x，∂x += gB·A。
 //!
-//! [`low_rank`]: crate::lora::layer::low_rank
+//! [`low_rank`]: super::composite::low_rank
 
 use dfdx::prelude::*;
 
@@ -16,7 +16,7 @@ use super::cpu::{
     Gemm,
 };
 use super::math::FastMath;
-use crate::transformer::hooks::Hidden;
+use crate::basics::shapes::Hidden;
 
 /// 矩阵的（起点, 行步长, 列步长）：行优先存放的 `rows × cols`。
 fn rm<F>(p: *const F, cols: usize) -> (*const F, isize, isize) {
@@ -44,7 +44,7 @@ where
 {
     let contiguous = [is_contiguous(&out), is_contiguous(&x)];
     if contiguous.contains(&false) || !is_contiguous(a) || !is_contiguous(b) {
-        return out + crate::lora::layer::low_rank(x, a, b, scaling);
+        return out + super::composite::low_rank(x, a, b, scaling);
     }
     let (batch, seq, _) = *x.shape();
     assert_eq!(

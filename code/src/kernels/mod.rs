@@ -5,27 +5,30 @@
 //! 线性层的反向则总是算出冻结权重的梯度；多头注意力的拆头、拼回与 LoRA 分支也各是好几个算子。
 //! [`Kernels`] 把它们各自变成**一个**算子：
 //!
-//! - 默认实现就是书中的组合写法（[`masked_softmax_composite`]、[`crate::transformer::gelu::gelu`]、
-//!   [`crate::transformer::norm::layer_norm_composite`]、[`attention_heads_composite`]、[`low_rank`]），CUDA 等其他设备用它；
+//! - 默认实现就是书中的组合写法（[`composite`]：第 1、2 部分各章讲的那些函数），CUDA 等其他设备用它；
 //! - `Cpu` 上换成 [`cpu`]、[`attention`]、[`lora`] 里的融合内核：一次遍历算完前向，用 `Tape::add_backward_op` 登记手写的反向，
 //!   按行（或按头）分块交给 rayon 的线程池，块内按 CPU 的指令集向量化，矩阵乘法由 gemm 库单线程地算每一块。
 //!
-//! 模型代码只写 `D: Kernels<E>` 与 `D::gelu(x)` 这样的调用，不关心设备。融合内核读写张量缓冲区用到的
-//! 几个 dfdx 接口原本是 crate 私有的，见 `code/vendor/README.md` 里的补丁。
+//! 模型代码只写 `D: Kernels<E>` 与 `D::gelu(x)` 这样的调用，不关心设备；程序入口由 [`device::run_on`] 选定设备。
+//! 融合内核读写张量缓冲区用到的几个 dfdx 接口原本是 crate 私有的，见 `code/vendor/README.md` 里的补丁。
+//!
+//! 依赖只有一个方向：`basics`（第 0 部分）← `kernels` ← 各章的模型。本模块只用 dfdx 与 `crate::basics`，
+//! 算子的签名里只有 dfdx 的张量（掩码是加性的偏置张量，不是填充掩码的结构体），可以原样搬成一个独立的 crate。
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use dfdx::prelude::*;
 
-use crate::lora::layer::low_rank;
-use crate::transformer::attention::PaddingMask;
-use crate::transformer::gelu::gelu as gelu_composite;
-use crate::transformer::multi_head::attention_heads_composite;
-use crate::transformer::norm::layer_norm_composite;
+use composite::{
+    attention_heads_composite, gelu as gelu_composite, layer_norm_composite, linear_composite,
+    low_rank, masked_softmax_composite,
+};
 
 pub mod attention;
+pub mod composite;
 pub mod cpu;
+pub mod device;
 pub mod lora;
 pub mod math;
 pub mod step_key;
@@ -73,14 +76,15 @@ pub trait Kernels<E: Dtype>: Device<E> {
 
     /// 多头的缩放点积注意力：投影后的 `q` `(batch, seq_q, M)`、`k`、`v` `(batch, seq_k, M)` 拆成 `heads` 个头，
     /// 各自 softmax(QKᵀ/√d_k + 掩码)·V，再拼回 `(batch, seq_q, M)`；另返回注意力权重 `(batch, heads, seq_q, seq_k)`
-    /// （dropout 之前的）。`dropout` > 0 时对注意力权重做 dropout（BERT 的 `attention_probs_dropout_prob`；只在训练时给）。
+    /// （dropout 之前的）。掩码是加性的偏置 `(batch, seq_k)`（真实位置 0，填充位置一个大负数），沿头与查询两维广播。
+    /// `dropout` > 0 时对注意力权重做 dropout（BERT 的 `attention_probs_dropout_prob`；只在训练时给）。
     #[allow(clippy::type_complexity)]
     fn attention<const M: usize, T: Tape<E, Self> + Merge<T>>(
         q: Tensor<(usize, usize, Const<M>), E, Self, T>,
         k: Tensor<(usize, usize, Const<M>), E, Self, T>,
         v: Tensor<(usize, usize, Const<M>), E, Self, T>,
         heads: usize,
-        mask: Option<&PaddingMask<E, Self>>,
+        mask: Option<&Tensor<(usize, usize), E, Self>>,
         dropout: f64,
     ) -> (
         Tensor<(usize, usize, Const<M>), E, Self, T>,
@@ -89,7 +93,7 @@ pub trait Kernels<E: Dtype>: Device<E> {
         attention_heads_composite(q, k, v, heads, mask, dropout)
     }
 
-    /// LoRA 分支加到原线性层的输出上：out + s·B(A·x)，A `(R, I)`、B `(O, R)`。
+    /// 低秩更新加到线性层的输出上：out + s·B(A·x)，A `(R, I)`、B `(O, R)`（LoRA 的分支；秩 `R` 可以是编译期或运行期的维度）。
     fn lora_add<const I: usize, const O: usize, R: Dim, T: Tape<E, Self> + Merge<T>>(
         out: Tensor<(usize, usize, Const<O>), E, Self, T>,
         x: Tensor<(usize, usize, Const<I>), E, Self, T>,
@@ -171,33 +175,6 @@ pub trait Kernels<E: Dtype>: Device<E> {
 }
 // ANCHOR_END: kernels
 
-// ANCHOR: masked_softmax_composite
-/// 组合算子写的 softmax(x + 掩码)：掩码必须在 softmax **之前**加（之后再置零，每行的和就不再是 1）。
-pub fn masked_softmax_composite<E: Dtype, D: Device<E>, T: Tape<E, D>>(
-    x: Tensor<Shape4, E, D, T>,
-    mask: Option<&Tensor<(usize, usize), E, D>>,
-) -> Tensor<Shape4, E, D, T> {
-    let x = match mask {
-        Some(m) => {
-            let shape = *x.shape();
-            x + m.clone().broadcast_like::<_, Axes2<1, 2>>(&shape)
-        }
-        None => x,
-    };
-    x.softmax::<Axis<3>>()
-}
-// ANCHOR_END: masked_softmax_composite
-
-/// 组合算子写的线性层：与 dfdx 的 `Linear::forward` 相同，W 与 b 的梯度总会算出来。
-pub fn linear_composite<const I: usize, const O: usize, E: Dtype, D: Device<E>, T: Tape<E, D>>(
-    x: Tensor<(usize, usize, Const<I>), E, D, T>,
-    w: &Tensor<Rank2<O, I>, E, D>,
-    b: &Tensor<Rank1<O>, E, D>,
-) -> Tensor<(usize, usize, Const<O>), E, D, T> {
-    let shape = (x.shape().0, x.shape().1, Const::<O>);
-    x.matmul(w.retaped::<T>().permute::<_, Axes2<1, 0>>()) + b.retaped::<T>().broadcast_like(&shape)
-}
-
 macro_rules! cpu_kernels {
     ($($e:ty),*) => {$(
         impl Kernels<$e> for Cpu {
@@ -221,7 +198,7 @@ macro_rules! cpu_kernels {
                 k: Tensor<(usize, usize, Const<M>), $e, Self, T>,
                 v: Tensor<(usize, usize, Const<M>), $e, Self, T>,
                 heads: usize,
-                mask: Option<&PaddingMask<$e, Self>>,
+                mask: Option<&Tensor<(usize, usize), $e, Self>>,
                 dropout: f64,
             ) -> (Tensor<(usize, usize, Const<M>), $e, Self, T>, Tensor<Shape4, $e, Self>) {
                 attention::attention(q, k, v, heads, mask, dropout)
@@ -291,7 +268,20 @@ impl Kernels<f64> for Cuda {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::transformer::attention::PaddingMask;
+
+    /// 填充掩码的加性偏置 `(batch, seq)`：第 b 行前 `lengths[b]` 个位置为 0，其余为 −1e9（与 1.1 节的 `PaddingMask::bias` 相同）。
+    fn padding_bias<E: Dtype>(
+        dev: &Cpu,
+        lengths: &[usize],
+        seq: usize,
+    ) -> Tensor<(usize, usize), E, Cpu> {
+        let masked = E::from_f64(-1e9).unwrap();
+        let bias = lengths
+            .iter()
+            .flat_map(|&len| (0..seq).map(move |j| if j < len { E::default() } else { masked }))
+            .collect();
+        dev.tensor_from_vec(bias, (lengths.len(), seq))
+    }
 
     /// 两组数的最大绝对误差。
     fn max_diff<E: Into<f64> + Copy>(a: &[E], b: &[E]) -> f64 {
@@ -311,13 +301,13 @@ mod tests {
         let shape = (lengths.len(), 3, 5, 7);
         let x: Tensor<Shape4, E, Cpu> = dev.sample_normal_like(&shape);
         let w: Tensor<Shape4, E, Cpu> = dev.sample_normal_like(&shape);
-        let mask = PaddingMask::<E, Cpu>::from_lengths(dev, lengths, 7).unwrap();
+        let mask = padding_bias::<E>(dev, lengths, 7);
         let run = |fused: bool| {
             let xt = x.leaky_trace();
             let y = if fused {
-                Cpu::masked_softmax(xt, Some(&mask.bias))
+                Cpu::masked_softmax(xt, Some(&mask))
             } else {
-                masked_softmax_composite(xt, Some(&mask.bias))
+                masked_softmax_composite(xt, Some(&mask))
             };
             let out = y.retaped::<NoneTape>().as_vec();
             let g = (y * w.clone()).sum().backward();
@@ -337,8 +327,8 @@ mod tests {
         assert!(y < 2e-7 && g < 5e-7, "f32：前向 {y:e}，梯度 {g:e}");
         // 填充位置的权重恰好为 0（与组合写法相同）
         let x: Tensor<Shape4, f32, Cpu> = dev.sample_normal_like(&(1, 1, 2, 4));
-        let mask = PaddingMask::<f32, Cpu>::from_lengths(&dev, &[2], 4).unwrap();
-        let y = Cpu::masked_softmax(x, Some(&mask.bias)).as_vec();
+        let mask = padding_bias::<f32>(&dev, &[2], 4);
+        let y = Cpu::masked_softmax(x, Some(&mask)).as_vec();
         assert_eq!(&y[2..4], &[0.0, 0.0]);
         assert!((y[0] + y[1] - 1.0).abs() < 1e-6);
     }
@@ -383,7 +373,7 @@ mod tests {
             let y = if fused {
                 Cpu::gelu(xt)
             } else {
-                crate::transformer::gelu::gelu(xt)
+                gelu_composite(xt)
             };
             let out = y.retaped::<NoneTape>().as_vec();
             let g = (y * w.clone()).sum().backward();
@@ -421,7 +411,7 @@ mod tests {
             let y = if fused {
                 Cpu::layer_norm(xt, &gamma, &beta, 1e-5)
             } else {
-                crate::transformer::norm::layer_norm_composite(xt, &gamma, &beta, 1e-5)
+                layer_norm_composite(xt, &gamma, &beta, 1e-5)
             };
             let out = y.retaped::<NoneTape>().as_vec();
             let g = (y * w.clone()).sum().backward();
@@ -588,9 +578,7 @@ mod tests {
             (
                 "gelu",
                 grad_of(&x3, &v3, |x| (Cpu::gelu(x) * w3.clone()).sum()),
-                grad_of(&x3, &v3, |x| {
-                    (crate::transformer::gelu::gelu(x) * w3.clone()).sum()
-                }),
+                grad_of(&x3, &v3, |x| (gelu_composite(x) * w3.clone()).sum()),
             ),
             (
                 "layer_norm",
@@ -598,9 +586,7 @@ mod tests {
                     (Cpu::layer_norm(x, &gamma, &beta, 1e-5) * w3.clone()).sum()
                 }),
                 grad_of(&x3, &v3, |x| {
-                    (crate::transformer::norm::layer_norm_composite(x, &gamma, &beta, 1e-5)
-                        * w3.clone())
-                    .sum()
+                    (layer_norm_composite(x, &gamma, &beta, 1e-5) * w3.clone()).sum()
                 }),
             ),
             (
@@ -713,7 +699,26 @@ mod tests {
             dev.sample_normal_like(&(b, seq_q, Const)),
             dev.sample_normal_like(&(b, seq_q, Const)),
         );
-        let mask = PaddingMask::<f64, Cpu>::from_lengths(&dev, lengths, seq_k).unwrap();
+        let mask = padding_bias::<f64>(&dev, lengths, seq_k);
+        // 组合写法这边的 dropout：按融合算子的规则（这一次的种子、权重里的下标）显式地构造掩码，逐元素相乘
+        let keyed_dropout = |p: Tensor<Shape4, f64, Cpu, OwnedTape<f64, Cpu>>| {
+            if dropout == 0.0 {
+                return p;
+            }
+            let seed = step_key::next_seed(|| unreachable!("有钥匙时不取设备的随机数"));
+            let (threshold, scale) = cpu::dropout_params::<f64>(dropout);
+            let shape = *p.shape();
+            let keep = (0..shape.num_elements())
+                .map(|i| {
+                    if cpu::keeps(seed, i, threshold) {
+                        scale
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            p * dev.tensor_from_vec(keep, shape)
+        };
         let run = |fused: bool| {
             let qt = q.leaky_trace();
             let q_again = qt.retaped::<OwnedTape<f64, Cpu>>();
@@ -722,7 +727,7 @@ mod tests {
             let (out, weights) = if fused {
                 Cpu::attention(qt, kt, vt, 3, Some(&mask), dropout)
             } else {
-                attention_heads_composite(qt, kt, vt, 3, Some(&mask), dropout)
+                attention_heads_composite(qt, kt, vt, 3, Some(&mask), keyed_dropout)
             };
             let y = out.retaped::<NoneTape>().as_vec();
             let g = ((out * w.clone()).sum() + (q_again * w2.clone()).sum()).backward();
@@ -852,7 +857,7 @@ mod tests {
             let h = if fused {
                 Cpu::lora_add(ot, xt, &a, &b, 0.7)
             } else {
-                ot + crate::lora::layer::low_rank(xt, &a, &b, 0.7)
+                ot + low_rank(xt, &a, &b, 0.7)
             };
             let y = h.retaped::<NoneTape>().as_vec();
             let g = ((h * w.clone()).sum() + (x_again * w2.clone()).sum()).backward();

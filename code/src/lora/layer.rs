@@ -3,6 +3,7 @@
 //! h = W₀x + b₀ + (α/r)·B(A·dropout(x))，W₀、b₀ 冻结，A ∈ ℝ^{r×in}、B ∈ ℝ^{out×r} 可训练。
 //! 初始化与 PEFT 相同：A 取 Kaiming 均匀分布 U(−1/√in, 1/√in)，B 取 0，所以训练开始时 LoRA 层与原层完全相同。
 
+pub use crate::kernels::composite::low_rank;
 use crate::kernels::Kernels;
 use dfdx::nn::modules::{Linear, ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
@@ -131,31 +132,6 @@ where
         _ => x,
     };
     low_rank(x, a, b, scaling)
-}
-
-/// 低秩更新 s·B(A·x)（不含 dropout）：先降到 r 维，再升回 OUT 维。
-///
-/// 秩 R 是一个维度类型：本章的 [`LoraLinear`] 用 `Const<R>`（编译期的秩，写错了编译不过），
-/// 3.4 节的 PEFT 适配器用 `usize`（秩在 `adapter_config.json` 里，读到文件才知道）。同一份代码。
-///
-/// # 形状
-/// - `x`: `(batch, seq, Const<IN>)`，`a`: `(R, IN)`，`b`: `(OUT, R)`
-/// - 返回：`(batch, seq, Const<OUT>)`
-pub fn low_rank<const IN: usize, const OUT: usize, R: Dim, E, D, T>(
-    x: Tensor<(usize, usize, Const<IN>), E, D, T>,
-    a: &Tensor<(R, Const<IN>), E, D>,
-    b: &Tensor<(Const<OUT>, R), E, D>,
-    scaling: f64,
-) -> Tensor<(usize, usize, Const<OUT>), E, D, T>
-where
-    E: Dtype,
-    D: Device<E>,
-    T: Tape<E, D> + Merge<T>,
-{
-    // (batch, seq, IN) → (batch, seq, r) → (batch, seq, OUT)
-    let down = x.matmul(a.retaped::<T>().permute::<(Const<IN>, R), _>());
-    let up = down.matmul(b.retaped::<T>().permute::<(R, Const<OUT>), _>());
-    up * E::from_f64(scaling).unwrap()
 }
 // ANCHOR_END: forward
 

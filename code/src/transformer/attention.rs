@@ -7,8 +7,6 @@ use std::fmt;
 
 use dfdx::prelude::*;
 
-use crate::kernels::Kernels;
-
 /// 填充位置在 softmax 之前加上的值（与参考实现 `masked_fill(mask == 0, -1e9)` 相同）。
 ///
 /// 用一个有限的大负数而不是 −∞：即使某一行全被遮住也不会出现 NaN；
@@ -55,44 +53,9 @@ impl<E: Dtype, D: Device<E>> PaddingMask<E, D> {
 }
 // ANCHOR_END: padding_mask
 
-// ANCHOR: attention
-/// 缩放点积注意力，返回输出和注意力权重。`dropout` > 0 时（训练）对权重做 dropout 再乘 V
-/// （BERT 的 `attention_probs_dropout_prob`，PyTorch 的 `nn.MultiheadAttention(dropout=…)`）；推理时给 0。
-///
-/// # 形状
-/// - `q`: `(batch, heads, seq_q, d_k)`；`k`: `(batch, heads, seq_k, d_k)`；`v`: `(batch, heads, seq_k, d_v)`
-/// - `mask`: 可选，`bias` 为 `(batch, seq_k)`，对每个头、每个查询位置相同
-/// - 返回：输出 `(batch, heads, seq_q, d_v)`，权重 `(batch, heads, seq_q, seq_k)`（dropout 之前、不带 tape 的副本，供画图）
-pub fn scaled_dot_product_attention<E, D, T>(
-    q: Tensor<(usize, usize, usize, usize), E, D, T>,
-    k: Tensor<(usize, usize, usize, usize), E, D, T>,
-    v: Tensor<(usize, usize, usize, usize), E, D, T>,
-    mask: Option<&PaddingMask<E, D>>,
-    dropout: f64,
-) -> (
-    Tensor<(usize, usize, usize, usize), E, D, T>,
-    Tensor<(usize, usize, usize, usize), E, D>,
-)
-where
-    E: Dtype,
-    D: Kernels<E>,
-    T: Tape<E, D>,
-{
-    let d_k = q.shape().3;
-    let scale = E::from_f64(1.0 / (d_k as f64).sqrt()).unwrap();
-    // (b, h, s_q, d_k) × (b, h, d_k, s_k) -> (b, h, s_q, s_k)
-    let scores = q.matmul(k.permute::<_, Axes4<0, 1, 3, 2>>()) * scale;
-    // 掩码在 softmax 之前加到分数上（沿头与查询两维广播）：见下面的 masked_softmax_composite
-    let weights = D::masked_softmax(scores, mask.map(|m| &m.bias));
-    let weights_copy = weights.retaped::<NoneTape>();
-    let weights = if dropout > 0.0 {
-        D::dropout(weights, dropout)
-    } else {
-        weights
-    };
-    (weights.matmul(v), weights_copy)
-}
-// ANCHOR_END: attention
+/// 缩放点积注意力（掩码给 [`PaddingMask::bias`]）。代码在 `kernels/composite.rs`：它也是附录 B 的融合注意力的对照，
+/// 而附录 B 的算子不依赖各章的模块。
+pub use crate::kernels::composite::scaled_dot_product_attention;
 
 /// 构造填充掩码时的错误。
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -150,7 +113,7 @@ mod tests {
                 q.put_tape(tape),
                 self.k.clone().retaped::<T>(),
                 self.v.clone().retaped::<T>(),
-                Some(&self.mask),
+                Some(&self.mask.bias),
                 0.0,
             );
             (out * self.w.clone()).sum()
@@ -182,7 +145,7 @@ mod tests {
             dev.sample_normal_like(&shape),
         );
         let mask = PaddingMask::<f32, Cpu>::from_lengths(&dev, &[5, 2], 5).unwrap();
-        let (_, w) = scaled_dot_product_attention(q, k, v, Some(&mask), 0.0);
+        let (_, w) = scaled_dot_product_attention(q, k, v, Some(&mask.bias), 0.0);
         let w = w.as_vec();
         for (row_index, row) in w.chunks(5).enumerate() {
             let b = row_index / (3 * 5);

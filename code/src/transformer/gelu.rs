@@ -7,43 +7,17 @@
 //!
 //! 数值上 out = y；对 x 求导只剩第一项，恰好是 d。整个构造只用 dfdx 的公开算子，
 //! 所以 CPU 与 CUDA 都能用（性能附录会换成融合的内核）。
+//!
+//! 代码在 `kernels/composite.rs`（[`gelu`]）：它也是附录 B 里 `Kernels::gelu` 的默认实现与融合内核的对照，
+//! 而附录 B 的算子不依赖各章的模块。这里导出它，并检查它的梯度。
 
-use dfdx::prelude::*;
-
-// ANCHOR: gelu
-/// 精确 GELU，梯度正确。
-///
-/// # 形状
-/// 任意形状 `S`，输出与输入相同。
-pub fn gelu<S: Shape, E: Dtype, D: Device<E>, T: Tape<E, D> + Merge<NoneTape>>(
-    x: Tensor<S, E, D, T>,
-) -> Tensor<S, E, D, T> {
-    let (x, tape) = x.split_tape();
-    let y = x.clone().accurate_gelu(); // 前向：dfdx 的前向是对的
-    let d = gelu_derivative(&x, &y);
-    let offset = y - x.clone() * d.clone();
-    x.put_tape(tape) * d + offset
-}
-
-/// GELU′(x) = Φ(x) + x·φ(x)，不带 tape。
-///
-/// dfdx 没有 erf 算子，但已经算好的 y = x·Φ(x) 给出 Φ(x) = y / x（x = 0 处取极限 ½）。
-fn gelu_derivative<S: Shape, E: Dtype, D: Device<E>>(
-    x: &Tensor<S, E, D>,
-    y: &Tensor<S, E, D>,
-) -> Tensor<S, E, D> {
-    let half = x.device().ones_like(x) * E::from_f64(0.5).unwrap();
-    let cdf = x.eq(E::default()).choose(half, y.clone() / x.clone());
-    let inv_sqrt_2pi = E::from_f64(1.0 / (2.0 * std::f64::consts::PI).sqrt()).unwrap();
-    let pdf = (x.clone().square() * E::from_f64(-0.5).unwrap()).exp() * inv_sqrt_2pi;
-    cdf + x.clone() * pdf
-}
-// ANCHOR_END: gelu
+pub use crate::kernels::composite::gelu;
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::gelu;
     use crate::basics::autodiff::{check_gradient, gelu_exact_derivative, ScalarFn};
+    use dfdx::prelude::*;
 
     struct SumGelu;
     impl<S: Shape> ScalarFn<S, Cpu> for SumGelu {

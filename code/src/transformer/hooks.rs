@@ -125,5 +125,5 @@ impl<const M: usize, E: Dtype, D: Device<E>> AttentionHooks<M, E, D> for NoHooks
 impl<const M: usize, const F: usize, E: Dtype, D: Device<E>> FfnHooks<M, F, E, D> for NoHooks {}
 // ANCHOR_END: hooks
 
-/// `(batch, seq, Const<N>)` 的隐藏状态（钩子的签名里用它缩短类型）。
-pub type Hidden<const N: usize, E, D, T> = Tensor<(usize, usize, Const<N>), E, D, T>;
+/// `(batch, seq, Const<N>)` 的隐藏状态（钩子的签名里用它缩短类型；定义在 0.3 节，附录 B 的算子也用它）。
+pub use crate::basics::shapes::Hidden;

@@ -6,7 +6,7 @@ use dfdx::prelude::*;
 
 use crate::basics::tensors::Real;
 
-use super::attention::{scaled_dot_product_attention, PaddingMask};
+use super::attention::PaddingMask;
 use super::hooks::{AttentionHooks, NoHooks, Proj};
 use crate::basics::shapes::HeadSplit;
 
@@ -105,9 +105,9 @@ impl<const M: usize, const H: usize, E: Dtype, D: Kernels<E>> MultiHeadAttention
             proj(Proj::Value, &self.w_v, x.retaped::<T>()),
         );
         // 拆成 H 个头、各自做缩放点积注意力、再拼回：设备的 Kernels::attention，
-        // 默认是下面的 attention_heads_composite（CPU 上是附录 B 的融合算子，结果相同）
+        // 默认是组合写法 attention_heads_composite（CPU 上是附录 B 的融合算子，结果相同）；掩码只交出加性的偏置
         let _ = Self::D_HEAD; // H 不整除 M 时编译不过（0.3 节）
-        let (out, weights) = D::attention(q, k, v, H, mask, dropout);
+        let (out, weights) = D::attention(q, k, v, H, mask.map(|m| &m.bias), dropout);
         (
             hooks.output(out.retaped::<T>(), proj(Proj::Output, &self.w_o, out)),
             weights,
@@ -116,43 +116,9 @@ impl<const M: usize, const H: usize, E: Dtype, D: Kernels<E>> MultiHeadAttention
 }
 // ANCHOR_END: mha_forward
 
-// ANCHOR: heads
-/// 多头注意力的组合写法：把投影后的 `q`、`k`、`v` 拆成 `heads` 个头，各自做缩放点积注意力（训练时对权重做 `dropout`），再拼回。
-///
-/// # 形状
-/// - `q`: `(batch, seq_q, Const<M>)`；`k`、`v`: `(batch, seq_k, Const<M>)`
-/// - 返回：输出 `(batch, seq_q, Const<M>)`，注意力权重 `(batch, heads, seq_q, seq_k)`
-pub fn attention_heads_composite<const M: usize, E, D, T>(
-    q: Tensor<(usize, usize, Const<M>), E, D, T>,
-    k: Tensor<(usize, usize, Const<M>), E, D, T>,
-    v: Tensor<(usize, usize, Const<M>), E, D, T>,
-    heads: usize,
-    mask: Option<&PaddingMask<E, D>>,
-    dropout: f64,
-) -> (
-    Tensor<(usize, usize, Const<M>), E, D, T>,
-    Tensor<(usize, usize, usize, usize), E, D>,
-)
-where
-    E: Dtype,
-    D: Kernels<E>,
-    T: Tape<E, D>,
-{
-    let (batch, seq_q, _) = *q.shape();
-    let split = |t: Tensor<(usize, usize, Const<M>), E, D, T>| {
-        let (batch, seq, _) = *t.shape();
-        // (batch, seq, M) -> (batch, seq, heads, d_head) -> (batch, heads, seq, d_head)
-        t.reshape_like(&(batch, seq, heads, M / heads))
-            .permute::<_, Axes4<0, 2, 1, 3>>()
-    };
-    let (out, weights) = scaled_dot_product_attention(split(q), split(k), split(v), mask, dropout);
-    // (batch, heads, seq_q, d_head) -> (batch, seq_q, heads, d_head) -> (batch, seq_q, M)
-    let out = out
-        .permute::<_, Axes4<0, 2, 1, 3>>()
-        .reshape_like(&(batch, seq_q, Const::<M>));
-    (out, weights)
-}
-// ANCHOR_END: heads
+/// 多头注意力的组合写法（拆头 → 缩放点积注意力 → 拼回）。代码在 `kernels/composite.rs`：它是 `Kernels::attention`
+/// 的默认实现，也是附录 B 的融合注意力的对照。
+pub use crate::kernels::composite::attention_heads_composite;
 
 impl<const M: usize, const H: usize, E, D> TensorCollection<E, D> for MultiHeadAttention<M, H, E, D>
 where

@@ -5,6 +5,7 @@
 use dfdx::nn::modules::{ModuleVisitor, TensorCollection, TensorOptions};
 use dfdx::prelude::*;
 
+pub use crate::kernels::composite::layer_norm_composite;
 use crate::kernels::Kernels;
 
 // ANCHOR: layer_norm
@@ -19,7 +20,7 @@ pub struct LayerNorm<const M: usize, E: Dtype, D: Device<E>> {
 
 impl<const M: usize, E: Dtype, D: Kernels<E>> LayerNorm<M, E, D> {
     /// 沿最后一维归一化；`eps` 是超参数（PyTorch 默认 1e-5，BERT 用 1e-12）。
-    /// 由设备的 [`Kernels::layer_norm`] 计算：CPU 上是融合内核（附录 B），其他设备是下面的组合写法。
+    /// 由设备的 [`Kernels::layer_norm`] 计算：CPU 上是融合内核（附录 B），其他设备是组合写法 [`layer_norm_composite`]。
     ///
     /// # 形状
     /// - `x`: `(batch, seq, Const<M>)`
@@ -31,30 +32,6 @@ impl<const M: usize, E: Dtype, D: Kernels<E>> LayerNorm<M, E, D> {
     ) -> Tensor<(usize, usize, Const<M>), E, D, T> {
         D::layer_norm(x, &self.weight, &self.bias, eps)
     }
-}
-
-/// 用 dfdx 的基本算子组合出的 LayerNorm：(x − μ) / √(σ² + ε) ⊙ γ + β。
-pub fn layer_norm_composite<const M: usize, E: Dtype, D: Device<E>, T: Tape<E, D>>(
-    x: Tensor<(usize, usize, Const<M>), E, D, T>,
-    weight: &Tensor<Rank1<M>, E, D>,
-    bias: &Tensor<Rank1<M>, E, D>,
-    eps: f64,
-) -> Tensor<(usize, usize, Const<M>), E, D, T> {
-    let shape = *x.shape();
-    // μ：(batch, seq)
-    let mean = x.retaped::<T>().mean::<(usize, usize), Axis<2>>();
-    let centered = x - mean.broadcast_like(&shape);
-    // σ²：有偏方差（除以 M，与 PyTorch 相同）
-    let var = centered
-        .retaped::<T>()
-        .square()
-        .mean::<(usize, usize), Axis<2>>();
-    let normed = centered
-        / (var + E::from_f64(eps).unwrap())
-            .sqrt()
-            .broadcast_like(&shape);
-    normed * weight.retaped::<T>().broadcast_like(&shape)
-        + bias.retaped::<T>().broadcast_like(&shape)
 }
 // ANCHOR_END: layer_norm
 

@@ -96,7 +96,7 @@ pub fn compare_all_on<D: Kernels<f32>>(
     let (o, w) = scaled_dot_product_attention(q.clone(), k.clone(), v.clone(), None, 0.0);
     out.push(compare("缩放点积注意力：输出", &o, &ckpt, "sdpa.out")?);
     out.push(compare("缩放点积注意力：权重", &w, &ckpt, "sdpa.weights")?);
-    let (o, w) = scaled_dot_product_attention(q, k, v, Some(&mask), 0.0);
+    let (o, w) = scaled_dot_product_attention(q, k, v, Some(&mask.bias), 0.0);
     out.push(compare(
         "缩放点积注意力（掩码）：输出",
         &o,

@@ -11,9 +11,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source code/scripts/record.sh
-model="code/models/mini-chinese-bert"
-bin="${LLM_BOOK_BIN:-target/release/llm-book}"
-[ -x "$bin" ] || cargo build --release -p llm-book --bin llm-book
 out_dir="code/results/learning-curve"
 # 耗时测量（timing）只训练 40 步，其余设置相同
 max_steps=433; [ "${1:-}" = timing ] && max_steps=40

@@ -13,8 +13,6 @@ source code/scripts/record.sh
 seeds="${1:-3}"
 model="code/runs/mini-chinese-bert/model"
 [ -f "$model/model.safetensors" ] || { echo "没有 $model：先运行 (cd code && cargo run --release -- pretrain)" >&2; exit 1; }
-bin="${LLM_BOOK_BIN:-target/release/llm-book}"
-[ -x "$bin" ] || cargo build --release
 # ANCHOR: runs
 # 所有运行共用的预算：一轮（433 步）、批大小 32、最长 64 个记号；验证集前 500 条选最好的一步，测试集全部
 common=(--model "$model" --epochs 1 --batch-size 32 --max-len 64 --valid-limit 500 --eval-every 100)

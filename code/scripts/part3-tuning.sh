@@ -7,12 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source code/scripts/record.sh
-model="code/models/mini-chinese-bert"
-bin="${LLM_BOOK_BIN:-target/release/llm-book}"
-[ -x "$bin" ] || cargo build --release
 # ANCHOR: runs
 # 所有运行共用的预算：200 步、批大小 16、最长 64 个记号、验证集前 300 条每 100 步评估一次，测试集全部
-common=(--model "$model" --max-steps 200 --batch-size 16 --max-len 64 --valid-limit 300 --eval-every 100)
+common=(--model "$model" "${mini[@]}" --max-steps 200 --eval-every 100)
 
 declare -A runs=(
   [demo]="--r 16 --alpha 32 --targets query,value --lora-dropout 0.1"

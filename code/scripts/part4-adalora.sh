@@ -10,9 +10,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source code/scripts/record.sh
-model="code/models/mini-chinese-bert"
-bin="${LLM_BOOK_BIN:-target/release/llm-book}"
-[ -x "$bin" ] || cargo build --release -p llm-book --bin llm-book
 config="$(mktemp)"
 trap 'rm -f "$config"' EXIT
 # ANCHOR: config
@@ -35,7 +32,8 @@ cat > "$config" <<'JSON'
 JSON
 # ANCHOR_END: config
 # ANCHOR: runs
-common=(--model "$model" --max-steps 300 --batch-size 16 --max-len 64 --valid-limit 300 --eval-every 50)
+# mini（code/scripts/record.sh）：批大小 16、最长 64 个记号、验证集前 300 条
+common=(--model "$model" "${mini[@]}" --max-steps 300 --eval-every 50)
 lora=(--targets query,key,value,dense --alpha 32 --lora-dropout 0.1)
 # 学习率（种子 0）
 for lr in 0.0005 0.002 0.005; do

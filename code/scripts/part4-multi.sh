@@ -5,14 +5,13 @@
 # 用法（在仓库根目录）：bash code/scripts/part4-multi.sh   （2 核 CPU 上训练每个约 30 秒；测耗时时不要运行别的东西）
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-model="code/models/mini-chinese-bert"
-bin="${LLM_BOOK_BIN:-target/release/llm-book}"
-[ -x "$bin" ] || cargo build --release -p llm-book --bin llm-book
+source code/scripts/record.sh
 runs="code/runs/part4-multi"
 results="code/results/part4-multi"
 mkdir -p "$results"
 # ANCHOR: runs
-common=(--model "$model" --max-steps 400 --batch-size 16 --max-len 64 --valid-limit 300 --eval-every 100
+# mini（code/scripts/record.sh）：批大小 16、最长 64 个记号、验证集前 300 条
+common=(--model "$model" "${mini[@]}" --max-steps 400 --eval-every 100
         --r 8 --alpha 16 --targets query,value --lora-dropout 0.1 --seed 0)
 tasks=(sentiment domain)
 texts=("房间很干净，服务也周到" "这本书印刷粗糙，内容也空洞" "屏幕很亮，键盘手感一般" "物流太慢了，再也不买了")

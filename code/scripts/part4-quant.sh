@@ -7,11 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source code/scripts/record.sh
-model="code/models/mini-chinese-bert"
-bin="${LLM_BOOK_BIN:-target/release/llm-book}"
-[ -x "$bin" ] || cargo build --release -p llm-book --bin llm-book
 # ANCHOR: runs
-common=(--model "$model" --max-steps 200 --batch-size 16 --max-len 64 --valid-limit 300 --eval-every 50
+# mini（code/scripts/record.sh）：批大小 16、最长 64 个记号、验证集前 300 条
+common=(--model "$model" "${mini[@]}" --max-steps 200 --eval-every 50
         --lora-dropout 0.1 --targets query,value --r 16 --alpha 32)
 formats=(f32 int8 nf4)
 seeds=(0 1 2)

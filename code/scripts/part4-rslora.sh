@@ -6,11 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 source code/scripts/record.sh
-model="code/models/mini-chinese-bert"
-bin="${LLM_BOOK_BIN:-target/release/llm-book}"
-[ -x "$bin" ] || cargo build --release -p llm-book --bin llm-book
 # ANCHOR: runs
-common=(--model "$model" --max-steps 200 --batch-size 16 --max-len 64 --valid-limit 300 --eval-every 100
+# mini（code/scripts/record.sh）：批大小 16、最长 64 个记号、验证集前 300 条
+common=(--model "$model" "${mini[@]}" --max-steps 200 --eval-every 100
         --alpha 16 --targets query,value --lora-dropout 0.1)
 ranks=(4 16 64 256)
 scalings=(lora rslora)   # rslora：加 --use-rslora

@@ -707,8 +707,8 @@ mod tests {
         let dev: Cpu = Default::default();
         let mut ln = LayerNorm::<3, f32, Cpu>::build(&dev);
         ln.weight = dev.tensor([1.0, 2.0, 3.0]);
-        let path =
-            std::env::temp_dir().join(format!("llm-book-ckpt-{}.safetensors", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("ckpt.safetensors");
         save_params(&ln, &path).unwrap();
         let mut back = LayerNorm::<3, f32, Cpu>::build(&dev);
         Checkpoint::read(&path)
@@ -716,17 +716,14 @@ mod tests {
             .load_into(&mut back, "")
             .unwrap();
         assert_eq!(back.weight.array(), [1.0, 2.0, 3.0]);
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]
     fn converts_floats_to_half_precision_and_refuses_overflow() {
         // 1/3 在 f16 里舍入成 0x3555（= 0.333251953125），在 bf16 里是 0x3eab（= 0.333984375）
         let values = vec![1.0, -2.0, 1.0 / 3.0, 6.0e-8];
-        let path = std::env::temp_dir().join(format!(
-            "llm-book-convert-{}.safetensors",
-            std::process::id()
-        ));
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("convert.safetensors");
         for (dtype, third) in [
             (StoreDtype::F16, 0.333251953125),
             (StoreDtype::BF16, 0.333984375),
@@ -762,6 +759,5 @@ mod tests {
             .to_string();
         assert!(err.contains("big") && err.contains("70000"), "{err}");
         assert_eq!(std::fs::read(&path).unwrap(), big);
-        std::fs::remove_file(&path).unwrap();
     }
 }

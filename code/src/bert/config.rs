@@ -241,9 +241,8 @@ mod tests {
 
     #[test]
     fn broken_files_are_clear_errors() {
-        let dir = std::env::temp_dir().join(format!("llm-book-cfg-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("config.json");
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("config.json");
         std::fs::write(&path, r#"{"vocab_size": 64, "hidden_size": 32}"#).unwrap();
         let err = HfBertConfig::read(&path).unwrap_err().to_string();
         assert!(
@@ -271,6 +270,5 @@ mod tests {
             let err = bad.check(&tiny()).unwrap_err().to_string();
             assert!(err.contains(expected), "{err}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

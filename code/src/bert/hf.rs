@@ -413,8 +413,9 @@ mod dir_tests {
             num_labels: 10,
         };
         let model = TinyBert::<f32, Cpu>::new(&dev, &dims);
-        let dir = std::env::temp_dir().join(format!("llm-book-sizes-{}", std::process::id()));
-        let src = std::env::temp_dir().join(format!("llm-book-sizes-src-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sizes");
+        let src = tmp.path().join("sizes-src");
         std::fs::create_dir_all(&src).unwrap();
         let config = std::fs::read_to_string(fixtures_dir().join("tiny-bert/config.json"))
             .unwrap()
@@ -488,15 +489,14 @@ mod dir_tests {
         let mlm =
             load_dir::<32, 4, 48, f32, Cpu>(&dev, &fixtures_dir().join("tiny-bert-mlm")).unwrap();
         assert_eq!(mlm.head, HeadSource::New);
-        std::fs::remove_dir_all(&dir).unwrap();
-        std::fs::remove_dir_all(&src).unwrap();
     }
 
     #[test]
     fn a_truncated_weight_file_is_a_clear_error() {
         let dev: Cpu = Default::default();
         let src = fixtures_dir().join("tiny-bert");
-        let dir = std::env::temp_dir().join(format!("llm-book-bert-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("bert");
         std::fs::create_dir_all(&dir).unwrap();
         for f in ["config.json", "vocab.txt"] {
             std::fs::copy(src.join(f), dir.join(f)).unwrap();
@@ -511,6 +511,5 @@ mod dir_tests {
             err.contains("不是有效的 safetensors 文件（可能被截断或损坏）"),
             "{err}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -509,6 +509,7 @@ mod tests {
     use std::sync::Arc;
     use std::thread::JoinHandle;
     use std::time::{Duration, Instant};
+    use tempfile::TempDir;
 
     /// 假仓库的提交哈希。
     const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -535,32 +536,11 @@ mod tests {
         std::fs::read(fixture_dir().join(name)).unwrap()
     }
 
-    /// 测试结束时自动删除的临时目录（不依赖 tempfile）。
-    struct TempDir(PathBuf);
-
-    impl TempDir {
-        fn new(tag: &str) -> Self {
-            static COUNTER: AtomicUsize = AtomicUsize::new(0);
-            let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-            let dir =
-                std::env::temp_dir().join(format!("llm-book-hub-{tag}-{}-{n}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            std::fs::create_dir_all(&dir).unwrap();
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
     /// 测试用的环境：临时缓存、本地假 Hub、无令牌、不画进度条。
     fn test_env(endpoint: &str, cache: &TempDir, offline: bool) -> HubEnv {
         HubEnv {
             endpoint: endpoint.to_string(),
-            cache_dir: cache.0.clone(),
+            cache_dir: cache.path().to_path_buf(),
             token: None,
             offline,
             progress: false,
@@ -968,13 +948,13 @@ mod tests {
 
     #[test]
     fn download_uses_python_layout_and_offline_finds_it_again() {
-        let cache = TempDir::new("download");
+        let cache = tempfile::tempdir().unwrap();
         let hub = FakeHub::start(vec![tiny_bert("llm-book/tiny-bert", WEIGHTS_FILE)]);
         let env = test_env(&hub.endpoint(), &cache, false);
 
         // (a) 下载：快照目录在 models--llm-book--tiny-bert/snapshots/<commit>/，内容逐字节相同
         let dir = resolve_model_with("llm-book/tiny-bert", &env).unwrap();
-        let repo_dir = cache.0.join("models--llm-book--tiny-bert");
+        let repo_dir = cache.path().join("models--llm-book--tiny-bert");
         assert_eq!(dir, repo_dir.join("snapshots").join(COMMIT));
         for name in [CONFIG_FILE, WEIGHTS_FILE, "vocab.txt"] {
             assert_eq!(
@@ -1025,8 +1005,8 @@ mod tests {
     #[test]
     fn offline_reads_a_cache_written_like_python() {
         // Python huggingface_hub 写下的布局（这里用普通文件代替符号链接，Windows 上 Python 也这样做）
-        let cache = TempDir::new("python");
-        let repo_dir = cache.0.join("models--llm-book--tiny-bert");
+        let cache = tempfile::tempdir().unwrap();
+        let repo_dir = cache.path().join("models--llm-book--tiny-bert");
         let snapshot = repo_dir.join("snapshots").join(COMMIT);
         std::fs::create_dir_all(&snapshot).unwrap();
         std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
@@ -1044,7 +1024,7 @@ mod tests {
     #[test]
     fn offline_with_empty_cache_names_repo_and_file() {
         // (c)
-        let cache = TempDir::new("empty");
+        let cache = tempfile::tempdir().unwrap();
         let env = test_env("http://127.0.0.1:9", &cache, true);
         let err = resolve_model_with("llm-book/tiny-bert", &env)
             .unwrap_err()
@@ -1059,7 +1039,7 @@ mod tests {
 
     #[test]
     fn network_errors_name_repo_and_endpoint() {
-        let cache = TempDir::new("errors");
+        let cache = tempfile::tempdir().unwrap();
         let mut gated = tiny_bert("llm-book/gated", WEIGHTS_FILE);
         gated.token = Some("hf_test");
         let hub = FakeHub::start(vec![
@@ -1124,15 +1104,15 @@ mod tests {
     #[test]
     fn local_directories_and_bad_arguments() {
         // (f) 本地目录原样返回，不联网
-        let env = test_env("http://127.0.0.1:9", &TempDir::new("local"), false);
+        let env = test_env("http://127.0.0.1:9", &tempfile::tempdir().unwrap(), false);
         let local = fixture_dir();
         assert_eq!(
             resolve_model_with(local.to_str().unwrap(), &env).unwrap(),
             local
         );
 
-        let empty = TempDir::new("no-config");
-        let err = resolve_model_with(empty.0.to_str().unwrap(), &env).unwrap_err();
+        let empty = tempfile::tempdir().unwrap();
+        let err = resolve_model_with(empty.path().to_str().unwrap(), &env).unwrap_err();
         assert!(err.to_string().contains("config.json"), "{err}");
 
         let err = resolve_model_with("./no/such/model/dir", &env).unwrap_err();

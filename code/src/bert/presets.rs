@@ -183,7 +183,8 @@ mod tests {
                 512,
             ),
         ];
-        let dir = std::env::temp_dir().join(format!("llm-book-public-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("public");
         std::fs::create_dir_all(&dir).unwrap();
         for (name, vocab, m, h, f, layers, positions) in public {
             let json = serde_json::json!({
@@ -201,7 +202,6 @@ mod tests {
                 (vocab, layers, 2)
             );
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// 表里的每一组宽度都真的能算：建一个 1 层、小词表的模型，跑一次前向，输出形状对、数值有限。
@@ -244,7 +244,8 @@ mod tests {
     fn a_width_outside_the_table_names_the_fields_and_the_table() {
         let dir = crate::bert::hf::fixtures_dir().join("tiny-bert");
         assert_eq!(dispatch_dir(&dir, Widths).unwrap(), (32, 4, 48));
-        let tmp = std::env::temp_dir().join(format!("llm-book-widths-{}", std::process::id()));
+        let scratch = tempfile::tempdir().unwrap();
+        let tmp = scratch.path().join("widths");
         std::fs::create_dir_all(&tmp).unwrap();
         let text = std::fs::read_to_string(dir.join("config.json"))
             .unwrap()
@@ -253,6 +254,5 @@ mod tests {
         let err = dispatch_dir(&tmp, Widths).unwrap_err().to_string();
         assert!(err.contains("intermediate_size = 50"), "{err}");
         assert!(err.contains("768 / 12 / 3072：bert-base-chinese"), "{err}");
-        std::fs::remove_dir_all(&tmp).unwrap();
     }
 }

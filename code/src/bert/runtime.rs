@@ -263,15 +263,13 @@ mod tests {
     #[test]
     fn runtime_sizes_are_counted_saved_and_loaded() {
         let dev = Cpu::seed_from_u64(0);
+        let tmp = tempfile::tempdir().unwrap();
         // 行数、层数、每层的输出个数都只在运行期知道
         for (rows, layers) in [(3, 1), (7, 3)] {
             let model = net(&dev, rows, layers);
             let heads: usize = (1..=layers).map(|n| n * 4 + n).sum();
             assert_eq!(model.num_trainable_params(), rows * 4 + heads);
-            let path = std::env::temp_dir().join(format!(
-                "llm-book-runtime-{}-{rows}.safetensors",
-                std::process::id()
-            ));
+            let path = tmp.path().join(format!("runtime-{rows}.safetensors"));
             crate::checkpoint::save_params(&model, &path).unwrap();
             let saved = crate::checkpoint::Checkpoint::read(&path).unwrap();
             assert_eq!(saved.get("table.weight").unwrap().shape, vec![rows, 4]);
@@ -287,7 +285,6 @@ mod tests {
             let mut bigger = net(&dev, rows, layers + 1);
             let err = saved.load_into(&mut bigger, "").unwrap_err().to_string();
             assert!(err.contains(&format!("layers.{layers}.weight")), "{err}");
-            std::fs::remove_file(&path).unwrap();
         }
     }
 

@@ -514,29 +514,19 @@ fn list<T: fmt::Display>(items: &[T], total: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
 
     /// 测试用的临时文件：放在独立的临时目录里，离开作用域时连目录一起删掉。
     struct TempFile {
-        dir: PathBuf,
+        _dir: tempfile::TempDir,
         path: PathBuf,
     }
 
-    impl Drop for TempFile {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.dir);
-        }
-    }
-
-    /// 在 `临时目录/llm-book-table-<进程号>-<计数>/name` 写入 `contents`。
+    /// 在一个新的临时目录里写入 `name`，内容是 `contents`。
     fn write(name: &str, contents: &[u8]) -> TempFile {
-        static COUNTER: AtomicUsize = AtomicUsize::new(0);
-        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("llm-book-table-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(name);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(name);
         std::fs::write(&path, contents).unwrap();
-        TempFile { dir, path }
+        TempFile { _dir: dir, path }
     }
 
     fn read(file: &TempFile) -> Vec<Row> {
@@ -944,8 +934,8 @@ mod tests {
 
     #[test]
     fn missing_file_is_io_error() {
-        let path =
-            std::env::temp_dir().join(format!("llm-book-table-{}-none.csv", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("none.csv");
         let err = read_table(&path, &Columns::default()).unwrap_err();
         assert!(matches!(err, TableError::File { line: None, .. }));
         assert!(err

@@ -321,15 +321,15 @@ mod tests {
 
     #[test]
     fn files_split_and_label_like_run_glue() {
-        let dir = std::env::temp_dir().join(format!("llm-book-task-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let mut csv = String::from("text,label\n");
         for i in 0..40 {
             let label = ["正面", "负面", "中性"][i % 3];
             csv.push_str(&format!("第 {i} 条,{label}\n"));
         }
         let files = DataFiles {
-            train: write(&dir, "train.csv", &csv),
+            train: write(dir, "train.csv", &csv),
             ..Default::default()
         };
         let a = TaskData::from_files(&files, 7).unwrap();
@@ -357,12 +357,11 @@ mod tests {
         assert!(train.iter().all(|&y| y < 3));
         // 太少的数据分不出三份
         let tiny = DataFiles {
-            train: write(&dir, "tiny.csv", "text,label\na,x\nb,y\n"),
+            train: write(dir, "tiny.csv", "text,label\na,x\nb,y\n"),
             ..Default::default()
         };
         let err = TaskData::from_files(&tiny, 0).unwrap_err().to_string();
         assert!(err.contains("只有 2 条"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

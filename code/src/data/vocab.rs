@@ -208,8 +208,8 @@ mod tests {
 
     #[test]
     fn save_load_round_trip_and_bad_files() {
-        let dir = std::env::temp_dir().join(format!("llm-book-vocab-{}", std::process::id()));
-        let path = dir.join("vocab.txt");
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("vocab.txt");
         let v = CharVocab::build(["你好世界"], 100);
         v.save(&path).unwrap();
         assert_eq!(CharVocab::load(&path).unwrap(), v);
@@ -223,7 +223,6 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("第 1 行应为特殊记号 [PAD]"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -235,13 +234,12 @@ mod tests {
         assert_eq!(vocab.token(4), "[MASK]");
         // 5 个特殊记号 + 68 个 ASCII 字符 + 36 个 ## 续写 + 15 个汉字与全角标点，其余补 [unused…]
         assert_eq!(vocab.token(5 + 68 + 36 + 15), "[unused0]");
-        let dir = std::env::temp_dir().join(format!("llm-book-wp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         vocab.save(&dir.join("vocab.txt")).unwrap();
         let tok =
             crate::bert::tokenizer::BertTokenizer::from_vocab(&dir.join("vocab.txt")).unwrap();
         let ids = tok.encode("iPhone 4S 很好！Rust", None, 64).unwrap().ids;
         assert!(!ids.contains(&UNK), "{ids:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

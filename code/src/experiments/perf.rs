@@ -474,15 +474,10 @@ mod tests {
         }
     }
 
-    fn scratch(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("llm-book-perf-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
-
     #[test]
     fn each_cell_is_the_median_over_rounds_and_the_ratio_range_is_shown() {
-        let dir = scratch("median");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("median");
         // 三轮：本书 1、2、4 毫秒，PyTorch 3、2、1 毫秒 → 中位数 2 与 2，比值 1.00；各轮比值 1/3、1、4
         for (n, (ours, torch)) in [(1.0, 3.0), (2.0, 2.0), (4.0, 1.0)].into_iter().enumerate() {
             fake_round(&dir.join(format!("round-{}", n + 1)), ours, Some(torch));
@@ -504,12 +499,12 @@ mod tests {
             "{md}"
         );
         assert_eq!(t.torch.as_deref(), Some("PyTorch 2.15.0，2 个线程"));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn one_round_has_no_range_column_and_rounds_must_agree_on_torch() {
-        let dir = scratch("one");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("one");
         let a = fake_round(&dir.join("a"), 3.0, Some(2.0));
         let t = collect(std::slice::from_ref(&a), "测试机".into()).unwrap();
         assert_eq!(t.rows[0].ratio_range, None);
@@ -522,7 +517,6 @@ mod tests {
         // 没有 round-1 的目录
         let err = Round::list(&dir).unwrap_err().to_string();
         assert!(err.contains("round-1"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 

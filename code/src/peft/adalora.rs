@@ -519,11 +519,11 @@ mod tests {
         assert!(loss_err <= 1e-5 && orth_err <= 1e-5 && logits_err <= 1e-5);
 
         // 存盘：rank_pattern 与 PEFT 写的相同，A、E、B 按它裁过、与 PEFT 存的相差不超过 1e-5
-        let dir = std::env::temp_dir().join(format!("llm-book-adalora-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("adapter");
         model.save_pretrained(&dir, None).unwrap();
         let ours = Checkpoint::read(&dir.join(ADAPTER_WEIGHTS)).unwrap();
         let ours_config = LoraConfig::read(&dir.join(ADAPTER_CONFIG)).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         let peft = Checkpoint::read(&fixtures_dir().join(NAME).join(ADAPTER_WEIGHTS)).unwrap();
         let peft_config =
             LoraConfig::read(&fixtures_dir().join(NAME).join(ADAPTER_CONFIG)).unwrap();
@@ -606,8 +606,8 @@ mod tests {
         model.lora.rank_pattern = RankPattern::Kept(crate::peft::config::Pattern(
             names.into_iter().zip(keep).collect(),
         ));
-        let dir =
-            std::env::temp_dir().join(format!("llm-book-adalora-zero-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("adapter");
         model.save_pretrained(&dir, None).unwrap();
         let saved = Checkpoint::read(&dir.join(ADAPTER_WEIGHTS)).unwrap();
         let a = saved
@@ -616,7 +616,6 @@ mod tests {
         assert_eq!(a.shape, [0, 32]);
         let (params, config) = base(&dev);
         let back = TinyPeft::from_pretrained(params, config, &dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         let ranks: Vec<usize> = back
             .adalora_ranks()
             .unwrap()
@@ -738,12 +737,8 @@ mod tests {
             }
             Ok::<_, FinetuneError>(last.expect("最后一次没有被杀"))
         };
-        let dir = |name: &str| {
-            let d = std::env::temp_dir()
-                .join(format!("llm-book-adalora-{name}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&d);
-            d
-        };
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = |name: &str| tmp.path().join(name);
         let (straight_dir, killed_dir) = (dir("straight"), dir("killed"));
         let (want, straight) = run(&straight_dir, &[], 32).unwrap();
         // 被杀于剪枝阶段的两步（第 5–24 步）与定秩之后的一步
@@ -785,8 +780,5 @@ mod tests {
             text.contains("total_step = 40") && text.contains("32"),
             "{text}"
         );
-        for d in [straight_dir, killed_dir, dir("longer")] {
-            let _ = std::fs::remove_dir_all(d);
-        }
     }
 }

@@ -364,6 +364,7 @@ mod tests {
             ("linear", Combination::Linear, 4),
             ("svd", Combination::Svd { rank: Some(3) }, 3),
         ];
+        let tmp = tempfile::tempdir().unwrap();
         for (name, how, rank) in cases {
             model
                 .add_weighted_adapter(&["first", "second"], &[0.7, -0.4], name, how)
@@ -376,8 +377,7 @@ mod tests {
                 &format!("logits.{name}"),
             );
             assert!(err <= 1e-5, "{name} 的 logits：{err}");
-            let dir = std::env::temp_dir()
-                .join(format!("llm-book-combine-{name}-{}", std::process::id()));
+            let dir = tmp.path().join(name);
             model.save_pretrained(&dir, None).unwrap();
             let saved = Checkpoint::read(&dir.join("adapter_model.safetensors")).unwrap();
             let mut checked = 0;
@@ -423,7 +423,6 @@ mod tests {
                 logits(&back, &reference, &dev),
                 logits(&model, &reference, &dev)
             );
-            std::fs::remove_dir_all(&dir).unwrap();
         }
         assert_eq!(
             model.adapter_names(),

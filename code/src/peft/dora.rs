@@ -167,10 +167,10 @@ mod tests {
         )
         .unwrap();
         let model = TinyPeft::get_peft_model(base.clone(), config, lora).unwrap();
-        let dir = std::env::temp_dir().join(format!("llm-book-dora-init-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("adapter");
         model.save_pretrained(&dir, None).unwrap();
         let saved = Checkpoint::read(&dir.join(ADAPTER_WEIGHTS)).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         let reference = reference();
         let mut checked = 0;
         for (key, t) in &saved.tensors {
@@ -402,7 +402,8 @@ mod tests {
         let dev: Cpu = Default::default();
         let src = fixtures_dir().join("tiny-bert-peft-dora");
         let file = Checkpoint::read(&src.join(ADAPTER_WEIGHTS)).unwrap();
-        let dir = std::env::temp_dir().join(format!("llm-book-dora-key-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("adapter");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(src.join(ADAPTER_CONFIG), dir.join(ADAPTER_CONFIG)).unwrap();
         let renamed: Vec<(String, Vec<usize>, Vec<f32>)> = file
@@ -420,7 +421,6 @@ mod tests {
         crate::checkpoint::save_tensors(&dir.join(ADAPTER_WEIGHTS), &renamed).unwrap();
         let (base, config) = tiny_base(&dev);
         let renamed = TinyPeft::from_pretrained(base, config, &dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
         let reference = reference();
         let (tokens, types, mask) = reference_batch(&reference, &dev);
         let logits = renamed
@@ -438,7 +438,8 @@ mod tests {
     #[test]
     fn dora_config_and_weights_must_agree() {
         let dev: Cpu = Default::default();
-        let dir = std::env::temp_dir().join(format!("llm-book-dora-flip-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("adapter");
         for (adapter, use_dora, expect) in [
             (
                 "tiny-bert-peft-qkvd",
@@ -463,7 +464,6 @@ mod tests {
                 .to_string();
             assert!(err.contains(expect), "{adapter}：{err}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
     // ANCHOR_END: mismatch
 
@@ -512,11 +512,11 @@ mod tests {
         };
         let ours = logits(&model);
         let write = std::env::var_os("LLM_BOOK_WRITE_FIXTURES").is_some();
-        let tmp = std::env::temp_dir().join(format!("llm-book-rust-dora-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
         let dir = if write {
             fixtures_dir().join("tiny-bert-rust-adapter-dora")
         } else {
-            tmp.clone()
+            tmp.path().join("adapter")
         };
         let labels: Vec<String> = ["负面", "中性", "正面"].map(String::from).to_vec();
         let json = crate::peft::model::classifier_config_json(
@@ -557,7 +557,6 @@ mod tests {
         assert!(text.contains("\"use_dora\": true"), "{text}");
         let committed_logits = Checkpoint::read(&reference_file).unwrap();
         assert!(max_error(&ours, &committed_logits, "logits") <= 1e-6);
-        let _ = std::fs::remove_dir_all(&tmp);
     }
     // ANCHOR_END: rust_to_python
 
@@ -574,8 +573,8 @@ mod tests {
         let site = |m: &TinyPeft| m.adapters.layers.modules[1].w_v.lora.clone().unwrap();
         let before = site(&model);
         let frozen = model.base.layers.modules[1].attention.w_v.weight.as_vec();
-        let out = std::env::temp_dir().join(format!("llm-book-dora-train-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out);
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
         let cfg = FinetuneConfig {
             epochs: 3,
             batch_size: 16,
@@ -615,6 +614,5 @@ mod tests {
                 .as_vec()
         };
         assert_eq!(logits(&back), logits(&model));
-        std::fs::remove_dir_all(&out).unwrap();
     }
 }

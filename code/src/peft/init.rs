@@ -362,6 +362,7 @@ mod tests {
         let base = load_dir::<32, 4, 48, f32, Cpu>(&dev, &dir.join("tiny-bert-3label")).unwrap();
         let reference =
             Checkpoint::read(&dir.join("tiny-bert-peft-reference.safetensors")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
         for init in [InitLoraWeights::Pissa, InitLoraWeights::Olora] {
             let mut model =
                 TinyPeft::get_peft_model(base.params.clone(), base.config, config(init)).unwrap();
@@ -374,8 +375,7 @@ mod tests {
                 }
             }
             let trained = logits(&model, &reference, &dev);
-            let out = std::env::temp_dir()
-                .join(format!("llm-book-to-lora-{init:?}-{}", std::process::id()));
+            let out = tmp.path().join(format!("to-lora-{init:?}"));
             model
                 .save_pretrained_as_lora(&base.params, &out, None)
                 .unwrap();
@@ -389,7 +389,6 @@ mod tests {
             assert!(gap <= 1e-5, "{init:?}：{gap}");
             back.load_adapter(&dir.join("tiny-bert-peft-qkvd"), "qkvd")
                 .unwrap();
-            std::fs::remove_dir_all(&out).unwrap();
         }
         let plain = TinyPeft::get_peft_model(
             base.params.clone(),
@@ -397,13 +396,9 @@ mod tests {
             config(InitLoraWeights::Kaiming),
         )
         .unwrap();
-        let err = (plain.save_pretrained_as_lora(
-            &base.params,
-            &std::env::temp_dir().join("llm-book-never"),
-            None,
-        ))
-        .unwrap_err()
-        .to_string();
+        let err = (plain.save_pretrained_as_lora(&base.params, &tmp.path().join("never"), None))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("本来就是普通的 LoRA"), "{err}");
     }
 

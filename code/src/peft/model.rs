@@ -966,7 +966,8 @@ mod tests {
     fn a_missing_or_misshapen_adapter_tensor_is_named() {
         let dev: Cpu = Default::default();
         let src = fixtures_dir().join("tiny-bert-peft");
-        let dir = std::env::temp_dir().join(format!("llm-book-peft-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("adapter");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::copy(src.join(ADAPTER_WEIGHTS), dir.join(ADAPTER_WEIGHTS)).unwrap();
         let original = LoraConfig::read(&src.join(ADAPTER_CONFIG)).unwrap();
@@ -995,7 +996,6 @@ mod tests {
             err.contains("base_model.model.bert.encoder.layer.0.attention.self.query.lora_A.weight：文件中为 [4, 32]，模型要求 [8, 32]"),
             "{err}"
         );
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     /// 把每个 B 与分类头的副本换成随机值（相当于“训练过”；B = 0 时什么也测不出）。
@@ -1077,15 +1077,14 @@ mod tests {
         };
         let ours = logits(&model);
 
-        let tmp =
-            std::env::temp_dir().join(format!("llm-book-rust-adapter-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
         let (adapter_dir, merged_dir) = if std::env::var_os("LLM_BOOK_WRITE_FIXTURES").is_some() {
             (
                 fixtures_dir().join("tiny-bert-rust-adapter"),
                 fixtures_dir().join("tiny-bert-rust-merged"),
             )
         } else {
-            (tmp.join("adapter"), tmp.join("merged"))
+            (tmp.path().join("adapter"), tmp.path().join("merged"))
         };
         let labels: Vec<String> = ["LABEL_0", "LABEL_1", "LABEL_2"].map(String::from).to_vec();
         model.save_pretrained(&adapter_dir, None).unwrap();
@@ -1194,7 +1193,6 @@ mod tests {
         assert!(max_error(&ours, &reference, "logits") <= 1e-6);
         assert!(max_error(&ours_qkvd, &reference, "logits_qkvd") <= 1e-6);
         assert!(max_error(&ours_pooler, &reference, "logits_pooler") <= 1e-6);
-        let _ = std::fs::remove_dir_all(&tmp);
     }
     // ANCHOR_END: rust_to_python
 
@@ -1263,7 +1261,8 @@ mod tests {
         let mut two = base.clone();
         two.classifier = crate::bert::runtime::Head::new(&dev, 2);
         let model = rust_adapter(&dev);
-        let dir = std::env::temp_dir().join(format!("llm-book-peft-labels-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("adapter");
         let labels: Vec<String> = ["负面", "中性", "正面"].map(String::from).to_vec();
         let json = classifier_config_json(&fixtures_dir().join("tiny-bert"), &labels).unwrap();
         model.save_pretrained(&dir, Some(&json)).unwrap();
@@ -1275,7 +1274,6 @@ mod tests {
         );
         let cfg = crate::bert::config::HfBertConfig::read(&dir.join("config.json")).unwrap();
         assert_eq!(cfg.label_name(1), "中性");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
 
@@ -1422,8 +1420,8 @@ mod train_tests {
         let before = idle_b(&model);
         let head_before = model.adapters.head.weight.as_vec();
         let frozen = model.base.layers.modules[0].attention.w_q.weight.as_vec();
-        let out = std::env::temp_dir().join(format!("llm-book-peft-two-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out);
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
         let cfg = FinetuneConfig {
             epochs: 2,
             batch_size: 16,
@@ -1436,7 +1434,6 @@ mod train_tests {
         })
         .unwrap()
         .unwrap();
-        std::fs::remove_dir_all(&out).unwrap();
         assert_ne!(
             model.adapters.head.weight.as_vec(),
             head_before,
@@ -1469,8 +1466,8 @@ mod train_tests {
             .as_vec();
         let head_before = model.adapters.head.weight.as_vec();
         let data = crate::train::tests::toy_data();
-        let out = std::env::temp_dir().join(format!("llm-book-peft-train-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out);
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out");
         let cfg = FinetuneConfig {
             epochs: 3,
             batch_size: 16,
@@ -1499,6 +1496,5 @@ mod train_tests {
         assert_ne!(b_after, b_before);
         assert_ne!(model.adapters.head.weight.as_vec(), head_before);
         assert!(report.rows.len() >= 3);
-        std::fs::remove_dir_all(&out).unwrap();
     }
 }

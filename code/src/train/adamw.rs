@@ -363,15 +363,14 @@ mod tests {
         // 走两步、存盘、读回、再走两步
         let (mut lin, mut opt) = start();
         run(0..2, &mut lin, &mut opt);
-        let path =
-            std::env::temp_dir().join(format!("llm-book-adamw-{}.safetensors", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("adamw.safetensors");
         opt.save(&path).unwrap();
         let mut back = AdamW::<f64>::load(opt.cfg, &path).unwrap();
         assert_eq!(back, opt);
         run(2..4, &mut lin, &mut back);
         assert_eq!(lin.weight.array(), straight.weight.array());
         assert_eq!(lin.bias.array(), straight.bias.array());
-        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

@@ -640,14 +640,15 @@ mod tests {
             }
             model.expect("最后一次没有被杀")
         };
-        let straight_dir = out_dir("dropout-straight");
+        let tmp = tempfile::tempdir().unwrap();
+        let straight_dir = tmp.path().join("dropout-straight");
         let (want, straight) = run(&straight_dir, &[]);
         // 随机挑 3 个被杀的步数（共 64 步，每 5 步一个检查点、每 10 步评估一次）
         let mut rng = StdRng::seed_from_u64(2024);
         let mut kills: Vec<usize> = (0..3).map(|_| rng.gen_range(1..64)).collect();
         kills.sort();
         kills.dedup();
-        let killed_dir = out_dir("dropout-killed");
+        let killed_dir = tmp.path().join("dropout-killed");
         let (got, resumed) = run(&killed_dir, &kills);
         let strip = |r: &FinetuneReport| {
             r.rows
@@ -662,7 +663,7 @@ mod tests {
             straight.params.head.weight.as_vec()
         );
         // dropout 确实起了作用：同样的设置不带 dropout，训练损失不同
-        let plain_dir = out_dir("dropout-plain");
+        let plain_dir = tmp.path().join("dropout-plain");
         let (mut plain, dev) = toy_model_with(100, 0.0);
         let plain_report = finetune(
             &mut plain,
@@ -676,9 +677,6 @@ mod tests {
         .unwrap()
         .unwrap();
         assert_ne!(strip(&plain_report), strip(&want));
-        for d in [straight_dir, killed_dir, plain_dir] {
-            std::fs::remove_dir_all(d).unwrap();
-        }
     }
 
     fn config() -> FinetuneConfig {
@@ -694,12 +692,6 @@ mod tests {
             seed: 3,
             ..Default::default()
         }
-    }
-
-    fn out_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("llm-book-ft-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
     }
 
     #[test]
@@ -741,7 +733,8 @@ mod tests {
     #[test]
     fn learns_and_writes_metrics_best_and_report() {
         let (mut model, dev) = toy_model(1);
-        let out = out_dir("learn");
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("learn");
         let report = finetune(
             &mut model,
             &dev,
@@ -771,7 +764,6 @@ mod tests {
             .rows
             .iter()
             .all(|r| r.valid.accuracy <= best.valid.accuracy));
-        std::fs::remove_dir_all(&out).unwrap();
     }
 
     /// 评估的时刻：每 `eval_every` 步、每轮结束（可关）与训练结束。
@@ -780,7 +772,8 @@ mod tests {
         let data = toy_data(); // 256 条训练数据，批 16：每轮 16 步
         let steps = |eval_each_epoch| {
             let (mut model, dev) = toy_model(1);
-            let out = out_dir(&format!("eval-{eval_each_epoch}"));
+            let tmp = tempfile::tempdir().unwrap();
+            let out = tmp.path().join(format!("eval-{eval_each_epoch}"));
             let cfg = FinetuneConfig {
                 max_steps: Some(45),
                 eval_each_epoch,
@@ -791,7 +784,6 @@ mod tests {
             })
             .unwrap()
             .unwrap();
-            std::fs::remove_dir_all(&out).unwrap();
             report.rows.iter().map(|r| r.step).collect::<Vec<_>>()
         };
         assert_eq!(steps(true), [10, 16, 20, 30, 32, 40, 45]);
@@ -803,7 +795,8 @@ mod tests {
     fn an_interrupted_run_resumes_to_the_same_result() {
         // 不中断
         let (mut straight, dev) = toy_model(7);
-        let out = out_dir("straight");
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("straight");
         let want = finetune(
             &mut straight,
             &dev,
@@ -818,7 +811,7 @@ mod tests {
 
         // 第 23 步时“被杀”：最近的检查点是第 20 步写的，之后的 3 步白做了
         let (mut model, dev) = toy_model(7);
-        let out2 = out_dir("resumed");
+        let out2 = tmp.path().join("resumed");
         let stopped = finetune(
             &mut model,
             &dev,
@@ -896,8 +889,6 @@ mod tests {
             fresh.params.head.weight.as_vec(),
             straight.params.head.weight.as_vec()
         );
-        std::fs::remove_dir_all(&out).unwrap();
-        std::fs::remove_dir_all(&out2).unwrap();
     }
     // ANCHOR_END: resume_test
 }

@@ -363,12 +363,6 @@ mod tests {
         }
     }
 
-    fn out_dir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!("llm-book-pt-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
-    }
-
     #[test]
     fn an_interrupted_pretraining_resumes_to_the_same_model() {
         // 带 dropout（隐藏层与注意力权重都是 0.1）：每个掩码只由（种子, 步数, 第几处）决定，接着训练仍逐位相同
@@ -396,7 +390,8 @@ mod tests {
             .unwrap();
             (rows, model)
         };
-        let straight_dir = out_dir("straight");
+        let tmp = tempfile::tempdir().unwrap();
+        let straight_dir = tmp.path().join("straight");
         let (want, straight) = run(None, 1, &straight_dir, false);
         let want = want.unwrap();
         assert!(
@@ -404,7 +399,7 @@ mod tests {
             "{want:?}"
         );
         // 第 14 步被打断（检查点在第 12 步），换一个随机初始化的“新进程”接着训练
-        let dir = out_dir("resumed");
+        let dir = tmp.path().join("resumed");
         assert!(run(Some(14), 1, &dir, false).0.is_none());
         let (got, resumed) = run(None, 99, &dir, true);
         let strip = |rows: &[PretrainRow]| {
@@ -417,8 +412,6 @@ mod tests {
             resumed.head.dense.weight.as_vec(),
             straight.head.dense.weight.as_vec()
         );
-        std::fs::remove_dir_all(&straight_dir).unwrap();
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -426,7 +419,8 @@ mod tests {
         let dev = Cpu::seed_from_u64(5);
         let model = Tiny::init(&dev, &TINY_DIMS);
         let enc = bert_config(1e-12, 0.1, 24);
-        let dir = out_dir("export");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("export");
         save_mlm_dir(
             &model,
             &enc,
@@ -466,7 +460,7 @@ mod tests {
             model.bert.embeddings.word_embeddings.weight.as_vec()
         );
         // 存成 f16：每个权重是原值按最近偶数舍入到 f16，文件约小一半
-        let half_dir = out_dir("export-f16");
+        let half_dir = tmp.path().join("export-f16");
         save_mlm_dir(
             &model,
             &enc,
@@ -504,7 +498,5 @@ mod tests {
             rounded,
             model.bert.embeddings.word_embeddings.weight.as_vec()
         );
-        std::fs::remove_dir_all(&dir).unwrap();
-        std::fs::remove_dir_all(&half_dir).unwrap();
     }
 }

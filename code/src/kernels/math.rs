@@ -176,30 +176,27 @@ pub fn erf_f32<M: MulAdd>(x: f32) -> f32 {
     x * p / q
 }
 
-/// 在 x86-64 上按 CPU 的指令集重新编译同一段代码：支持 AVX-512（F、VL、DQ、BW）时用 512 位指令，
-/// 否则支持 AVX2 与 FMA 时用 256 位指令，再否则用默认的 SSE2 版本。
+/// 在 x86-64 上按 CPU 的指令集重新编译同一段代码：支持 AVX-512 时用 512 位指令，否则支持 AVX2 与 FMA 时用 256 位指令，
+/// 再否则用默认的 SSE2 版本。打开指令集、确认 CPU 支持的部分交给 [pulp](https://docs.rs/pulp)（gemm 也用它）：
+/// `V4::try_new()` 检测到 CPU 支持才给出一个值，`vectorize` 在打开了 x86-64-v4（或 v3）指令集的函数里调用闭包，
+/// 所以这里没有 `unsafe`。
 ///
 /// `$body` 是一个对 `F: FastMath`、`M: MulAdd` 泛型、标了 `#[inline(always)]` 的函数：它被内联进各个版本，各自按自己的指令集向量化；
-/// AVX2、AVX-512 两档的乘加用 FMA 指令（`M = Fused`），基线一档用 [`Baseline`]。
+/// AVX2、AVX-512 两档的乘加用 FMA 指令（`M = Fused`），基线一档用 [`Baseline`]。档位由 [`simd_level`] 决定（可用环境变量往下限制）。
 macro_rules! multiversion {
     ($(#[$m:meta])* $vis:vis fn $name:ident<$F:ident>($($arg:ident: $ty:ty),* $(,)?) => $body:ident) => {
         $(#[$m])*
         $vis fn $name<$F: $crate::kernels::math::FastMath>($($arg: $ty),*) {
             #[cfg(target_arch = "x86_64")]
             {
-                #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-                unsafe fn avx512<$F: $crate::kernels::math::FastMath>($($arg: $ty),*) {
-                    $body::<$F, $crate::kernels::math::Fused>($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2<$F: $crate::kernels::math::FastMath>($($arg: $ty),*) {
-                    $body::<$F, $crate::kernels::math::Fused>($($arg),*)
-                }
-                use $crate::kernels::math::{simd_level, SimdLevel};
+                use $crate::kernels::math::{simd_level, Fused, SimdLevel};
                 match simd_level() {
-                    // SAFETY：simd_level 刚检查过 CPU 支持这些指令。
-                    SimdLevel::Avx512 => return unsafe { avx512::<$F>($($arg),*) },
-                    SimdLevel::Avx2 => return unsafe { avx2::<$F>($($arg),*) },
+                    SimdLevel::Avx512 => if let Some(simd) = pulp::x86::V4::try_new() {
+                        return simd.vectorize(|| $body::<$F, Fused>($($arg),*));
+                    },
+                    SimdLevel::Avx2 => if let Some(simd) = pulp::x86::V3::try_new() {
+                        return simd.vectorize(|| $body::<$F, Fused>($($arg),*));
+                    },
                     SimdLevel::Sse2 => {}
                 }
             }

@@ -613,6 +613,36 @@ pub(super) fn dropout_back_into<F: FastMath + Dtype>(
     dropout_back_block_mv(g, dx, first, seed, threshold, scale);
 }
 
+/// dropout 的前向：`xd` 按（种子, 下标）丢弃并放大后的新缓冲区（按块并行）。
+pub(super) fn dropout_new<F: FastMath + Dtype>(
+    xd: &[F],
+    seed: u64,
+    (threshold, scale): (u32, F),
+) -> Vec<F> {
+    // SAFETY：dropout_block 写满与输入等长的每一块
+    unsafe {
+        par_new_uninit(xd.len(), BLOCK_ELEMS, |i, o| {
+            let xb = block_of(xd, i, BLOCK_ELEMS, o.len());
+            dropout_block_mv(xb, o, i * BLOCK_ELEMS, seed, threshold, scale)
+        })
+    }
+}
+
+/// dropout 的反向：dx += g 按（种子, 下标）丢弃并放大（按块并行）。
+pub(super) fn dropout_back_add<F: FastMath + Dtype>(
+    g: &[F],
+    dx: &mut [F],
+    seed: u64,
+    (threshold, scale): (u32, F),
+) {
+    dx.par_chunks_mut(BLOCK_ELEMS)
+        .enumerate()
+        .for_each(|(i, d)| {
+            let gb = block_of(g, i, BLOCK_ELEMS, d.len());
+            dropout_back_block_mv(gb, d, i * BLOCK_ELEMS, seed, threshold, scale)
+        });
+}
+
 /// 训练时的 dropout：以概率 `p` 置零，保留的元素乘 1/(1 − p)。
 ///
 /// 每次调用取一个 u64 作种子：训练循环给了这一步的钥匙时由（种子, 步数, 第几次 dropout）决定
@@ -639,14 +669,7 @@ where
     let (threshold, scale) = dropout_params::<F>(p);
     let shape = *x.shape();
     let (x, mut tape) = x.split_tape();
-    let xd = data(&x);
-    // SAFETY：dropout_block 写满与输入等长的每一块
-    let out = unsafe {
-        par_new_uninit(xd.len(), BLOCK_ELEMS, |i, o| {
-            let xb = block_of(xd, i, BLOCK_ELEMS, o.len());
-            dropout_block_mv(xb, o, i * BLOCK_ELEMS, seed, threshold, scale)
-        })
-    };
+    let out = dropout_new(data(&x), seed, (threshold, scale));
     let out = x.device().tensor_from_vec(out, shape);
     if T::OWNS_TAPE {
         let (x_ghost, out_ghost) = (x.ghost(), out.ghost());

@@ -7,13 +7,18 @@
 //! - 前向：down = x·Aᵀ `(rows, r)`（留给反向），h = out + s·down·Bᵀ（先复制 out，再以 β = 1 累加）；
 //! - 反向，上游梯度 g：∂out = g（取走 h 的梯度），gB = s·g·B `(rows, r)`，∂B += s·gᵀ·down，∂A += gBᵀ·x，∂x += gB·A。
 //!
+//! 训练时分支的输入先做 dropout（x′ = dropout(x)）。单独的 dropout 算子会为反向留下 x′——每个加了 LoRA 的线性层一份 `(rows, I)`，
+//! q、k、v 共用同一个 x 也各留一份。这里把 dropout 并进来：前向在临时缓冲区里算出 x′、用完即丢；反向由（种子, 下标）重新算出同一个 x′
+//! 求 ∂A，∂x += mask ⊙ (gB·A)/(1 − p)。留给反向的只有 x 本身（它本来就被原线性层与别的分支共用）。
+//! 丢弃的位置与单独的 dropout 算子完全相同（同一个种子、同一个哈希），结果逐位相同。
+//!
 //! [`low_rank`]: super::composite::low_rank
 
 use dfdx::prelude::*;
 
 use super::cpu::{
-    buf_mut, data, insert_or_add_grad, is_contiguous, par_copy, par_gemm, par_zeros, take_grad,
-    Gemm,
+    buf_mut, data, dropout_back_add, dropout_new, dropout_params, insert_or_add_grad,
+    is_contiguous, par_copy, par_gemm, par_zeros, take_grad, Gemm,
 };
 use super::math::FastMath;
 use crate::basics::shapes::Hidden;
@@ -36,6 +41,7 @@ pub fn lora_add<const I: usize, const O: usize, R: Dim, F, T>(
     a: &Tensor<(R, Const<I>), F, Cpu>,
     b: &Tensor<(Const<O>, R), F, Cpu>,
     scaling: f64,
+    dropout: f64,
 ) -> Hidden<O, F, Cpu, T>
 where
     F: FastMath + Dtype + Gemm,
@@ -44,8 +50,22 @@ where
 {
     let contiguous = [is_contiguous(&out), is_contiguous(&x)];
     if contiguous.contains(&false) || !is_contiguous(a) || !is_contiguous(b) {
+        let x = if dropout > 0.0 {
+            super::cpu::dropout(x, dropout)
+        } else {
+            x
+        };
         return out + super::composite::low_rank(x, a, b, scaling);
     }
+    assert!(
+        (0.0..1.0).contains(&dropout),
+        "dropout 的概率应在 [0, 1) 之内：{dropout}"
+    );
+    // 与单独的 dropout 算子在同一处取种子：掩码与原来的写法相同
+    let mask = (dropout > 0.0).then(|| {
+        let seed = super::step_key::next_seed(|| x.device().random_u64());
+        (seed, dropout_params::<F>(dropout))
+    });
     let (batch, seq, _) = *x.shape();
     assert_eq!(
         *out.shape(),
@@ -59,10 +79,12 @@ where
     let (out, t_out) = out.split_tape();
     let (x, t_x) = x.split_tape();
     let mut tape = t_out.merge(t_x);
-    let (xd, ad, bd) = (data(&x), data(a), data(b));
+    let (ad, bd) = (data(a), data(b));
+    // 分支的输入 x′：有 dropout 时是临时算出的丢弃结果（前向、反向各算一次，不留到反向）
+    let xd = branch_input(&x, mask);
     let mut down = par_zeros(rows * r);
     let mut h = par_copy(data(&out));
-    // SAFETY：x 为 rows×I、Aᵀ 为 I×r、down 为 rows×r，Bᵀ 为 r×O、h 为 rows×O，都在各自的缓冲区之内
+    // SAFETY：x′ 为 rows×I、Aᵀ 为 I×r、down 为 rows×r，Bᵀ 为 r×O、h 为 rows×O，都在各自的缓冲区之内
     unsafe {
         par_gemm(
             rows,
@@ -85,6 +107,7 @@ where
             (h.as_mut_ptr(), O as isize, 1),
         );
     }
+    drop(xd);
     let h = x.device().tensor_from_vec(h, (batch, seq, Const::<O>));
     if T::OWNS_TAPE {
         let (h_ghost, out_ghost, a, b) = (h.ghost(), out.ghost(), a.clone(), b.clone());
@@ -92,7 +115,7 @@ where
         tape.add_backward_op(move |grads| {
             // ∂out = g：取走 h 的梯度（下面还要可写地借 ∂A、∂B，不能一直借着 grads 里的 g）
             let g = take_grad(grads, &h_ghost)?;
-            let (xd, ad, bd) = (data(&x), data(&a), data(&b));
+            let (xd, ad, bd) = (branch_input(&x, mask), data(&a), data(&b));
             let mut gb = par_zeros(rows * r);
             grads.try_alloc_for(&a)?;
             grads.try_alloc_for(&b)?;
@@ -135,6 +158,28 @@ where
                     (da.as_mut_ptr(), I as isize, 1),
                 );
             }
+            drop(xd);
+            if let Some((seed, params)) = mask {
+                // ∂x′ = gB·A（临时），∂x += mask ⊙ ∂x′/(1 − p)：与单独的 dropout 算子的反向同一段代码
+                let mut dxd = par_zeros(rows * I);
+                // SAFETY：gB 为 rows×r、A 为 r×I、dxd 为 rows×I
+                unsafe {
+                    par_gemm(
+                        rows,
+                        r,
+                        I,
+                        F::one(),
+                        rm(gb.as_ptr(), r),
+                        rm(ad.as_ptr(), I),
+                        F::zero(),
+                        (dxd.as_mut_ptr(), I as isize, 1),
+                    )
+                };
+                grads.try_alloc_for(&x)?;
+                dropout_back_add(&dxd, buf_mut::<F>(grads.get_mut(&x)), seed, params);
+                insert_or_add_grad(grads, &out_ghost, g);
+                return Ok(());
+            }
             // ∂x (+)= gB·A：x 已有梯度时直接累加进去（β = 1），否则写进新的缓冲区
             let dx_gemm = |beta: F, dx: &mut [F]| {
                 // SAFETY：gB 为 rows×r、A 为 r×I、dx 为 rows×I，都在各自的缓冲区之内
@@ -163,4 +208,15 @@ where
         });
     }
     h.put_tape(tape)
+}
+
+/// 分支的输入 x′ = dropout(x)：有掩码（种子, 阈值与放大倍数）时算出一份临时的副本，否则直接借用 x。
+fn branch_input<S: Shape, F: FastMath + Dtype>(
+    x: &Tensor<S, F, Cpu>,
+    mask: Option<(u64, (u32, F))>,
+) -> std::borrow::Cow<'_, [F]> {
+    match mask {
+        Some((seed, params)) => std::borrow::Cow::Owned(dropout_new(data(x), seed, params)),
+        None => std::borrow::Cow::Borrowed(data(x)),
+    }
 }

@@ -93,14 +93,21 @@ pub trait Kernels<E: Dtype>: Device<E> {
         attention_heads_composite(q, k, v, heads, mask, dropout)
     }
 
-    /// 低秩更新加到线性层的输出上：out + s·B(A·x)，A `(R, I)`、B `(O, R)`（LoRA 的分支；秩 `R` 可以是编译期或运行期的维度）。
+    /// 低秩更新加到线性层的输出上：out + s·B(A·dropout(x))，A `(R, I)`、B `(O, R)`（LoRA 的分支；秩 `R` 可以是编译期或运行期的维度）。
+    /// `dropout` 是训练时分支输入上的丢弃概率（推理时给 0）：把它交给算子，CPU 上就不必为反向留一份丢弃后的输入（见 `lora.rs`）。
     fn lora_add<const I: usize, const O: usize, R: Dim, T: Tape<E, Self> + Merge<T>>(
         out: Tensor<(usize, usize, Const<O>), E, Self, T>,
         x: Tensor<(usize, usize, Const<I>), E, Self, T>,
         a: &Tensor<(R, Const<I>), E, Self>,
         b: &Tensor<(Const<O>, R), E, Self>,
         scaling: f64,
+        dropout: f64,
     ) -> Tensor<(usize, usize, Const<O>), E, Self, T> {
+        let x = if dropout > 0.0 {
+            <Self as Kernels<E>>::dropout(x, dropout)
+        } else {
+            x
+        };
         out + low_rank(x, a, b, scaling)
     }
 
@@ -210,8 +217,9 @@ macro_rules! cpu_kernels {
                 a: &Tensor<(R, Const<I>), $e, Self>,
                 b: &Tensor<(Const<O>, R), $e, Self>,
                 scaling: f64,
+                dropout: f64,
             ) -> Tensor<(usize, usize, Const<O>), $e, Self, T> {
-                lora::lora_add(out, x, a, b, scaling)
+                lora::lora_add(out, x, a, b, scaling, dropout)
             }
 
             fn add<S: Shape, T: Tape<$e, Self> + Merge<T>>(
@@ -834,7 +842,8 @@ mod tests {
         }
     }
 
-    /// 融合的 LoRA 分支与组合写法 out + low_rank(x)：输出与对 out、x、A、B 的梯度（x 之后又用了一次，要累加）。
+    /// 融合的 LoRA 分支与组合写法 out + low_rank(dropout(x))：输出与对 out、x、A、B 的梯度（x 之后又用了一次，要累加）。
+    /// 有 dropout 时两边在同一把 [`step_key::StepKey`] 下取种子，掩码相同；融合算子不为反向存丢弃后的输入，反向时重新算出它。
     #[test]
     fn fused_lora_add_matches_composite() {
         type X<const N: usize> = Tensor<(usize, usize, Const<N>), f64, Cpu>;
@@ -849,15 +858,16 @@ mod tests {
         );
         let a: Tensor<Rank2<2, 6>, f64, Cpu> = dev.sample_normal();
         let b: Tensor<Rank2<5, 2>, f64, Cpu> = dev.sample_normal();
-        let run = |fused: bool, mark_leafs: bool| {
+        let run = |fused: bool, mark_leafs: bool, p: f64| {
+            let _key = step_key::StepKey::enter(7, 3);
             let leafs = [out.id(), x.id(), a.id(), b.id()];
             let ot = out.clone().traced(grads_with_leafs(&leafs, mark_leafs));
             let xt = x.retaped::<OwnedTape<f64, Cpu>>();
             let x_again = xt.retaped::<OwnedTape<f64, Cpu>>();
             let h = if fused {
-                Cpu::lora_add(ot, xt, &a, &b, 0.7)
+                Cpu::lora_add(ot, xt, &a, &b, 0.7, p)
             } else {
-                ot + low_rank(xt, &a, &b, 0.7)
+                ot + low_rank(Cpu::dropout(xt, p), &a, &b, 0.7)
             };
             let y = h.retaped::<NoneTape>().as_vec();
             let g = ((h * w.clone()).sum() + (x_again * w2.clone()).sum()).backward();
@@ -869,15 +879,17 @@ mod tests {
             ];
             (y, grads)
         };
+        // 有 dropout 时确实丢掉了一些：输出与不丢弃时不同
+        assert!(max_diff(&run(true, false, 0.3).0, &run(true, false, 0.0).0) > 1e-3);
         // 梯度表标记叶子时，融合算子取走 h 的梯度作 ∂out；不标记时复制一份
-        for mark_leafs in [false, true] {
-            let (y1, g1) = run(true, mark_leafs);
-            let (y2, g2) = run(false, mark_leafs);
-            assert!(max_diff(&y1, &y2) < 1e-14);
+        for (mark_leafs, p) in [(false, 0.0), (true, 0.0), (false, 0.3), (true, 0.3)] {
+            let (y1, g1) = run(true, mark_leafs, p);
+            let (y2, g2) = run(false, mark_leafs, p);
+            assert!(max_diff(&y1, &y2) < 1e-14, "p = {p}");
             for (i, name) in ["out", "x", "A", "B"].iter().enumerate() {
                 assert!(
                     max_diff(&g1[i], &g2[i]) < 1e-13,
-                    "∂{name}：{:e}",
+                    "p = {p}，∂{name}：{:e}",
                     max_diff(&g1[i], &g2[i])
                 );
                 assert!(g1[i].iter().any(|&v| v != 0.0), "∂{name} 全为 0");

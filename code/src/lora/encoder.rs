@@ -84,12 +84,19 @@ impl<const I: usize, const O: usize, const R: usize, E: Dtype, D: Device<E>> Ada
     where
         D: Kernels<E>,
     {
-        // out + (α/r)·B(A·dropout(x))：dropout 之后交给设备的 Kernels::lora_add（默认是 out + low_rank，CPU 上是一个融合算子）
-        let x = match mode {
-            Mode::Train if opts.dropout > 0.0 => D::dropout(x, opts.dropout),
-            _ => x,
+        // out + (α/r)·B(A·dropout(x))：交给设备的 Kernels::lora_add（默认是 dropout 再 out + low_rank，CPU 上是一个融合算子）
+        let dropout = match mode {
+            Mode::Train => opts.dropout,
+            Mode::Eval => 0.0,
         };
-        D::lora_add(out, x, &self.lora_a, &self.lora_b, opts.alpha / R as f64)
+        D::lora_add(
+            out,
+            x,
+            &self.lora_a,
+            &self.lora_b,
+            opts.alpha / R as f64,
+            dropout,
+        )
     }
     fn merge_into(&self, linear: &mut Linear<I, O, E, D>, opts: &LoraOptions)
     where

@@ -44,7 +44,14 @@ where
     // A′ 的 tape（乘法的反向）并进 x 的 tape：算子的反向先跑（它的输出更晚建出），A′ 的梯度到时已经有了
     let (scaled, tape) = scaled.split_tape();
     let (x, x_tape) = x.split_tape();
-    D::lora_add(out, x.put_tape(x_tape.merge(tape)), &scaled, b, scaling)
+    D::lora_add(
+        out,
+        x.put_tape(x_tape.merge(tape)),
+        &scaled,
+        b,
+        scaling,
+        0.0,
+    )
 }
 // ANCHOR_END: forward
 

@@ -117,17 +117,23 @@ impl<const I: usize, const O: usize, E: Real, D: Kernels<E>> SiteLora<I, O, E, D
         if l.lora_a.shape().0 == 0 {
             return out; // 读进来的 AdaLoRA 适配器里全被剪掉的模块：秩 0，没有分支
         }
-        let dropped = matches!(mode, Mode::Train) && dropout > 0.0;
-        let x = if dropped { D::dropout(x, dropout) } else { x };
+        // 分支输入上的 dropout 只在训练时
+        let p = if matches!(mode, Mode::Train) {
+            dropout
+        } else {
+            0.0
+        };
+        let drop = |x: Hidden<I, E, D, T>| if p > 0.0 { D::dropout(x, p) } else { x };
         if let Some(e) = &l.lora_e {
-            return adalora::forward(out, x, &l.lora_a, e, &l.lora_b, l.scaling);
+            return adalora::forward(out, drop(x), &l.lora_a, e, &l.lora_b, l.scaling);
         }
         match &l.magnitude {
-            None => D::lora_add(out, x, &l.lora_a, &l.lora_b, l.scaling),
+            // 普通的 LoRA：dropout 交给融合算子（CPU 上不为反向另存一份丢弃后的输入）
+            None => D::lora_add(out, x, &l.lora_a, &l.lora_b, l.scaling, p),
             Some(m) => dora::forward(
                 out,
-                x,
-                dropped,
+                drop(x),
+                p > 0.0,
                 &base.weight,
                 &base.bias,
                 &l.lora_a,

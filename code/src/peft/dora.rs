@@ -70,10 +70,10 @@ where
         let zero = bias.device().zeros_like(&(Const::<O>,));
         let base = D::linear(x.retaped::<T>(), weight, &zero, false);
         let rest = out - base.retaped::<T>(); // Wx + b − W·x′
-        factor * D::lora_add(base, x, a, b, scaling) + rest
+        factor * D::lora_add(base, x, a, b, scaling, 0.0) + rest
     } else {
         let bias = bias.clone().broadcast_like::<_, Axes2<0, 1>>(&shape);
-        factor * D::lora_add(out - bias.clone(), x, a, b, scaling) + bias
+        factor * D::lora_add(out - bias.clone(), x, a, b, scaling, 0.0) + bias
     }
 }
 // ANCHOR_END: forward

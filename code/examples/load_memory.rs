@@ -11,12 +11,6 @@ use llm_book::checkpoint::{save_params, Checkpoint};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn kib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("需要 Linux 的 /proc");
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 fn main() {
     let path = std::env::temp_dir().join("llm-book-bert-base.safetensors");
     let dev = Cpu::seed_from_u64(0);
@@ -24,17 +18,16 @@ fn main() {
     if !path.exists() {
         save_params(&model, &path).unwrap();
     }
-    let before = kib("VmRSS:");
-    std::fs::write("/proc/self/clear_refs", "5").expect("清零峰值");
+    let before = llm_book::alloc::reset_peak().expect("清零峰值常驻内存（/proc/self/clear_refs）");
     Checkpoint::read(&path)
         .unwrap()
         .load_into(&mut model, "")
         .unwrap();
-    let peak = kib("VmHWM:");
+    let peak = llm_book::alloc::proc_status_bytes("VmHWM:").expect("需要 Linux 的 /proc");
     let file = std::fs::metadata(&path).unwrap().len() as f64 / 1048576.0;
     println!(
         "{{\"file_mib\": {file:.1}, \"resident_before_mib\": {:.1}, \"load_extra_mib\": {:.1}}}",
-        before / 1024.0,
-        (peak - before) / 1024.0
+        before / 1048576.0,
+        (peak - before) / 1048576.0
     );
 }

@@ -16,29 +16,19 @@ use llm_book::train::SequenceClassifier;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-fn kib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("需要 Linux 的 /proc");
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
-}
-
 fn run<Mo: SequenceClassifier<f32, Cpu>>(model: &mut Mo) -> f64 {
     let dev = Cpu::seed_from_u64(1);
     let (tokens, mask, labels) = bench_batch(&dev, 32, 64, 4096);
     let mut opt = AdamW::<f32>::new(AdamWConfig::default());
     let mut grads = None;
     std::thread::sleep(std::time::Duration::from_millis(300));
-    // SAFETY：mi_collect 只整理 mimalloc 自己的空闲内存。
-    unsafe { libmimalloc_sys::mi_collect(true) };
-    let before = kib("VmRSS:");
-    std::fs::write("/proc/self/clear_refs", "5")
-        .expect("清零峰值常驻内存（/proc/self/clear_refs）");
-    llm_book::alloc::keep_freed_memory();
+    let before = llm_book::alloc::reset_peak().expect("清零峰值常驻内存（/proc/self/clear_refs）");
     for _ in 0..3 {
         classifier_step(&*model, &mut grads, &tokens, &mask, &labels);
         opt.step(model.params_mut(), grads.as_ref().unwrap(), 1.0);
     }
-    (kib("VmHWM:") - before) / 1024.0
+    let peak = llm_book::alloc::proc_status_bytes("VmHWM:").expect("需要 Linux 的 /proc");
+    (peak - before) / 1048576.0
 }
 
 fn main() {

@@ -53,9 +53,7 @@ struct Row {
 }
 
 fn proc_status_kib(field: &str) -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("需要 Linux 的 /proc");
-    let line = status.lines().find(|l| l.starts_with(field)).unwrap();
-    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    llm_book::alloc::proc_status_bytes(field).expect("需要 Linux 的 /proc") / 1024.0
 }
 
 /// 训练 `rounds + 1` 步（第一步不计时），返回每步的毫秒数与最后的梯度。
@@ -91,13 +89,7 @@ fn measure(arm: &str) -> Row {
     let all = base.num_trainable_params();
     let settle = || {
         std::thread::sleep(std::time::Duration::from_millis(500));
-        // SAFETY：mi_collect 只整理 mimalloc 自己的空闲内存。
-        unsafe { libmimalloc_sys::mi_collect(true) };
-        let resident = proc_status_kib("VmRSS:") * 1024.0;
-        std::fs::write("/proc/self/clear_refs", "5")
-            .expect("清零峰值常驻内存（/proc/self/clear_refs）");
-        llm_book::alloc::keep_freed_memory();
-        resident
+        llm_book::alloc::reset_peak().expect("清零峰值常驻内存（/proc/self/clear_refs）")
     };
     let (resident, times, grads, opt_bytes, trainable, params, frozen) = match arm {
         "full" => {

@@ -16,6 +16,26 @@ pub fn keep_freed_memory() {
     unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) }
 }
 
+/// `/proc/self/status` 里一项内存计数（`"VmRSS:"`、`"VmHWM:"`……）的字节数；不是 Linux 或读不到时为 `None`。
+pub fn proc_status_bytes(field: &str) -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
+}
+
+/// 量一段代码的峰值内存之前调用（附录 B 的内存例子）：把 mimalloc 的空闲内存还给系统、记下此刻的常驻内存（字节），
+/// 再把峰值计数（VmHWM）清零；之后恢复“不归还”。返回清零前的常驻内存。
+pub fn reset_peak() -> std::io::Result<f64> {
+    // SAFETY：mi_collect 只整理 mimalloc 自己的空闲内存。
+    unsafe { libmimalloc_sys::mi_collect(true) };
+    let resident = proc_status_bytes("VmRSS:")
+        .ok_or_else(|| std::io::Error::other("读不到 /proc/self/status（需要 Linux）"))?;
+    std::fs::write("/proc/self/clear_refs", "5")?;
+    keep_freed_memory();
+    Ok(resident)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -144,10 +144,7 @@ pub fn adalora_rank_grid(runs: &[FinetuneSummary]) -> anyhow::Result<Vec<Vec<f64
 
 /// 本进程的峰值常驻内存（`/proc/self/status` 的 VmHWM），读不到时为 `None`。
 pub fn peak_rss_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
+    crate::alloc::proc_status_bytes("VmHWM:").map(|b| b as u64)
 }
 
 /// 没给 `--max-len` 时的最大长度（模型的位置更少时取模型的 `max_position_embeddings`）。

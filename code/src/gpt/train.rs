@@ -3,8 +3,6 @@
 //! 训练循环只认“参数”和“损失函数”：5.2 节训练整个 GPT，5.5 节只训练 LoRA 适配器（基座由损失函数借用），
 //! 用的是同一个函数。
 
-use std::ops::ControlFlow;
-
 use dfdx::nn::modules::TensorCollection;
 use dfdx::prelude::*;
 use rand::rngs::StdRng;
@@ -16,7 +14,7 @@ use crate::basics::tensors::Real;
 use crate::data::vocab::CharVocab;
 use crate::kernels::Kernels;
 use crate::train::adamw::{linear_schedule, AdamW, AdamWConfig};
-use crate::train::trainer::{run, EvalPoint, Plan, Progress, TrainEvent, TrainTask};
+use crate::train::trainer::{run_to_end, EvalPoint, Plan, TrainEvent, TrainTask};
 
 /// 一条评论结束的记号：`[SEP]`（id 3）。生成时选出它就停下。
 pub const END: usize = 3;
@@ -159,20 +157,10 @@ where
         if let TrainEvent::Eval { row, .. } = e {
             on_point(&row);
         }
-        ControlFlow::Continue(())
     };
-    let mut progress = Progress::default();
-    // 回调从不要求停下：循环总是走完
-    let _ = run(
-        &mut task,
-        &mut opt,
-        &mut progress,
-        &plan,
-        &mut |_, _, _| Ok(()),
-        &mut on_event,
-    )?;
+    let progress = run_to_end(&mut task, &mut opt, &plan, &mut on_event)?;
     Ok(LmReport {
-        seconds_per_step: progress.train_seconds / progress.step.max(1) as f64,
+        seconds_per_step: progress.seconds_per_step(),
         curve: progress.rows,
     })
 }

@@ -159,28 +159,7 @@ where
                 );
             }
             drop(xd);
-            if let Some((seed, params)) = mask {
-                // ∂x′ = gB·A（临时），∂x += mask ⊙ ∂x′/(1 − p)：与单独的 dropout 算子的反向同一段代码
-                let mut dxd = par_zeros(rows * I);
-                // SAFETY：gB 为 rows×r、A 为 r×I、dxd 为 rows×I
-                unsafe {
-                    par_gemm(
-                        rows,
-                        r,
-                        I,
-                        F::one(),
-                        rm(gb.as_ptr(), r),
-                        rm(ad.as_ptr(), I),
-                        F::zero(),
-                        (dxd.as_mut_ptr(), I as isize, 1),
-                    )
-                };
-                grads.try_alloc_for(&x)?;
-                dropout_back_add(&dxd, buf_mut::<F>(grads.get_mut(&x)), seed, params);
-                insert_or_add_grad(grads, &out_ghost, g);
-                return Ok(());
-            }
-            // ∂x (+)= gB·A：x 已有梯度时直接累加进去（β = 1），否则写进新的缓冲区
+            // gB·A 写进 dx（β = 0）或累加进去（β = 1）
             let dx_gemm = |beta: F, dx: &mut [F]| {
                 // SAFETY：gB 为 rows×r、A 为 r×I、dx 为 rows×I，都在各自的缓冲区之内
                 unsafe {
@@ -196,7 +175,14 @@ where
                     )
                 }
             };
-            if grads.contains(&x) {
+            if let Some((seed, params)) = mask {
+                // ∂x′ = gB·A（临时），∂x += mask ⊙ ∂x′/(1 − p)：与单独的 dropout 算子的反向同一段代码
+                let mut dxd = par_zeros(rows * I);
+                dx_gemm(F::zero(), &mut dxd);
+                grads.try_alloc_for(&x)?;
+                dropout_back_add(&dxd, buf_mut::<F>(grads.get_mut(&x)), seed, params);
+            } else if grads.contains(&x) {
+                // ∂x (+)= gB·A：x 已有梯度时直接累加进去，否则写进新的缓冲区
                 dx_gemm(F::one(), buf_mut::<F>(grads.get_mut(&x)));
             } else {
                 let mut dx = par_zeros(rows * I);

@@ -408,7 +408,7 @@ where
         test,
         confusion,
         steps: progress.step,
-        seconds_per_step: progress.train_seconds / progress.step.max(1) as f64,
+        seconds_per_step: progress.seconds_per_step(),
         padding_ratio: padded as f64 / positions.max(1) as f64,
         optimizer_bytes: opt.state_bytes(),
     };

@@ -4,8 +4,6 @@
 //! 由 [`train_classifier`]（对照实验：恒定学习率的 Adam）或 [`finetune::finetune`]（微调的完整流程）训练；
 //! 两者、附录 A 的 [`pretrain::pretrain`] 与第 5 部分的 GPT 都是 [`trainer::run`] 加上各自的 [`trainer::TrainTask`]。
 
-use std::ops::ControlFlow;
-
 pub mod adamw;
 pub mod finetune;
 pub mod pretrain;
@@ -25,7 +23,7 @@ use crate::data::batch::make_pair_batch;
 use crate::transformer::attention::PaddingMask;
 use crate::transformer::classifier::Classifier;
 use crate::transformer::encoder::{InputError, Mode};
-use trainer::{run, EvalPoint, Plan, Progress, TrainEvent, TrainTask};
+use trainer::{run_to_end, EvalPoint, Plan, TrainEvent, TrainTask};
 
 /// 一个序列分类模型：参数可由优化器更新，前向给出 logits。
 ///
@@ -242,21 +240,11 @@ pub fn train_classifier<E: Real, D: Kernels<E>, Mo: SequenceClassifier<E, D>>(
             }
             on_step(StepEvent { step, total, loss });
         }
-        ControlFlow::Continue(())
     };
-    let mut progress = Progress::default();
-    // 回调从不要求停下：循环总是走完
-    let _ = run(
-        &mut task,
-        &mut opt,
-        &mut progress,
-        &plan,
-        &mut |_, _, _| Ok(()),
-        &mut on_event,
-    )?;
+    let progress = run_to_end(&mut task, &mut opt, &plan, &mut on_event)?;
+    report.seconds_per_step = progress.seconds_per_step();
     report.valid = progress.rows;
     report.steps = progress.step;
-    report.seconds_per_step = progress.train_seconds / progress.step.max(1) as f64;
     report.test = evaluate(task.model, dev, &data.test, data.pair_sep, cfg.batch_size)?;
     Ok(report)
 }

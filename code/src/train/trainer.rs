@@ -84,6 +84,13 @@ pub struct Progress<R> {
     pub train_seconds: f64,
 }
 
+impl<R> Progress<R> {
+    /// 平均每步的训练秒数（不含评估）。
+    pub fn seconds_per_step(&self) -> f64 {
+        self.train_seconds / self.step.max(1) as f64
+    }
+}
+
 impl<R> Default for Progress<R> {
     fn default() -> Self {
         Self {
@@ -246,6 +253,36 @@ where
     Ok(ControlFlow::Continue(()))
 }
 // ANCHOR_END: run
+
+/// 不写检查点、事件回调从不要求停下时的 [`run`]：从头训练到 `plan.total`，返回进度（1.8 节的分类、5.2 节的 GPT）。
+pub fn run_to_end<E, D, T, O>(
+    task: &mut T,
+    opt: &mut O,
+    plan: &Plan,
+    on_event: &mut dyn FnMut(TrainEvent<T::Row>),
+) -> Result<Progress<T::Row>, T::Error>
+where
+    E: Dtype,
+    D: Device<E>,
+    T: TrainTask<E, D>,
+    O: Update<E, D, T::Params>,
+{
+    assert!(plan.checkpoint_every.is_none(), "run_to_end 不写检查点");
+    let mut progress = Progress::default();
+    let mut events = |e| {
+        on_event(e);
+        ControlFlow::Continue(())
+    };
+    let _ = run(
+        task,
+        opt,
+        &mut progress,
+        plan,
+        &mut |_, _, _| Ok(()),
+        &mut events,
+    )?;
+    Ok(progress)
+}
 
 /// 检查点目录里的三个文件。
 pub(crate) const PARAMS: &str = "params.safetensors";

@@ -201,9 +201,24 @@ pub fn write_dir_atomic(
     let tmp = parent.join(temp_name(&name, "tmp"));
     fs::create_dir_all(&tmp)?;
     let result = write(&tmp).and_then(|()| sync_tree(&tmp)).and_then(|()| {
-        if !path.exists() {
-            fs::rename(&tmp, path)?;
-        } else if exchange(&tmp, path).is_ok() {
+        // 还没有这个目录时直接改名；若另一个写入者恰好抢先建好了它（改名到非空目录会失败），按替换处理
+        let installed = !path.exists()
+            && match fs::rename(&tmp, path) {
+                Ok(()) => true,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::DirectoryNotEmpty | io::ErrorKind::AlreadyExists
+                    ) =>
+                {
+                    false
+                }
+                Err(e) => return Err(e),
+            };
+        if installed {
+            return sync_dir(parent);
+        }
+        if exchange(&tmp, path).is_ok() {
             // 现在 tmp 里是旧目录
             sync_dir(parent)?;
             let _ = fs::remove_dir_all(&tmp);
